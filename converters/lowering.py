@@ -1,0 +1,223 @@
+"""What an op lowering needs: values in TFLite layout, constants, quantisation, and helpers.
+
+Activations of rank 4 live in NHWC inside the TFLite graph; a 2-D value produced by folding a
+flatten keeps ``column_order`` (the NCHW flat index of each NHWC column) so that the next
+fully-connected layer permutes its weight columns instead of the graph transposing data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from edgecnn.converters.onnx_graph import Graph, WeightQuant, attr, node_label
+from edgecnn.converters.tflite_builder import QuantParams, TFLiteBuilder
+from edgecnn.errors import ConversionError
+
+FUSED_NONE, FUSED_RELU, FUSED_RELU_N1_TO_1, FUSED_RELU6 = 0, 1, 2, 3
+NCHW_TO_NHWC = (0, 2, 3, 1)
+
+
+@dataclass(frozen=True)
+class Value:
+    """An ONNX value materialised as a TFLite tensor."""
+
+    tensor: int
+    nhwc: bool  # rank-4 value stored as NHWC
+    column_order: np.ndarray | None = None  # for flattened values, see module docstring
+
+
+def to_tflite_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(shape[i] for i in NCHW_TO_NHWC) if len(shape) == 4 else tuple(shape)
+
+
+class LoweringContext:
+    """State shared by the lowerings while one graph is written."""
+
+    def __init__(self, graph: Graph, builder: TFLiteBuilder) -> None:
+        self.graph = graph
+        self.builder = builder
+        self.int8 = graph.quantized
+        self.values: dict[str, Value] = {}
+        self.skipped: set[int] = set()
+
+    # -- reading the ONNX side ------------------------------------------------------------
+    def shape(self, name: str) -> tuple[int, ...]:
+        if name not in self.graph.shapes:
+            raise ConversionError(f"{self.graph.source}: shape of {name!r} is unknown after shape "
+                                  "inference; export with static image dimensions")
+        return self.graph.shapes[name]
+
+    def is_const(self, name: str) -> bool:
+        return name in self.graph.constants
+
+    def const(self, node: onnx.NodeProto, index: int) -> np.ndarray:
+        name = node.input[index]
+        if name not in self.graph.constants:
+            raise ConversionError(f"{self.graph.source}: {node_label(node)} input {index} "
+                                  f"({name!r}) must be a constant for TFLite")
+        return np.asarray(self.graph.constants[name])
+
+    def weight_quant(self, name: str) -> WeightQuant | None:
+        return self.graph.weight_quant.get(name)
+
+    def quant(self, name: str) -> QuantParams | None:
+        """Activation quantisation of ``name``; int8 graphs must have it for every activation."""
+        params = self.graph.act_quant.get(name)
+        if self.int8 and params is None:
+            raise ConversionError(f"{self.graph.source}: tensor {name!r} has no Q/DQ pair; a "
+                                  "full-integer TFLite model needs every activation quantised")
+        return params
+
+    attr = staticmethod(attr)
+
+    def value(self, name: str) -> Value:
+        if name not in self.values:
+            raise ConversionError(f"{self.graph.source}: {name!r} is used before it is produced")
+        return self.values[name]
+
+    # -- writing the TFLite side ----------------------------------------------------------
+    @property
+    def act_dtype(self) -> type:
+        return np.int8 if self.int8 else np.float32
+
+    def new_value(self, name: str, shape: tuple[int, ...], quant: QuantParams | None,
+                  nhwc: bool | None = None, column_order: np.ndarray | None = None) -> Value:
+        """Create the TFLite tensor for ONNX value ``name`` (shape given in TFLite layout)."""
+        if nhwc is None:
+            nhwc = len(shape) == 4
+        index = self.builder.add_tensor(name, shape, self.act_dtype, quant=quant,
+                                        dynamic_batch=True)
+        value = Value(index, nhwc, column_order)
+        self.values[name] = value
+        return value
+
+    def output_value(self, name: str, *, quant: QuantParams | None = None,
+                     column_order: np.ndarray | None = None) -> Value:
+        q = quant if quant is not None else self.quant(name)
+        return self.new_value(name, to_tflite_shape(self.shape(name)), q,
+                              column_order=column_order)
+
+    def scratch(self, name: str, shape: tuple[int, ...], quant: QuantParams | None) -> int:
+        return self.builder.add_tensor(name, shape, self.act_dtype, quant=quant,
+                                       dynamic_batch=True)
+
+    def add_op(self, op: str, inputs: list[int], outputs: list[int], *, version: int = 1,
+               options: object = None) -> None:
+        self.builder.add_operator(op, inputs, outputs, version=version, options=options)
+
+    def options(self, name: str, **fields: object) -> object:
+        return self.builder.options(name, **fields)
+
+    def int_const(self, name: str, values: list[int] | np.ndarray) -> int:
+        return self.builder.add_constant(name, np.asarray(values, np.int32))
+
+    def op_version(self, float_version: int = 1, int8_version: int = 2) -> int:
+        return int8_version if self.int8 else float_version
+
+    # -- fusion and requantisation --------------------------------------------------------
+    def fuse_activation(self, node: onnx.NodeProto) -> tuple[int, str]:
+        """If ``node``'s only consumer is Relu/Relu6-like, absorb it: (fused code, output name)."""
+        out = node.output[0]
+        users = self.graph.consumers(out)
+        if len(users) != 1 or out in self.graph.output_names:
+            return FUSED_NONE, out
+        user = users[0]
+        code = self.activation_code(user)
+        if code is None:
+            return FUSED_NONE, out
+        self.skipped.add(id(user))
+        return code, user.output[0]
+
+    def activation_code(self, node: onnx.NodeProto) -> int | None:
+        if node.op_type == "Relu":
+            return FUSED_RELU
+        if node.op_type == "Clip":
+            low, high = self.clip_bounds(node)
+            return {(0.0, 6.0): FUSED_RELU6, (-1.0, 1.0): FUSED_RELU_N1_TO_1,
+                    (0.0, None): FUSED_RELU}.get((low, high))
+        return None
+
+    def clip_bounds(self, node: onnx.NodeProto) -> tuple[float | None, float | None]:
+        def bound(index: int, attr_name: str) -> float | None:
+            if len(node.input) > index and node.input[index]:
+                return float(self.const(node, index))
+            value = attr(node, attr_name)
+            return None if value is None else float(value)  # type: ignore[arg-type]
+        return bound(1, "min"), bound(2, "max")
+
+    def requantize(self, source: int, name: str, target: QuantParams) -> int:
+        """A QUANTIZE op converting ``source`` to ``target`` parameters (int8 -> int8)."""
+        out = self.scratch(name, self.builder.tensor_shape(source), target)
+        self.add_op("QUANTIZE", [source], [out], version=2)
+        return out
+
+    def with_params(self, tensor: int, params: QuantParams | None, name: str) -> int:
+        """``tensor`` itself if it already has ``params``, else a requantised copy."""
+        if not self.int8 or params is None or params.same_as(self.builder.tensor_quant(tensor)):
+            return tensor
+        return self.requantize(tensor, name, params)
+
+    def fixed_output(self, node: onnx.NodeProto, op: str, inputs: list[int], fixed: QuantParams,
+                     version: int, options: object = None) -> None:
+        """Emit ``op`` whose int8 kernel demands fixed output parameters, then requantise to the
+        parameters the QDQ model chose, so the rest of the graph sees them unchanged."""
+        name = node.output[0]
+        wanted = self.quant(name)
+        if not self.int8 or fixed.same_as(wanted):
+            out = self.output_value(name, quant=fixed if self.int8 else None)
+            self.add_op(op, inputs, [out.tensor], version=version, options=options)
+            return
+        tmp = self.scratch(name + "/fixed", to_tflite_shape(self.shape(name)), fixed)
+        self.add_op(op, inputs, [tmp], version=version, options=options)
+        out = self.output_value(name)
+        self.add_op("QUANTIZE", [tmp], [out.tensor], version=2)
+
+    def same_params_output(self, node: onnx.NodeProto, op: str, inputs: list[int],
+                           version: int, options: object = None) -> None:
+        """Emit an op whose int8 kernel keeps its input's parameters (pooling, reshape, pad)."""
+        source_q = self.builder.tensor_quant(inputs[0]) if self.int8 else None
+        if source_q is None:
+            out = self.output_value(node.output[0])
+            self.add_op(op, inputs, [out.tensor], version=version, options=options)
+            return
+        self.fixed_output(node, op, inputs, source_q, version, options)
+
+
+def spatial_padding(ctx: LoweringContext, node: onnx.NodeProto, in_hw: tuple[int, int],
+                    kernel: tuple[int, int], strides: tuple[int, int],
+                    dilations: tuple[int, int] = (1, 1),
+                    out_hw: tuple[int, int] | None = None) -> tuple[str, list[tuple[int, int]]]:
+    """Map ONNX padding to TFLite's SAME/VALID, plus explicit pads when neither matches.
+
+    Returns (padding, explicit) where ``explicit`` holds (before, after) per spatial dim, all
+    zero unless a PAD op must precede a VALID op.
+    """
+    auto_pad = attr(node, "auto_pad", "NOTSET")
+    same = []
+    for size, k, s, d in zip(in_hw, kernel, strides, dilations):
+        effective = (k - 1) * d + 1
+        out = -(-size // s)
+        total = max((out - 1) * s + effective - size, 0)
+        same.append((total // 2, total - total // 2))
+    if auto_pad in ("SAME_UPPER",):
+        return "SAME", [(0, 0), (0, 0)]
+    if auto_pad == "VALID":
+        pads = [(0, 0), (0, 0)]
+    elif auto_pad == "SAME_LOWER":
+        pads = [(b + a - (b + a) // 2, (b + a) // 2) for b, a in same]  # extra pad first
+    else:
+        raw = list(attr(node, "pads", [0, 0, 0, 0]))  # type: ignore[arg-type]
+        pads = [(raw[0], raw[2]), (raw[1], raw[3])]
+    if out_hw is not None:  # ceil_mode: extend the end padding until the sizes match
+        for i, (size, k, s, d) in enumerate(zip(in_hw, kernel, strides, dilations)):
+            effective = (k - 1) * d + 1
+            while (size + pads[i][0] + pads[i][1] - effective) // s + 1 < out_hw[i]:
+                pads[i] = (pads[i][0], pads[i][1] + 1)
+    if all(p == (0, 0) for p in pads):
+        return "VALID", pads
+    if pads == same and out_hw is None:
+        return "SAME", [(0, 0), (0, 0)]
+    return "VALID", pads

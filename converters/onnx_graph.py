@@ -1,0 +1,232 @@
+"""The ONNX graph as the TFLite writer sees it: float ops, static shapes, quantisation as data.
+
+A QDQ model is read once into this form: every ``Q -> DQ`` pair on an activation becomes that
+tensor's :class:`QuantParams`, every ``DQ`` of an initializer becomes a constant with its integer
+data kept beside it. The lowerings then handle float and int8 models with the same code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import numpy_helper, shape_inference
+
+from edgecnn.converters.tflite_builder import QuantParams
+from edgecnn.errors import ConversionError
+
+QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
+
+
+@dataclass(frozen=True)
+class WeightQuant:
+    """Integer data of a quantised constant and its per-tensor or per-axis parameters."""
+
+    values: np.ndarray
+    scale: np.ndarray
+    zero_point: np.ndarray
+    axis: int | None
+
+    def params(self, axis_map: int | None = None) -> QuantParams:
+        axis = self.axis if axis_map is None else axis_map
+        return QuantParams(tuple(float(s) for s in self.scale.ravel()),
+                           tuple(int(z) for z in self.zero_point.ravel()),
+                           axis if self.scale.size > 1 else None)
+
+
+@dataclass
+class Graph:
+    """Float view of an ONNX graph with static shapes and quantisation annotations."""
+
+    source: str
+    nodes: list[onnx.NodeProto]
+    constants: dict[str, np.ndarray]
+    shapes: dict[str, tuple[int, ...]]
+    input_name: str
+    output_names: list[str]
+    weight_quant: dict[str, WeightQuant] = field(default_factory=dict)
+    act_quant: dict[str, QuantParams] = field(default_factory=dict)
+
+    @property
+    def quantized(self) -> bool:
+        return bool(self.act_quant)
+
+    def consumers(self, name: str) -> list[onnx.NodeProto]:
+        return [n for n in self.nodes if name in n.input]
+
+    def producer(self, name: str) -> onnx.NodeProto | None:
+        return next((n for n in self.nodes if name in n.output), None)
+
+
+def attr(node: onnx.NodeProto, name: str, default: object = None) -> object:
+    for a in node.attribute:
+        if a.name == name:
+            value = onnx.helper.get_attribute_value(a)
+            return value.decode() if isinstance(value, bytes) else value
+    return default
+
+
+def node_label(node: onnx.NodeProto) -> str:
+    return f"{node.op_type} node {node.name or node.output[0]!r}"
+
+
+def load_graph(model: onnx.ModelProto, source: str, batch: int = 1) -> Graph:
+    """Fix the batch size, fold Q/DQ into annotations, fold constants and infer static shapes."""
+    model = _with_static_batch(model, source, batch)
+    constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    nodes = list(model.graph.node)
+    graph = Graph(source, nodes, constants, {}, model.graph.input[0].name,
+                  [o.name for o in model.graph.output])
+    for node in [n for n in nodes if n.op_type == "Constant"]:
+        graph.constants[node.output[0]] = numpy_helper.to_array(attr(node, "value"))  # type: ignore[arg-type]
+        nodes.remove(node)
+    _fold_weight_dequantize(graph)
+    _fold_activation_qdq(graph)
+    graph.shapes = _infer_shapes(model, graph)
+    _fold_constant_nodes(graph)
+    return graph
+
+
+def _with_static_batch(model: onnx.ModelProto, source: str, batch: int) -> onnx.ModelProto:
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    if len(inputs) != 1:
+        raise ConversionError(f"{source}: has {len(inputs)} graph inputs; edgecnn converts models "
+                              "with one image input")
+    del model.graph.input[:]
+    model.graph.input.extend(inputs)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    if len(dims) != 4:
+        shape = [d.dim_value or d.dim_param for d in dims]
+        raise ConversionError(f"{source}: input {inputs[0].name!r} has shape {shape}; TFLite "
+                              "conversion needs a 4-D image input (N, C, H, W)")
+    if any(not d.HasField("dim_value") for d in dims[1:]):
+        raise ConversionError(f"{source}: input {inputs[0].name!r} has symbolic C/H/W dims; export "
+                              "the model with a fixed image size")
+    dims[0].Clear()
+    dims[0].dim_value = batch
+    return model
+
+
+def _fold_weight_dequantize(graph: Graph) -> None:
+    for node in [n for n in graph.nodes if n.op_type == "DequantizeLinear"]:
+        if node.input[0] not in graph.constants:
+            continue
+        values = graph.constants[node.input[0]]
+        scale = np.asarray(graph.constants[node.input[1]], np.float32)
+        zp = (np.asarray(graph.constants[node.input[2]]) if len(node.input) > 2 and node.input[2]
+              else np.zeros_like(scale, dtype=values.dtype))
+        axis = int(attr(node, "axis", 1)) if scale.size > 1 else None  # type: ignore[arg-type]
+        if axis is not None and axis < 0:
+            axis += values.ndim
+        shape = [1] * values.ndim
+        if axis is not None:
+            shape[axis] = -1
+        real = (values.astype(np.float64) - zp.reshape(shape)) * scale.reshape(shape)
+        graph.constants[node.output[0]] = real.astype(np.float32)
+        graph.weight_quant[node.output[0]] = WeightQuant(values, scale, zp, axis)
+        graph.nodes.remove(node)
+
+
+def _rename(graph: Graph, old: str, new: str) -> None:
+    for node in graph.nodes:
+        for field_ in (node.input, node.output):
+            for i, name in enumerate(field_):
+                if name == old:
+                    field_[i] = new
+
+
+def _fold_activation_qdq(graph: Graph) -> None:
+    for q in [n for n in graph.nodes if n.op_type == "QuantizeLinear"]:
+        src, qout = q.input[0], q.output[0]
+        users = graph.consumers(qout)
+        if not users or any(u.op_type != "DequantizeLinear" for u in users) or qout in graph.output_names:
+            raise ConversionError(f"{graph.source}: {node_label(q)} is not followed by "
+                                  "DequantizeLinear only; TFLite needs Q->DQ pairs (QDQ format)")
+        scale = np.asarray(graph.constants[q.input[1]], np.float32)
+        zp = np.asarray(graph.constants[q.input[2]]) if len(q.input) > 2 else np.zeros((), np.uint8)
+        if scale.size != 1:
+            raise ConversionError(f"{graph.source}: {node_label(q)} quantises an activation per "
+                                  "channel; TFLite int8 activations are per-tensor")
+        if zp.dtype != np.int8:
+            raise ConversionError(f"{graph.source}: {node_label(q)} quantises to {zp.dtype}; the "
+                                  "TFLite int8 path needs int8 activations (QuantType.QInt8)")
+        params = QuantParams.per_tensor(float(scale.ravel()[0]), int(zp.ravel()[0]))
+        graph.nodes.remove(q)
+        canonical = src
+        for dq in users:
+            graph.nodes.remove(dq)
+            if dq.output[0] in graph.output_names:
+                _rename(graph, canonical, dq.output[0])
+                if canonical == graph.input_name:
+                    raise ConversionError(f"{graph.source}: graph input feeds the output directly")
+                canonical = dq.output[0]
+            else:
+                _rename(graph, dq.output[0], canonical)
+        graph.act_quant[canonical] = params
+    left = [n for n in graph.nodes if n.op_type in QDQ_OPS]
+    if left:
+        raise ConversionError(f"{graph.source}: {node_label(left[0])} is not part of a Q->DQ pair "
+                              "TFLite can express")
+
+
+def _infer_shapes(model: onnx.ModelProto, graph: Graph) -> dict[str, tuple[int, ...]]:
+    float_model = onnx.helper.make_model(
+        onnx.helper.make_graph(
+            graph.nodes, "float", list(model.graph.input),
+            [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None)
+             for o in graph.output_names],
+            [numpy_helper.from_array(np.asarray(v), k) for k, v in graph.constants.items()]),
+        opset_imports=model.opset_import)
+    try:
+        inferred = shape_inference.infer_shapes(float_model, data_prop=True)
+    except Exception as exc:  # onnx raises InferenceError and others
+        raise ConversionError(f"{graph.source}: ONNX shape inference failed ({exc})") from None
+    shapes: dict[str, tuple[int, ...]] = {}
+    for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if value.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in dims):
+            shapes[value.name] = tuple(d.dim_value for d in dims)
+    for name, array in graph.constants.items():
+        shapes[name] = tuple(np.shape(array))
+    return shapes
+
+
+def _fold_constant_nodes(graph: Graph) -> None:
+    """Evaluate Shape-of-static-tensor and all-constant nodes (shape arithmetic) ahead of time."""
+    from onnx.reference import ReferenceEvaluator
+
+    for node in list(graph.nodes):
+        if node.op_type == "Shape" and node.input[0] in graph.shapes:
+            value = np.asarray(graph.shapes[node.input[0]], np.int64)
+            start, end = attr(node, "start", 0), attr(node, "end", None)
+            graph.constants[node.output[0]] = value[start:end]  # type: ignore[misc]
+        elif node.input and all(i in graph.constants or not i for i in node.input):
+            inputs = [i for i in node.input if i]
+            single = onnx.helper.make_graph(
+                [node], "fold", [], [onnx.helper.make_tensor_value_info(o, 0, None)
+                                     for o in node.output],
+                [numpy_helper.from_array(np.asarray(graph.constants[i]), i) for i in inputs])
+            try:
+                outputs = ReferenceEvaluator(onnx.helper.make_model(single)).run(None, {})
+            except Exception:
+                continue
+            for name, value in zip(node.output, outputs):
+                graph.constants[name] = np.asarray(value)
+        else:
+            continue
+        graph.nodes.remove(node)
+        for out in node.output:
+            graph.shapes[out] = tuple(np.shape(graph.constants[out]))
+
+
+def unsupported(graph: Graph, supported: Iterable[str]) -> dict[str, list[str]]:
+    """Every op type without a lowering, with the names of its nodes."""
+    known = set(supported)
+    missing: dict[str, list[str]] = {}
+    for node in graph.nodes:
+        if node.op_type not in known:
+            missing.setdefault(node.op_type, []).append(node.name or node.output[0])
+    return missing

@@ -1,0 +1,111 @@
+"""Graph clean-up on exported ONNX models: fold BatchNorm, drop Dropout/Identity, name the batch.
+
+These run after every export so that both the ONNX file we ship and the TFLite writer see the
+inference graph only: no training-time ops, no per-channel affine that could be folded.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+PASS_THROUGH_OPS = {"Identity", "Dropout"}
+
+
+def initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    return {t.name: t for t in model.graph.initializer}
+
+
+def consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    users: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+    return users
+
+
+def _rename_input(model: onnx.ModelProto, old: str, new: str) -> None:
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            if name == old:
+                node.input[i] = new
+
+
+def remove_pass_through(model: onnx.ModelProto) -> int:
+    """Drop Identity and inference-mode Dropout nodes, rewiring their consumers."""
+    graph_outputs = {o.name for o in model.graph.output}
+    removed = 0
+    for node in list(model.graph.node):
+        if node.op_type not in PASS_THROUGH_OPS:
+            continue
+        src, dst = node.input[0], node.output[0]
+        if dst in graph_outputs:
+            producer = next((n for n in model.graph.node if src in n.output), None)
+            if producer is None:
+                continue
+            producer.output[list(producer.output).index(src)] = dst
+            _rename_input(model, src, dst)
+        else:
+            _rename_input(model, dst, src)
+        model.graph.node.remove(node)
+        removed += 1
+    return removed
+
+
+def fold_batch_norm(model: onnx.ModelProto) -> int:
+    """Fold BatchNormalization into the Conv before it when that Conv feeds nothing else."""
+    inits = initializers(model)
+    users = consumers(model)
+    producers = {out: n for n in model.graph.node for out in n.output}
+    folded = 0
+    for bn in [n for n in model.graph.node if n.op_type == "BatchNormalization"]:
+        conv = producers.get(bn.input[0])
+        if (conv is None or conv.op_type != "Conv" or len(users.get(conv.output[0], [])) != 1
+                or conv.input[1] not in inits or not all(i in inits for i in bn.input[1:5])):
+            continue
+        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+        gamma, beta, mean, var = (numpy_helper.to_array(inits[i]).astype(np.float64)
+                                  for i in bn.input[1:5])
+        weight = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float64)
+        bias = (numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64)
+                if len(conv.input) > 2 and conv.input[2] else np.zeros(weight.shape[0]))
+        factor = gamma / np.sqrt(var + eps)
+        new_w = (weight * factor.reshape(-1, *[1] * (weight.ndim - 1))).astype(np.float32)
+        new_b = ((bias - mean) * factor + beta).astype(np.float32)
+        w_name, b_name = conv.input[1] + "_bnfold", conv.output[0] + "_bnfold_bias"
+        model.graph.initializer.extend([numpy_helper.from_array(new_w, w_name),
+                                        numpy_helper.from_array(new_b, b_name)])
+        conv.input[1] = w_name
+        if len(conv.input) > 2:
+            conv.input[2] = b_name
+        else:
+            conv.input.append(b_name)
+        conv.output[0] = bn.output[0]
+        model.graph.node.remove(bn)
+        folded += 1
+    prune_initializers(model)
+    return folded
+
+
+def prune_initializers(model: onnx.ModelProto) -> None:
+    used = {name for node in model.graph.node for name in node.input}
+    used |= {o.name for o in model.graph.output}
+    keep = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+
+
+def name_batch_dimension(model: onnx.ModelProto, name: str = "batch") -> None:
+    """Give the symbolic leading dimension of every graph input and output one readable name."""
+    for value in [*model.graph.input, *model.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            dims[0].dim_param = name
+    del model.graph.value_info[:]
+
+
+def clean(model: onnx.ModelProto) -> dict[str, int]:
+    """Run every pass; return how much each changed."""
+    return {"batchnorm_folded": fold_batch_norm(model),
+            "pass_through_removed": remove_pass_through(model)}

@@ -1,0 +1,139 @@
+"""ONNX (float or int8 QDQ) -> TFLite flatbuffer, written by edgecnn itself: no TensorFlow.
+
+The graph is read into a float view with quantisation annotations (:mod:`onnx_graph`), checked
+for unsupported ops all at once, lowered node by node through the op registry
+(:mod:`edgecnn.converters.ops`), and serialised with the official LiteRT schema. Inside the model
+every feature map is NHWC; the only TRANSPOSE ever written is the optional one for NCHW input.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from edgecnn.converters.lowering import LoweringContext, Value, to_tflite_shape
+from edgecnn.converters.onnx_graph import load_graph, unsupported
+from edgecnn.converters.ops import LOWERINGS
+from edgecnn.converters.tflite_builder import QuantParams, TFLiteBuilder
+from edgecnn.converters.tflite_schema import min_runtime_for
+from edgecnn.errors import ConversionError, UnsupportedOpsError
+
+IO_DTYPES = {"float32": np.float32, "int8": np.int8, "uint8": np.uint8}
+
+
+@dataclass(frozen=True)
+class TFLiteConfig:
+    """Interface choices; the graph inside is always NHWC and, for QDQ input, full-integer."""
+
+    io_dtype: str | None = None  # None: float32 for float models, int8 for int8 models
+    nchw_input: bool = False
+
+    def __post_init__(self) -> None:
+        if self.io_dtype is not None and self.io_dtype not in IO_DTYPES:
+            raise ValueError(f"io dtype {self.io_dtype!r}; choose from {', '.join(IO_DTYPES)}")
+
+
+@dataclass(frozen=True)
+class TFLiteModel:
+    data: bytes
+    ops: list[tuple[str, int]]
+    min_runtime: str | None
+    quantized: bool
+    input_quant: QuantParams | None
+    output_quant: QuantParams | None
+
+
+def supported_ops() -> list[str]:
+    return list(LOWERINGS) + ["BatchNormalization (folded)", "Dropout", "Identity"]
+
+
+def convert_onnx_to_tflite(model: onnx.ModelProto, source: str,
+                           config: TFLiteConfig = TFLiteConfig()) -> TFLiteModel:
+    """Lower ``model`` to TFLite bytes; raises ConversionError naming what cannot convert."""
+    graph = load_graph(model, source)
+    missing = unsupported(graph, LOWERINGS)
+    if missing:
+        listed = "; ".join(f"{op} ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})"
+                           for op, names in sorted(missing.items()))
+        raise UnsupportedOpsError(f"{source}: no TFLite lowering for {listed}; supported: "
+                                  f"{', '.join(sorted(LOWERINGS))}")
+    io_dtype = config.io_dtype or ("int8" if graph.quantized else "float32")
+    if not graph.quantized and io_dtype != "float32":
+        raise ConversionError(f"{source}: --io-dtype {io_dtype} needs an int8 model; add --int8")
+    builder = TFLiteBuilder(f"edgecnn: {source}")
+    ctx = LoweringContext(graph, builder)
+    input_quant = _add_input(ctx, io_dtype, config.nchw_input)
+    for node in graph.nodes:
+        if id(node) not in ctx.skipped:
+            LOWERINGS.get(node.op_type)(ctx, node)
+    output_quant = _add_outputs(ctx, io_dtype)
+    card = next((p.value for p in model.metadata_props if p.key == "edgecnn.card"), None)
+    if card:
+        builder.metadata["edgecnn_card"] = card.encode()
+    if graph.quantized:
+        builder.metadata["edgecnn_input_quantization"] = json.dumps(
+            {"dtype": io_dtype, "scale": input_quant.scale[0] if input_quant else None,
+             "zero_point": input_quant.zero_point[0] if input_quant else None}).encode()
+    data = builder.serialize()
+    return TFLiteModel(data, builder.used_ops(), min_runtime_for(builder.used_ops()),
+                       graph.quantized, input_quant, output_quant)
+
+
+def _io_params(params: QuantParams, dtype: str) -> QuantParams:
+    if dtype == "uint8":
+        return QuantParams(params.scale, tuple(z + 128 for z in params.zero_point))
+    return params
+
+
+def _add_input(ctx: LoweringContext, io_dtype: str, nchw: bool) -> QuantParams | None:
+    name = ctx.graph.input_name
+    nchw_shape = ctx.shape(name)
+    nhwc_shape = to_tflite_shape(nchw_shape)
+    quant = ctx.quant(name)
+    io_quant = _io_params(quant, io_dtype) if quant is not None else None
+    outer_shape = nchw_shape if nchw else nhwc_shape
+    tensor = ctx.builder.add_tensor(name, outer_shape, IO_DTYPES[io_dtype], quant=io_quant,
+                                    dynamic_batch=True)
+    ctx.builder.inputs.append(tensor)
+    if nchw:
+        perm = ctx.int_const(name + "/to_nhwc", [0, 2, 3, 1])
+        moved = ctx.builder.add_tensor(name + "/nhwc", nhwc_shape, IO_DTYPES[io_dtype],
+                                       quant=io_quant, dynamic_batch=True)
+        ctx.add_op("TRANSPOSE", [tensor, perm], [moved], version=2 if io_quant else 1)
+        tensor = moved
+    if ctx.int8 and io_dtype != "int8":
+        inner = ctx.scratch(name + "/int8", nhwc_shape, quant)
+        ctx.add_op("QUANTIZE", [tensor], [inner], version=2)
+        tensor = inner
+    ctx.values[name] = Value(tensor, True)
+    return io_quant
+
+
+def _add_outputs(ctx: LoweringContext, io_dtype: str) -> QuantParams | None:
+    io_quant = None
+    for name in ctx.graph.output_names:
+        value = ctx.value(name)
+        if value.column_order is not None:
+            raise ConversionError(f"{ctx.graph.source}: output {name!r} is a flattened feature map;"
+                                  " end the model with a fully-connected layer")
+        tensor = value.tensor
+        if ctx.int8 and io_dtype != "int8":
+            quant = ctx.builder.tensor_quant(tensor)
+            ctx.builder.tensors[tensor].name = name + "/int8"
+            shape = ctx.builder.tensor_shape(tensor)
+            if io_dtype == "float32":
+                out = ctx.builder.add_tensor(name, shape, np.float32, dynamic_batch=True)
+                ctx.add_op("DEQUANTIZE", [tensor], [out], version=2)
+            else:
+                io_quant = _io_params(quant, io_dtype)  # type: ignore[arg-type]
+                out = ctx.builder.add_tensor(name, shape, np.uint8, quant=io_quant,
+                                             dynamic_batch=True)
+                ctx.add_op("QUANTIZE", [tensor], [out], version=2)
+            tensor = out
+        elif ctx.int8:
+            io_quant = ctx.builder.tensor_quant(tensor)
+        ctx.builder.outputs.append(tensor)
+    return io_quant

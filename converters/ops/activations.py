@@ -1,0 +1,95 @@
+"""Activations that were not fused into the op before them, and Softmax."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from edgecnn.converters.lowering import (FUSED_RELU, FUSED_RELU6, FUSED_RELU_N1_TO_1,
+                                         LoweringContext)
+from edgecnn.converters.ops import lower
+from edgecnn.converters.tflite_builder import QuantParams
+from edgecnn.errors import ConversionError
+
+LOGISTIC_INT8 = QuantParams.per_tensor(1.0 / 256.0, -128)  # TFLite int8 kernel constraints
+TANH_INT8 = QuantParams.per_tensor(1.0 / 128.0, 0)
+SOFTMAX_INT8 = QuantParams.per_tensor(1.0 / 256.0, -128)
+
+
+def _unary(ctx: LoweringContext, node: onnx.NodeProto, op: str, *, int8_version: int = 2,
+           options: object = None) -> None:
+    source = ctx.value(node.input[0])
+    out = ctx.output_value(node.output[0], column_order=source.column_order)
+    ctx.add_op(op, [source.tensor], [out.tensor], version=ctx.op_version(1, int8_version),
+               options=options)
+
+
+@lower("Relu")
+def lower_relu(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    _unary(ctx, node, "RELU")
+
+
+@lower("Clip")
+def lower_clip(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    code = ctx.activation_code(node)
+    ops = {FUSED_RELU: ("RELU", 2), FUSED_RELU6: ("RELU6", 2), FUSED_RELU_N1_TO_1:
+           ("RELU_N1_TO_1", 1)}
+    if code in ops:
+        op, version = ops[code]
+        _unary(ctx, node, op, int8_version=version)
+        return
+    low, high = ctx.clip_bounds(node)
+    if ctx.int8:
+        raise ConversionError(f"{ctx.graph.source}: int8 Clip {node.name!r} to ({low}, {high}); "
+                              "only Relu, Relu6 and (-1, 1) clips convert to int8")
+    source = ctx.value(node.input[0])
+    current = source.tensor
+    shape = ctx.builder.tensor_shape(current)
+    for op, bound, tag in (("MAXIMUM", low, "lo"), ("MINIMUM", high, "hi")):
+        if bound is None:
+            continue
+        limit = ctx.builder.add_constant(f"{node.output[0]}/{tag}", np.float32([bound]))
+        nxt = ctx.scratch(f"{node.output[0]}/{tag}_out", shape, None)
+        ctx.add_op(op, [current, limit], [nxt])
+        current = nxt
+    ctx.values[node.output[0]] = type(source)(current, source.nhwc, source.column_order)
+
+
+@lower("LeakyRelu")
+def lower_leaky_relu(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    alpha = float(ctx.attr(node, "alpha", 0.01))
+    _unary(ctx, node, "LEAKY_RELU", options=ctx.options("LeakyReluOptions", alpha=alpha))
+
+
+@lower("HardSwish")
+def lower_hard_swish(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    if ctx.int8:
+        raise ConversionError(f"{ctx.graph.source}: int8 HardSwish {node.name!r} needs "
+                              "HARD_SWISH v2 (TFLite 2.x only); convert this model in float")
+    _unary(ctx, node, "HARD_SWISH", int8_version=1)
+
+
+@lower("Sigmoid")
+def lower_sigmoid(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    x = ctx.value(node.input[0]).tensor
+    ctx.fixed_output(node, "LOGISTIC", [x], LOGISTIC_INT8, ctx.op_version(1, 2))
+
+
+@lower("Tanh")
+def lower_tanh(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    x = ctx.value(node.input[0]).tensor
+    ctx.fixed_output(node, "TANH", [x], TANH_INT8, ctx.op_version(1, 2))
+
+
+@lower("Softmax")
+def lower_softmax(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    rank = len(ctx.shape(node.input[0]))
+    axis = int(ctx.attr(node, "axis", -1))
+    axis = axis + rank if axis < 0 else axis
+    last = rank - 1
+    if not (axis == last or (rank == 4 and axis == 1)):  # NCHW axis 1 is NHWC's last axis
+        raise ConversionError(f"{ctx.graph.source}: Softmax {node.name!r} over axis {axis} of a "
+                              f"rank-{rank} tensor; TFLite softmax runs over the channel axis")
+    x = ctx.value(node.input[0]).tensor
+    ctx.fixed_output(node, "SOFTMAX", [x], SOFTMAX_INT8, ctx.op_version(1, 2),
+                     options=ctx.options("SoftmaxOptions", beta=1.0))

@@ -1,0 +1,135 @@
+"""Conv -> CONV_2D, DEPTHWISE_CONV_2D, or SPLIT + CONV_2D per group + CONCATENATION."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from edgecnn.converters.lowering import LoweringContext, spatial_padding
+from edgecnn.converters.ops import lower
+from edgecnn.converters.tflite_builder import QuantParams
+from edgecnn.errors import ConversionError
+
+
+def _weights(ctx: LoweringContext, node: onnx.NodeProto, layout: tuple[int, ...],
+             quant_axis: int, name: str) -> int:
+    """Filter tensor in TFLite layout; int8 with per-channel scales when the model is int8."""
+    wq = ctx.weight_quant(node.input[1])
+    if ctx.int8:
+        if wq is None or wq.values.dtype != np.int8:
+            raise ConversionError(f"{ctx.graph.source}: Conv {node.name!r} weights are not int8 "
+                                  "QDQ constants; quantise the model with edgecnn --int8")
+        if np.any(wq.zero_point != 0):
+            raise ConversionError(f"{ctx.graph.source}: Conv {node.name!r} weights have non-zero "
+                                  "zero points; TFLite int8 weights are symmetric")
+        data = wq.values.transpose(layout)
+        return ctx.builder.add_constant(name, data, wq.params(quant_axis))
+    return ctx.builder.add_constant(name, ctx.const(node, 1).transpose(layout).astype(np.float32))
+
+
+def _bias(ctx: LoweringContext, node: onnx.NodeProto, channels: slice, input_tensor: int,
+          weight_tensor: int, name: str) -> int:
+    """Float bias, or int32 bias at input scale x weight scale as the int8 kernels require."""
+    count = channels.stop - channels.start
+    has_bias = len(node.input) > 2 and bool(node.input[2])
+    real = ctx.const(node, 2)[channels].astype(np.float64) if has_bias else np.zeros(count)
+    if not ctx.int8:
+        return ctx.builder.add_constant(name, real.astype(np.float32))
+    in_scale = ctx.builder.tensor_quant(input_tensor).scale[0]  # type: ignore[union-attr]
+    w_scale = np.asarray(ctx.builder.tensor_quant(weight_tensor).scale)  # type: ignore[union-attr]
+    scale = in_scale * w_scale * np.ones(count)
+    bq = ctx.weight_quant(node.input[2]) if has_bias else None
+    if (bq is not None and bq.values.dtype == np.int32
+            and np.allclose(np.broadcast_to(bq.scale, (bq.values.size,))[channels], scale,
+                            rtol=1e-6)):
+        values = bq.values[channels].astype(np.int32)  # the QDQ model's integers, unchanged
+    else:
+        values = np.clip(np.round(real / scale), -2**31, 2**31 - 1).astype(np.int32)
+    if w_scale.size == 1:  # per-tensor weights take a per-tensor bias (XNNPACK insists)
+        return ctx.builder.add_constant(name, values, QuantParams.per_tensor(scale[0], 0))
+    return ctx.builder.add_constant(name, values, QuantParams(
+        tuple(float(v) for v in scale), (0,) * count, 0 if count > 1 else None))
+
+
+@lower("Conv")
+def lower_conv(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    n, c, h, w = ctx.shape(node.input[0])
+    weight = ctx.const(node, 1)
+    if weight.ndim != 4:
+        raise ConversionError(f"{ctx.graph.source}: Conv {node.name!r} is {weight.ndim - 2}-D; "
+                              "only 2-D convolutions convert")
+    out_ch, _, kh, kw = weight.shape
+    group = int(ctx.attr(node, "group", 1))
+    strides = tuple(ctx.attr(node, "strides", [1, 1]))
+    dilations = tuple(ctx.attr(node, "dilations", [1, 1]))
+    padding, explicit = spatial_padding(ctx, node, (h, w), (kh, kw), strides, dilations)
+    x = ctx.value(node.input[0]).tensor
+    if any(p != (0, 0) for p in explicit):
+        x = _pad(ctx, x, explicit, node.output[0] + "/pad")
+    fused, out_name = ctx.fuse_activation(node)
+    out = ctx.output_value(out_name)
+    common = dict(padding=0 if padding == "SAME" else 1, strideH=strides[0], strideW=strides[1],
+                  dilationHFactor=dilations[0], dilationWFactor=dilations[1],
+                  fusedActivationFunction=fused)
+    if group == 1:
+        wt = _weights(ctx, node, (0, 2, 3, 1), 0, node.input[1])
+        b = _bias(ctx, node, slice(0, out_ch), x, wt, node.output[0] + "/bias")
+        ctx.add_op("CONV_2D", [x, wt, b], [out.tensor], version=ctx.op_version(1, 3),
+                   options=ctx.options("Conv2DOptions", **common))
+    elif group == c:
+        wt = _weights(ctx, node, (1, 2, 3, 0), 3, node.input[1])
+        b = _bias(ctx, node, slice(0, out_ch), x, wt, node.output[0] + "/bias")
+        version = 3 if ctx.int8 else (2 if dilations != (1, 1) else 1)
+        ctx.add_op("DEPTHWISE_CONV_2D", [x, wt, b], [out.tensor], version=version,
+                   options=ctx.options("DepthwiseConv2DOptions", depthMultiplier=out_ch // c,
+                                       **common))
+    else:
+        _grouped(ctx, node, x, out.tensor, group, common)
+
+
+def _pad(ctx: LoweringContext, x: int, explicit: list[tuple[int, int]], name: str) -> int:
+    """PAD with zeros (the zero point in int8, which PAD uses automatically)."""
+    n, h, w, c = ctx.builder.tensor_shape(x)
+    (t, b), (left, r) = explicit
+    paddings = ctx.int_const(name + "/paddings", [[0, 0], [t, b], [left, r], [0, 0]])
+    out = ctx.scratch(name, (n, h + t + b, w + left + r, c), ctx.builder.tensor_quant(x))
+    ctx.add_op("PAD", [x, paddings], [out], version=ctx.op_version(1, 2))
+    return out
+
+
+def _grouped(ctx: LoweringContext, node: onnx.NodeProto, x: int, out: int, group: int,
+             common: dict) -> None:
+    """Grouped conv as SPLIT -> one CONV_2D per group -> CONCATENATION (runs on every runtime)."""
+    weight = ctx.const(node, 1)
+    out_ch = weight.shape[0]
+    per_out = out_ch // group
+    n, h, w, c = ctx.builder.tensor_shape(x)
+    axis = ctx.int_const(node.output[0] + "/split_axis", [3])
+    parts = [ctx.scratch(f"{node.output[0]}/in{g}", (n, h, w, c // group),
+                         ctx.builder.tensor_quant(x)) for g in range(group)]
+    ctx.add_op("SPLIT", [axis, x], parts, version=ctx.op_version(1, 2),
+               options=ctx.options("SplitOptions", numSplits=group))
+    out_shape = ctx.builder.tensor_shape(out)
+    out_q = ctx.builder.tensor_quant(out)
+    results = []
+    wq = ctx.weight_quant(node.input[1])
+    for g in range(group):
+        sl = slice(g * per_out, (g + 1) * per_out)
+        name = f"{node.output[0]}/g{g}"
+        if ctx.int8:
+            assert wq is not None
+            scales = wq.scale.ravel()[sl] if wq.scale.size > 1 else wq.scale.ravel()
+            params = QuantParams(tuple(float(v) for v in scales), (0,) * scales.size,
+                                 0 if scales.size > 1 else None)
+            wt = ctx.builder.add_constant(name + "/w", wq.values[sl].transpose(0, 2, 3, 1), params)
+        else:
+            wt = ctx.builder.add_constant(name + "/w",
+                                          weight[sl].transpose(0, 2, 3, 1).astype(np.float32))
+        b = _bias(ctx, node, sl, parts[g], wt, name + "/bias")
+        res = ctx.scratch(name, (*out_shape[:3], per_out), out_q)
+        ctx.add_op("CONV_2D", [parts[g], wt, b], [res], version=ctx.op_version(1, 3),
+                   options=ctx.options("Conv2DOptions", **common))
+        results.append(res)
+    ctx.add_op("CONCATENATION", results, [out], version=ctx.op_version(1, 2),
+               options=ctx.options("ConcatenationOptions", axis=3))
+

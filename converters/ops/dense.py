@@ -1,0 +1,96 @@
+"""Gemm and MatMul(+Add) with a constant weight -> FULLY_CONNECTED.
+
+When the input is a flattened NHWC tensor, the weight columns are permuted into NHWC order here,
+which is what keeps TRANSPOSE ops out of the graph.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from edgecnn.converters.lowering import LoweringContext
+from edgecnn.converters.ops import lower
+from edgecnn.converters.ops.conv import _bias
+from edgecnn.converters.tflite_builder import QuantParams
+from edgecnn.errors import ConversionError
+
+
+def _fully_connected(ctx: LoweringContext, node: onnx.NodeProto, weight: np.ndarray,
+                     weight_name: str, transposed: bool, bias_node: onnx.NodeProto,
+                     out_node: onnx.NodeProto, alpha: float = 1.0) -> None:
+    """Write FULLY_CONNECTED for ``y = x @ W.T + b``; ``weight`` is the ONNX constant."""
+    source = ctx.value(node.input[0])
+    if len(ctx.builder.tensor_shape(source.tensor)) != 2:
+        raise ConversionError(f"{ctx.graph.source}: {node.op_type} {node.name!r} input is not 2-D; "
+                              "flatten before the fully-connected layer")
+    w = weight if transposed else weight.T  # -> [out, in]
+    order = source.column_order
+    fused, out_name = ctx.fuse_activation(out_node)
+    out = ctx.output_value(out_name)
+    if ctx.int8:
+        wq = ctx.weight_quant(weight_name)
+        if wq is None or wq.values.dtype != np.int8 or np.any(wq.zero_point != 0):
+            raise ConversionError(f"{ctx.graph.source}: {node.op_type} {node.name!r} weights are not "
+                                  "symmetric int8 QDQ constants; quantise with edgecnn --int8")
+        values = wq.values if transposed else wq.values.T
+        if order is not None:
+            values = values[:, order]
+        per_channel = wq.scale.size > 1
+        params = QuantParams(tuple(float(s) for s in wq.scale.ravel()), (0,) * wq.scale.size,
+                             0 if per_channel else None)
+        wt = ctx.builder.add_constant(weight_name, np.ascontiguousarray(values), params)
+    else:
+        w = w * np.float32(alpha)
+        if order is not None:
+            w = w[:, order]
+        wt = ctx.builder.add_constant(weight_name, np.ascontiguousarray(w, np.float32))
+    bias = _bias(ctx, bias_node, slice(0, w.shape[0]), source.tensor, wt, out_name + "/bias")
+    ctx.add_op("FULLY_CONNECTED", [source.tensor, wt, bias], [out.tensor],
+               version=ctx.op_version(1, 4),
+               options=ctx.options("FullyConnectedOptions", fusedActivationFunction=fused))
+
+
+@lower("Gemm")
+def lower_gemm(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    if int(ctx.attr(node, "transA", 0)):
+        raise ConversionError(f"{ctx.graph.source}: Gemm {node.name!r} has transA=1; only "
+                              "x @ W (+ b) converts")
+    alpha = float(ctx.attr(node, "alpha", 1.0))
+    beta = float(ctx.attr(node, "beta", 1.0))
+    if ctx.int8 and (alpha != 1.0 or beta != 1.0):
+        raise ConversionError(f"{ctx.graph.source}: int8 Gemm {node.name!r} has alpha/beta != 1")
+    weight = ctx.const(node, 1)
+    bias_node = node
+    if len(node.input) > 2 and node.input[2] and not ctx.int8:
+        bias = np.broadcast_to(ctx.const(node, 2) * np.float32(beta),
+                               (weight.shape[0 if ctx.attr(node, "transB", 0) else 1],))
+        ctx.graph.constants[node.output[0] + "/gemm_bias"] = np.ascontiguousarray(bias)
+        bias_node = onnx.helper.make_node("Gemm", [node.input[0], node.input[1],
+                                                   node.output[0] + "/gemm_bias"], node.output)
+    _fully_connected(ctx, node, weight, node.input[1], bool(ctx.attr(node, "transB", 0)),
+                     bias_node, node, alpha)
+
+
+@lower("MatMul")
+def lower_matmul(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    weight = ctx.const(node, 1)
+    if weight.ndim != 2:
+        raise ConversionError(f"{ctx.graph.source}: MatMul {node.name!r} weight is "
+                              f"{weight.ndim}-D; only 2-D weights convert")
+    users = ctx.graph.consumers(node.output[0])
+    bias_add = None
+    if (len(users) == 1 and users[0].op_type == "Add" and node.output[0] not in ctx.graph.output_names):
+        other = [i for i in users[0].input if i != node.output[0]]
+        if other and ctx.is_const(other[0]) and np.size(ctx.graph.constants[other[0]]) == weight.shape[1]:
+            bias_add = users[0]
+    if bias_add is None:
+        _fully_connected(ctx, node, weight, node.input[1], False,
+                         onnx.helper.make_node("MatMul", node.input[:2], node.output), node)
+        return
+    ctx.skipped.add(id(bias_add))
+    bias_name = next(i for i in bias_add.input if i != node.output[0])
+    ctx.graph.constants[bias_name] = np.ravel(ctx.graph.constants[bias_name])
+    combined = onnx.helper.make_node("Gemm", [node.input[0], node.input[1], bias_name],
+                                     bias_add.output)
+    _fully_connected(ctx, node, weight, node.input[1], False, combined, bias_add)

@@ -1,0 +1,66 @@
+"""Add and Mul -> ADD / MUL, with constants brought into the activation's layout."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from edgecnn.converters.lowering import NCHW_TO_NHWC, LoweringContext
+from edgecnn.converters.ops import lower
+from edgecnn.converters.tflite_builder import QuantParams
+from edgecnn.errors import ConversionError
+
+
+def _constant_operand(ctx: LoweringContext, node: onnx.NodeProto, name: str, rank: int,
+                      order: np.ndarray | None) -> int:
+    array = np.asarray(ctx.graph.constants[name], np.float32)
+    if rank == 4:  # broadcast rules are positional: align to NCHW first, then permute
+        array = array.reshape((1,) * (4 - array.ndim) + array.shape).transpose(NCHW_TO_NHWC)
+    if order is not None and array.ndim >= 1 and array.shape[-1] == order.size:
+        array = array[..., order]
+    if not ctx.int8:
+        return ctx.builder.add_constant(node.output[0] + "/" + name, np.ascontiguousarray(array))
+    wq = ctx.weight_quant(name)
+    if wq is not None and wq.scale.size == 1 and wq.values.dtype == np.int8:
+        params = wq.params()
+    else:  # symmetric per-tensor int8 for a float constant the QDQ model left unquantised
+        bound = float(np.max(np.abs(array))) or 1.0
+        params = QuantParams.per_tensor(bound / 127.0, 0)
+    values = np.clip(np.round(array / params.scale[0]) + params.zero_point[0], -128, 127)
+    return ctx.builder.add_constant(node.output[0] + "/" + name,
+                                    np.ascontiguousarray(values.astype(np.int8)), params)
+
+
+def _binary(ctx: LoweringContext, node: onnx.NodeProto, op: str, options_name: str) -> None:
+    rank = len(ctx.shape(node.output[0]))
+    activations = [i for i in node.input if not ctx.is_const(i)]
+    if not activations:
+        raise ConversionError(f"{ctx.graph.source}: {node.op_type} {node.name!r} has only "
+                              "constant inputs and should have been folded")
+    first = ctx.value(activations[0])
+    order = first.column_order
+    inputs = []
+    for name in node.input:
+        if ctx.is_const(name):
+            inputs.append(_constant_operand(ctx, node, name, rank, order))
+        else:
+            value = ctx.value(name)
+            if (value.column_order is None) != (order is None) or (
+                    order is not None and not np.array_equal(value.column_order, order)):
+                raise ConversionError(f"{ctx.graph.source}: {node.op_type} {node.name!r} mixes "
+                                      "flattened and unflattened tensors")
+            inputs.append(value.tensor)
+    fused, out_name = ctx.fuse_activation(node)
+    out = ctx.output_value(out_name, column_order=order)
+    ctx.add_op(op, inputs, [out.tensor], version=ctx.op_version(1, 2),
+               options=ctx.options(options_name, fusedActivationFunction=fused))
+
+
+@lower("Add")
+def lower_add(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    _binary(ctx, node, "ADD", "AddOptions")
+
+
+@lower("Mul")
+def lower_mul(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    _binary(ctx, node, "MUL", "MulOptions")

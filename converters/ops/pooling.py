@@ -1,0 +1,73 @@
+"""MaxPool, AveragePool -> MAX_POOL_2D / AVERAGE_POOL_2D; GlobalAveragePool -> MEAN."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from edgecnn.converters.lowering import LoweringContext, spatial_padding
+from edgecnn.converters.ops import lower
+from edgecnn.errors import ConversionError
+
+
+def _pool(ctx: LoweringContext, node: onnx.NodeProto, op: str) -> None:
+    _, _, h, w = ctx.shape(node.input[0])
+    kernel = tuple(ctx.attr(node, "kernel_shape"))
+    strides = tuple(ctx.attr(node, "strides", [1, 1]))
+    dilations = tuple(ctx.attr(node, "dilations", [1, 1]))
+    if dilations != (1, 1):
+        raise ConversionError(f"{ctx.graph.source}: {node.op_type} {node.name!r} is dilated; "
+                              "TFLite pooling has no dilation")
+    ceil = int(ctx.attr(node, "ceil_mode", 0))
+    out_hw = ctx.shape(node.output[0])[2:] if ceil else None
+    padding, explicit = spatial_padding(ctx, node, (h, w), kernel, strides, out_hw=out_hw)
+    x = ctx.value(node.input[0]).tensor
+    if any(p != (0, 0) for p in explicit):
+        if op == "AVERAGE_POOL_2D" and not int(ctx.attr(node, "count_include_pad", 0)):
+            raise ConversionError(f"{ctx.graph.source}: AveragePool {node.name!r} pads "
+                                  f"{explicit} without counting the padding; TFLite expresses "
+                                  "only SAME or VALID for that")
+        x = _pad_for_pool(ctx, x, explicit, op, node.output[0] + "/pad")
+    fused, out_name = ctx.fuse_activation(node)
+    options = ctx.options("Pool2DOptions", padding=0 if padding == "SAME" else 1,
+                          strideH=strides[0], strideW=strides[1], filterHeight=kernel[0],
+                          filterWidth=kernel[1], fusedActivationFunction=fused)
+    if out_name != node.output[0]:  # the fused activation's output replaces ours
+        node = onnx.helper.make_node(node.op_type, node.input, [out_name])
+    ctx.same_params_output(node, op, [x], ctx.op_version(1, 2), options)
+
+
+def _pad_for_pool(ctx: LoweringContext, x: int, explicit: list[tuple[int, int]], op: str,
+                  name: str) -> int:
+    n, h, w, c = ctx.builder.tensor_shape(x)
+    (t, b), (left, r) = explicit
+    quant = ctx.builder.tensor_quant(x)
+    paddings = ctx.int_const(name + "/paddings", [[0, 0], [t, b], [left, r], [0, 0]])
+    out = ctx.scratch(name, (n, h + t + b, w + left + r, c), quant)
+    if op == "MAX_POOL_2D":  # pad with the lowest value so padding never wins the max
+        low = (np.array([-128], np.int8) if ctx.int8
+               else np.array([np.finfo(np.float32).min], np.float32))
+        fill = ctx.builder.add_constant(name + "/fill", low, quant)
+        ctx.add_op("PADV2", [x, paddings, fill], [out], version=ctx.op_version(1, 2))
+    else:
+        ctx.add_op("PAD", [x, paddings], [out], version=ctx.op_version(1, 2))
+    return out
+
+
+@lower("MaxPool")
+def lower_max_pool(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    _pool(ctx, node, "MAX_POOL_2D")
+
+
+@lower("AveragePool")
+def lower_average_pool(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    _pool(ctx, node, "AVERAGE_POOL_2D")
+
+
+@lower("GlobalAveragePool")
+def lower_global_average_pool(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    x = ctx.value(node.input[0]).tensor
+    axes = ctx.int_const(node.output[0] + "/axes", [1, 2])
+    out = ctx.output_value(node.output[0])
+    ctx.add_op("MEAN", [x, axes], [out.tensor], version=ctx.op_version(1, 2),
+               options=ctx.options("ReducerOptions", keepDims=True))

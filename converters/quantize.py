@@ -1,0 +1,133 @@
+"""Static post-training int8 quantisation of ONNX models with onnxruntime, QDQ format.
+
+The QDQ model is the single record of the quantisation: the TFLite writer reads its scales and
+zero points and reuses them unchanged, so the int8 ONNX and int8 TFLite models are one model in
+two containers. Settings follow the TFLite 8-bit spec, so nothing has to be re-derived there:
+symmetric int8 weights with zero point 0 (per output channel by default), asymmetric int8
+activations, int32 biases at input scale x weight scale.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from tqdm import tqdm
+
+from edgecnn.card import ModelCard
+from edgecnn.data import Dataset
+from edgecnn.errors import ConversionError, DataError
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """How to quantise: validated once here, not scattered across call sites."""
+
+    method: str = "minmax"
+    per_channel: bool = True
+    batch_size: int = 100
+    max_images: int | None = 1000
+
+    def __post_init__(self) -> None:
+        if self.method not in CALIBRATION_METHODS:
+            raise ValueError(f"calibration method {self.method!r}; choose from "
+                             f"{', '.join(CALIBRATION_METHODS)}")
+        if self.batch_size < 1:
+            raise ValueError("calibration batch size must be at least 1")
+
+
+class DatasetCalibrationReader:
+    """onnxruntime's CalibrationDataReader over a preprocessed dataset, with a progress bar."""
+
+    def __init__(self, data: Dataset, card: ModelCard, input_name: str, batch_size: int) -> None:
+        self._batches = data.batches(card.input, batch_size)
+        self._input_name = input_name
+        self._bar = tqdm(total=len(data), desc="calibrating", unit="img", disable=None,
+                         leave=False)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._batches, None)
+        if batch is None:
+            self._bar.close()
+            return None
+        self._bar.update(len(batch[0]))
+        return {self._input_name: batch[0]}
+
+    def rewind(self) -> None:  # part of the interface; a reader is used once here
+        pass
+
+
+@dataclass(frozen=True)
+class QuantReport:
+    model: onnx.ModelProto
+    quantized_ops: dict[str, int]
+    float_ops: dict[str, int]  # op types left in float (no int8 kernel in the QDQ registry)
+    calibration_images: int
+
+
+def quantize_onnx(model: onnx.ModelProto, card: ModelCard, calibration: Dataset,
+                  config: QuantConfig = QuantConfig()) -> QuantReport:
+    """Quantise a float ONNX model to int8 QDQ, calibrated on ``calibration``."""
+    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+
+    calibration = calibration.take(config.max_images)
+    calibration.check_fits(card.input)
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[config.method]
+    input_name = model.graph.input[0].name
+    reader = DatasetCalibrationReader(calibration, card, input_name, config.batch_size)
+    with tempfile.TemporaryDirectory(prefix="edgecnn-quant-") as tmp:
+        src, dst = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
+        onnx.save(model, src)
+        try:
+            quantize_static(
+                str(src), str(dst), reader, quant_format=QuantFormat.QDQ,
+                per_channel=config.per_channel, activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8, calibrate_method=method,
+                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
+                               "CalibMovingAverage": False},
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise ConversionError(f"int8 quantisation failed: {str(exc).splitlines()[0]}") from None
+        quantized = onnx.load(dst)
+    quantized.metadata_props.extend(model.metadata_props)
+    quantized.metadata_props.add(key="edgecnn.quantization",
+                                 value=f"int8 QDQ, {config.method}, "
+                                       f"{'per-channel' if config.per_channel else 'per-tensor'} "
+                                       f"weights, {len(calibration)} calibration images")
+    done, left = _op_coverage(quantized)
+    return QuantReport(quantized, done, left, len(calibration))
+
+
+def _op_coverage(model: onnx.ModelProto) -> tuple[dict[str, int], dict[str, int]]:
+    """Which compute ops read quantised (DequantizeLinear) inputs, and which stayed float."""
+    dq_outputs = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    done: Counter[str] = Counter()
+    left: Counter[str] = Counter()
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        (done if any(i in dq_outputs for i in node.input) else left)[node.op_type] += 1
+    return dict(done), dict(left)
+
+
+def require_calibration(path: str | Path | None, default: Path) -> Path:
+    """Resolve the calibration data path, refusing test sets and missing defaults."""
+    from edgecnn.data import is_test_split
+
+    if path is None:
+        if not default.exists():
+            raise DataError(f"--int8 needs calibration data and the default {default} is missing; "
+                            "pass --calib with training images")
+        return default
+    if is_test_split(path):
+        raise DataError(f"{path}: is a test set; calibrating on it would leak test data into the "
+                        "model; pass --calib with training images")
+    return Path(path)

@@ -1,0 +1,73 @@
+"""Access to the official LiteRT flatbuffer schema, plus the op-version facts we rely on.
+
+The schema is the generated object API that ships with ai-edge-litert
+(``ai_edge_litert.schema_py_generated``); we never hand-roll field offsets. Minimum runtime
+versions per (op, version) are TensorFlow Lite's own table (``runtime_version.cc``), restricted to
+the ops edgecnn writes, so ``inspect`` can say which runtimes can run a model.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from edgecnn.errors import ConversionError
+
+
+def schema() -> ModuleType:
+    try:
+        from ai_edge_litert import schema_py_generated
+    except ImportError:
+        raise ConversionError("writing TFLite needs the ai-edge-litert package (its flatbuffer "
+                              "schema); pip install ai-edge-litert") from None
+    return schema_py_generated
+
+
+# (builtin op name, version) -> oldest TensorFlow Lite runtime that implements it.
+MIN_RUNTIME = {
+    ("ADD", 1): "1.5.0", ("ADD", 2): "1.14.0",
+    ("AVERAGE_POOL_2D", 1): "1.5.0", ("AVERAGE_POOL_2D", 2): "1.14.0",
+    ("CONCATENATION", 1): "1.5.0", ("CONCATENATION", 2): "1.14.0",
+    ("CONV_2D", 1): "1.5.0", ("CONV_2D", 3): "1.14.0",
+    ("DEPTHWISE_CONV_2D", 1): "1.5.0", ("DEPTHWISE_CONV_2D", 2): "1.12.0",
+    ("DEPTHWISE_CONV_2D", 3): "1.14.0",
+    ("DEQUANTIZE", 1): "1.13.1", ("DEQUANTIZE", 2): "1.14.0",
+    ("FULLY_CONNECTED", 1): "1.5.0", ("FULLY_CONNECTED", 4): "1.14.0",
+    ("HARD_SWISH", 1): "1.15.0",
+    ("LEAKY_RELU", 1): "1.13.1", ("LEAKY_RELU", 2): "2.3.0",
+    ("LOGISTIC", 1): "1.14.0", ("LOGISTIC", 2): "1.14.0",
+    ("MAX_POOL_2D", 1): "1.5.0", ("MAX_POOL_2D", 2): "1.14.0",
+    ("MAXIMUM", 1): "1.14.0", ("MAXIMUM", 2): "1.14.0",
+    ("MEAN", 1): "1.6.0", ("MEAN", 2): "1.14.0",
+    ("MINIMUM", 1): "1.14.0", ("MINIMUM", 2): "1.14.0",
+    ("MUL", 1): "1.5.0", ("MUL", 2): "1.14.0",
+    ("PAD", 1): "1.5.0", ("PAD", 2): "1.14.0",
+    ("PADV2", 1): "1.9.0", ("PADV2", 2): "1.14.0",
+    ("QUANTIZE", 1): "1.14.0", ("QUANTIZE", 2): "1.15.0",
+    ("RELU", 1): "1.5.0", ("RELU", 2): "2.1.0",
+    ("RELU6", 1): "1.5.0", ("RELU6", 2): "1.14.0",
+    ("RELU_N1_TO_1", 1): "1.5.0",
+    ("RESHAPE", 1): "1.5.0",
+    ("SOFTMAX", 1): "1.5.0", ("SOFTMAX", 2): "1.14.0",
+    ("SPLIT", 1): "1.5.0", ("SPLIT", 2): "1.14.0", ("SPLIT", 3): "1.14.0",
+    ("TANH", 1): "1.14.0", ("TANH", 2): "1.14.0",
+    ("TRANSPOSE", 1): "1.6.0", ("TRANSPOSE", 2): "1.14.0",
+}
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split(".") if p.isdigit())
+
+
+def op_name(code: int) -> str:
+    names = {v: k for k, v in vars(schema().BuiltinOperator).items() if not k.startswith("_")}
+    return names.get(code, f"BUILTIN_{code}")
+
+
+def min_runtime_for(ops: list[tuple[str, int]]) -> str | None:
+    """Oldest runtime that runs every (op, version); None if one is not in the table."""
+    versions = []
+    for op in ops:
+        if op not in MIN_RUNTIME:
+            return None
+        versions.append(MIN_RUNTIME[op])
+    return max(versions, key=version_key) if versions else "1.5.0"

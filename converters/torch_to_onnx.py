@@ -1,0 +1,171 @@
+"""PyTorch -> ONNX through torch.onnx, checked against PyTorch before anything is written.
+
+torch.export archives and plain modules go through the torch.export-based exporter; TorchScript
+archives through the TorchScript exporter, the only one that accepts them. The result is cleaned
+(BatchNorm folded, Dropout/Identity gone), carries the model card in ``metadata_props``, passes
+``onnx.checker``, and must reproduce PyTorch's logits before it is returned.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import torch
+
+from edgecnn.card import ModelCard
+from edgecnn.errors import ConversionError
+from edgecnn.loading import FORMAT_TORCHSCRIPT, TorchModel
+from edgecnn.converters import onnx_passes
+
+DEFAULT_OPSET = 18
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+CARD_METADATA_KEY = "edgecnn.card"
+SELF_CHECK_RTOL = 1e-4
+
+
+@dataclass(frozen=True)
+class OnnxExport:
+    model: onnx.ModelProto
+    max_abs_diff: float  # vs PyTorch on the self-check batch
+    passes: dict[str, int]
+
+
+def export_onnx(source: TorchModel, opset: int = DEFAULT_OPSET,
+                check_inputs: np.ndarray | None = None) -> OnnxExport:
+    """Export ``source`` to an in-memory ONNX model with a dynamic batch axis."""
+    _check_finite_weights(source)
+    example = torch.zeros((2, *source.card.input.shape))
+    with _quiet():
+        try:
+            if source.format == FORMAT_TORCHSCRIPT:
+                model = _export_torchscript(source, example, opset)
+            else:
+                model = _export_dynamo(source, example, opset)
+        except ConversionError:
+            raise
+        except Exception as exc:  # the exporters raise many exception types
+            raise ConversionError(f"{source.path}: torch.onnx cannot export this model: "
+                                  f"{_export_failure(exc)}") from None
+    passes = onnx_passes.clean(model)
+    onnx_passes.name_batch_dimension(model)
+    _attach_card(model, source.card)
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise ConversionError(f"{source.path}: exported ONNX fails onnx.checker: "
+                              f"{str(exc).splitlines()[0]}") from None
+    diff = self_check(source, model, check_inputs)
+    return OnnxExport(model, diff, passes)
+
+
+def _export_dynamo(source: TorchModel, example: torch.Tensor, opset: int) -> onnx.ModelProto:
+    program = source.exported
+    if program is None:
+        batch = torch.export.Dim("batch", min=1, max=1 << 16)
+        module = source.nn_module or source.module
+        program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
+    onnx_program = torch.onnx.export(program, (example,), None, dynamo=True, opset_version=opset,
+                                     input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                     optimize=True, verbose=False)
+    return onnx_program.model_proto
+
+
+def _export_torchscript(source: TorchModel, example: torch.Tensor, opset: int) -> onnx.ModelProto:
+    buffer = io.BytesIO()
+    torch.onnx.export(source.module, (example,), buffer, dynamo=False, opset_version=opset,
+                      input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                      dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                      do_constant_folding=True)
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _check_finite_weights(source: TorchModel) -> None:
+    if source.exported is not None:
+        tensors = dict(source.exported.state_dict)
+    elif isinstance(source.module, torch.nn.Module):
+        tensors = dict(source.module.state_dict())
+    else:
+        return
+    bad = [name for name, t in tensors.items()
+           if torch.is_tensor(t) and t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise ConversionError(f"{source.path}: weights hold NaN or Inf in {', '.join(bad[:5])}; "
+                              "retrain or repair the checkpoint")
+
+
+def _export_failure(exc: BaseException) -> str:
+    """The most telling line of an exporter error: the one naming an op or module if any."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for key in ("aten::", "aten.", "torch.ops", "Unsupported", "unsupported", "No decomposition"):
+        for line in lines:
+            if key in line:
+                return line[:300]
+    return (lines[0] if lines else type(exc).__name__)[:300]
+
+
+def _attach_card(model: onnx.ModelProto, card: ModelCard) -> None:
+    entries = {CARD_METADATA_KEY: card.to_json(),
+               "edgecnn.labels": json.dumps(list(card.labels)),
+               "edgecnn.preprocessing": json.dumps(card.input.to_dict())}
+    if card.sha256:
+        entries["edgecnn.source_sha256"] = card.sha256
+    kept = [p for p in model.metadata_props if p.key not in entries]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in entries.items():
+        model.metadata_props.add(key=key, value=value)
+    model.producer_name, model.doc_string = "edgecnn", f"{card.architecture} exported by edgecnn"
+
+
+def card_from_onnx(model: onnx.ModelProto, source: str) -> ModelCard | None:
+    for prop in model.metadata_props:
+        if prop.key == CARD_METADATA_KEY:
+            return ModelCard.from_json(prop.value, source)
+    return None
+
+
+def self_check(source: TorchModel, model: onnx.ModelProto, inputs: np.ndarray | None) -> float:
+    """Run the export in onnxruntime and compare with PyTorch; raise if they disagree."""
+    import onnxruntime as ort
+
+    if inputs is None:
+        rng = np.random.default_rng(0)
+        inputs = rng.random((4, *source.card.input.shape), dtype=np.float32)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: inputs})[0]
+    want = source(inputs)
+    diff = float(np.max(np.abs(got - want)))
+    scale = float(np.max(np.abs(want))) or 1.0
+    if not diff <= SELF_CHECK_RTOL * max(scale, 1.0):
+        raise ConversionError(f"{source.path}: exported ONNX disagrees with PyTorch "
+                              f"(max |Δlogit| {diff:.3g}); please report this model")
+    return diff
+
+
+class _quiet:
+    """Keep the exporters' progress lines, deprecations and logs off the user's terminal."""
+
+    def __enter__(self) -> None:
+        self._warn = warnings.catch_warnings()
+        self._warn.__enter__()
+        warnings.simplefilter("ignore")
+        self._levels = {n: logging.getLogger(n).level for n in ("torch", "onnxscript")}
+        for name in self._levels:
+            logging.getLogger(name).setLevel(logging.ERROR)
+        self._stdout = io.StringIO()
+        import contextlib
+        self._redirect = contextlib.redirect_stdout(self._stdout)
+        self._redirect.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self._redirect.__exit__(*exc)
+        for name, level in self._levels.items():
+            logging.getLogger(name).setLevel(level)
+        self._warn.__exit__(*exc)

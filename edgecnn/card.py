@@ -1,0 +1,128 @@
+"""The model card: everything needed to feed a model and read its output, kept beside the weights.
+
+The same :class:`InputSpec` drives preprocessing in training, calibration, validation and
+benchmarks, so a model is never fed differently in two places.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgecnn.errors import ModelLoadError
+
+CARD_SUFFIX = ".json"
+CARD_ARCHIVE_NAME = "edgecnn_card.json"  # name of the card inside .pt/.pt2 archives
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """Shape and preprocessing of a model input: ``x = (pixels * pixel_scale - mean) / std``."""
+
+    shape: tuple[int, int, int]  # C, H, W (the batch dimension is dynamic)
+    layout: str = "NCHW"
+    dtype: str = "float32"
+    pixel_scale: float = 1.0 / 255.0
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+
+    @property
+    def channels(self) -> int:
+        return self.shape[0]
+
+    def preprocess(self, images: np.ndarray) -> np.ndarray:
+        """uint8 images (N, H, W) or (N, H, W, C) to float32 NCHW tensors."""
+        x = images.astype(np.float32) * np.float32(self.pixel_scale)
+        if x.ndim == 3:
+            x = x[..., None]
+        mean = np.asarray(self.mean, np.float32).reshape(1, 1, 1, -1)
+        std = np.asarray(self.std, np.float32).reshape(1, 1, 1, -1)
+        x = (x - mean) / std
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> InputSpec:
+        return cls(
+            shape=tuple(data["shape"]),  # type: ignore[arg-type]
+            layout=data.get("layout", "NCHW"),
+            dtype=data.get("dtype", "float32"),
+            pixel_scale=float(data.get("pixel_scale", 1.0 / 255.0)),
+            mean=tuple(data.get("mean", (0.0,))),
+            std=tuple(data.get("std", (1.0,))),
+        )
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a model is, how to feed it and how well it did: written beside every trained model."""
+
+    architecture: str
+    parameters: int
+    input: InputSpec
+    labels: tuple[str, ...]
+    dataset: str = ""
+    epochs: int | None = None
+    test_accuracy: float | None = None
+    sha256: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["input"] = self.input.to_dict()
+        data["labels"] = list(self.labels)
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelCard:
+        return cls(
+            architecture=data["architecture"],
+            parameters=int(data["parameters"]),
+            input=InputSpec.from_dict(data["input"]),
+            labels=tuple(str(x) for x in data["labels"]),
+            dataset=data.get("dataset", ""),
+            epochs=data.get("epochs"),
+            test_accuracy=data.get("test_accuracy"),
+            sha256=data.get("sha256"),
+            extra=dict(data.get("extra", {})),
+        )
+
+    @classmethod
+    def from_json(cls, text: str, source: str) -> ModelCard:
+        try:
+            return cls.from_dict(json.loads(text))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ModelLoadError(f"{source}: not a valid edgecnn model card ({exc})") from None
+
+    def with_sha256(self, sha256: str) -> ModelCard:
+        return replace(self, sha256=sha256)
+
+
+def card_path_for(model_path: Path) -> Path:
+    """The sidecar card of ``models/lenet5.pt`` is ``models/lenet5.json``."""
+    return model_path.with_suffix(CARD_SUFFIX)
+
+
+def read_sidecar(model_path: Path) -> ModelCard | None:
+    path = card_path_for(model_path)
+    if not path.is_file():
+        return None
+    return ModelCard.from_json(path.read_text(), str(path))
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

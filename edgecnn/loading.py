@@ -1,0 +1,203 @@
+"""Load PyTorch model files safely: torch.export archives, TorchScript, and state_dict checkpoints.
+
+Nothing is unpickled with ``weights_only=False`` unless the caller opts in with ``trust_pickle``:
+a pickled ``nn.Module`` runs code from the file when loaded.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import pickle
+import warnings
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgecnn import zoo
+from edgecnn.card import CARD_ARCHIVE_NAME, InputSpec, ModelCard, read_sidecar
+from edgecnn.errors import ModelLoadError
+
+FORMAT_EXPORTED = "torch.export"
+FORMAT_TORCHSCRIPT = "torchscript"
+FORMAT_STATE_DICT = "state_dict"
+FORMAT_PICKLED = "pickled-module"
+
+
+@dataclass
+class TorchModel:
+    """A loaded PyTorch model with its card; call it on float32 NCHW numpy batches."""
+
+    path: Path
+    format: str
+    module: Callable[[torch.Tensor], torch.Tensor]
+    card: ModelCard
+    exported: torch.export.ExportedProgram | None = None
+    nn_module: torch.nn.Module | None = None
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return self.module(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+
+    @property
+    def parameter_count(self) -> int:
+        return self.card.parameters
+
+
+def default_card(arch: str) -> ModelCard:
+    """The card of a zoo architecture when a checkpoint carries none."""
+    entry = zoo.ARCHITECTURES.get(arch)
+    labels = zoo.MNIST_LABELS if entry.num_classes == 10 else tuple(
+        str(i) for i in range(entry.num_classes))
+    return ModelCard(arch, entry.parameter_count(), InputSpec(entry.input_shape), labels,
+                     dataset=entry.dataset)
+
+
+def _zip_members(path: Path) -> list[str]:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.namelist()
+    except zipfile.BadZipFile:
+        raise ModelLoadError(
+            f"{path}: not a PyTorch model archive (truncated or not a zip file); save it with "
+            "torch.export.save, torch.jit.save or torch.save(state_dict)"
+        ) from None
+
+
+def load_torch_model(path: str | Path, *, trust_pickle: bool = False,
+                     arch: str | None = None) -> TorchModel:
+    """Load a .pt/.pt2 file of any supported kind, detected from the archive's contents."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: no such model file")
+    members = _zip_members(path)
+    if any(m.endswith("/archive_format") or m.endswith("models/model.json") for m in members):
+        return _load_exported(path)
+    if any("/code/" in m for m in members) and any(m.endswith("constants.pkl") for m in members):
+        return _load_torchscript(path)
+    return _load_checkpoint(path, trust_pickle=trust_pickle, arch=arch)
+
+
+def _card_or_default(path: Path, embedded: str | None, arch: str | None) -> ModelCard:
+    card = read_sidecar(path)
+    if card is None and embedded:
+        card = ModelCard.from_json(embedded, f"{path}:{CARD_ARCHIVE_NAME}")
+    if card is None:
+        if arch is None:
+            raise ModelLoadError(
+                f"{path}: carries no model card and names no architecture; put a card beside it "
+                f"({path.with_suffix('.json').name}) or pass --arch"
+            )
+        card = default_card(arch)
+    return card
+
+
+def _load_exported(path: Path) -> TorchModel:
+    extra = {CARD_ARCHIVE_NAME: ""}
+    try:
+        with _quiet_torch():
+            program = torch.export.load(io.BytesIO(path.read_bytes()), extra_files=extra)
+    except Exception as exc:  # torch raises many types for corrupt archives
+        raise ModelLoadError(f"{path}: cannot load torch.export archive ({_first_line(exc)})") from None
+    card = _card_or_default(path, extra.get(CARD_ARCHIVE_NAME), None)
+    return TorchModel(path, FORMAT_EXPORTED, program.module(), card, exported=program)
+
+
+def _load_torchscript(path: Path) -> TorchModel:
+    extra = {CARD_ARCHIVE_NAME: ""}
+    try:
+        with _quiet_torch():
+            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: cannot load TorchScript archive ({_first_line(exc)})") from None
+    card = _card_or_default(path, extra.get(CARD_ARCHIVE_NAME) or None, None)
+    return TorchModel(path, FORMAT_TORCHSCRIPT, module.eval(), card)
+
+
+def _load_checkpoint(path: Path, *, trust_pickle: bool, arch: str | None) -> TorchModel:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        if not trust_pickle:
+            raise ModelLoadError(
+                f"{path}: holds a pickled Python object, which runs code when loaded; re-run with "
+                "--trust-pickle only if you trust its source, or save a state_dict or "
+                "torch.export archive instead"
+            ) from None
+        return _load_pickled(path, arch)
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: cannot read checkpoint ({_first_line(exc)})") from None
+    state, named_arch = _split_checkpoint(obj, path)
+    arch = arch or named_arch
+    if arch is None:
+        raise ModelLoadError(f"{path}: state_dict names no architecture; pass --arch "
+                             f"({', '.join(zoo.ARCHITECTURES)})")
+    module = _build_arch(arch, path)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())
+        raise ModelLoadError(
+            f"{path}: state_dict does not fit architecture {arch!r} ({detail[:300]})"
+        ) from None
+    card = _card_or_default(path, None, arch)
+    return TorchModel(path, FORMAT_STATE_DICT, module.eval(), card, nn_module=module.eval())
+
+
+def _split_checkpoint(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], str | None]:
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        return obj["state_dict"], obj.get("arch") or obj.get("architecture")
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj, None
+    raise ModelLoadError(
+        f"{path}: checkpoint is a {type(obj).__name__}, not a state_dict; save "
+        "{'arch': NAME, 'state_dict': model.state_dict()}"
+    )
+
+
+def _build_arch(arch: str, path: Path) -> torch.nn.Module:
+    try:
+        return zoo.build(arch)
+    except KeyError:
+        raise ModelLoadError(f"{path}: unknown architecture {arch!r}; known: "
+                             f"{', '.join(zoo.ARCHITECTURES)}") from None
+
+
+def _load_pickled(path: Path, arch: str | None) -> TorchModel:
+    warnings.warn(f"{path}: unpickling a full module (--trust-pickle): this runs code from the file",
+                  stacklevel=3)
+    try:
+        module = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: cannot unpickle module ({_first_line(exc)})") from None
+    if not isinstance(module, torch.nn.Module):
+        raise ModelLoadError(f"{path}: unpickled a {type(module).__name__}, not an nn.Module")
+    name = arch or next((n for n, a in zoo.ARCHITECTURES.items()
+                         if isinstance(module, a.build)), None)  # type: ignore[arg-type]
+    card = _card_or_default(path, None, name)
+    return TorchModel(path, FORMAT_PICKLED, module.eval(), card, nn_module=module.eval())
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
+
+
+class _quiet_torch:
+    """Silence torch's log warnings (suffix checks, deprecations) while loading."""
+
+    def __enter__(self) -> None:
+        self._level = logging.getLogger("torch").level
+        logging.getLogger("torch").setLevel(logging.ERROR)
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        warnings.simplefilter("ignore")
+
+    def __exit__(self, *exc: object) -> None:
+        self._warnings.__exit__(*exc)
+        logging.getLogger("torch").setLevel(self._level)

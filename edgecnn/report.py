@@ -1,0 +1,104 @@
+"""Tables for people and files for machines: text, JSON, CSV and Markdown from one row list.
+
+Every report (validation, benchmark, inspection) is a list of flat dict rows plus metadata, so
+one set of writers serves them all; outputs are written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from edgecnn.fileio import write_text_atomic
+
+Row = dict[str, Any]
+
+
+def format_value(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e6):
+            return f"{value:.3g}"
+        return f"{value:.4f}".rstrip("0").rstrip(".") if abs(value) < 100 else f"{value:.1f}"
+    if isinstance(value, (list, tuple)):
+        return "x".join(map(str, value)) if all(isinstance(v, int) for v in value) else ", ".join(
+            map(str, value))
+    return str(value)
+
+
+def text_table(rows: Sequence[Row], columns: Sequence[str] | None = None) -> str:
+    """A plain aligned table; numbers right-aligned."""
+    if not rows:
+        return "(no rows)"
+    columns = list(columns or rows[0].keys())
+    cells = [[format_value(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    numeric = [all(isinstance(row.get(c), (int, float)) or row.get(c) is None for row in rows)
+               for c in columns]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(v.rjust(w) if num else v.ljust(w)
+                         for v, w, num in zip(values, widths, numeric)).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(columns), rule, *(line(r) for r in cells)])
+
+
+def markdown_table(rows: Sequence[Row], columns: Sequence[str] | None = None) -> str:
+    if not rows:
+        return ""
+    columns = list(columns or rows[0].keys())
+    out = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    out += ["| " + " | ".join(format_value(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def csv_text(rows: Sequence[Row], columns: Sequence[str] | None = None) -> str:
+    buffer = io.StringIO()
+    columns = list(columns or (rows[0].keys() if rows else []))
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({c: _csv_cell(row.get(c)) for c in columns})
+    return buffer.getvalue()
+
+
+def _csv_cell(value: Any) -> Any:
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value)
+    return value
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    return value
+
+
+def write_reports(payload: dict[str, Any], rows: Sequence[Row], columns: Sequence[str], *,
+                  json_path: Path | None = None, csv_path: Path | None = None,
+                  markdown_path: Path | None = None, title: str = "") -> None:
+    """Write the report as JSON (the whole payload), CSV and Markdown (the rows)."""
+    if json_path:
+        write_text_atomic(json_path, json.dumps(_jsonable(payload), indent=2) + "\n")
+    if csv_path:
+        write_text_atomic(csv_path, csv_text(rows, columns))
+    if markdown_path:
+        heading = f"# {title}\n\n" if title else ""
+        write_text_atomic(markdown_path, heading + markdown_table(rows, columns) + "\n")
