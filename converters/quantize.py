@@ -9,6 +9,7 @@ activations, int32 biases at input scale x weight scale.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
@@ -86,6 +87,9 @@ def quantize_onnx(model: onnx.ModelProto, card: ModelCard, calibration: Dataset,
     with tempfile.TemporaryDirectory(prefix="edgecnn-quant-") as tmp:
         src, dst = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
         onnx.save(model, src)
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # onnxruntime logs advice on the root logger
         try:
             quantize_static(
                 str(src), str(dst), reader, quant_format=QuantFormat.QDQ,
@@ -96,6 +100,8 @@ def quantize_onnx(model: onnx.ModelProto, card: ModelCard, calibration: Dataset,
             )
         except (ValueError, RuntimeError) as exc:
             raise ConversionError(f"int8 quantisation failed: {str(exc).splitlines()[0]}") from None
+        finally:
+            root.setLevel(level)
         quantized = onnx.load(dst)
     quantized.metadata_props.extend(model.metadata_props)
     quantized.metadata_props.add(key="edgecnn.quantization",

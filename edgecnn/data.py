@@ -138,10 +138,11 @@ def _labelled(images: np.ndarray, labels: np.ndarray, source: str) -> Dataset:
 
 def load_idx_pair(images_path: Path) -> Dataset:
     """An IDX image file and the label file beside it (``-images-idx3`` -> ``-labels-idx1``)."""
+    images = read_idx(images_path)
     labels_path = images_path.with_name(images_path.name.replace("images-idx3", "labels-idx1"))
     if labels_path == images_path or not labels_path.exists():
         raise DataError(f"{images_path}: no label file {labels_path.name} beside it")
-    return _labelled(read_idx(images_path), read_idx(labels_path), str(images_path))
+    return _labelled(images, read_idx(labels_path), str(images_path))
 
 
 def load_npz(path: Path) -> Dataset:

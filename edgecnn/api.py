@@ -1,0 +1,186 @@
+"""The Python API: everything the CLI does, as functions returning typed results.
+
+    from edgecnn import api
+    result = api.convert("models/lenet5.pt", to="tflite", int8=True)
+    report = api.validate([Path("models/lenet5.pt"), result.path], data="models/data/mnist")
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgecnn.card import ModelCard
+from edgecnn.data import SHIPPED_CALIBRATION_SET, Dataset, load_dataset
+from edgecnn.errors import BadInputError, ConversionError
+from edgecnn.fileio import atomic_path, check_output_path
+from edgecnn.inspection import ModelInfo, card_or_default, inspect_model, load_onnx
+from edgecnn.validate import ParityReport, Thresholds, validate as _validate
+
+TARGET_FORMATS = ("onnx", "tflite")
+INT8_SELF_CHECK_STEPS = 3  # TFLite int8 vs QDQ ONNX: max output difference in quant steps
+
+
+@dataclass(frozen=True)
+class ConvertConfig:
+    """One conversion request, validated here once."""
+
+    to: str = "onnx"
+    int8: bool = False
+    calib: Path | None = None
+    calib_method: str = "minmax"
+    per_channel: bool = True
+    io_dtype: str | None = None
+    nchw_input: bool = False
+    opset: int = 18
+    trust_pickle: bool = False
+    arch: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.to not in TARGET_FORMATS:
+            raise BadInputError(f"--to {self.to!r}; choose from {', '.join(TARGET_FORMATS)}")
+        if self.io_dtype not in (None, "float32") and not self.int8:
+            raise BadInputError(f"--io-dtype {self.io_dtype} needs --int8")
+        if self.to == "onnx" and (self.io_dtype or self.nchw_input):
+            raise BadInputError("--io-dtype and --nchw-input apply to --to tflite only")
+
+
+@dataclass
+class ConvertResult:
+    path: Path
+    format: str
+    int8: bool
+    size_bytes: int
+    seconds: float
+    checks: dict[str, Any] = field(default_factory=dict)
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [{"output": str(self.path), "format": self.format + (" int8" if self.int8 else ""),
+                 "size KiB": round(self.size_bytes / 1024, 1), "seconds": round(self.seconds, 2),
+                 **self.checks}]
+
+
+def default_output(source: Path, config: ConvertConfig) -> Path:
+    suffix = ".onnx" if config.to == "onnx" else ".tflite"
+    tag = "_int8" if config.int8 else ""
+    stem = source.stem.removesuffix("_int8")
+    return source.with_name(f"{stem}{tag}{suffix}")
+
+
+def convert(model: str | Path, output: str | Path | None = None,
+            config: ConvertConfig = ConvertConfig()) -> ConvertResult:
+    """Convert a .pt/.pt2/.onnx model to ONNX or TFLite (optionally int8); check; write."""
+    from edgecnn.converters.quantize import QuantConfig, quantize_onnx, require_calibration
+
+    started = time.perf_counter()
+    source = Path(model)
+    out = check_output_path(Path(output) if output else default_output(source, config))
+    checks: dict[str, Any] = {}
+    onnx_model, card = _onnx_of(source, config, checks)
+    already_int8 = any(n.op_type == "QuantizeLinear" for n in onnx_model.graph.node)
+    if config.int8 and not already_int8:
+        calib_path = require_calibration(config.calib, SHIPPED_CALIBRATION_SET)
+        calib = load_dataset(calib_path, split="train")
+        report = quantize_onnx(onnx_model, card, calib,
+                               QuantConfig(config.calib_method, config.per_channel))
+        onnx_model = report.model
+        checks["calibration images"] = report.calibration_images
+        if report.float_ops:
+            checks["float ops"] = ", ".join(f"{k} x{v}" for k, v in report.float_ops.items())
+    elif already_int8 and not config.int8 and config.to == "tflite":
+        raise BadInputError(f"{source}: is an int8 QDQ model; add --int8 to write int8 TFLite")
+    if config.to == "onnx":
+        data = onnx_model.SerializeToString()
+    else:
+        data = _to_tflite(onnx_model, source, card, config, checks)
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(data)
+    return ConvertResult(out, config.to, config.int8, len(data), time.perf_counter() - started,
+                         checks)
+
+
+def _onnx_of(source: Path, config: ConvertConfig, checks: dict[str, Any]) -> tuple[Any, ModelCard]:
+    from edgecnn.converters.torch_to_onnx import card_from_onnx, export_onnx
+    from edgecnn.loading import load_torch_model
+
+    suffix = source.suffix.lower()
+    if suffix in (".pt", ".pt2"):
+        torch_model = load_torch_model(source, trust_pickle=config.trust_pickle, arch=config.arch)
+        exported = export_onnx(torch_model, config.opset)
+        checks["onnx max|Δ| vs torch"] = exported.max_abs_diff
+        return exported.model, torch_model.card
+    if suffix == ".onnx":
+        model = load_onnx(source)
+        card = card_from_onnx(model, str(source))
+        if card is None:
+            dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+            card = card_or_default(source, tuple(dims[1:]) if len(dims) == 4 else None)  # type: ignore[arg-type]
+        return model, card
+    if not source.exists():
+        raise BadInputError(f"{source}: no such model file")
+    raise BadInputError(f"{source}: cannot convert {source.suffix!r} files; give .pt, .pt2 or .onnx")
+
+
+def _to_tflite(onnx_model: Any, source: Path, card: ModelCard, config: ConvertConfig,
+               checks: dict[str, Any]) -> bytes:
+    from edgecnn.converters.onnx_to_tflite import TFLiteConfig, convert_onnx_to_tflite
+
+    result = convert_onnx_to_tflite(onnx_model, source.name,
+                                    TFLiteConfig(config.io_dtype, config.nchw_input))
+    checks.update(self_check_tflite(result.data, onnx_model, card, result.output_quant))
+    checks["ops"] = ", ".join(f"{op} v{v}" for op, v in result.ops)
+    checks["oldest runtime"] = result.min_runtime
+    return result.data
+
+
+def self_check_tflite(data: bytes, onnx_model: Any, card: ModelCard,
+                      output_quant: Any) -> dict[str, Any]:
+    """Run the new TFLite model and its ONNX source on the same images; refuse a mismatch."""
+    import tempfile
+
+    from edgecnn.runtimes import OnnxSession, predict, runtimes_for, open_session
+
+    rng = np.random.default_rng(0)
+    images = (rng.random((16, *card.input.shape[1:], card.input.shape[0])) * 255).astype(np.uint8)
+    x = card.input.preprocess(images)
+    with tempfile.TemporaryDirectory(prefix="edgecnn-check-") as tmp:
+        onnx_path, tfl_path = Path(tmp) / "m.onnx", Path(tmp) / "m.tflite"
+        onnx_path.write_bytes(onnx_model.SerializeToString())
+        tfl_path.write_bytes(data)
+        want = predict(OnnxSession(onnx_path, None), x)
+        runtime = runtimes_for(tfl_path)[0]
+        got = predict(open_session(tfl_path, runtime), x)
+    diff = float(np.max(np.abs(got - want)))
+    if output_quant is not None:
+        steps = diff / output_quant.scale[0]
+        if steps > INT8_SELF_CHECK_STEPS:
+            raise ConversionError(f"int8 TFLite differs from the QDQ ONNX model by {steps:.1f} "
+                                  "quantisation steps; please report this model")
+        return {"tflite max|Δ| vs onnx (steps)": round(steps, 2)}
+    scale = max(float(np.max(np.abs(want))), 1.0)
+    if diff > 1e-4 * scale:
+        raise ConversionError(f"TFLite output differs from ONNX by {diff:.3g}; please report "
+                              "this model")
+    return {"tflite max|Δ| vs onnx": diff}
+
+
+def validate(models: list[str | Path], data: str | Path | Dataset, *,
+             reference: str | Path | None = None, thresholds: Thresholds = Thresholds(),
+             runtime: str | None = None, limit: int | None = None,
+             batch_size: int = 500) -> ParityReport:
+    """Parity report of ``models`` on labelled ``data`` (see :mod:`edgecnn.validate`)."""
+    paths = [Path(m) for m in models]
+    ref = Path(reference) if reference else None
+    card_source = ref or next((p for p in paths if p.suffix in (".pt", ".pt2")), paths[0])
+    card = card_or_default(card_source)
+    dataset = data if isinstance(data, Dataset) else load_dataset(data, split="test")
+    return _validate(paths, dataset.take(limit), card, reference=ref, thresholds=thresholds,
+                     runtime=runtime, batch_size=batch_size)
+
+
+def inspect(model: str | Path) -> ModelInfo:
+    return inspect_model(model)

@@ -1,0 +1,212 @@
+"""The ``edgecnn`` command: parse, build a config, call :mod:`edgecnn.api`, print.
+
+Errors become exit codes in one place (:func:`main`): 0 ok, 1 a parity check failed,
+2 bad usage or input, each reported as one line on stderr (``--traceback`` for the stack).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgecnn import __version__
+from edgecnn.errors import EdgecnnError, ExitStatus
+
+PathArg = click.Path(path_type=Path)
+
+
+class EdgecnnGroup(click.Group):
+    """Maps library errors to one stderr line and an exit status."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EdgecnnError as exc:
+            if ctx.meta.get("edgecnn.traceback"):
+                raise
+            click.echo(f"edgecnn: error: {exc}", err=True)
+            ctx.exit(int(exc.exit_status))
+        except ValueError as exc:  # config validation (dataclass __post_init__)
+            if ctx.meta.get("edgecnn.traceback"):
+                raise
+            click.echo(f"edgecnn: error: {exc}", err=True)
+            ctx.exit(int(ExitStatus.BAD_INPUT))
+        except KeyboardInterrupt:
+            click.echo("edgecnn: interrupted", err=True)
+            ctx.exit(int(ExitStatus.INTERRUPTED))
+
+
+@click.group(cls=EdgecnnGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgecnn")
+@click.option("--traceback", is_flag=True, help="Show the full Python traceback on errors.")
+@click.pass_context
+def cli(ctx: click.Context, traceback: bool) -> None:
+    """Quantise, convert, validate and benchmark small CNNs for edge devices."""
+    ctx.meta["edgecnn.traceback"] = traceback
+    if not traceback:
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def emit_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:
+    from edgecnn.report import text_table
+    click.echo(text_table(rows, columns))
+
+
+# -- zoo / train / inspect ------------------------------------------------------------------
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def zoo(as_json: bool) -> None:
+    """List the model zoo: name, input shape, parameter count."""
+    from edgecnn import zoo as model_zoo
+    rows = [{"name": n, "input": "x".join(map(str, a.input_shape)), "classes": a.num_classes,
+             "parameters": a.parameter_count(), "dataset": a.dataset, "summary": a.summary}
+            for n, a in model_zoo.ARCHITECTURES.items()]
+    click.echo(json.dumps(rows, indent=2) if as_json else _table(rows))
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    from edgecnn.report import text_table
+    return text_table(rows)
+
+
+@cli.command()
+@click.argument("arch")
+@click.option("--data", type=PathArg, required=True,
+              help="MNIST folder with train-* and t10k-* IDX files (or --download).")
+@click.option("--download", is_flag=True, help="Fetch MNIST into --data first if missing.")
+@click.option("--epochs", default=12, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--batch-size", default=128, show_default=True)
+@click.option("--lr", default=2e-3, show_default=True)
+@click.option("-o", "--output", type=PathArg, required=True, help="Model file to write (.pt).")
+def train(arch: str, data: Path, download: bool, epochs: int, seed: int, batch_size: int,
+          lr: float, output: Path) -> None:
+    """Train a zoo architecture on MNIST and save it with its model card."""
+    from edgecnn import zoo as model_zoo
+    from edgecnn.data import download_mnist, load_dataset
+    from edgecnn.errors import BadInputError
+    from edgecnn.fileio import check_output_path
+    from edgecnn.train import TrainConfig, save_model, train as train_model
+
+    if arch not in model_zoo.ARCHITECTURES:
+        raise BadInputError(f"unknown architecture {arch!r}; see `edgecnn zoo`")
+    check_output_path(output)
+    if download:
+        download_mnist(data)
+    module, card = train_model(arch, load_dataset(data, "train"), load_dataset(data, "test"),
+                               TrainConfig(epochs, batch_size, lr, seed=seed))
+    card = save_model(module, card, output)
+    click.echo(f"wrote {output} ({card.parameters:,} parameters, test accuracy "
+               f"{100 * (card.test_accuracy or 0):.2f} %, sha256 {card.sha256[:12]})")
+
+
+@cli.command()
+@click.argument("model", type=PathArg)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def inspect(model: Path, as_json: bool) -> None:
+    """Show a model's format, inputs/outputs, parameter count and ops (.pt, .pt2, .onnx, .tflite)."""
+    from edgecnn.api import inspect as inspect_model
+    from edgecnn.report import text_table
+    info = inspect_model(model)
+    if as_json:
+        click.echo(json.dumps(info.to_dict(), indent=2, default=str))
+        return
+    click.echo(f"{info.path}: {info.format}, {info.parameters:,} parameters")
+    for key, value in info.details.items():
+        if key != "card":
+            click.echo(f"  {key}: {value}")
+    io_rows = [{"io": kind, "name": t.name, "shape": "x".join(map(str, t.shape)),
+                "dtype": t.dtype, "layout": t.layout, "quantization": t.quantization}
+               for kind, ts in (("input", info.inputs), ("output", info.outputs)) for t in ts]
+    click.echo(text_table(io_rows))
+    click.echo(text_table(info.ops))
+
+
+# -- convert / validate -------------------------------------------------------------------
+@cli.command()
+@click.argument("model", type=PathArg)
+@click.option("--to", type=click.Choice(["onnx", "tflite"]), required=True)
+@click.option("--int8", is_flag=True, help="Full-integer int8 (static PTQ, QDQ for ONNX).")
+@click.option("--calib", type=PathArg, help="Calibration data (training images); default: the "
+              "shipped 1,000-image MNIST training subset.")
+@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]),
+              default="minmax", show_default=True)
+@click.option("--per-tensor", is_flag=True, help="Per-tensor instead of per-channel weights.")
+@click.option("--io-dtype", type=click.Choice(["float32", "int8", "uint8"]),
+              help="TFLite I/O type (int8 models default to int8).")
+@click.option("--nchw-input", is_flag=True, help="Keep NCHW input (adds one leading TRANSPOSE).")
+@click.option("--opset", default=18, show_default=True)
+@click.option("--arch", help="Zoo architecture of a bare state_dict.")
+@click.option("--trust-pickle", is_flag=True,
+              help="Allow loading a pickled nn.Module (runs code from the file).")
+@click.option("-o", "--output", type=PathArg, help="Output file (default: beside MODEL).")
+def convert(model: Path, to: str, int8: bool, calib: Path | None, calib_method: str,
+            per_tensor: bool, io_dtype: str | None, nchw_input: bool, opset: int,
+            arch: str | None, trust_pickle: bool, output: Path | None) -> None:
+    """Convert MODEL (.pt, .pt2 or .onnx) to ONNX or TFLite, optionally int8."""
+    from edgecnn.api import ConvertConfig, convert as run_convert
+    config = ConvertConfig(to, int8, calib, calib_method, not per_tensor, io_dtype, nchw_input,
+                           opset, trust_pickle, arch)
+    result = run_convert(model, output, config)
+    for key, value in result.rows()[0].items():
+        click.echo(f"{key:>28}: {value}")
+
+
+@cli.command()
+@click.argument("models", type=PathArg, nargs=-1, required=True)
+@click.option("--data", type=PathArg, default=None,
+              help="Labelled data (IDX folder/file, .npz, image folder); default: the shipped "
+                   "MNIST test set.")
+@click.option("--reference", type=PathArg, help="Reference model (default: the first MODEL).")
+@click.option("--runtime", help="Restrict .tflite/.onnx files to one runtime.")
+@click.option("--max-drop", type=float, help="Fail if accuracy drops more than PP points.")
+@click.option("--min-agreement", type=float, help="Fail if argmax agreement is below PCT %.")
+@click.option("--limit", type=int, help="Use only the first N images.")
+@click.option("--batch-size", default=500, show_default=True)
+@click.option("--json", "json_path", type=PathArg, help="Write the report as JSON.")
+@click.option("--csv", "csv_path", type=PathArg, help="Write the table as CSV.")
+@click.option("--markdown", "md_path", type=PathArg, help="Write the table as Markdown.")
+def validate(models: tuple[Path, ...], data: Path | None, reference: Path | None,
+             runtime: str | None, max_drop: float | None, min_agreement: float | None,
+             limit: int | None, batch_size: int, json_path: Path | None, csv_path: Path | None,
+             md_path: Path | None) -> None:
+    """Parity report of MODELS against a reference; exit 1 when a threshold breaks."""
+    from edgecnn.api import validate as run_validate
+    from edgecnn.data import SHIPPED_TEST_SET
+    from edgecnn.fileio import check_output_path
+    from edgecnn.report import write_reports
+    from edgecnn.validate import Thresholds
+    for path in (json_path, csv_path, md_path):
+        if path:
+            check_output_path(path)
+    report = run_validate(list(models), data or SHIPPED_TEST_SET, reference=reference,
+                          thresholds=Thresholds(max_drop, min_agreement), runtime=runtime,
+                          limit=limit, batch_size=batch_size)
+    rows = report.table_rows()
+    click.echo(f"reference {report.reference}, {report.images:,} images from {report.data}")
+    emit_table(rows)
+    write_reports(report.to_dict(), rows, list(rows[0]), json_path=json_path, csv_path=csv_path,
+                  markdown_path=md_path, title="edgecnn parity report")
+    if not report.passed:
+        click.echo("edgecnn: parity check failed", err=True)
+        sys.exit(int(ExitStatus.CHECK_FAILED))
+
+
+@cli.command("download-mnist")
+@click.argument("dest", type=PathArg)
+@click.option("--mirror", "mirrors", multiple=True, help="Base URL (repeatable).")
+def download_mnist_cmd(dest: Path, mirrors: tuple[str, ...]) -> None:
+    """Fetch the four MNIST IDX files into DEST, verifying their checksums."""
+    from edgecnn.data import MNIST_MIRRORS, download_mnist
+    download_mnist(dest, mirrors or MNIST_MIRRORS)
+    click.echo(f"MNIST ready in {dest}")
+
+
+def main() -> None:
+    cli(prog_name="edgecnn")

@@ -1,0 +1,217 @@
+"""`edgecnn inspect`: what a model file is, what it takes and returns, and what it is made of."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgecnn.card import InputSpec, ModelCard
+from edgecnn.errors import BadInputError, ModelLoadError
+
+ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 10: "float16"}
+
+
+@dataclass
+class TensorInfo:
+    name: str
+    shape: list[int | str]
+    dtype: str
+    layout: str = ""
+    quantization: str = ""
+
+
+@dataclass
+class ModelInfo:
+    path: str
+    format: str
+    parameters: int
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    ops: list[dict[str, Any]]  # op, count (and version for TFLite)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_onnx(path: Path) -> Any:
+    import onnx
+
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: no such model file")
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # DecodeError and friends for truncated or random bytes
+        raise ModelLoadError(f"{path}: not a valid ONNX model ({type(exc).__name__}); re-export "
+                             "it or check the file was copied whole") from None
+    if not model.graph.node:
+        raise ModelLoadError(f"{path}: ONNX file holds no graph; re-export it")
+    return model
+
+
+def read_tflite(path: Path) -> Any:
+    from edgecnn.converters.tflite_schema import schema
+
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: no such model file")
+    buf = path.read_bytes()
+    if len(buf) < 8 or buf[4:8] != b"TFL3":
+        raise ModelLoadError(f"{path}: not a TFLite flatbuffer (no TFL3 identifier)")
+    fb = schema()
+    try:
+        return fb.ModelT.InitFromObj(fb.Model.GetRootAs(buf, 0)), buf
+    except Exception:
+        raise ModelLoadError(f"{path}: TFLite flatbuffer is corrupt or truncated") from None
+
+
+def read_card(path: Path) -> ModelCard | None:
+    """The edgecnn card carried by any artefact (sidecar, archive, ONNX metadata, TFLite)."""
+    suffix = path.suffix.lower()
+    if suffix in (".pt", ".pt2"):
+        from edgecnn.loading import load_torch_model
+        return load_torch_model(path).card
+    if suffix == ".onnx":
+        from edgecnn.converters.torch_to_onnx import card_from_onnx
+        return card_from_onnx(load_onnx(path), str(path))
+    if suffix == ".tflite":
+        model, _ = read_tflite(path)
+        for meta in model.metadata or []:
+            if meta.name == b"edgecnn_card" or meta.name == "edgecnn_card":
+                data = bytes(model.buffers[meta.buffer].data)
+                return ModelCard.from_json(data.decode(), str(path))
+        return None
+    raise BadInputError(f"{path}: unknown model format {path.suffix!r}")
+
+
+def card_or_default(path: Path, shape: tuple[int, int, int] | None = None) -> ModelCard:
+    card = read_card(path)
+    if card is not None:
+        return card
+    if shape is None:
+        raise ModelLoadError(f"{path}: carries no edgecnn card; its preprocessing is unknown")
+    return ModelCard("unknown", 0, InputSpec(shape), tuple(str(i) for i in range(10)))
+
+
+def inspect_model(path: str | Path) -> ModelInfo:
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in (".pt", ".pt2"):
+        return _inspect_torch(path)
+    if suffix == ".onnx":
+        return _inspect_onnx(path)
+    if suffix == ".tflite":
+        return _inspect_tflite(path)
+    if not path.exists():
+        raise ModelLoadError(f"{path}: no such model file")
+    raise BadInputError(f"{path}: unknown model format {path.suffix!r}; use .pt, .pt2, .onnx "
+                        "or .tflite")
+
+
+def _inspect_torch(path: Path) -> ModelInfo:
+    from edgecnn.loading import load_torch_model
+
+    model = load_torch_model(path)
+    spec = model.card.input
+    ops: Counter[str] = Counter()
+    if model.exported is not None:
+        for node in model.exported.graph.nodes:
+            if node.op == "call_function":
+                ops[str(node.target).replace("aten.", "").split(".")[0]] += 1
+    elif hasattr(model.module, "graph"):
+        for node in model.module.graph.nodes():  # type: ignore[union-attr]
+            ops[node.kind().replace("aten::", "")] += 1
+    elif hasattr(model.module, "modules"):
+        for module in model.module.modules():  # type: ignore[union-attr]
+            if not list(module.children()):
+                ops[type(module).__name__] += 1
+    inputs = [TensorInfo("input", ["batch", *spec.shape], spec.dtype, spec.layout,
+                         f"x = (pixels * {spec.pixel_scale:.6g} - {list(spec.mean)}) / "
+                         f"{list(spec.std)}")]
+    outputs = [TensorInfo("logits", ["batch", len(model.card.labels)], "float32")]
+    return ModelInfo(str(path), f"pytorch ({model.format})", model.card.parameters, inputs,
+                     outputs, [{"op": k, "count": v} for k, v in ops.most_common()],
+                     {"card": model.card.to_dict()})
+
+
+def _onnx_tensor(value: Any) -> TensorInfo:
+    t = value.type.tensor_type
+    shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]
+    return TensorInfo(value.name, shape, ONNX_DTYPES.get(t.elem_type, str(t.elem_type)),
+                      "NCHW" if len(shape) == 4 else "")
+
+
+def _inspect_onnx(path: Path) -> ModelInfo:
+    from onnx import numpy_helper
+
+    model = load_onnx(path)
+    inits = {t.name for t in model.graph.initializer}
+    params = 0
+    for t in model.graph.initializer:
+        if t.data_type in (1, 3, 10):  # float weights or int8 quantised weights, not scales
+            params += int(np.prod(t.dims)) if t.dims else 1
+    ops = Counter(n.op_type for n in model.graph.node)
+    inputs = [_onnx_tensor(i) for i in model.graph.input if i.name not in inits]
+    outputs = [_onnx_tensor(o) for o in model.graph.output]
+    quant = next((p.value for p in model.metadata_props if p.key == "edgecnn.quantization"), "")
+    if not quant and ops.get("QuantizeLinear"):
+        quant = "QDQ int8"
+    if quant:
+        for q in (n for n in model.graph.node if n.op_type == "QuantizeLinear"):
+            if q.input[0] == inputs[0].name:
+                consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer
+                          if t.name in q.input[1:]}
+                inputs[0].quantization = (f"scale {float(consts[q.input[1]]):.6g}, zero point "
+                                          f"{int(consts[q.input[2]])}")
+    opset = {o.domain or "ai.onnx": o.version for o in model.opset_import}
+    return ModelInfo(str(path), "onnx" + (" int8 QDQ" if quant else " fp32"), params, inputs,
+                     outputs, [{"op": k, "count": v} for k, v in ops.most_common()],
+                     {"opset": opset, "quantization": quant, "producer": model.producer_name})
+
+
+def _inspect_tflite(path: Path) -> ModelInfo:
+    from edgecnn.converters.tflite_schema import MIN_RUNTIME, min_runtime_for, op_name, schema
+
+    model, _ = read_tflite(path)
+    fb = schema()
+    type_names = {v: k.lower() for k, v in vars(fb.TensorType).items() if not k.startswith("_")}
+    graph = model.subgraphs[0]
+
+    def tensor(index: int) -> TensorInfo:
+        t = graph.tensors[index]
+        shape = list(t.shapeSignature if t.shapeSignature is not None else t.shape)
+        shape = ["batch" if (i == 0 and d == -1) else int(d) for i, d in enumerate(shape)]
+        q = t.quantization
+        quant = ""
+        if q is not None and q.scale is not None and len(q.scale):
+            quant = f"scale {q.scale[0]:.6g}, zero point {q.zeroPoint[0]}"
+        layout = ("NHWC" if len(shape) == 4 and shape[-1] in (1, 3) and shape[1] not in (1, 3)
+                  else "NCHW" if len(shape) == 4 else "")
+        name = t.name.decode() if isinstance(t.name, bytes) else t.name
+        return TensorInfo(name, shape, type_names.get(t.type, str(t.type)), layout, quant)
+
+    counts: Counter[tuple[str, int]] = Counter()
+    for op in graph.operators:
+        code = model.operatorCodes[op.opcodeIndex]
+        builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+        counts[(op_name(builtin), code.version)] += 1
+    used = list(counts)
+    params = 0
+    for t in graph.tensors:
+        data = model.buffers[t.buffer].data if t.buffer < len(model.buffers) else None
+        if data is not None and len(data) and t.type in (fb.TensorType.FLOAT32, fb.TensorType.INT8):
+            params += int(np.prod(t.shape))
+    return ModelInfo(
+        str(path), "tflite", params, [tensor(i) for i in graph.inputs],
+        [tensor(o) for o in graph.outputs],
+        [{"op": op, "version": v, "count": n,
+          "min_runtime": MIN_RUNTIME.get((op, v), "unknown")} for (op, v), n in counts.items()],
+        {"oldest_runtime": min_runtime_for(used) or "unknown (op not in TFLite's version table)",
+         "schema_version": model.version, "transpose_ops": counts_of(counts, "TRANSPOSE")})
+
+
+def counts_of(counts: Counter[tuple[str, int]], op: str) -> int:
+    return sum(n for (name, _), n in counts.items() if name == op)

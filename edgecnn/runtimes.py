@@ -1,0 +1,202 @@
+"""Inference sessions over every artefact edgecnn produces, one adapter per runtime.
+
+Validation and benchmarks both run models through these, so a model is fed (layout, quantisation,
+batch) the same way everywhere. Heavy runtimes are imported only when asked for: a missing
+tflite-runtime never breaks the ONNX path.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from edgecnn.errors import BadInputError, TargetUnavailableError
+from edgecnn.registry import Registry
+
+
+class Session(Protocol):
+    """A loaded model: bind an input once, invoke many times, read the float output."""
+
+    runtime: str
+
+    def bind(self, x: np.ndarray) -> None: ...
+
+    def invoke(self) -> None: ...
+
+    def output(self) -> np.ndarray: ...
+
+
+def predict(session: Session, x: np.ndarray) -> np.ndarray:
+    session.bind(x)
+    session.invoke()
+    return session.output()
+
+
+@dataclass(frozen=True)
+class Runtime:
+    name: str
+    suffixes: tuple[str, ...]
+    module: str  # import name that must be present
+    open: Callable[[Path, int | None], Session]
+
+    def available(self) -> bool:
+        return importlib.util.find_spec(self.module) is not None
+
+
+RUNTIMES: Registry[Runtime] = Registry("runtime")
+
+
+def model_format(path: Path) -> str:
+    suffix = path.suffix.lower()
+    return {".pt": "pytorch", ".pt2": "pytorch", ".onnx": "onnx", ".tflite": "tflite"}.get(
+        suffix, "unknown")
+
+
+def runtimes_for(path: Path, only: str | None = None) -> list[str]:
+    """Installed runtimes that read ``path``'s format (or just ``only``, checked)."""
+    names = [n for n, r in RUNTIMES.items() if path.suffix.lower() in r.suffixes]
+    if not names:
+        raise BadInputError(f"{path}: unknown model format {path.suffix!r}; use .pt, .pt2, "
+                            ".onnx or .tflite")
+    if only is not None:
+        if only not in names:
+            raise BadInputError(f"{path}: runtime {only!r} cannot run {path.suffix} files; use "
+                                f"{', '.join(names)}")
+        names = [only]
+    ready = [n for n in names if RUNTIMES.get(n).available()]
+    if not ready:
+        raise TargetUnavailableError(f"{path}: no installed runtime for {path.suffix}; install "
+                                     f"one of {', '.join(RUNTIMES.get(n).module for n in names)}")
+    return ready
+
+
+def open_session(path: Path, runtime: str, threads: int | None = None) -> Session:
+    return RUNTIMES.get(runtime).open(path, threads)
+
+
+# -- PyTorch ------------------------------------------------------------------------------
+class TorchSession:
+    runtime = "torch"
+
+    def __init__(self, path: Path, threads: int | None) -> None:
+        import torch
+
+        from edgecnn.loading import load_torch_model
+
+        if threads:
+            torch.set_num_threads(threads)
+        self._torch = torch
+        self.model = load_torch_model(path)
+        self._x: object = None
+        self._y: object = None
+
+    def bind(self, x: np.ndarray) -> None:
+        self._x = self._torch.from_numpy(np.ascontiguousarray(x, np.float32))
+
+    def invoke(self) -> None:
+        with self._torch.inference_mode():
+            self._y = self.model.module(self._x)  # type: ignore[arg-type]
+
+    def output(self) -> np.ndarray:
+        return self._y.numpy()  # type: ignore[union-attr]
+
+
+# -- onnxruntime --------------------------------------------------------------------------
+class OnnxSession:
+    runtime = "onnxruntime"
+
+    def __init__(self, path: Path, threads: int | None, providers: list[str] | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), options,
+                                                providers=providers or ["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise BadInputError(f"{path}: onnxruntime cannot load it "
+                                f"({str(exc).splitlines()[0][:200]})") from None
+        self.input_name = self.session.get_inputs()[0].name
+        self._feed: dict[str, np.ndarray] = {}
+        self._y: np.ndarray | None = None
+
+    def bind(self, x: np.ndarray) -> None:
+        self._feed = {self.input_name: np.ascontiguousarray(x, np.float32)}
+
+    def invoke(self) -> None:
+        self._y = self.session.run(None, self._feed)[0]
+
+    def output(self) -> np.ndarray:
+        assert self._y is not None
+        return self._y
+
+
+# -- TFLite interpreters ------------------------------------------------------------------
+class TFLiteSession:
+    """Feeds NCHW float batches to NHWC (or NCHW) float/int8/uint8 TFLite models."""
+
+    def __init__(self, path: Path, threads: int | None, module: str, runtime: str) -> None:
+        interpreter_module = importlib.import_module(module)
+        self.runtime = runtime
+        try:
+            self.interpreter = interpreter_module.Interpreter(model_path=str(path),
+                                                              num_threads=threads)
+        except (ValueError, RuntimeError) as exc:
+            raise BadInputError(f"{path}: {runtime} cannot load it "
+                                f"({str(exc).splitlines()[0][:200]})") from None
+        self.path = path
+        self.input = self.interpreter.get_input_details()[0]
+        self.output_detail = self.interpreter.get_output_details()[0]
+        shape = tuple(self.input["shape"])
+        self.nhwc = shape[-1] in (1, 3) and shape[1] not in (1, 3)
+        self._batch = -1
+
+    def bind(self, x: np.ndarray) -> None:
+        if x.shape[0] != self._batch:
+            shape = (x.shape[0], *x.shape[2:], x.shape[1]) if self.nhwc else x.shape
+            self.interpreter.resize_tensor_input(self.input["index"], list(shape))
+            try:
+                self.interpreter.allocate_tensors()
+            except RuntimeError as exc:
+                raise BadInputError(f"{self.path}: {self.runtime} cannot prepare it "
+                                    f"({str(exc).splitlines()[0][:200]})") from None
+            self._batch = x.shape[0]
+        data = x.transpose(0, 2, 3, 1) if self.nhwc else x
+        self.interpreter.set_tensor(self.input["index"], quantize_input(data, self.input))
+
+    def invoke(self) -> None:
+        self.interpreter.invoke()
+
+    def output(self) -> np.ndarray:
+        y = self.interpreter.get_tensor(self.output_detail["index"])
+        scale, zero = self.output_detail["quantization"]
+        if self.output_detail["dtype"] != np.float32 and scale:
+            return (y.astype(np.float32) - zero) * np.float32(scale)
+        return y
+
+
+def quantize_input(x: np.ndarray, detail: dict) -> np.ndarray:
+    dtype = detail["dtype"]
+    if dtype == np.float32:
+        return np.ascontiguousarray(x, np.float32)
+    scale, zero = detail["quantization"]
+    info = np.iinfo(dtype)
+    q = np.round(x / np.float32(scale)) + zero
+    return np.ascontiguousarray(np.clip(q, info.min, info.max).astype(dtype))
+
+
+RUNTIMES.register("torch")(Runtime("torch", (".pt", ".pt2"), "torch", TorchSession))
+RUNTIMES.register("onnxruntime")(Runtime("onnxruntime", (".onnx",), "onnxruntime", OnnxSession))
+RUNTIMES.register("litert")(Runtime(
+    "litert", (".tflite",), "ai_edge_litert",
+    lambda p, t: TFLiteSession(p, t, "ai_edge_litert.interpreter", "litert")))
+RUNTIMES.register("tflite-runtime")(Runtime(
+    "tflite-runtime", (".tflite",), "tflite_runtime",
+    lambda p, t: TFLiteSession(p, t, "tflite_runtime.interpreter", "tflite-runtime")))

@@ -1,0 +1,151 @@
+"""PyTorch -> ONNX parity for every zoo model, int8 accuracy, and conversion bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from edgecnn import zoo
+from edgecnn.api import ConvertConfig, convert
+from edgecnn.cli import cli
+from edgecnn.errors import ConversionError, DataError
+from edgecnn.train import save_model
+from edgecnn.loading import default_card
+from tests.conftest import LENET
+
+MNIST_ARCHS = [n for n, a in zoo.ARCHITECTURES.items() if a.dataset == "mnist"]
+
+
+def _ort(path, x):
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+@pytest.fixture(scope="module")
+def zoo_models(tmp_path_factory):
+    """Every MNIST zoo architecture, seeded random weights, saved as edgecnn saves models."""
+    out = tmp_path_factory.mktemp("zoo")
+    paths = {}
+    for name in MNIST_ARCHS:
+        torch.manual_seed(0)
+        module = zoo.build(name)
+        save_model(module, default_card(name), out / f"{name}.pt")
+        paths[name] = (out / f"{name}.pt", module)
+    return paths
+
+
+@pytest.mark.parametrize("arch", MNIST_ARCHS)
+def test_fp32_onnx_matches_pytorch_on_1000_test_images(zoo_models, test_set, tmp_path, arch):
+    path, module = zoo_models[arch]
+    result = convert(path, tmp_path / "m.onnx", ConvertConfig("onnx"))
+    x = default_card(arch).input.preprocess(test_set.images[:1000])
+    with torch.inference_mode():
+        want = module(torch.from_numpy(x)).numpy()
+    assert np.abs(_ort(result.path, x) - want).max() <= 1e-5
+    model = onnx.load(result.path)
+    onnx.checker.check_model(model)
+    assert model.opset_import[0].version >= 17
+    assert {p.key for p in model.metadata_props} >= {"edgecnn.card", "edgecnn.labels"}
+    assert _ort(result.path, x[:7]).shape == (7, 10)  # dynamic batch
+
+
+def test_lenet_int8_onnx_keeps_accuracy(artefacts, test_set):
+    x = default_card("lenet5").input.preprocess(test_set.images)
+    fp32 = (_ort(artefacts["onnx"], x).argmax(1) == test_set.labels).mean()
+    int8 = (_ort(artefacts["onnx_int8"], x).argmax(1) == test_set.labels).mean()
+    assert abs(fp32 - int8) <= 0.003
+    assert _ort(artefacts["onnx_int8"], x[:7]).shape == (7, 10)
+    types = {n.op_type for n in onnx.load(artefacts["onnx_int8"]).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= types
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_other_calibration_methods(tmp_path, test_set, method):
+    out = convert(LENET, tmp_path / "m.onnx", ConvertConfig("onnx", int8=True,
+                                                            calib_method=method)).path
+    x = default_card("lenet5").input.preprocess(test_set.images[:2000])
+    assert (_ort(out, x).argmax(1) == test_set.labels[:2000]).mean() > 0.98
+
+
+def test_batchnorm_is_folded_and_dropout_removed(tmp_path):
+    module = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4),
+                                 torch.nn.ReLU(), torch.nn.Dropout(), torch.nn.Flatten(),
+                                 torch.nn.Linear(4 * 26 * 26, 10)).eval()
+    module[1].running_mean.uniform_(-1, 1)
+    module[1].running_var.uniform_(0.5, 2)
+    card = default_card("lenet5")
+    path = tmp_path / "bn.pt"
+    from edgecnn.card import ModelCard
+    save_model(module, ModelCard("custom", 0, card.input, card.labels), path)
+    out = convert(path, tmp_path / "bn.onnx", ConvertConfig("onnx")).path
+    types = [n.op_type for n in onnx.load(out).graph.node]
+    assert "BatchNormalization" not in types and "Dropout" not in types
+
+
+def _run_cli(cli_runner, args):
+    result = cli_runner.invoke(cli, args)
+    return result.exit_code, result.stderr.strip().splitlines()
+
+
+def test_test_set_refused_for_calibration(cli_runner, tmp_path):
+    out = tmp_path / "x.onnx"
+    code, lines = _run_cli(cli_runner, ["convert", str(LENET), "--to", "onnx", "--int8", "--calib",
+                                        "models/data/mnist", "-o", str(out)])
+    assert code == 2 and len(lines) == 1 and "test set" in lines[0]
+    assert not out.exists()
+
+
+def test_calibration_data_of_the_wrong_shape(cli_runner, tmp_path):
+    calib = tmp_path / "rgb.npz"
+    np.savez(calib, x=np.zeros((10, 32, 32, 3), np.uint8), y=np.zeros(10))
+    out = tmp_path / "x.onnx"
+    code, lines = _run_cli(cli_runner, ["convert", str(LENET), "--to", "onnx", "--int8",
+                                        "--calib", str(calib), "-o", str(out)])
+    assert code == 2 and len(lines) == 1 and "3x32x32" in lines[0] and "1x28x28" in lines[0]
+    assert not list(tmp_path.glob("x.onnx*"))
+
+
+def test_empty_calibration_set(tmp_path):
+    calib = tmp_path / "empty.npz"
+    np.savez(calib, x=np.zeros((0, 28, 28), np.uint8), y=np.zeros(0))
+    with pytest.raises(DataError, match="no images"):
+        convert(LENET, tmp_path / "x.onnx", ConvertConfig("onnx", int8=True, calib=calib))
+
+
+def test_missing_default_calibration(tmp_path, monkeypatch):
+    import edgecnn.api
+    monkeypatch.setattr(edgecnn.api, "SHIPPED_CALIBRATION_SET", tmp_path / "absent.npz")
+    with pytest.raises(DataError, match="--calib"):
+        convert(LENET, tmp_path / "x.onnx", ConvertConfig("onnx", int8=True))
+
+
+def test_nan_weights_are_refused(tmp_path):
+    module = zoo.build("lenet5")
+    with torch.no_grad():
+        module.features[0].weight[0, 0, 0, 0] = float("nan")
+    path = tmp_path / "nan.pt"
+    torch.save({"arch": "lenet5", "state_dict": module.state_dict()}, path)
+    with pytest.raises(ConversionError, match="NaN or Inf in features.0.weight"):
+        convert(path, tmp_path / "nan.onnx", ConvertConfig("onnx"))
+    assert not (tmp_path / "nan.onnx").exists()
+
+
+class _Unexportable(torch.nn.Module):
+    def forward(self, x):
+        return torch.linalg.eigvals(x[:, 0]).real.flatten(1)
+
+
+def test_model_the_exporter_cannot_handle_names_the_op(tmp_path):
+    card = default_card("lenet5")
+    program = torch.export.export(_Unexportable(), (torch.zeros(2, 1, 28, 28),))
+    path = tmp_path / "eig.pt"
+    import io
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer, extra_files={"edgecnn_card.json": card.to_json()})
+    path.write_bytes(buffer.getvalue())
+    with pytest.raises(ConversionError, match="eig"):
+        convert(path, tmp_path / "eig.onnx", ConvertConfig("onnx"))
+    assert not (tmp_path / "eig.onnx").exists()

@@ -1,0 +1,119 @@
+"""Model zoo counts, the shipped model, and safe loading of every supported model file kind."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from edgecnn import zoo
+from edgecnn.cli import cli
+from edgecnn.card import card_path_for, sha256_of
+from edgecnn.errors import ModelLoadError
+from edgecnn.loading import load_torch_model
+from tests.conftest import LENET
+
+EXPECTED_PARAMETERS = {"lenet5": 61_706, "lenet5-3x3": 60_074, "cnn4": 121_514,
+                       "cnn-fc1024": 3_274_634, "vgg19": 143_667_240}
+
+
+@pytest.mark.parametrize("name", list(zoo.ARCHITECTURES))
+def test_every_zoo_model_has_its_documented_parameter_count(name):
+    assert zoo.ARCHITECTURES.get(name).parameter_count() == EXPECTED_PARAMETERS[name]
+
+
+def test_zoo_command_lists_all_architectures(cli_runner):
+    result = cli_runner.invoke(cli, ["zoo", "--json"])
+    assert result.exit_code == 0
+    rows = {r["name"]: r for r in json.loads(result.output)}
+    assert {n: r["parameters"] for n, r in rows.items()} == EXPECTED_PARAMETERS
+    assert rows["vgg19"]["input"] == "3x224x224"
+
+
+def test_shipped_model_loads_in_plain_pytorch_and_scores_99(test_set):
+    program = torch.export.load(io.BytesIO(LENET.read_bytes()))  # no edgecnn involved
+    card = json.loads(card_path_for(LENET).read_text())
+    scale = card["input"]["pixel_scale"]
+    x = (test_set.images.astype(np.float32) * scale - card["input"]["mean"][0]) / card["input"]["std"][0]
+    x = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+    with torch.inference_mode():
+        accuracy = (program.module()(x).argmax(1).numpy() == test_set.labels).mean()
+    assert accuracy >= 0.99
+    assert card["sha256"] == sha256_of(LENET)
+    assert abs(card["test_accuracy"] - accuracy) < 1e-4
+    assert card["parameters"] == 61_706
+
+
+def test_state_dict_checkpoint_naming_its_architecture_loads(tmp_path):
+    module = zoo.build("lenet5-3x3")
+    path = tmp_path / "sd.pt"
+    torch.save({"arch": "lenet5-3x3", "state_dict": module.state_dict()}, path)
+    model = load_torch_model(path)
+    x = np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32)
+    np.testing.assert_array_equal(model(x), module(torch.from_numpy(x)).detach().numpy())
+    assert model.card.architecture == "lenet5-3x3"
+
+
+def test_torchscript_archive_loads(tmp_path):
+    module = zoo.build("lenet5")
+    path = tmp_path / "ts.pt"
+    torch.jit.save(torch.jit.trace(module, torch.zeros(1, 1, 28, 28)), str(path),
+                   _extra_files={"edgecnn_card.json": load_torch_model(LENET).card.to_json()})
+    model = load_torch_model(path)
+    assert model.format == "torchscript"
+    x = np.zeros((2, 1, 28, 28), np.float32)
+    np.testing.assert_allclose(model(x), module(torch.from_numpy(x)).detach().numpy(), atol=1e-6)
+
+
+def test_pickled_module_needs_opt_in(tmp_path):
+    path = tmp_path / "pickled.pt"
+    torch.save(zoo.build("lenet5"), path)
+    with pytest.raises(ModelLoadError, match="--trust-pickle"):
+        load_torch_model(path)
+    with pytest.warns(UserWarning, match="unpickling"):
+        assert load_torch_model(path, trust_pickle=True).card.architecture == "lenet5"
+
+
+def _bad_models(tmp_path):
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(LENET.read_bytes()[:4000])
+    noise = tmp_path / "noise.pt"
+    noise.write_bytes(np.random.default_rng(1).bytes(5000))
+    pickled = tmp_path / "pickled.pt"
+    torch.save(zoo.build("lenet5"), pickled)
+    wrong = tmp_path / "wrong_arch.pt"
+    torch.save({"arch": "lenet5", "state_dict": zoo.build("cnn4").state_dict()}, wrong)
+    return {"missing": (tmp_path / "nope.pt", "no such"), "truncated": (truncated, "zip"),
+            "random bytes": (noise, "zip"), "pickled": (pickled, "--trust-pickle"),
+            "wrong architecture": (wrong, "does not fit architecture 'lenet5'")}
+
+
+@pytest.mark.parametrize("case", ["missing", "truncated", "random bytes", "pickled",
+                                  "wrong architecture"])
+def test_bad_model_files_exit_2_with_one_line(tmp_path, cli_runner, case):
+    path, needle = _bad_models(tmp_path)[case]
+    result = cli_runner.invoke(cli, ["inspect", str(path)])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(path) in lines[0] and needle in lines[0]
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".onnx", ".tflite"])
+def test_inspect_reports_io_and_ops(cli_runner, artefacts, suffix):
+    path = {".pt": LENET, ".onnx": artefacts["onnx_int8"], ".tflite": artefacts["tflite_int8"]}[suffix]
+    result = cli_runner.invoke(cli, ["inspect", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["inputs"] and info["outputs"] and info["ops"]
+    if suffix == ".tflite":
+        assert info["details"]["oldest_runtime"] == "1.14.0"
+        assert info["details"]["transpose_ops"] == 0
+        assert info["inputs"][0]["quantization"].startswith("scale 0.00392")
+        assert {o["op"] for o in info["ops"]} == {"CONV_2D", "MAX_POOL_2D", "RESHAPE",
+                                                  "FULLY_CONNECTED"}
+    if suffix == ".pt":
+        assert info["parameters"] == 61_706
