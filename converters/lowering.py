@@ -67,8 +67,11 @@ class LoweringContext:
         """Activation quantisation of ``name``; int8 graphs must have it for every activation."""
         params = self.graph.act_quant.get(name)
         if self.int8 and params is None:
-            raise ConversionError(f"{self.graph.source}: tensor {name!r} has no Q/DQ pair; a "
-                                  "full-integer TFLite model needs every activation quantised")
+            producer = self.graph.producer(name)
+            origin = f" (output of {node_label(producer)})" if producer is not None else ""
+            raise ConversionError(f"{self.graph.source}: tensor {name!r}{origin} has no Q/DQ "
+                                  "pair, so the QDQ model leaves it float; a full-integer TFLite "
+                                  "model needs every activation quantised: convert in float")
         return params
 
     attr = staticmethod(attr)

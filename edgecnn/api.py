@@ -117,8 +117,11 @@ def _onnx_of(source: Path, config: ConvertConfig, checks: dict[str, Any]) -> tup
         model = load_onnx(source)
         card = card_from_onnx(model, str(source))
         if card is None:
-            dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
-            card = card_or_default(source, tuple(dims[1:]) if len(dims) == 4 else None)  # type: ignore[arg-type]
+            dims = [d.dim_value or d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim]
+            if len(dims) != 4:
+                raise ConversionError(f"{source}: input {model.graph.input[0].name!r} has shape "
+                                      f"{dims}; conversion needs a 4-D image input (N, C, H, W)")
+            card = card_or_default(source, tuple(dims[1:]))  # type: ignore[arg-type]
         return model, card
     if not source.exists():
         raise BadInputError(f"{source}: no such model file")

@@ -154,12 +154,13 @@ class TFLiteSession:
         self.path = path
         self.input = self.interpreter.get_input_details()[0]
         self.output_detail = self.interpreter.get_output_details()[0]
-        shape = tuple(self.input["shape"])
-        self.nhwc = shape[-1] in (1, 3) and shape[1] not in (1, 3)
+        self.model_shape = tuple(int(d) for d in self.input["shape"])
+        self.nhwc = True
         self._batch = -1
 
     def bind(self, x: np.ndarray) -> None:
         if x.shape[0] != self._batch:
+            self.nhwc = x.ndim == 4 and self.model_shape[1:] != tuple(x.shape[1:])
             shape = (x.shape[0], *x.shape[2:], x.shape[1]) if self.nhwc else x.shape
             self.interpreter.resize_tensor_input(self.input["index"], list(shape))
             try:
@@ -178,8 +179,8 @@ class TFLiteSession:
         y = self.interpreter.get_tensor(self.output_detail["index"])
         scale, zero = self.output_detail["quantization"]
         if self.output_detail["dtype"] != np.float32 and scale:
-            return (y.astype(np.float32) - zero) * np.float32(scale)
-        return y
+            y = (y.astype(np.float32) - zero) * np.float32(scale)
+        return y.transpose(0, 3, 1, 2) if (y.ndim == 4 and self.nhwc) else y
 
 
 def quantize_input(x: np.ndarray, detail: dict) -> np.ndarray:
