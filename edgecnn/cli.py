@@ -198,6 +198,60 @@ def validate(models: tuple[Path, ...], data: Path | None, reference: Path | None
         sys.exit(int(ExitStatus.CHECK_FAILED))
 
 
+@cli.command()
+@click.argument("models", type=PathArg, nargs=-1, required=True)
+@click.option("--target", type=click.Choice(["cpu", "cuda", "rpi"]), default="cpu",
+              show_default=True)
+@click.option("--runtime", help="One runtime only (torch, onnxruntime, litert, tflite-runtime).")
+@click.option("--threads", type=int, help="Intra-op threads (default: the runtime's).")
+@click.option("--batch", default=1, show_default=True)
+@click.option("--warmup", default=10, show_default=True)
+@click.option("--runs", default=100, show_default=True, help="At least this many timed runs...")
+@click.option("--min-time", default=1.0, show_default=True, help="...and at least this long (s).")
+@click.option("--host", help="rpi over SSH: [user@]host.")
+@click.option("--port", type=int, help="rpi over SSH: port.")
+@click.option("--identity", type=PathArg, help="rpi over SSH: private key.")
+@click.option("--known-hosts", type=PathArg, help="rpi over SSH: known_hosts file.")
+@click.option("--ssh-config", type=PathArg, help="rpi over SSH: ssh_config file.")
+@click.option("--timeout", default=60.0, show_default=True, help="rpi over SSH: seconds per step.")
+@click.option("--setup", is_flag=True, help="rpi over SSH: pip-install a TFLite runtime if missing.")
+@click.option("--remote-python", default="python3", show_default=True)
+@click.option("--json", "json_path", type=PathArg)
+@click.option("--csv", "csv_path", type=PathArg)
+@click.option("--markdown", "md_path", type=PathArg)
+@click.option("--plot", "plot_path", type=PathArg, help="PNG of the latency distributions.")
+def bench(models: tuple[Path, ...], target: str, runtime: str | None, threads: int | None,
+          batch: int, warmup: int, runs: int, min_time: float, host: str | None,
+          port: int | None, identity: Path | None, known_hosts: Path | None,
+          ssh_config: Path | None, timeout: float, setup: bool, remote_python: str,
+          json_path: Path | None, csv_path: Path | None, md_path: Path | None,
+          plot_path: Path | None) -> None:
+    """Benchmark MODELS on a target: load, first inference, steady-state latency, RSS."""
+    from edgecnn.bench import bench as run_bench, plot_latencies
+    from edgecnn.fileio import check_output_path
+    from edgecnn.report import write_reports
+    from edgecnn.targets.base import BenchConfig
+    for path in (json_path, csv_path, md_path, plot_path):
+        if path:
+            check_output_path(path)
+    options: dict[str, Any] = {}
+    if target == "rpi":
+        options = dict(host=host, port=port, identity=identity, known_hosts=known_hosts,
+                       ssh_config=ssh_config, timeout=timeout, setup=setup,
+                       remote_python=remote_python)
+    report = run_bench(list(models), target, BenchConfig(runtime, threads, batch, warmup, runs,
+                                                         min_time), **options)
+    rows = report.rows()
+    columns = ["model", "runtime", "batch", "size KiB", "load ms", "first ms", "p50 µs",
+               "mean µs", "std µs", "p90 µs", "p99 µs", "min µs", "max µs", "img/s",
+               "peak RSS MB", "p50 ratio"]
+    emit_table(rows, columns)
+    write_reports(report.to_dict(), rows, list(rows[0]), json_path=json_path, csv_path=csv_path,
+                  markdown_path=md_path, title=f"edgecnn bench --target {target}")
+    if plot_path:
+        plot_latencies(report, plot_path)
+
+
 @cli.command("download-mnist")
 @click.argument("dest", type=PathArg)
 @click.option("--mirror", "mirrors", multiple=True, help="Base URL (repeatable).")

@@ -11,7 +11,7 @@ import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -75,8 +75,10 @@ def runtimes_for(path: Path, only: str | None = None) -> list[str]:
     return ready
 
 
-def open_session(path: Path, runtime: str, threads: int | None = None) -> Session:
-    return RUNTIMES.get(runtime).open(path, threads)
+def open_session(path: Path, runtime: str, threads: int | None = None, **options: Any) -> Session:
+    """Open ``path`` with ``runtime``; ``options`` go to the session (e.g. ONNX providers)."""
+    opener = RUNTIMES.get(runtime).open
+    return opener(path, threads, **options) if options else opener(path, threads)
 
 
 # -- PyTorch ------------------------------------------------------------------------------

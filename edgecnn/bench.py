@@ -1,0 +1,66 @@
+"""`edgecnn bench`: several models side by side on one target, with ratios to the first."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from edgecnn.errors import BadInputError
+from edgecnn.fileio import atomic_path
+from edgecnn.targets import get_target
+from edgecnn.targets.base import BenchConfig, BenchResult
+
+
+@dataclass
+class BenchReport:
+    target: str
+    config: BenchConfig
+    results: list[BenchResult]
+
+    def rows(self) -> list[dict[str, Any]]:
+        base = self.results[0].stats["p50_us"] if self.results else 1.0
+        return [{**r.row(), "p50 ratio": r.stats["p50_us"] / base} for r in self.results]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"target": self.target, "config": asdict(self.config),
+                "results": [{**asdict(r), "p50_ratio": row["p50 ratio"]}
+                            for r, row in zip(self.results, self.rows())]}
+
+
+def bench(models: list[Path], target: str, config: BenchConfig = BenchConfig(),
+          **target_options: Any) -> BenchReport:
+    """Benchmark every model on ``target`` (each applicable runtime, or ``config.runtime``)."""
+    if not models:
+        raise BadInputError("bench needs at least one model")
+    for model in models:
+        if not Path(model).is_file():
+            raise BadInputError(f"{model}: no such model file")
+    adapter = get_target(target, **target_options)
+    results: list[BenchResult] = []
+    for model in models:
+        results += adapter.run(Path(model), config)
+    return BenchReport(target, config, results)
+
+
+def plot_latencies(report: BenchReport, path: Path) -> None:
+    """Latency distributions side by side (box plots over every timed invoke), as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r.model}\n{r.runtime} b{r.batch}" for r in report.results]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(labels)), 4.5))
+    ax.boxplot([r.samples_us for r in report.results], showfliers=False)
+    ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=8)
+    medians = [r.stats["p50_us"] for r in report.results]
+    if max(medians) > 20 * min(medians):  # keep fast and slow models readable together
+        ax.set_yscale("log")
+    ax.set_ylabel("latency per invoke (µs)")
+    ax.set_title(f"edgecnn bench --target {report.target}")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)

@@ -1,0 +1,60 @@
+"""The target interface: probe the environment, run a measured session, return a record."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    runtime: str | None = None
+    threads: int | None = None
+    batch: int = 1
+    warmup: int = 10
+    runs: int = 100
+    min_time: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.batch < 1 or self.runs < 1 or self.warmup < 0 or self.min_time < 0:
+            raise ValueError("--batch and --runs must be >= 1; --warmup, --min-time >= 0")
+
+
+@dataclass
+class BenchResult:
+    model: str
+    target: str
+    runtime: str
+    batch: int
+    file_size_kib: float
+    load_ms: float
+    first_ms: float
+    stats: dict[str, float]
+    peak_rss_mb: float
+    samples_us: list[float] = field(default_factory=list, repr=False)
+    device: dict[str, Any] = field(default_factory=dict)
+
+    def row(self) -> dict[str, Any]:
+        s = self.stats
+        return {"model": self.model, "target": self.target, "runtime": self.runtime,
+                "batch": self.batch, "size KiB": round(self.file_size_kib, 1),
+                "load ms": self.load_ms, "first ms": self.first_ms, "p50 µs": s["p50_us"],
+                "mean µs": s["mean_us"], "std µs": s["std_us"], "p90 µs": s["p90_us"],
+                "p99 µs": s["p99_us"], "min µs": s["min_us"], "max µs": s["max_us"],
+                "runs": s["runs"], "img/s": s["throughput_ips"], "peak RSS MB": self.peak_rss_mb}
+
+
+class Target(ABC):
+    """One place models run: the host CPU, a CUDA GPU, a Raspberry Pi."""
+
+    name: str
+
+    @abstractmethod
+    def probe(self) -> dict[str, Any]:
+        """Describe the device and list the runtimes available there."""
+
+    @abstractmethod
+    def run(self, model: Path, config: BenchConfig) -> list[BenchResult]:
+        """Benchmark ``model`` on every applicable runtime (or ``config.runtime``)."""

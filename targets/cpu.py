@@ -1,0 +1,64 @@
+"""The host CPU: PyTorch eager, onnxruntime CPU, LiteRT (XNNPACK) and tflite-runtime."""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgecnn.runtimes import RUNTIMES, open_session, runtimes_for
+from edgecnn.targets import runner
+from edgecnn.targets.base import BenchConfig, BenchResult, Target
+
+
+def model_input(model: Path, batch: int) -> np.ndarray:
+    """A preprocessed random image batch shaped as the model's card (or input) says."""
+    from edgecnn.inspection import card_or_default, inspect_model
+
+    shape = inspect_model(model).inputs[0].shape[1:]
+    if len(shape) == 3 and model.suffix == ".tflite" and shape[-1] in (1, 3):
+        shape = [shape[2], shape[0], shape[1]]
+    card = card_or_default(model, tuple(int(d) for d in shape))  # type: ignore[arg-type]
+    c, h, w = card.input.shape
+    images = np.random.default_rng(0).integers(0, 256, (batch, h, w, c), dtype=np.uint8)
+    return card.input.preprocess(images)
+
+
+def bench_in_process(model: Path, runtime: str, config: BenchConfig, target: str,
+                     x: np.ndarray, session_options: dict[str, Any] | None = None) -> BenchResult:
+    started = time.perf_counter()
+    session = open_session(model, runtime, config.threads, **(session_options or {}))
+    session.bind(x)
+    load_ms = (time.perf_counter() - started) * 1e3
+    started = time.perf_counter()
+    session.invoke()
+    first_ms = (time.perf_counter() - started) * 1e3
+    samples = runner.measure(session.invoke, config.warmup, config.runs, config.min_time)
+    return BenchResult(model.name, target, runtime, config.batch, model.stat().st_size / 1024,
+                       load_ms, first_ms, runner.latency_stats(samples, config.batch),
+                       runner.peak_rss_mb(), [s * 1e6 for s in samples])
+
+
+class CPUTarget(Target):
+    name = "cpu"
+
+    def probe(self) -> dict[str, Any]:
+        return {"machine": platform.machine(), "processor": platform.processor(),
+                "python": platform.python_version(),
+                "runtimes": [n for n, r in RUNTIMES.items() if r.available()]}
+
+    def run(self, model: Path, config: BenchConfig) -> list[BenchResult]:
+        x = model_input(model, config.batch)
+        device = self.probe()
+        results = []
+        for runtime in runtimes_for(model, config.runtime):
+            result = bench_in_process(model, runtime, config, self.name, x)
+            result.device = device
+            results.append(result)
+        return results
+
+
+TARGET = CPUTarget

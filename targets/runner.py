@@ -1,0 +1,155 @@
+"""Self-contained benchmark runner: standard library + numpy + a TFLite runtime, nothing else.
+
+Imported by the host targets for their timing loop, and copied as-is onto remote devices (the
+Raspberry Pi) where neither torch nor edgecnn is installed. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from typing import Any, Callable
+
+
+def latency_stats(samples_s: list[float], batch: int) -> dict[str, float]:
+    """µs statistics of per-invoke latencies, and images per second."""
+    import numpy as np  # imported late so that --probe works on a device without numpy
+
+    us = np.asarray(samples_s) * 1e6
+    return {"mean_us": float(us.mean()), "std_us": float(us.std(ddof=1)) if len(us) > 1 else 0.0,
+            "p50_us": float(np.percentile(us, 50)), "p90_us": float(np.percentile(us, 90)),
+            "p99_us": float(np.percentile(us, 99)), "min_us": float(us.min()),
+            "max_us": float(us.max()), "runs": int(len(us)),
+            "throughput_ips": float(batch * 1e6 / us.mean())}
+
+
+def measure(invoke: Callable[[], object], warmup: int, runs: int, min_time: float) -> list[float]:
+    """MLPerf-style single stream: warm up, then at least ``runs`` invokes and ``min_time`` s."""
+    for _ in range(warmup):
+        invoke()
+    clock = time.perf_counter
+    samples: list[float] = []
+    started = clock()
+    while len(samples) < runs or clock() - started < min_time:
+        t0 = clock()
+        invoke()
+        samples.append(clock() - t0)
+    return samples
+
+
+def peak_rss_mb() -> float:
+    scale = 1024 * 1024 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
+
+
+def tflite_interpreter(runtime: str, path: str, threads: int | None) -> Any:
+    if runtime == "litert":
+        from ai_edge_litert.interpreter import Interpreter
+    else:
+        from tflite_runtime.interpreter import Interpreter  # type: ignore[no-redef]
+    return Interpreter(model_path=path, num_threads=threads)
+
+
+def available_runtimes() -> list[str]:
+    found = []
+    for name, module in (("litert", "ai_edge_litert"), ("tflite-runtime", "tflite_runtime")):
+        try:
+            __import__(module)
+            found.append(name)
+        except ImportError:
+            pass
+    return found
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as handle:
+            return handle.read().strip("\0\n ")
+    except OSError:
+        return ""
+
+
+def probe() -> dict[str, Any]:
+    """What the device is: machine, Python, runtimes, board, governor, temperature."""
+    info: dict[str, Any] = {"machine": platform.machine(), "python": platform.python_version(),
+                            "system": platform.platform(), "cpus": os.cpu_count(),
+                            "runtimes": available_runtimes(),
+                            "board": _read("/proc/device-tree/model") or None,
+                            "governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/"
+                                              "scaling_governor") or None}
+    temp = _read("/sys/class/thermal/thermal_zone0/temp")
+    info["temperature_c"] = int(temp) / 1000 if temp.isdigit() else None
+    for key, args in (("vcgencmd_temp", "measure_temp"), ("vcgencmd_throttled", "get_throttled")):
+        try:
+            import subprocess
+            out = subprocess.run(["vcgencmd", args], capture_output=True, text=True, timeout=5)
+            info[key] = out.stdout.strip() or None
+        except (OSError, subprocess.SubprocessError):
+            info[key] = None
+    return info
+
+
+def bench_tflite(path: str, runtime: str, batch: int, threads: int | None, warmup: int,
+                 runs: int, min_time: float) -> dict[str, Any]:
+    import numpy as np
+
+    t0 = time.perf_counter()
+    interpreter = tflite_interpreter(runtime, path, threads)
+    detail = interpreter.get_input_details()[0]
+    shape = [batch, *[int(d) for d in detail["shape"][1:]]]
+    interpreter.resize_tensor_input(detail["index"], shape)
+    interpreter.allocate_tensors()
+    load_s = time.perf_counter() - t0
+    rng = np.random.default_rng(0)
+    if detail["dtype"] == np.float32:
+        data = rng.random(shape, dtype=np.float32)
+    else:
+        info = np.iinfo(detail["dtype"])
+        data = rng.integers(info.min, info.max + 1, shape).astype(detail["dtype"])
+    interpreter.set_tensor(detail["index"], data)
+    t0 = time.perf_counter()
+    interpreter.invoke()
+    first_s = time.perf_counter() - t0
+    samples = measure(interpreter.invoke, warmup, runs, min_time)
+    return {"runtime": runtime, "load_ms": load_s * 1e3, "first_ms": first_s * 1e3,
+            **latency_stats(samples, batch), "samples_us": [s * 1e6 for s in samples],
+            "peak_rss_mb": peak_rss_mb()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("model", nargs="?")
+    parser.add_argument("--probe", action="store_true")
+    parser.add_argument("--runtime")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--min-time", type=float, default=1.0)
+    args = parser.parse_args(argv)
+    if args.probe or not args.model:
+        print(json.dumps(probe()))
+        return 0
+    runtimes = available_runtimes()
+    runtime = args.runtime or (runtimes[0] if runtimes else None)
+    if runtime is None or runtime not in runtimes:
+        print(json.dumps({"error": f"no TFLite runtime ({args.runtime or 'any'}) installed"}))
+        return 3
+    try:
+        result = bench_tflite(args.model, runtime, args.batch, args.threads, args.warmup,
+                              args.runs, args.min_time)
+    except (ValueError, RuntimeError) as exc:
+        print(json.dumps({"error": f"{runtime} cannot run the model: "
+                                   f"{str(exc).splitlines()[0][:200]}"}))
+        return 4
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

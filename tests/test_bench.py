@@ -1,0 +1,214 @@
+"""`edgecnn bench` on the host CPU, CUDA's refusal without a GPU, and the Pi over a real sshd."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from edgecnn.cli import cli
+
+SSHD = shutil.which("sshd") or ("/usr/sbin/sshd" if Path("/usr/sbin/sshd").exists() else None)
+STAT_FIELDS = {"mean_us", "std_us", "p50_us", "p90_us", "p99_us", "min_us", "max_us",
+               "throughput_ips"}
+
+
+def _bench_json(cli_runner, tmp_path, args):
+    out = tmp_path / "bench.json"
+    result = cli_runner.invoke(cli, ["bench", *args, "--runs", "50", "--min-time", "0.05",
+                                     "--warmup", "5", "--json", str(out)])
+    return result, (json.loads(out.read_text()) if out.exists() else None)
+
+
+def test_cpu_bench_reports_every_runtime_with_stats(cli_runner, tmp_path, artefacts):
+    plot, csv_path = tmp_path / "lat.png", tmp_path / "b.csv"
+    result, report = _bench_json(cli_runner, tmp_path, [
+        str(artefacts["tflite"]), str(artefacts["tflite_int8"]), str(artefacts["onnx_int8"]),
+        "--plot", str(plot), "--csv", str(csv_path)])
+    assert result.exit_code == 0, result.output
+    runtimes = [(Path(r["model"]).suffix, r["runtime"]) for r in report["results"]]
+    assert (".tflite", "litert") in runtimes and (".onnx", "onnxruntime") in runtimes
+    for r in report["results"]:
+        assert STAT_FIELDS <= set(r["stats"]) and r["stats"]["runs"] >= 50
+        assert r["stats"]["min_us"] <= r["stats"]["p50_us"] <= r["stats"]["p99_us"]
+        assert r["peak_rss_mb"] > 0 and r["file_size_kib"] > 0 and r["load_ms"] > 0
+    assert report["results"][0]["p50_ratio"] == 1.0
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert csv_path.read_text().startswith("model,")
+
+
+def test_cuda_without_a_device_exits_2_with_one_line(cli_runner, artefacts):
+    result = cli_runner.invoke(cli, ["bench", str(artefacts["onnx"]), "--target", "cuda"])
+    assert result.exit_code == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "cuda" in result.stderr
+
+
+# -- a real OpenSSH server on loopback ------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _keygen(path: Path) -> None:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    if SSHD is None:
+        pytest.skip("no OpenSSH server (sshd) installed; CI installs openssh-server")
+    if os.geteuid() != 0:
+        pytest.skip("the loopback sshd fixture logs in as the current user and needs root")
+    base = tmp_path_factory.mktemp("sshd")
+    _keygen(base / "host_key")
+    _keygen(base / "client_key")
+    _keygen(base / "stranger_key")
+    (base / "authorized_keys").write_text((base / "client_key.pub").read_text())
+    port = _free_port()
+    config = base / "sshd_config"
+    config.write_text(f"""Port {port}
+ListenAddress 127.0.0.1
+HostKey {base / 'host_key'}
+AuthorizedKeysFile {base / 'authorized_keys'}
+PidFile {base / 'sshd.pid'}
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+LogLevel ERROR
+""")
+    Path("/run/sshd").mkdir(exist_ok=True)
+    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE)
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    host_pub = (base / "host_key.pub").read_text().split()
+    (base / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
+    (base / "empty_known_hosts").write_text("")
+    yield {"port": port, "base": base, "user": os.environ.get("USER", "root")}
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def _ssh_args(sshd, **overrides):
+    base = sshd["base"]
+    values = {"--host": f"root@127.0.0.1", "--port": str(sshd["port"]),
+              "--identity": str(base / "client_key"), "--known-hosts": str(base / "known_hosts"),
+              "--remote-python": sys.executable, "--timeout": "20", **overrides}
+    args = ["--target", "rpi"]
+    for key, value in values.items():
+        args += [key, value]
+    return args
+
+
+def _leftover_dirs() -> set[str]:
+    return {p.name for p in Path("/tmp").glob("edgecnn.*")}
+
+
+def test_rpi_over_ssh_returns_the_cpu_fields(cli_runner, tmp_path, sshd, artefacts):
+    before = _leftover_dirs()
+    weird = tmp_path / "my model; $(touch PWNED) 'q'.tflite"
+    shutil.copy(artefacts["tflite_int8"], weird)
+    result, report = _bench_json(cli_runner, tmp_path, [str(weird), *_ssh_args(sshd)])
+    assert result.exit_code == 0, result.output + result.stderr
+    runtimes = {r["runtime"] for r in report["results"]}
+    assert runtimes == {"litert", "tflite-runtime"}
+    for r in report["results"]:
+        assert STAT_FIELDS <= set(r["stats"]) and r["device"]["machine"]
+        assert r["device"]["host"] == "root@127.0.0.1" and "governor" in r["device"]
+    assert not list(Path.home().glob("PWNED")) and not Path("PWNED").exists()
+    assert _leftover_dirs() == before
+
+
+class _SilentServer:
+    """Accepts TCP connections and never speaks: an SSH handshake that times out."""
+
+    def __enter__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.port = self.sock.getsockname()[1]
+        self.conns = []
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def _accept(self):
+        try:
+            while True:
+                self.conns.append(self.sock.accept()[0])
+        except OSError:
+            pass
+
+    def __exit__(self, *exc):
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+def _bad_cases(sshd, tmp_path, artefacts):
+    base = sshd["base"]
+    nopython_env = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(nopython_env)], check=True)
+    too_new = tmp_path / "too_new.tflite"
+    _write_future_op_version(artefacts["tflite_int8"], too_new)
+    return {
+        "refused": ({"--port": str(_free_port())}, "connection refused", None),
+        "unreachable": ({"--host": "root@no-such-host.invalid"}, "unreachable", None),
+        "auth": ({"--identity": str(base / "stranger_key")}, "authentication failed", None),
+        "host key": ({"--known-hosts": str(base / "empty_known_hosts")}, "host key", None),
+        "no python": ({"--remote-python": "/nonexistent/python3"}, "no Python", None),
+        "no runtime": ({"--remote-python": str(nopython_env / "bin" / "python")},
+                       "no TFLite runtime", None),
+        "op version": ({}, "cannot run the model", too_new),
+    }
+
+
+def _write_future_op_version(src: Path, dst: Path) -> None:
+    from ai_edge_litert import schema_py_generated as fb
+    import flatbuffers
+    model = fb.ModelT.InitFromObj(fb.Model.GetRootAs(src.read_bytes(), 0))
+    model.operatorCodes[0].version = 99
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    dst.write_bytes(bytes(builder.Output()))
+
+
+@pytest.mark.parametrize("case", ["refused", "unreachable", "auth", "host key", "no python",
+                                  "no runtime", "op version"])
+def test_rpi_bad_cases_exit_2_naming_host_and_problem(cli_runner, tmp_path, sshd, artefacts,
+                                                      case):
+    before = _leftover_dirs()
+    overrides, needle, model = _bad_cases(sshd, tmp_path, artefacts)[case]
+    started = time.monotonic()
+    result = cli_runner.invoke(cli, ["bench", str(model or artefacts["tflite_int8"]),
+                                     *_ssh_args(sshd, **overrides), "--runs", "5",
+                                     "--min-time", "0"])
+    assert result.exit_code == 2, result.output + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "127.0.0.1" in lines[0] or (
+        case == "unreachable" and "no-such-host.invalid" in lines[0])
+    assert time.monotonic() - started < 25
+    assert _leftover_dirs() == before
+
+
+def test_rpi_timeout_is_bounded(cli_runner, sshd, artefacts):
+    with _SilentServer() as silent:
+        started = time.monotonic()
+        result = cli_runner.invoke(cli, ["bench", str(artefacts["tflite_int8"]),
+                                         *_ssh_args(sshd, **{"--port": str(silent.port),
+                                                             "--timeout": "2"})])
+    assert result.exit_code == 2
+    assert "timed out" in result.stderr and time.monotonic() - started < 10
