@@ -7,7 +7,7 @@ data kept beside it. The lowerings then handle float and int8 models with the sa
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,13 +36,43 @@ class WeightQuant:
                            axis if self.scale.size > 1 else None)
 
 
+class Constants(dict):  # type: ignore[type-arg]
+    """name -> array; dequantised weights are computed on first use only.
+
+    An int8 conversion reads the integers directly, so VGG19's 575 MB of float weights are
+    never materialised for it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lazy: dict[str, tuple[Callable[[], np.ndarray], tuple[int, ...]]] = {}
+
+    def defer(self, name: str, make: Callable[[], np.ndarray], shape: tuple[int, ...]) -> None:
+        self.lazy[name] = (make, shape)
+
+    def __contains__(self, name: object) -> bool:
+        return dict.__contains__(self, name) or name in self.lazy
+
+    def __missing__(self, name: str) -> np.ndarray:
+        if name not in self.lazy:
+            raise KeyError(name)
+        make, _ = self.lazy.pop(name)
+        value = self[name] = make()
+        return value
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        found = {k: tuple(np.shape(v)) for k, v in self.items()}
+        found.update({k: shape for k, (_, shape) in self.lazy.items()})
+        return found
+
+
 @dataclass
 class Graph:
     """Float view of an ONNX graph with static shapes and quantisation annotations."""
 
     source: str
     nodes: list[onnx.NodeProto]
-    constants: dict[str, np.ndarray]
+    constants: Constants
     shapes: dict[str, tuple[int, ...]]
     input_name: str
     output_names: list[str]
@@ -74,8 +104,10 @@ def node_label(node: onnx.NodeProto) -> str:
 
 def load_graph(model: onnx.ModelProto, source: str, batch: int = 1) -> Graph:
     """Fix the batch size, fold Q/DQ into annotations, fold constants and infer static shapes."""
+    constants = Constants()
+    for tensor in model.graph.initializer:
+        constants[tensor.name] = numpy_helper.to_array(tensor)
     model = _with_static_batch(model, source, batch)
-    constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     nodes = list(model.graph.node)
     graph = Graph(source, nodes, constants, {}, model.graph.input[0].name,
                   [o.name for o in model.graph.output])
@@ -90,13 +122,16 @@ def load_graph(model: onnx.ModelProto, source: str, batch: int = 1) -> Graph:
 
 
 def _with_static_batch(model: onnx.ModelProto, source: str, batch: int) -> onnx.ModelProto:
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    """A copy of the graph without its weights, the batch dimension fixed to ``batch``."""
+    weights = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in weights]
     if len(inputs) != 1:
         raise ConversionError(f"{source}: has {len(inputs)} graph inputs; edgecnn converts models "
                               "with one image input")
-    del model.graph.input[:]
-    model.graph.input.extend(inputs)
+    graph = onnx.helper.make_graph(list(model.graph.node), model.graph.name or "main", inputs,
+                                   list(model.graph.output))
+    model = onnx.helper.make_model(graph, opset_imports=list(model.opset_import),
+                                   ir_version=model.ir_version)
     dims = model.graph.input[0].type.tensor_type.shape.dim
     if len(dims) != 4:
         shape = [d.dim_value or d.dim_param for d in dims]
@@ -124,8 +159,13 @@ def _fold_weight_dequantize(graph: Graph) -> None:
         shape = [1] * values.ndim
         if axis is not None:
             shape[axis] = -1
-        real = (values.astype(np.float64) - zp.reshape(shape)) * scale.reshape(shape)
-        graph.constants[node.output[0]] = real.astype(np.float32)
+
+        def dequantize(v: np.ndarray = values, z: np.ndarray = zp, s: np.ndarray = scale,
+                       b: list[int] = shape) -> np.ndarray:
+            return ((v.astype(np.float32) - z.reshape(b).astype(np.float32))
+                    * s.reshape(b)).astype(np.float32)
+
+        graph.constants.defer(node.output[0], dequantize, tuple(values.shape))
         graph.weight_quant[node.output[0]] = WeightQuant(values, scale, zp, axis)
         graph.nodes.remove(node)
 
@@ -173,12 +213,22 @@ def _fold_activation_qdq(graph: Graph) -> None:
 
 
 def _infer_shapes(model: onnx.ModelProto, graph: Graph) -> dict[str, tuple[int, ...]]:
+    """Static shapes of every value. Small and integer constants (shape arithmetic) go in as
+    initializers; big weights only as typed, shaped inputs, so nothing large is copied."""
+    small, weights = [], []
+    for name, shape in graph.constants.shapes().items():
+        value = dict.get(graph.constants, name)
+        if value is not None and (value.size <= 4096 or value.dtype.kind in "iub"):
+            small.append(numpy_helper.from_array(np.asarray(value), name))
+        else:
+            dtype = value.dtype if value is not None else np.dtype(np.float32)
+            weights.append(onnx.helper.make_tensor_value_info(
+                name, onnx.helper.np_dtype_to_tensor_dtype(dtype), list(shape)))
     float_model = onnx.helper.make_model(
         onnx.helper.make_graph(
-            graph.nodes, "float", list(model.graph.input),
+            graph.nodes, "float", list(model.graph.input) + weights,
             [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None)
-             for o in graph.output_names],
-            [numpy_helper.from_array(np.asarray(v), k) for k, v in graph.constants.items()]),
+             for o in graph.output_names], small),
         opset_imports=model.opset_import)
     try:
         inferred = shape_inference.infer_shapes(float_model, data_prop=True)
@@ -189,8 +239,7 @@ def _infer_shapes(model: onnx.ModelProto, graph: Graph) -> dict[str, tuple[int, 
         dims = value.type.tensor_type.shape.dim
         if value.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in dims):
             shapes[value.name] = tuple(d.dim_value for d in dims)
-    for name, array in graph.constants.items():
-        shapes[name] = tuple(np.shape(array))
+    shapes.update(graph.constants.shapes())
     return shapes
 
 

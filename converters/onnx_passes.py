@@ -91,9 +91,9 @@ def fold_batch_norm(model: onnx.ModelProto) -> int:
 def prune_initializers(model: onnx.ModelProto) -> None:
     used = {name for node in model.graph.node for name in node.input}
     used |= {o.name for o in model.graph.output}
-    keep = [t for t in model.graph.initializer if t.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep)
+    for index in reversed(range(len(model.graph.initializer))):  # in place: weights can be GBs
+        if model.graph.initializer[index].name not in used:
+            del model.graph.initializer[index]
 
 
 def name_batch_dimension(model: onnx.ModelProto, name: str = "batch") -> None:

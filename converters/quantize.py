@@ -24,6 +24,8 @@ from edgecnn.data import Dataset
 from edgecnn.errors import ConversionError, DataError
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+EXTERNAL_DATA_BYTES = 64 << 20
+CALIBRATION_BATCH_ELEMENTS = 1 << 19  # MNIST: batches of 100; 224x224x3: batches of 3
 
 
 @dataclass(frozen=True)
@@ -72,9 +74,10 @@ class QuantReport:
     calibration_images: int
 
 
-def quantize_onnx(model: onnx.ModelProto, card: ModelCard, calibration: Dataset,
+def quantize_onnx(model: onnx.ModelProto | Path, card: ModelCard, calibration: Dataset,
                   config: QuantConfig = QuantConfig()) -> QuantReport:
-    """Quantise a float ONNX model to int8 QDQ, calibrated on ``calibration``."""
+    """Quantise a float ONNX model (in memory, or a file: cheaper for big models) to int8 QDQ,
+    calibrated on ``calibration``."""
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 
@@ -82,11 +85,20 @@ def quantize_onnx(model: onnx.ModelProto, card: ModelCard, calibration: Dataset,
     calibration.check_fits(card.input)
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[config.method]
-    input_name = model.graph.input[0].name
-    reader = DatasetCalibrationReader(calibration, card, input_name, config.batch_size)
     with tempfile.TemporaryDirectory(prefix="edgecnn-quant-") as tmp:
         src, dst = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
-        onnx.save(model, src)
+        if isinstance(model, Path):
+            src = model
+            model = onnx.load(src, load_external_data=False)
+            del model.graph.initializer[:]  # only the graph and metadata are needed from here
+        else:
+            onnx.save(model, src)
+        big = src.stat().st_size + sum(p.stat().st_size for p in src.parent.glob(
+            src.name + ".data")) > EXTERNAL_DATA_BYTES  # stream weights through files
+        input_name = model.graph.input[0].name
+        # every activation of a batch is held at once: keep batch x image size bounded
+        batch = max(1, min(config.batch_size, CALIBRATION_BATCH_ELEMENTS // calibration.images[0].size))
+        reader = DatasetCalibrationReader(calibration, card, input_name, batch)
         root = logging.getLogger()
         level = root.level
         root.setLevel(logging.ERROR)  # onnxruntime logs advice on the root logger
@@ -94,6 +106,7 @@ def quantize_onnx(model: onnx.ModelProto, card: ModelCard, calibration: Dataset,
             quantize_static(
                 str(src), str(dst), reader, quant_format=QuantFormat.QDQ,
                 per_channel=config.per_channel, activation_type=QuantType.QInt8,
+                use_external_data_format=big,
                 weight_type=QuantType.QInt8, calibrate_method=method,
                 extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
                                "CalibMovingAverage": False},
@@ -102,7 +115,7 @@ def quantize_onnx(model: onnx.ModelProto, card: ModelCard, calibration: Dataset,
             raise ConversionError(f"int8 quantisation failed: {str(exc).splitlines()[0]}") from None
         finally:
             root.setLevel(level)
-        quantized = onnx.load(dst)
+        quantized = onnx.load(dst)  # external data, if any, is read back in here
     quantized.metadata_props.extend(model.metadata_props)
     quantized.metadata_props.add(key="edgecnn.quantization",
                                  value=f"int8 QDQ, {config.method}, "

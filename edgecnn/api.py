@@ -7,12 +7,15 @@
 
 from __future__ import annotations
 
+import gc
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from edgecnn.card import ModelCard
 from edgecnn.data import SHIPPED_CALIBRATION_SET, Dataset, load_dataset
@@ -75,6 +78,7 @@ def convert(model: str | Path, output: str | Path | None = None,
             config: ConvertConfig = ConvertConfig()) -> ConvertResult:
     """Convert a .pt/.pt2/.onnx model to ONNX or TFLite (optionally int8); check; write."""
     from edgecnn.converters.quantize import QuantConfig, quantize_onnx, require_calibration
+    from edgecnn.converters.torch_to_onnx import save_external
 
     started = time.perf_counter()
     source = Path(model)
@@ -85,8 +89,13 @@ def convert(model: str | Path, output: str | Path | None = None,
     if config.int8 and not already_int8:
         calib_path = require_calibration(config.calib, SHIPPED_CALIBRATION_SET)
         calib = load_dataset(calib_path, split="train")
-        report = quantize_onnx(onnx_model, card, calib,
-                               QuantConfig(config.calib_method, config.per_channel))
+        with tempfile.TemporaryDirectory(prefix="edgecnn-") as tmp:
+            float_path = Path(tmp) / "float.onnx"
+            save_external(onnx_model, float_path)
+            del onnx_model  # the float model is on disk: keep peak memory at one copy
+            gc.collect()
+            report = quantize_onnx(float_path, card, calib,
+                                   QuantConfig(config.calib_method, config.per_channel))
         onnx_model = report.model
         checks["calibration images"] = report.calibration_images
         if report.float_ops:
@@ -143,7 +152,6 @@ def _to_tflite(onnx_model: Any, source: Path, card: ModelCard, config: ConvertCo
 def self_check_tflite(data: bytes, onnx_model: Any, card: ModelCard,
                       output_quant: Any) -> dict[str, Any]:
     """Run the new TFLite model and its ONNX source on the same images; refuse a mismatch."""
-    import tempfile
 
     from edgecnn.runtimes import OnnxSession, predict, runtimes_for, open_session
 

@@ -6,7 +6,6 @@ a pickled ``nn.Module`` runs code from the file when loaded.
 
 from __future__ import annotations
 
-import io
 import logging
 import pickle
 import warnings
@@ -100,8 +99,8 @@ def _card_or_default(path: Path, embedded: str | None, arch: str | None) -> Mode
 def _load_exported(path: Path) -> TorchModel:
     extra = {CARD_ARCHIVE_NAME: ""}
     try:
-        with _quiet_torch():
-            program = torch.export.load(io.BytesIO(path.read_bytes()), extra_files=extra)
+        with _quiet_torch(), open(path, "rb") as handle:  # a handle: no suffix check, no copy
+            program = torch.export.load(handle, extra_files=extra)
     except Exception as exc:  # torch raises many types for corrupt archives
         raise ModelLoadError(f"{path}: cannot load torch.export archive ({_first_line(exc)})") from None
     card = _card_or_default(path, extra.get(CARD_ARCHIVE_NAME), None)

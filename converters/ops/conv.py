@@ -54,11 +54,14 @@ def _bias(ctx: LoweringContext, node: onnx.NodeProto, channels: slice, input_ten
 @lower("Conv")
 def lower_conv(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     n, c, h, w = ctx.shape(node.input[0])
-    weight = ctx.const(node, 1)
-    if weight.ndim != 4:
-        raise ConversionError(f"{ctx.graph.source}: Conv {node.name!r} is {weight.ndim - 2}-D; "
-                              "only 2-D convolutions convert")
-    out_ch, _, kh, kw = weight.shape
+    if not ctx.is_const(node.input[1]):
+        raise ConversionError(f"{ctx.graph.source}: Conv {node.name!r} weights are computed at run "
+                              "time; TFLite needs constant filters")
+    weight_shape = ctx.shape(node.input[1])
+    if len(weight_shape) != 4:
+        raise ConversionError(f"{ctx.graph.source}: Conv {node.name!r} is "
+                              f"{len(weight_shape) - 2}-D; only 2-D convolutions convert")
+    out_ch, _, kh, kw = weight_shape
     group = int(ctx.attr(node, "group", 1))
     strides = tuple(ctx.attr(node, "strides", [1, 1]))
     dilations = tuple(ctx.attr(node, "dilations", [1, 1]))
@@ -100,8 +103,7 @@ def _pad(ctx: LoweringContext, x: int, explicit: list[tuple[int, int]], name: st
 def _grouped(ctx: LoweringContext, node: onnx.NodeProto, x: int, out: int, group: int,
              common: dict) -> None:
     """Grouped conv as SPLIT -> one CONV_2D per group -> CONCATENATION (runs on every runtime)."""
-    weight = ctx.const(node, 1)
-    out_ch = weight.shape[0]
+    out_ch = ctx.shape(node.input[1])[0]
     per_out = out_ch // group
     n, h, w, c = ctx.builder.tensor_shape(x)
     axis = ctx.int_const(node.output[0] + "/split_axis", [3])
@@ -123,6 +125,7 @@ def _grouped(ctx: LoweringContext, node: onnx.NodeProto, x: int, out: int, group
                                  0 if scales.size > 1 else None)
             wt = ctx.builder.add_constant(name + "/w", wq.values[sl].transpose(0, 2, 3, 1), params)
         else:
+            weight = ctx.const(node, 1)
             wt = ctx.builder.add_constant(name + "/w",
                                           weight[sl].transpose(0, 2, 3, 1).astype(np.float32))
         b = _bias(ctx, node, sl, parts[g], wt, name + "/bias")

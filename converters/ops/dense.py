@@ -16,15 +16,16 @@ from edgecnn.converters.tflite_builder import QuantParams
 from edgecnn.errors import ConversionError
 
 
-def _fully_connected(ctx: LoweringContext, node: onnx.NodeProto, weight: np.ndarray,
-                     weight_name: str, transposed: bool, bias_node: onnx.NodeProto,
-                     out_node: onnx.NodeProto, alpha: float = 1.0) -> None:
-    """Write FULLY_CONNECTED for ``y = x @ W.T + b``; ``weight`` is the ONNX constant."""
+def _fully_connected(ctx: LoweringContext, node: onnx.NodeProto, weight_name: str,
+                     transposed: bool, bias_node: onnx.NodeProto, out_node: onnx.NodeProto,
+                     alpha: float = 1.0) -> None:
+    """Write FULLY_CONNECTED for ``y = x @ W.T + b`` (``W`` given as [out, in] if transposed)."""
     source = ctx.value(node.input[0])
+    shape = ctx.shape(weight_name)
+    out_features = shape[0] if transposed else shape[1]
     if len(ctx.builder.tensor_shape(source.tensor)) != 2:
         raise ConversionError(f"{ctx.graph.source}: {node.op_type} {node.name!r} input is not 2-D; "
                               "flatten before the fully-connected layer")
-    w = weight if transposed else weight.T  # -> [out, in]
     order = source.column_order
     fused, out_name = ctx.fuse_activation(out_node)
     out = ctx.output_value(out_name)
@@ -41,11 +42,12 @@ def _fully_connected(ctx: LoweringContext, node: onnx.NodeProto, weight: np.ndar
                              0 if per_channel else None)
         wt = ctx.builder.add_constant(weight_name, np.ascontiguousarray(values), params)
     else:
-        w = w * np.float32(alpha)
+        weight = ctx.graph.constants[weight_name]
+        w = (weight if transposed else weight.T) * np.float32(alpha)  # -> [out, in]
         if order is not None:
             w = w[:, order]
         wt = ctx.builder.add_constant(weight_name, np.ascontiguousarray(w, np.float32))
-    bias = _bias(ctx, bias_node, slice(0, w.shape[0]), source.tensor, wt, out_name + "/bias")
+    bias = _bias(ctx, bias_node, slice(0, out_features), source.tensor, wt, out_name + "/bias")
     ctx.add_op("FULLY_CONNECTED", [source.tensor, wt, bias], [out.tensor],
                version=ctx.op_version(1, 4),
                options=ctx.options("FullyConnectedOptions", fusedActivationFunction=fused))
@@ -60,32 +62,35 @@ def lower_gemm(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     beta = float(ctx.attr(node, "beta", 1.0))
     if ctx.int8 and (alpha != 1.0 or beta != 1.0):
         raise ConversionError(f"{ctx.graph.source}: int8 Gemm {node.name!r} has alpha/beta != 1")
-    weight = ctx.const(node, 1)
+    if not ctx.is_const(node.input[1]):
+        raise ConversionError(f"{ctx.graph.source}: Gemm {node.name!r} B is computed at run "
+                              "time; TFLite fully-connected layers need constant weights")
+    shape = ctx.shape(node.input[1])
     bias_node = node
     if len(node.input) > 2 and node.input[2] and not ctx.int8:
         bias = np.broadcast_to(ctx.const(node, 2) * np.float32(beta),
-                               (weight.shape[0 if ctx.attr(node, "transB", 0) else 1],))
+                               (shape[0 if ctx.attr(node, "transB", 0) else 1],))
         ctx.graph.constants[node.output[0] + "/gemm_bias"] = np.ascontiguousarray(bias)
         bias_node = onnx.helper.make_node("Gemm", [node.input[0], node.input[1],
                                                    node.output[0] + "/gemm_bias"], node.output)
-    _fully_connected(ctx, node, weight, node.input[1], bool(ctx.attr(node, "transB", 0)),
-                     bias_node, node, alpha)
+    _fully_connected(ctx, node, node.input[1], bool(ctx.attr(node, "transB", 0)), bias_node,
+                     node, alpha)
 
 
 @lower("MatMul")
 def lower_matmul(ctx: LoweringContext, node: onnx.NodeProto) -> None:
-    weight = ctx.const(node, 1)
-    if weight.ndim != 2:
-        raise ConversionError(f"{ctx.graph.source}: MatMul {node.name!r} weight is "
-                              f"{weight.ndim}-D; only 2-D weights convert")
+    if not ctx.is_const(node.input[1]) or len(ctx.shape(node.input[1])) != 2:
+        raise ConversionError(f"{ctx.graph.source}: MatMul {node.name!r} needs a constant 2-D "
+                              "weight as its second input")
+    out_features = ctx.shape(node.input[1])[1]
     users = ctx.graph.consumers(node.output[0])
     bias_add = None
     if (len(users) == 1 and users[0].op_type == "Add" and node.output[0] not in ctx.graph.output_names):
         other = [i for i in users[0].input if i != node.output[0]]
-        if other and ctx.is_const(other[0]) and np.size(ctx.graph.constants[other[0]]) == weight.shape[1]:
+        if other and ctx.is_const(other[0]) and np.size(ctx.graph.constants[other[0]]) == out_features:
             bias_add = users[0]
     if bias_add is None:
-        _fully_connected(ctx, node, weight, node.input[1], False,
+        _fully_connected(ctx, node, node.input[1], False,
                          onnx.helper.make_node("MatMul", node.input[:2], node.output), node)
         return
     ctx.skipped.add(id(bias_add))
@@ -93,4 +98,4 @@ def lower_matmul(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     ctx.graph.constants[bias_name] = np.ravel(ctx.graph.constants[bias_name])
     combined = onnx.helper.make_node("Gemm", [node.input[0], node.input[1], bias_name],
                                      bias_add.output)
-    _fully_connected(ctx, node, weight, node.input[1], False, combined, bias_add)
+    _fully_connected(ctx, node, node.input[1], False, combined, bias_add)
