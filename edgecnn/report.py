@@ -58,8 +58,13 @@ def markdown_table(rows: Sequence[Row], columns: Sequence[str] | None = None) ->
     if not rows:
         return ""
     columns = list(columns or rows[0].keys())
-    out = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    out += ["| " + " | ".join(format_value(r.get(c)) for c in columns) + " |" for r in rows]
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    out = ["| " + " | ".join(cell(c) for c in columns) + " |",
+           "|" + "|".join("---" for _ in columns) + "|"]
+    out += ["| " + " | ".join(cell(format_value(r.get(c))) for c in columns) + " |" for r in rows]
     return "\n".join(out)
 
 

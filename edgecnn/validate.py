@@ -46,6 +46,7 @@ class ParityRow:
     delta_pp: float
     ci95_pp: tuple[float, float]
     agreement_pct: float
+    identical_pct: float  # images whose whole logit vector equals the reference's
     max_abs_dlogit: float
     mean_abs_dlogit: float
     worst_classes: list[str]
@@ -68,7 +69,8 @@ class ParityReport:
     def table_rows(self) -> list[dict[str, Any]]:
         return [{"artefact": r.artefact, "runtime": r.runtime, "top1 %": r.top1_pct,
                  "Δ pp": r.delta_pp, "95% CI pp": f"[{r.ci95_pp[0]:+.2f}, {r.ci95_pp[1]:+.2f}]",
-                 "agree %": r.agreement_pct, "max|Δlogit|": r.max_abs_dlogit,
+                 "agree %": r.agreement_pct, "identical %": r.identical_pct,
+                 "max|Δlogit|": r.max_abs_dlogit,
                  "mean|Δlogit|": r.mean_abs_dlogit, "worst classes": ", ".join(r.worst_classes),
                  "status": "ok" if r.passed else "FAIL: " + "; ".join(r.failures)}
                 for r in self.rows]
@@ -118,7 +120,8 @@ def compare(name: str, runtime: str, logits: np.ndarray, ref_logits: np.ndarray,
     delta, low, high = paired_ci(correct, ref_correct)
     diff = np.abs(logits - ref_logits)
     row = ParityRow(name, "", runtime, 100 * correct.mean(), delta, (low, high),
-                    100 * (pred == ref_pred).mean(), float(diff.max()), float(diff.mean()),
+                    100 * (pred == ref_pred).mean(), 100 * float((diff <= 1e-6).all(1).mean()),
+                    float(diff.max()), float(diff.mean()),
                     worst_classes(pred, ref_pred, labels, card.labels))
     if thresholds.max_drop_pp is not None and -delta > thresholds.max_drop_pp:
         row.failures.append(f"drop {-delta:.2f} pp > {thresholds.max_drop_pp}")

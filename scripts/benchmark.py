@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 import time
@@ -23,6 +24,17 @@ from edgecnn.targets.base import BenchConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "models" / "lenet5.pt"
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def bare_invoke_p50(path: Path, runs: int) -> tuple[float, float]:
@@ -79,10 +91,11 @@ def main() -> None:
     overhead = harness / bare_p50 - 1
     text = [
         "# LeNet-5 benchmarks", "",
-        f"Machine: {platform.machine()}, {platform.processor() or 'unknown CPU'}, "
+        f"Machine: {platform.machine()}, {cpu_name()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}; written by `python scripts/benchmark.py` on "
         f"{time.strftime('%Y-%m-%d')}. Default threads per runtime. Ratios are to the first row "
-        "of each batch size.", "",
+        "of each batch size. Peak RSS is the benchmarking process's high-water mark so far (all "
+        "runtimes share one process).", "",
         markdown_table([r for r in rows if r["batch"] == 1], columns), "",
         markdown_table([r for r in rows if r["batch"] == 64], columns), "",
         "## Harness overhead (LiteRT int8, batch 1)", "",
