@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-
 from edgecnn.converters.onnx_graph import Graph, WeightQuant, attr, node_label
 from edgecnn.converters.tflite_builder import QuantParams, TFLiteBuilder
+
 from edgecnn.errors import ConversionError
 
 FUSED_NONE, FUSED_RELU, FUSED_RELU_N1_TO_1, FUSED_RELU6 = 0, 1, 2, 3
@@ -139,8 +139,9 @@ class LoweringContext:
             return FUSED_RELU
         if node.op_type == "Clip":
             low, high = self.clip_bounds(node)
-            return {(0.0, 6.0): FUSED_RELU6, (-1.0, 1.0): FUSED_RELU_N1_TO_1,
-                    (0.0, None): FUSED_RELU}.get((low, high))
+            codes: dict[tuple[float | None, float | None], int] = {
+                (0.0, 6.0): FUSED_RELU6, (-1.0, 1.0): FUSED_RELU_N1_TO_1, (0.0, None): FUSED_RELU}
+            return codes.get((low, high))
         return None
 
     def clip_bounds(self, node: onnx.NodeProto) -> tuple[float | None, float | None]:
@@ -148,7 +149,7 @@ class LoweringContext:
             if len(node.input) > index and node.input[index]:
                 return float(self.const(node, index))
             value = attr(node, attr_name)
-            return None if value is None else float(value)  # type: ignore[arg-type]
+            return None if value is None else float(value)
         return bound(1, "min"), bound(2, "max")
 
     def requantize(self, source: int, name: str, target: QuantParams) -> int:
@@ -200,7 +201,7 @@ def spatial_padding(ctx: LoweringContext, node: onnx.NodeProto, in_hw: tuple[int
     """
     auto_pad = attr(node, "auto_pad", "NOTSET")
     same = []
-    for size, k, s, d in zip(in_hw, kernel, strides, dilations):
+    for size, k, s, d in zip(in_hw, kernel, strides, dilations, strict=False):
         effective = (k - 1) * d + 1
         out = -(-size // s)
         total = max((out - 1) * s + effective - size, 0)
@@ -212,10 +213,10 @@ def spatial_padding(ctx: LoweringContext, node: onnx.NodeProto, in_hw: tuple[int
     elif auto_pad == "SAME_LOWER":
         pads = [(b + a - (b + a) // 2, (b + a) // 2) for b, a in same]  # extra pad first
     else:
-        raw = list(attr(node, "pads", [0, 0, 0, 0]))  # type: ignore[arg-type]
+        raw = list(attr(node, "pads", [0, 0, 0, 0]))
         pads = [(raw[0], raw[2]), (raw[1], raw[3])]
     if out_hw is not None:  # ceil_mode: extend the end padding until the sizes match
-        for i, (size, k, s, d) in enumerate(zip(in_hw, kernel, strides, dilations)):
+        for i, (size, k, s, d) in enumerate(zip(in_hw, kernel, strides, dilations, strict=False)):
             effective = (k - 1) * d + 1
             while (size + pads[i][0] + pads[i][1] - effective) // s + 1 < out_hw[i]:
                 pads[i] = (pads[i][0], pads[i][1] + 1)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
+from edgecnn.converters.tflite_builder import QuantParams
 from onnx import numpy_helper, shape_inference
 
-from edgecnn.converters.tflite_builder import QuantParams
 from edgecnn.errors import ConversionError
 
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
@@ -36,7 +37,7 @@ class WeightQuant:
                            axis if self.scale.size > 1 else None)
 
 
-class Constants(dict):  # type: ignore[type-arg]
+class Constants(dict):
     """name -> array; dequantised weights are computed on first use only.
 
     An int8 conversion reads the integers directly, so VGG19's 575 MB of float weights are
@@ -90,7 +91,7 @@ class Graph:
         return next((n for n in self.nodes if name in n.output), None)
 
 
-def attr(node: onnx.NodeProto, name: str, default: object = None) -> object:
+def attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
     for a in node.attribute:
         if a.name == name:
             value = onnx.helper.get_attribute_value(a)
@@ -112,7 +113,7 @@ def load_graph(model: onnx.ModelProto, source: str, batch: int = 1) -> Graph:
     graph = Graph(source, nodes, constants, {}, model.graph.input[0].name,
                   [o.name for o in model.graph.output])
     for node in [n for n in nodes if n.op_type == "Constant"]:
-        graph.constants[node.output[0]] = numpy_helper.to_array(attr(node, "value"))  # type: ignore[arg-type]
+        graph.constants[node.output[0]] = numpy_helper.to_array(attr(node, "value"))
         nodes.remove(node)
     _fold_weight_dequantize(graph)
     _fold_activation_qdq(graph)
@@ -153,7 +154,7 @@ def _fold_weight_dequantize(graph: Graph) -> None:
         scale = np.asarray(graph.constants[node.input[1]], np.float32)
         zp = (np.asarray(graph.constants[node.input[2]]) if len(node.input) > 2 and node.input[2]
               else np.zeros_like(scale, dtype=values.dtype))
-        axis = int(attr(node, "axis", 1)) if scale.size > 1 else None  # type: ignore[arg-type]
+        axis = int(attr(node, "axis", 1)) if scale.size > 1 else None
         if axis is not None and axis < 0:
             axis += values.ndim
         shape = [1] * values.ndim
@@ -251,7 +252,7 @@ def _fold_constant_nodes(graph: Graph) -> None:
         if node.op_type == "Shape" and node.input[0] in graph.shapes:
             value = np.asarray(graph.shapes[node.input[0]], np.int64)
             start, end = attr(node, "start", 0), attr(node, "end", None)
-            graph.constants[node.output[0]] = value[start:end]  # type: ignore[misc]
+            graph.constants[node.output[0]] = value[start:end]
         elif node.input and all(i in graph.constants or not i for i in node.input):
             inputs = [i for i in node.input if i]
             single = onnx.helper.make_graph(
@@ -262,7 +263,7 @@ def _fold_constant_nodes(graph: Graph) -> None:
                 outputs = ReferenceEvaluator(onnx.helper.make_model(single)).run(None, {})
             except Exception:
                 continue
-            for name, value in zip(node.output, outputs):
+            for name, value in zip(node.output, outputs, strict=False):
                 graph.constants[name] = np.asarray(value)
         else:
             continue

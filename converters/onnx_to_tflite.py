@@ -13,12 +13,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-
 from edgecnn.converters.lowering import LoweringContext, Value, to_tflite_shape
 from edgecnn.converters.onnx_graph import load_graph, unsupported
 from edgecnn.converters.ops import LOWERINGS
 from edgecnn.converters.tflite_builder import QuantParams, TFLiteBuilder
 from edgecnn.converters.tflite_schema import min_runtime_for
+
 from edgecnn.errors import ConversionError, UnsupportedOpsError
 
 IO_DTYPES = {"float32": np.float32, "int8": np.int8, "uint8": np.uint8}
@@ -128,7 +128,7 @@ def _add_outputs(ctx: LoweringContext, io_dtype: str) -> QuantParams | None:
                 out = ctx.builder.add_tensor(name, shape, np.float32, dynamic_batch=True)
                 ctx.add_op("DEQUANTIZE", [tensor], [out], version=2)
             else:
-                io_quant = _io_params(quant, io_dtype)  # type: ignore[arg-type]
+                io_quant = _io_params(quant, io_dtype)
                 out = ctx.builder.add_tensor(name, shape, np.uint8, quant=io_quant,
                                              dynamic_batch=True)
                 ctx.add_op("QUANTIZE", [tensor], [out], version=2)

@@ -9,7 +9,6 @@ activations, int32 biases at input scale x weight scale.
 
 from __future__ import annotations
 
-import logging
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from tqdm import tqdm
 from edgecnn.card import ModelCard
 from edgecnn.data import Dataset
 from edgecnn.errors import ConversionError, DataError
+from edgecnn.quiet import quiet
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 EXTERNAL_DATA_BYTES = 64 << 20
@@ -78,8 +78,7 @@ def quantize_onnx(model: onnx.ModelProto | Path, card: ModelCard, calibration: D
                   config: QuantConfig = QuantConfig()) -> QuantReport:
     """Quantise a float ONNX model (in memory, or a file: cheaper for big models) to int8 QDQ,
     calibrated on ``calibration``."""
-    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     calibration = calibration.take(config.max_images)
     calibration.check_fits(card.input)
@@ -99,22 +98,18 @@ def quantize_onnx(model: onnx.ModelProto | Path, card: ModelCard, calibration: D
         # every activation of a batch is held at once: keep batch x image size bounded
         batch = max(1, min(config.batch_size, CALIBRATION_BATCH_ELEMENTS // calibration.images[0].size))
         reader = DatasetCalibrationReader(calibration, card, input_name, batch)
-        root = logging.getLogger()
-        level = root.level
-        root.setLevel(logging.ERROR)  # onnxruntime logs advice on the root logger
         try:
-            quantize_static(
-                str(src), str(dst), reader, quant_format=QuantFormat.QDQ,
-                per_channel=config.per_channel, activation_type=QuantType.QInt8,
-                use_external_data_format=big,
-                weight_type=QuantType.QInt8, calibrate_method=method,
-                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
-                               "CalibMovingAverage": False},
-            )
+            with quiet(""):  # onnxruntime logs advice on the root logger
+                quantize_static(
+                    str(src), str(dst), reader, quant_format=QuantFormat.QDQ,
+                    per_channel=config.per_channel, activation_type=QuantType.QInt8,
+                    weight_type=QuantType.QInt8, calibrate_method=method,
+                    use_external_data_format=big,
+                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
+                                   "CalibMovingAverage": False},
+                )
         except (ValueError, RuntimeError) as exc:
             raise ConversionError(f"int8 quantisation failed: {str(exc).splitlines()[0]}") from None
-        finally:
-            root.setLevel(level)
         quantized = onnx.load(dst)  # external data, if any, is read back in here
     quantized.metadata_props.extend(model.metadata_props)
     quantized.metadata_props.add(key="edgecnn.quantization",

@@ -13,12 +13,11 @@ from typing import Any
 
 import flatbuffers
 import numpy as np
-
 from edgecnn.converters.tflite_schema import MIN_RUNTIME, min_runtime_for, op_name, schema
 
 BUFFER_ALIGNMENT = 16
 TFLITE_FILE_ID = b"TFL3"
-TENSOR_TYPES = {np.dtype(np.float32): "FLOAT32", np.dtype(np.int8): "INT8",
+TENSOR_TYPES: dict[np.dtype, str] = {np.dtype(np.float32): "FLOAT32", np.dtype(np.int8): "INT8",
                 np.dtype(np.uint8): "UINT8", np.dtype(np.int32): "INT32",
                 np.dtype(np.int64): "INT64", np.dtype(np.int16): "INT16"}
 
@@ -90,7 +89,8 @@ class TFLiteBuilder:
                            q.quantizedDimension if len(q.scale) > 1 else None)
 
     def tensor_dtype(self, index: int) -> np.dtype:
-        names = {getattr(self.fb.TensorType, v): k for k, v in TENSOR_TYPES.items()}
+        names: dict[int, np.dtype] = {getattr(self.fb.TensorType, v): k
+                                      for k, v in TENSOR_TYPES.items()}
         return names[self.tensors[index].type]
 
     def _add_buffer(self, array: np.ndarray) -> int:

@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import onnx
 import torch
+from edgecnn.converters import onnx_passes
 
 from edgecnn.card import ModelCard
 from edgecnn.errors import ConversionError
 from edgecnn.loading import FORMAT_TORCHSCRIPT, TorchModel
-from edgecnn.converters import onnx_passes
+from edgecnn.quiet import quiet
 
 DEFAULT_OPSET = 18
 INPUT_NAME = "input"
@@ -50,7 +50,7 @@ def export_onnx(source: TorchModel, opset: int = DEFAULT_OPSET,
     example = torch.zeros((2, *source.card.input.shape))
     with tempfile.TemporaryDirectory(prefix="edgecnn-export-") as tmp:
         path = Path(tmp) / "model.onnx"
-        with _quiet():
+        with quiet("torch", "onnxscript", stdout=True):
             try:
                 if source.format == FORMAT_TORCHSCRIPT:
                     model = _export_torchscript(source, example, opset)
@@ -86,11 +86,12 @@ def _export_dynamo(source: TorchModel, example: torch.Tensor, opset: int,
     program = source.exported
     if program is None:
         batch = torch.export.Dim("batch", min=1, max=1 << 16)
-        module = source.nn_module or source.module
+        module = cast(torch.nn.Module, source.nn_module or source.module)
         program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
     onnx_program = torch.onnx.export(program, (example,), None, dynamo=True, opset_version=opset,
                                      input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                      optimize=True, verbose=False)
+    assert onnx_program is not None  # returned whenever f is None
     onnx_program.save(path, external_data=True)  # streams tensors: no in-memory proto copy
     del onnx_program
     return onnx.load(str(path))
@@ -98,7 +99,7 @@ def _export_dynamo(source: TorchModel, example: torch.Tensor, opset: int,
 
 def _export_torchscript(source: TorchModel, example: torch.Tensor, opset: int) -> onnx.ModelProto:
     buffer = io.BytesIO()
-    torch.onnx.export(source.module, (example,), buffer, dynamo=False, opset_version=opset,
+    torch.onnx.export(cast(Any, source.module), (example,), cast(Any, buffer), dynamo=False, opset_version=opset,
                       input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                       dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
                       do_constant_folding=True)
@@ -167,25 +168,3 @@ def self_check(source: TorchModel, path: Path, inputs: np.ndarray | None) -> flo
         raise ConversionError(f"{source.path}: exported ONNX disagrees with PyTorch "
                               f"(max |Δlogit| {diff:.3g}); please report this model")
     return diff
-
-
-class _quiet:
-    """Keep the exporters' progress lines, deprecations and logs off the user's terminal."""
-
-    def __enter__(self) -> None:
-        self._warn = warnings.catch_warnings()
-        self._warn.__enter__()
-        warnings.simplefilter("ignore")
-        self._levels = {n: logging.getLogger(n).level for n in ("torch", "onnxscript")}
-        for name in self._levels:
-            logging.getLogger(name).setLevel(logging.ERROR)
-        self._stdout = io.StringIO()
-        import contextlib
-        self._redirect = contextlib.redirect_stdout(self._stdout)
-        self._redirect.__enter__()
-
-    def __exit__(self, *exc: object) -> None:
-        self._redirect.__exit__(*exc)
-        for name, level in self._levels.items():
-            logging.getLogger(name).setLevel(level)
-        self._warn.__exit__(*exc)

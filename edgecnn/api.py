@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 
 from edgecnn.card import ModelCard
 from edgecnn.data import SHIPPED_CALIBRATION_SET, Dataset, load_dataset
 from edgecnn.errors import BadInputError, ConversionError
 from edgecnn.fileio import atomic_path, check_output_path
 from edgecnn.inspection import ModelInfo, card_or_default, inspect_model, load_onnx
-from edgecnn.validate import ParityReport, Thresholds, validate as _validate
+from edgecnn.validate import ParityReport, Thresholds
+from edgecnn.validate import validate as _validate
 
 TARGET_FORMATS = ("onnx", "tflite")
 INT8_SELF_CHECK_STEPS = 3  # TFLite int8 vs QDQ ONNX: max output difference in quant steps
@@ -144,7 +144,7 @@ def _onnx_of(source: Path, config: ConvertConfig, checks: dict[str, Any]) -> tup
             if len(dims) != 4:
                 raise ConversionError(f"{source}: input {model.graph.input[0].name!r} has shape "
                                       f"{dims}; conversion needs a 4-D image input (N, C, H, W)")
-            card = card_or_default(source, tuple(dims[1:]))  # type: ignore[arg-type]
+            card = card_or_default(source, tuple(dims[1:]))
         return model, card
     if not source.exists():
         raise BadInputError(f"{source}: no such model file")
@@ -167,7 +167,7 @@ def self_check_tflite(data: bytes, onnx_model: Any, card: ModelCard,
                       output_quant: Any) -> dict[str, Any]:
     """Run the new TFLite model and its ONNX source on the same images; refuse a mismatch."""
 
-    from edgecnn.runtimes import OnnxSession, predict, runtimes_for, open_session
+    from edgecnn.runtimes import OnnxSession, open_session, predict, runtimes_for
 
     rng = np.random.default_rng(0)
     images = (rng.random((16, *card.input.shape[1:], card.input.shape[0])) * 255).astype(np.uint8)

@@ -25,7 +25,7 @@ class BenchReport:
     def to_dict(self) -> dict[str, Any]:
         return {"target": self.target, "config": asdict(self.config),
                 "results": [{**asdict(r), "p50_ratio": row["p50 ratio"]}
-                            for r, row in zip(self.results, self.rows())]}
+                            for r, row in zip(self.results, self.rows(), strict=False)]}
 
 
 def bench(models: list[Path], target: str, config: BenchConfig = BenchConfig(),

@@ -51,7 +51,7 @@ class InputSpec:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> InputSpec:
         return cls(
-            shape=tuple(data["shape"]),  # type: ignore[arg-type]
+            shape=tuple(data["shape"]),
             layout=data.get("layout", "NCHW"),
             dtype=data.get("dtype", "float32"),
             pixel_scale=float(data.get("pixel_scale", 1.0 / 255.0)),

@@ -92,7 +92,8 @@ def train(arch: str, data: Path, download: bool, epochs: int, seed: int, batch_s
     from edgecnn.data import download_mnist, load_dataset
     from edgecnn.errors import BadInputError
     from edgecnn.fileio import check_output_path
-    from edgecnn.train import TrainConfig, save_model, train as train_model
+    from edgecnn.train import TrainConfig, save_model
+    from edgecnn.train import train as train_model
 
     if arch not in model_zoo.ARCHITECTURES:
         raise BadInputError(f"unknown architecture {arch!r}; see `edgecnn zoo`")
@@ -103,7 +104,7 @@ def train(arch: str, data: Path, download: bool, epochs: int, seed: int, batch_s
                                TrainConfig(epochs, batch_size, lr, seed=seed))
     card = save_model(module, card, output)
     click.echo(f"wrote {output} ({card.parameters:,} parameters, test accuracy "
-               f"{100 * (card.test_accuracy or 0):.2f} %, sha256 {card.sha256[:12]})")
+               f"{100 * (card.test_accuracy or 0):.2f} %, sha256 {(card.sha256 or '')[:12]})")
 
 
 @cli.command()
@@ -150,7 +151,8 @@ def convert(model: Path, to: str, int8: bool, calib: Path | None, calib_method: 
             per_tensor: bool, io_dtype: str | None, nchw_input: bool, opset: int,
             arch: str | None, trust_pickle: bool, output: Path | None) -> None:
     """Convert MODEL (.pt, .pt2 or .onnx) to ONNX or TFLite, optionally int8."""
-    from edgecnn.api import ConvertConfig, convert as run_convert
+    from edgecnn.api import ConvertConfig
+    from edgecnn.api import convert as run_convert
     config = ConvertConfig(to, int8, calib, calib_method, not per_tensor, io_dtype, nchw_input,
                            opset, trust_pickle, arch)
     result = run_convert(model, output, config)
@@ -227,7 +229,8 @@ def bench(models: tuple[Path, ...], target: str, runtime: str | None, threads: i
           json_path: Path | None, csv_path: Path | None, md_path: Path | None,
           plot_path: Path | None) -> None:
     """Benchmark MODELS on a target: load, first inference, steady-state latency, RSS."""
-    from edgecnn.bench import bench as run_bench, plot_latencies
+    from edgecnn.bench import bench as run_bench
+    from edgecnn.bench import plot_latencies
     from edgecnn.fileio import check_output_path
     from edgecnn.report import write_reports
     from edgecnn.targets.base import BenchConfig

@@ -15,6 +15,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +28,7 @@ SHIPPED_DATA = PACKAGE_ROOT / "models" / "data"
 SHIPPED_TEST_SET = SHIPPED_DATA / "mnist"  # the 10,000 MNIST test images, IDX .gz
 SHIPPED_CALIBRATION_SET = SHIPPED_DATA / "mnist-calib.npz"  # 1,000 training images
 
-IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+IDX_DTYPES: dict[int, Any] = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".pgm"}
 
 # name -> md5 of the decompressed IDX payload: mirrors recompress the .gz files, the payload is fixed

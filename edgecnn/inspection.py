@@ -122,10 +122,10 @@ def _inspect_torch(path: Path) -> ModelInfo:
             if node.op == "call_function":
                 ops[str(node.target).replace("aten.", "").split(".")[0]] += 1
     elif hasattr(model.module, "graph"):
-        for node in model.module.graph.nodes():  # type: ignore[union-attr]
+        for node in model.module.graph.nodes():
             ops[node.kind().replace("aten::", "")] += 1
     elif hasattr(model.module, "modules"):
-        for module in model.module.modules():  # type: ignore[union-attr]
+        for module in model.module.modules():
             if not list(module.children()):
                 ops[type(module).__name__] += 1
     inputs = [TensorInfo("input", ["batch", *spec.shape], spec.dtype, spec.layout,

@@ -6,7 +6,6 @@ a pickled ``nn.Module`` runs code from the file when loaded.
 
 from __future__ import annotations
 
-import logging
 import pickle
 import warnings
 import zipfile
@@ -21,6 +20,7 @@ import torch
 from edgecnn import zoo
 from edgecnn.card import CARD_ARCHIVE_NAME, InputSpec, ModelCard, read_sidecar
 from edgecnn.errors import ModelLoadError
+from edgecnn.quiet import quiet
 
 FORMAT_EXPORTED = "torch.export"
 FORMAT_TORCHSCRIPT = "torchscript"
@@ -99,7 +99,7 @@ def _card_or_default(path: Path, embedded: str | None, arch: str | None) -> Mode
 def _load_exported(path: Path) -> TorchModel:
     extra = {CARD_ARCHIVE_NAME: ""}
     try:
-        with _quiet_torch(), open(path, "rb") as handle:  # a handle: no suffix check, no copy
+        with quiet("torch"), open(path, "rb") as handle:  # a handle: no suffix check, no copy
             program = torch.export.load(handle, extra_files=extra)
     except Exception as exc:  # torch raises many types for corrupt archives
         raise ModelLoadError(f"{path}: cannot load torch.export archive ({_first_line(exc)})") from None
@@ -110,7 +110,7 @@ def _load_exported(path: Path) -> TorchModel:
 def _load_torchscript(path: Path) -> TorchModel:
     extra = {CARD_ARCHIVE_NAME: ""}
     try:
-        with _quiet_torch():
+        with quiet("torch"):
             module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as exc:
         raise ModelLoadError(f"{path}: cannot load TorchScript archive ({_first_line(exc)})") from None
@@ -185,18 +185,3 @@ def _load_pickled(path: Path, arch: str | None) -> TorchModel:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:200]
-
-
-class _quiet_torch:
-    """Silence torch's log warnings (suffix checks, deprecations) while loading."""
-
-    def __enter__(self) -> None:
-        self._level = logging.getLogger("torch").level
-        logging.getLogger("torch").setLevel(logging.ERROR)
-        self._warnings = warnings.catch_warnings()
-        self._warnings.__enter__()
-        warnings.simplefilter("ignore")
-
-    def __exit__(self, *exc: object) -> None:
-        self._warnings.__exit__(*exc)
-        logging.getLogger("torch").setLevel(self._level)

@@ -94,18 +94,18 @@ class TorchSession:
             torch.set_num_threads(threads)
         self._torch = torch
         self.model = load_torch_model(path)
-        self._x: object = None
-        self._y: object = None
+        self._x: Any = None
+        self._y: Any = None
 
     def bind(self, x: np.ndarray) -> None:
         self._x = self._torch.from_numpy(np.ascontiguousarray(x, np.float32))
 
     def invoke(self) -> None:
         with self._torch.inference_mode():
-            self._y = self.model.module(self._x)  # type: ignore[arg-type]
+            self._y = self.model.module(self._x)
 
     def output(self) -> np.ndarray:
-        return self._y.numpy()  # type: ignore[union-attr]
+        return self._y.numpy()
 
 
 # -- onnxruntime --------------------------------------------------------------------------

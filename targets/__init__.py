@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import importlib
 
-from edgecnn.errors import BadInputError
 from edgecnn.targets.base import Target
+
+from edgecnn.errors import BadInputError
 
 TARGET_MODULES = {"cpu": "edgecnn.targets.cpu", "cuda": "edgecnn.targets.cuda",
                   "rpi": "edgecnn.targets.rpi"}
@@ -18,4 +19,4 @@ def get_target(name: str, **options: object) -> Target:
     if name not in TARGET_MODULES:
         raise BadInputError(f"unknown target {name!r}; choose from {', '.join(TARGET_MODULES)}")
     module = importlib.import_module(TARGET_MODULES[name])
-    return module.TARGET(**options)  # type: ignore[no-any-return]
+    return module.TARGET(**options)

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from edgecnn.runtimes import RUNTIMES, open_session, runtimes_for
 from edgecnn.targets import runner
 from edgecnn.targets.base import BenchConfig, BenchResult, Target
+
+from edgecnn.runtimes import RUNTIMES, open_session, runtimes_for
 
 
 def model_input(model: Path, batch: int) -> np.ndarray:

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
-
-from edgecnn.errors import TargetUnavailableError
 from edgecnn.targets import runner
 from edgecnn.targets.base import BenchConfig, BenchResult, Target
 from edgecnn.targets.cpu import bench_in_process, model_input
+
+from edgecnn.errors import TargetUnavailableError
 
 ORT_GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
@@ -71,8 +71,8 @@ class CUDATarget(Target):
 
         from edgecnn.loading import load_torch_model
         started = time.perf_counter()
-        module = load_torch_model(model).module
-        module = module.to("cuda", getattr(torch, dtype))  # type: ignore[union-attr]
+        module = cast(torch.nn.Module, load_torch_model(model).module)
+        module = module.to("cuda", getattr(torch, dtype))
         data = torch.from_numpy(x).to("cuda", getattr(torch, dtype))
         torch.cuda.synchronize()
         load_ms = (time.perf_counter() - started) * 1e3

@@ -13,7 +13,8 @@ import platform
 import resource
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def latency_stats(samples_s: list[float], batch: int) -> dict[str, float]:
@@ -51,7 +52,7 @@ def tflite_interpreter(runtime: str, path: str, threads: int | None) -> Any:
     if runtime == "litert":
         from ai_edge_litert.interpreter import Interpreter
     else:
-        from tflite_runtime.interpreter import Interpreter  # type: ignore[no-redef]
+        from tflite_runtime.interpreter import Interpreter
     return Interpreter(model_path=path, num_threads=threads)
 
 

@@ -105,7 +105,7 @@ LogLevel ERROR
 
 def _ssh_args(sshd, **overrides):
     base = sshd["base"]
-    values = {"--host": f"root@127.0.0.1", "--port": str(sshd["port"]),
+    values = {"--host": "root@127.0.0.1", "--port": str(sshd["port"]),
               "--identity": str(base / "client_key"), "--known-hosts": str(base / "known_hosts"),
               "--remote-python": sys.executable, "--timeout": "20", **overrides}
     args = ["--target", "rpi"]
@@ -177,8 +177,8 @@ def _bad_cases(sshd, tmp_path, artefacts):
 
 
 def _write_future_op_version(src: Path, dst: Path) -> None:
-    from ai_edge_litert import schema_py_generated as fb
     import flatbuffers
+    from ai_edge_litert import schema_py_generated as fb
     model = fb.ModelT.InitFromObj(fb.Model.GetRootAs(src.read_bytes(), 0))
     model.operatorCodes[0].version = 99
     builder = flatbuffers.Builder(1024)

@@ -11,8 +11,13 @@ import numpy as np
 import pytest
 
 from edgecnn.cli import cli
-from edgecnn.data import (SHIPPED_CALIBRATION_SET, download_mnist, is_test_split, load_dataset,
-                          read_idx)
+from edgecnn.data import (
+    SHIPPED_CALIBRATION_SET,
+    download_mnist,
+    is_test_split,
+    load_dataset,
+    read_idx,
+)
 from edgecnn.errors import DataError
 
 

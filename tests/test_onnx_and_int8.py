@@ -12,8 +12,8 @@ from edgecnn import zoo
 from edgecnn.api import ConvertConfig, convert
 from edgecnn.cli import cli
 from edgecnn.errors import ConversionError, DataError
-from edgecnn.train import save_model
 from edgecnn.loading import default_card
+from edgecnn.train import save_model
 from tests.conftest import LENET
 
 MNIST_ARCHS = [n for n, a in zoo.ARCHITECTURES.items() if a.dataset == "mnist"]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from edgecnn.converters.ops import LOWERINGS
 from onnx import TensorProto, helper, numpy_helper
 
 from edgecnn.api import ConvertConfig, convert
 from edgecnn.card import InputSpec, ModelCard
-from edgecnn.converters.ops import LOWERINGS
 from edgecnn.errors import ConversionError, UnsupportedOpsError
 from edgecnn.inspection import inspect_model
 from edgecnn.loading import default_card
@@ -235,6 +235,7 @@ def test_fp32_lowering_matches_onnxruntime(tmp_path, op, name, runtime):
 @pytest.mark.parametrize("op,name", [c for c in CASES if c not in INT8_UNSUPPORTED])
 def test_int8_lowering_matches_the_qdq_model(tmp_path, op, name):
     from edgecnn.converters.quantize import quantize_onnx
+
     from edgecnn.data import Dataset
 
     model = OP_CASES[op][name]()
@@ -257,6 +258,7 @@ def test_int8_lowering_matches_the_qdq_model(tmp_path, op, name):
 @pytest.mark.parametrize("op,name", sorted(INT8_UNSUPPORTED))
 def test_int8_refusals_name_the_op(tmp_path, op, name):
     from edgecnn.converters.quantize import quantize_onnx
+
     from edgecnn.data import Dataset
 
     model = OP_CASES[op][name]()

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from edgecnn import zoo
-from edgecnn.cli import cli
 from edgecnn.card import card_path_for, sha256_of
+from edgecnn.cli import cli
 from edgecnn.errors import ModelLoadError
 from edgecnn.loading import load_torch_model
 from tests.conftest import LENET

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import onnx
-
 from edgecnn.converters.lowering import LoweringContext
+
 from edgecnn.registry import Registry
 
 Lowering = Callable[[LoweringContext, onnx.NodeProto], None]

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-
-from edgecnn.converters.lowering import (FUSED_RELU, FUSED_RELU6, FUSED_RELU_N1_TO_1,
-                                         LoweringContext)
+from edgecnn.converters.lowering import FUSED_RELU, FUSED_RELU6, FUSED_RELU_N1_TO_1, LoweringContext
 from edgecnn.converters.ops import lower
 from edgecnn.converters.tflite_builder import QuantParams
+
 from edgecnn.errors import ConversionError
 
 LOGISTIC_INT8 = QuantParams.per_tensor(1.0 / 256.0, -128)  # TFLite int8 kernel constraints
@@ -48,7 +47,7 @@ def lower_clip(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     for op, bound, tag in (("MAXIMUM", low, "lo"), ("MINIMUM", high, "hi")):
         if bound is None:
             continue
-        limit = ctx.builder.add_constant(f"{node.output[0]}/{tag}", np.float32([bound]))
+        limit = ctx.builder.add_constant(f"{node.output[0]}/{tag}", np.array([bound], np.float32))
         nxt = ctx.scratch(f"{node.output[0]}/{tag}_out", shape, None)
         ctx.add_op(op, [current, limit], [nxt])
         current = nxt

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-
 from edgecnn.converters.lowering import LoweringContext, spatial_padding
 from edgecnn.converters.ops import lower
 from edgecnn.converters.tflite_builder import QuantParams
+
 from edgecnn.errors import ConversionError
 
 
@@ -35,8 +35,8 @@ def _bias(ctx: LoweringContext, node: onnx.NodeProto, channels: slice, input_ten
     real = ctx.const(node, 2)[channels].astype(np.float64) if has_bias else np.zeros(count)
     if not ctx.int8:
         return ctx.builder.add_constant(name, real.astype(np.float32))
-    in_scale = ctx.builder.tensor_quant(input_tensor).scale[0]  # type: ignore[union-attr]
-    w_scale = np.asarray(ctx.builder.tensor_quant(weight_tensor).scale)  # type: ignore[union-attr]
+    in_scale = ctx.builder.tensor_quant(input_tensor).scale[0]
+    w_scale = np.asarray(ctx.builder.tensor_quant(weight_tensor).scale)
     scale = in_scale * w_scale * np.ones(count)
     bq = ctx.weight_quant(node.input[2]) if has_bias else None
     if (bq is not None and bq.values.dtype == np.int32

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-
 from edgecnn.converters.lowering import LoweringContext
 from edgecnn.converters.ops import lower
 from edgecnn.converters.ops.conv import _bias
 from edgecnn.converters.tflite_builder import QuantParams
+
 from edgecnn.errors import ConversionError
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-
 from edgecnn.converters.lowering import NCHW_TO_NHWC, LoweringContext
 from edgecnn.converters.ops import lower
 from edgecnn.converters.tflite_builder import QuantParams
+
 from edgecnn.errors import ConversionError
 
 

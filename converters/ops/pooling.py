@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-
 from edgecnn.converters.lowering import LoweringContext, spatial_padding
 from edgecnn.converters.ops import lower
+
 from edgecnn.errors import ConversionError
 
 

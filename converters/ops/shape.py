@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-
 from edgecnn.converters.lowering import NCHW_TO_NHWC, LoweringContext, Value
 from edgecnn.converters.ops import lower
+
 from edgecnn.errors import ConversionError
 
 DENSE_OPS = {"Gemm", "MatMul"}
@@ -119,5 +119,5 @@ def lower_pad(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         fill_q = np.int8(np.clip(round(value / quant.scale[0]) + quant.zero_point[0], -128, 127))
         fill = ctx.builder.add_constant(node.output[0] + "/fill", np.array([fill_q]), quant)
     else:
-        fill = ctx.builder.add_constant(node.output[0] + "/fill", np.float32([value]))
+        fill = ctx.builder.add_constant(node.output[0] + "/fill", np.array([value], np.float32))
     ctx.same_params_output(node, "PADV2", [x, paddings, fill], ctx.op_version(1, 2))

@@ -1,0 +1,30 @@
+"""Keep third-party chatter (deprecation warnings, log lines, progress prints) off the terminal.
+
+torch.export, the ONNX exporters and onnxruntime's quantiser all talk while they work; edgecnn
+reports results itself, so their noise is muted around the calls that make it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from collections.abc import Iterator
+
+
+@contextlib.contextmanager
+def quiet(*loggers: str, stdout: bool = False) -> Iterator[None]:
+    """Ignore warnings, raise ``loggers`` to ERROR, and optionally swallow stdout."""
+    levels = {name: logging.getLogger(name).level for name in loggers}
+    with warnings.catch_warnings(), contextlib.ExitStack() as stack:
+        warnings.simplefilter("ignore")
+        for name in loggers:
+            logging.getLogger(name).setLevel(logging.ERROR)
+        if stdout:
+            stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+        try:
+            yield
+        finally:
+            for name, level in levels.items():
+                logging.getLogger(name).setLevel(level)
