@@ -9,6 +9,7 @@ activations, int32 biases at input scale x weight scale.
 
 from __future__ import annotations
 
+import inspect
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from tqdm import tqdm
 from edgecnn.card import ModelCard
 from edgecnn.data import Dataset
 from edgecnn.errors import ConversionError, DataError
+from edgecnn.memory import release_memory
 from edgecnn.quiet import quiet
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -100,11 +102,13 @@ def quantize_onnx(model: onnx.ModelProto | Path, card: ModelCard, calibration: D
         reader = DatasetCalibrationReader(calibration, card, input_name, batch)
         try:
             with quiet(""):  # onnxruntime logs advice on the root logger
+                cache = _calibrate_apart(src, reader, method, big, Path(tmp))
                 quantize_static(
-                    str(src), str(dst), reader, quant_format=QuantFormat.QDQ,
+                    str(src), str(dst), None if cache else reader, quant_format=QuantFormat.QDQ,
                     per_channel=config.per_channel, activation_type=QuantType.QInt8,
                     weight_type=QuantType.QInt8, calibrate_method=method,
                     use_external_data_format=big,
+                    **({"calibration_cache_path": str(cache)} if cache else {}),
                     extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
                                    "CalibMovingAverage": False},
                 )
@@ -118,6 +122,31 @@ def quantize_onnx(model: onnx.ModelProto | Path, card: ModelCard, calibration: D
                                        f"weights, {len(calibration)} calibration images")
     done, left = _op_coverage(quantized)
     return QuantReport(quantized, done, left, len(calibration))
+
+
+def _calibrate_apart(src: Path, reader: DatasetCalibrationReader, method: object, big: bool,
+                     tmp: Path) -> Path | None:
+    """Calibrate on its own and cache the ranges, so quantisation starts with memory freed.
+
+    quantize_static otherwise holds the model while calibrating (model, augmented model and
+    session at once: 2.3 GB for VGG19). Needs an onnxruntime with ``calibration_cache_path``;
+    older ones calibrate inside quantize_static as before.
+    """
+    from onnxruntime.quantization import quantize_static
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+
+    if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
+        return None
+    calibrator = create_calibrator(src, None, augmented_model_path=str(tmp / "augmented.onnx"),
+                                   calibrate_method=method, use_external_data_format=big,
+                                   extra_options={"moving_average": False})
+    calibrator.collect_data(reader)
+    ranges = calibrator.compute_data()
+    del calibrator
+    release_memory()
+    cache = tmp / "ranges.json"
+    save_tensors_data(ranges, cache)
+    return cache
 
 
 def _op_coverage(model: onnx.ModelProto) -> tuple[dict[str, int], dict[str, int]]:

@@ -8,6 +8,7 @@ archives through the TorchScript exporter, the only one that accepts them. The r
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import tempfile
@@ -93,8 +94,29 @@ def _export_dynamo(source: TorchModel, example: torch.Tensor, opset: int,
                                      optimize=True, verbose=False)
     assert onnx_program is not None  # returned whenever f is None
     onnx_program.save(path, external_data=True)  # streams tensors: no in-memory proto copy
-    del onnx_program
+    del onnx_program, program
+    _drop_rewriter_references()
     return onnx.load(str(path))
+
+
+def _drop_rewriter_references() -> None:
+    """Let the exported graph, and with it every weight, be freed.
+
+    onnxscript's pattern matchers (0.7) keep the last graph, node and match they saw; the
+    rules are module-level, so VGG19's 575 MB of weights would stay alive after export.
+    """
+    try:
+        from onnxscript.rewriter import _matcher
+    except ImportError:
+        return
+    for obj in gc.get_objects():
+        if isinstance(obj, _matcher.PatternMatcher):
+            reset = getattr(obj, "_init_match", None)  # the matcher's own per-match reset
+            if callable(reset):
+                reset(0)
+            for name in ("_graph", "_tracer"):  # set again by the next match
+                if hasattr(obj, name):
+                    setattr(obj, name, None)
 
 
 def _export_torchscript(source: TorchModel, example: torch.Tensor, opset: int) -> onnx.ModelProto:

@@ -7,8 +7,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -21,6 +19,7 @@ from edgecnn.card import ModelCard
 from edgecnn.data import SHIPPED_CALIBRATION_SET, Dataset, load_dataset
 from edgecnn.errors import BadInputError, ConversionError
 from edgecnn.fileio import atomic_path, check_output_path
+from edgecnn.memory import release_memory
 from edgecnn.inspection import ModelInfo, card_or_default, inspect_model, load_onnx
 from edgecnn.validate import ParityReport, Thresholds
 from edgecnn.validate import validate as _validate
@@ -66,19 +65,6 @@ class ConvertResult:
         return [{"output": str(self.path), "format": self.format + (" int8" if self.int8 else ""),
                  "size KiB": round(self.size_bytes / 1024, 1), "seconds": round(self.seconds, 2),
                  **self.checks}]
-
-
-def release_memory() -> None:
-    """Collect garbage and hand freed heap back to the OS before the next big step.
-
-    glibc keeps freed blocks of the exporter's arrays mapped; trimming them keeps VGG19's
-    int8 conversion from stacking quantisation on top of the export's high-water mark.
-    """
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
-        pass
 
 
 def default_output(source: Path, config: ConvertConfig) -> Path:
