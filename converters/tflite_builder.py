@@ -95,7 +95,7 @@ class TFLiteBuilder:
 
     def _add_buffer(self, array: np.ndarray) -> int:
         buffer = _AlignedBuffer()
-        buffer.data = array.tobytes()
+        buffer.data = array  # kept as the array: bytes are copied once, into the flatbuffer
         self.buffers.append(buffer)
         return len(self.buffers) - 1
 
@@ -162,10 +162,14 @@ class TFLiteBuilder:
             entry = fb.MetadataT()
             entry.name, entry.buffer = name, len(model.buffers) - 1
             model.metadata.append(entry)
-        size = sum(len(b.data or b"") for b in model.buffers)
+        size = sum(0 if b.data is None else _nbytes(b.data) for b in model.buffers)
         builder = flatbuffers.Builder(size + (1 << 16))
         builder.Finish(model.Pack(builder), file_identifier=TFLITE_FILE_ID)
         return bytes(builder.Output())
+
+
+def _nbytes(data: np.ndarray | bytes) -> int:
+    return data.nbytes if isinstance(data, np.ndarray) else len(data)
 
 
 class _AlignedBuffer(schema().BufferT):  # type: ignore[misc]
@@ -174,8 +178,8 @@ class _AlignedBuffer(schema().BufferT):  # type: ignore[misc]
     def Pack(self, builder: flatbuffers.Builder) -> int:  # noqa: N802 (flatbuffers API)
         fb = schema()
         data_offset = None
-        if self.data:
-            payload = self.data
+        if self.data is not None and len(self.data):
+            payload = self.data.tobytes() if isinstance(self.data, np.ndarray) else self.data
             builder.StartVector(1, len(payload), BUFFER_ALIGNMENT)
             builder.head = builder.head - len(payload)
             builder.Bytes[builder.head:builder.head + len(payload)] = payload

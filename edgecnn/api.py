@@ -85,6 +85,7 @@ def convert(model: str | Path, output: str | Path | None = None,
     out = check_output_path(Path(output) if output else default_output(source, config))
     checks: dict[str, Any] = {}
     onnx_model, card = _onnx_of(source, config, checks)
+    release_memory()  # the PyTorch model is gone: give its memory back before the next step
     already_int8 = any(n.op_type == "QuantizeLinear" for n in onnx_model.graph.node)
     if config.int8 and not already_int8:
         calib_path = require_calibration(config.calib, SHIPPED_CALIBRATION_SET)
@@ -152,7 +153,7 @@ def _to_tflite(onnx_model: Any, source: Path, card: ModelCard, config: ConvertCo
 def self_check_tflite(data: bytes, onnx_model: Any, card: ModelCard,
                       output_quant: Any) -> dict[str, Any]:
     """Run the new TFLite model and its ONNX source on the same images; refuse a mismatch."""
-
+    from edgecnn.converters.torch_to_onnx import save_external
     from edgecnn.runtimes import OnnxSession, open_session, predict, runtimes_for
 
     rng = np.random.default_rng(0)
@@ -160,7 +161,7 @@ def self_check_tflite(data: bytes, onnx_model: Any, card: ModelCard,
     x = card.input.preprocess(images)
     with tempfile.TemporaryDirectory(prefix="edgecnn-check-") as tmp:
         onnx_path, tfl_path = Path(tmp) / "m.onnx", Path(tmp) / "m.tflite"
-        onnx_path.write_bytes(onnx_model.SerializeToString())
+        save_external(onnx_model, onnx_path)  # moves the weights out: the proto is done with
         tfl_path.write_bytes(data)
         want = predict(OnnxSession(onnx_path, None), x)
         runtime = runtimes_for(tfl_path)[0]

@@ -122,6 +122,32 @@ def bench_tflite(path: str, runtime: str, batch: int, threads: int | None, warmu
             "peak_rss_mb": peak_rss_mb()}
 
 
+def predict_tflite(path: str, runtime: str, inputs: str, outputs: str,
+                   threads: int | None) -> dict[str, Any]:
+    """Run float32 inputs (laid out as the model takes them) and save float32 outputs: parity on
+    the device itself. Quantised I/O is (de)quantised with the tensors' own parameters."""
+    import numpy as np
+
+    x = np.load(inputs)
+    interpreter = tflite_interpreter(runtime, path, threads)
+    detail = interpreter.get_input_details()[0]
+    interpreter.resize_tensor_input(detail["index"], list(x.shape))
+    interpreter.allocate_tensors()
+    if detail["dtype"] != np.float32:
+        scale, zero = detail["quantization"]
+        info = np.iinfo(detail["dtype"])
+        x = np.clip(np.round(x / np.float32(scale)) + zero, info.min, info.max)
+    interpreter.set_tensor(detail["index"], x.astype(detail["dtype"]))
+    interpreter.invoke()
+    out = interpreter.get_output_details()[0]
+    y = interpreter.get_tensor(out["index"])
+    if out["dtype"] != np.float32:
+        scale, zero = out["quantization"]
+        y = (y.astype(np.float32) - zero) * np.float32(scale)
+    np.save(outputs, y.astype(np.float32))
+    return {"runtime": runtime, "outputs": outputs, "shape": list(y.shape)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("model", nargs="?")
@@ -132,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--min-time", type=float, default=1.0)
+    parser.add_argument("--predict", nargs=2, metavar=("INPUTS.npy", "OUTPUTS.npy"),
+                        help="Run these inputs instead of benchmarking.")
     args = parser.parse_args(argv)
     if args.probe or not args.model:
         print(json.dumps(probe()))
@@ -142,8 +170,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"error": f"no TFLite runtime ({args.runtime or 'any'}) installed"}))
         return 3
     try:
-        result = bench_tflite(args.model, runtime, args.batch, args.threads, args.warmup,
-                              args.runs, args.min_time)
+        if args.predict:
+            result = predict_tflite(args.model, runtime, *args.predict, args.threads)
+        else:
+            result = bench_tflite(args.model, runtime, args.batch, args.threads, args.warmup,
+                                  args.runs, args.min_time)
     except (ValueError, RuntimeError) as exc:
         print(json.dumps({"error": f"{runtime} cannot run the model: "
                                    f"{str(exc).splitlines()[0][:200]}"}))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -15,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from edgecnn.cli import cli
+from tests.conftest import _free_port
 
-SSHD = shutil.which("sshd") or ("/usr/sbin/sshd" if Path("/usr/sbin/sshd").exists() else None)
 STAT_FIELDS = {"mean_us", "std_us", "p50_us", "p90_us", "p99_us", "min_us", "max_us",
                "throughput_ips"}
 
@@ -52,57 +51,6 @@ def test_cuda_without_a_device_exits_2_with_one_line(cli_runner, artefacts):
 
 
 # -- a real OpenSSH server on loopback ------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _keygen(path: Path) -> None:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    if SSHD is None:
-        pytest.skip("no OpenSSH server (sshd) installed; CI installs openssh-server")
-    if os.geteuid() != 0:
-        pytest.skip("the loopback sshd fixture logs in as the current user and needs root")
-    base = tmp_path_factory.mktemp("sshd")
-    _keygen(base / "host_key")
-    _keygen(base / "client_key")
-    _keygen(base / "stranger_key")
-    (base / "authorized_keys").write_text((base / "client_key.pub").read_text())
-    port = _free_port()
-    config = base / "sshd_config"
-    config.write_text(f"""Port {port}
-ListenAddress 127.0.0.1
-HostKey {base / 'host_key'}
-AuthorizedKeysFile {base / 'authorized_keys'}
-PidFile {base / 'sshd.pid'}
-PermitRootLogin prohibit-password
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-StrictModes no
-LogLevel ERROR
-""")
-    Path("/run/sshd").mkdir(exist_ok=True)
-    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE)
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    host_pub = (base / "host_key.pub").read_text().split()
-    (base / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
-    (base / "empty_known_hosts").write_text("")
-    yield {"port": port, "base": base, "user": os.environ.get("USER", "root")}
-    proc.terminate()
-    proc.wait(timeout=10)
-
-
 def _ssh_args(sshd, **overrides):
     base = sshd["base"]
     values = {"--host": "root@127.0.0.1", "--port": str(sshd["port"]),
