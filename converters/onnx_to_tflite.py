@@ -47,7 +47,7 @@ class TFLiteModel:
 
 
 def supported_ops() -> list[str]:
-    return list(LOWERINGS) + ["BatchNormalization (folded)", "Dropout", "Identity"]
+    return list(LOWERINGS) + ["Dropout", "Identity"]
 
 
 def convert_onnx_to_tflite(model: onnx.ModelProto, source: str,

@@ -19,8 +19,8 @@ from edgecnn.card import ModelCard
 from edgecnn.data import SHIPPED_CALIBRATION_SET, Dataset, load_dataset
 from edgecnn.errors import BadInputError, ConversionError
 from edgecnn.fileio import atomic_path, check_output_path
-from edgecnn.memory import release_memory
 from edgecnn.inspection import ModelInfo, card_or_default, inspect_model, load_onnx
+from edgecnn.memory import release_memory
 from edgecnn.validate import ParityReport, Thresholds
 from edgecnn.validate import validate as _validate
 
@@ -114,6 +114,7 @@ def convert(model: str | Path, output: str | Path | None = None,
 
 
 def _onnx_of(source: Path, config: ConvertConfig, checks: dict[str, Any]) -> tuple[Any, ModelCard]:
+    from edgecnn.converters import onnx_passes
     from edgecnn.converters.torch_to_onnx import card_from_onnx, export_onnx
     from edgecnn.loading import load_torch_model
 
@@ -125,6 +126,9 @@ def _onnx_of(source: Path, config: ConvertConfig, checks: dict[str, Any]) -> tup
         return exported.model, torch_model.card
     if suffix == ".onnx":
         model = load_onnx(source)
+        passes = onnx_passes.clean(model)  # fold BatchNorm, drop Dropout/Identity, as on export
+        if any(passes.values()):
+            checks["onnx clean-up"] = ", ".join(f"{k} {v}" for k, v in passes.items() if v)
         card = card_from_onnx(model, str(source))
         if card is None:
             dims = [d.dim_value or d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim]
@@ -183,16 +187,19 @@ def self_check_tflite(data: bytes, onnx_model: Any, card: ModelCard,
 def validate(models: list[str | Path], data: str | Path | Dataset, *,
              reference: str | Path | None = None, thresholds: Thresholds = Thresholds(),
              runtime: str | None = None, limit: int | None = None,
-             batch_size: int = 500) -> ParityReport:
+             batch_size: int = 500, trust_pickle: bool = False,
+             arch: str | None = None) -> ParityReport:
     """Parity report of ``models`` on labelled ``data`` (see :mod:`edgecnn.validate`)."""
     paths = [Path(m) for m in models]
     ref = Path(reference) if reference else None
     card_source = ref or next((p for p in paths if p.suffix in (".pt", ".pt2")), paths[0])
-    card = card_or_default(card_source)
+    card = card_or_default(card_source, trust_pickle=trust_pickle, arch=arch)
     dataset = data if isinstance(data, Dataset) else load_dataset(data, split="test")
     return _validate(paths, dataset.take(limit), card, reference=ref, thresholds=thresholds,
-                     runtime=runtime, batch_size=batch_size)
+                     runtime=runtime, batch_size=batch_size, trust_pickle=trust_pickle,
+                     arch=arch)
 
 
-def inspect(model: str | Path) -> ModelInfo:
-    return inspect_model(model)
+def inspect(model: str | Path, *, trust_pickle: bool = False, arch: str | None = None) -> ModelInfo:
+    """Format, I/O, parameters and ops of any supported model file."""
+    return inspect_model(model, trust_pickle=trust_pickle, arch=arch)

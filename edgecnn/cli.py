@@ -25,7 +25,9 @@ class EdgecnnGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():  # filters and display set below end with the command
+                warnings.showwarning = _one_line_warning
+                return super().invoke(ctx)
         except EdgecnnError as exc:
             if ctx.meta.get("edgecnn.traceback"):
                 raise
@@ -51,6 +53,11 @@ def cli(ctx: click.Context, traceback: bool) -> None:
     if not traceback:
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str,
+                      lineno: int, file: Any = None, line: str | None = None) -> None:
+    click.echo(f"edgecnn: warning: {message}", err=True)
 
 
 def emit_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:
@@ -107,14 +114,22 @@ def train(arch: str, data: Path, download: bool, epochs: int, seed: int, batch_s
                f"{100 * (card.test_accuracy or 0):.2f} %, sha256 {(card.sha256 or '')[:12]})")
 
 
+def torch_loading_options(command: Any) -> Any:
+    """--arch and --trust-pickle, for every command that may load a PyTorch file."""
+    command = click.option("--arch", help="Zoo architecture of a bare state_dict.")(command)
+    return click.option("--trust-pickle", is_flag=True,
+                        help="Allow loading a pickled nn.Module (runs code from the file).")(command)
+
+
 @cli.command()
 @click.argument("model", type=PathArg)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
-def inspect(model: Path, as_json: bool) -> None:
+@torch_loading_options
+def inspect(model: Path, as_json: bool, arch: str | None, trust_pickle: bool) -> None:
     """Show a model's format, inputs/outputs, parameter count and ops (.pt, .pt2, .onnx, .tflite)."""
     from edgecnn.api import inspect as inspect_model
     from edgecnn.report import text_table
-    info = inspect_model(model)
+    info = inspect_model(model, trust_pickle=trust_pickle, arch=arch)
     if as_json:
         click.echo(json.dumps(info.to_dict(), indent=2, default=str))
         return
@@ -143,9 +158,7 @@ def inspect(model: Path, as_json: bool) -> None:
               help="TFLite I/O type (int8 models default to int8).")
 @click.option("--nchw-input", is_flag=True, help="Keep NCHW input (adds one leading TRANSPOSE).")
 @click.option("--opset", default=18, show_default=True)
-@click.option("--arch", help="Zoo architecture of a bare state_dict.")
-@click.option("--trust-pickle", is_flag=True,
-              help="Allow loading a pickled nn.Module (runs code from the file).")
+@torch_loading_options
 @click.option("-o", "--output", type=PathArg, help="Output file (default: beside MODEL).")
 def convert(model: Path, to: str, int8: bool, calib: Path | None, calib_method: str,
             per_tensor: bool, io_dtype: str | None, nchw_input: bool, opset: int,
@@ -174,10 +187,11 @@ def convert(model: Path, to: str, int8: bool, calib: Path | None, calib_method: 
 @click.option("--json", "json_path", type=PathArg, help="Write the report as JSON.")
 @click.option("--csv", "csv_path", type=PathArg, help="Write the table as CSV.")
 @click.option("--markdown", "md_path", type=PathArg, help="Write the table as Markdown.")
+@torch_loading_options
 def validate(models: tuple[Path, ...], data: Path | None, reference: Path | None,
              runtime: str | None, max_drop: float | None, min_agreement: float | None,
              limit: int | None, batch_size: int, json_path: Path | None, csv_path: Path | None,
-             md_path: Path | None) -> None:
+             md_path: Path | None, arch: str | None, trust_pickle: bool) -> None:
     """Parity report of MODELS against a reference; exit 1 when a threshold breaks."""
     from edgecnn.api import validate as run_validate
     from edgecnn.data import SHIPPED_TEST_SET
@@ -189,7 +203,7 @@ def validate(models: tuple[Path, ...], data: Path | None, reference: Path | None
             check_output_path(path)
     report = run_validate(list(models), data or SHIPPED_TEST_SET, reference=reference,
                           thresholds=Thresholds(max_drop, min_agreement), runtime=runtime,
-                          limit=limit, batch_size=batch_size)
+                          limit=limit, batch_size=batch_size, trust_pickle=trust_pickle, arch=arch)
     rows = report.table_rows()
     click.echo(f"reference {report.reference}, {report.images:,} images from {report.data}")
     emit_table(rows)

@@ -68,12 +68,13 @@ def read_tflite(path: Path) -> Any:
         raise ModelLoadError(f"{path}: TFLite flatbuffer is corrupt or truncated") from None
 
 
-def read_card(path: Path) -> ModelCard | None:
-    """The edgecnn card carried by any artefact (sidecar, archive, ONNX metadata, TFLite)."""
+def read_card(path: Path, **torch_options: Any) -> ModelCard | None:
+    """The edgecnn card carried by any artefact (sidecar, archive, ONNX metadata, TFLite);
+    ``torch_options`` (trust_pickle, arch) apply to PyTorch files."""
     suffix = path.suffix.lower()
     if suffix in (".pt", ".pt2"):
         from edgecnn.loading import load_torch_model
-        return load_torch_model(path).card
+        return load_torch_model(path, **torch_options).card
     if suffix == ".onnx":
         from edgecnn.converters.torch_to_onnx import card_from_onnx
         return card_from_onnx(load_onnx(path), str(path))
@@ -87,8 +88,9 @@ def read_card(path: Path) -> ModelCard | None:
     raise BadInputError(f"{path}: unknown model format {path.suffix!r}")
 
 
-def card_or_default(path: Path, shape: tuple[int, int, int] | None = None) -> ModelCard:
-    card = read_card(path)
+def card_or_default(path: Path, shape: tuple[int, int, int] | None = None,
+                    **torch_options: Any) -> ModelCard:
+    card = read_card(path, **torch_options)
     if card is not None:
         return card
     if shape is None:
@@ -96,11 +98,13 @@ def card_or_default(path: Path, shape: tuple[int, int, int] | None = None) -> Mo
     return ModelCard("unknown", 0, InputSpec(shape), tuple(str(i) for i in range(10)))
 
 
-def inspect_model(path: str | Path) -> ModelInfo:
+def inspect_model(path: str | Path, *, trust_pickle: bool = False,
+                  arch: str | None = None) -> ModelInfo:
+    """Describe any model file; ``trust_pickle`` and ``arch`` apply to PyTorch files."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in (".pt", ".pt2"):
-        return _inspect_torch(path)
+        return _inspect_torch(path, trust_pickle, arch)
     if suffix == ".onnx":
         return _inspect_onnx(path)
     if suffix == ".tflite":
@@ -111,10 +115,10 @@ def inspect_model(path: str | Path) -> ModelInfo:
                         "or .tflite")
 
 
-def _inspect_torch(path: Path) -> ModelInfo:
+def _inspect_torch(path: Path, trust_pickle: bool, arch: str | None) -> ModelInfo:
     from edgecnn.loading import load_torch_model
 
-    model = load_torch_model(path)
+    model = load_torch_model(path, trust_pickle=trust_pickle, arch=arch)
     spec = model.card.input
     ops: Counter[str] = Counter()
     if model.exported is not None:

@@ -85,7 +85,8 @@ def open_session(path: Path, runtime: str, threads: int | None = None, **options
 class TorchSession:
     runtime = "torch"
 
-    def __init__(self, path: Path, threads: int | None) -> None:
+    def __init__(self, path: Path, threads: int | None, trust_pickle: bool = False,
+                 arch: str | None = None) -> None:
         import torch
 
         from edgecnn.loading import load_torch_model
@@ -93,7 +94,7 @@ class TorchSession:
         if threads:
             torch.set_num_threads(threads)
         self._torch = torch
-        self.model = load_torch_model(path)
+        self.model = load_torch_model(path, trust_pickle=trust_pickle, arch=arch)
         self._x: Any = None
         self._y: Any = None
 

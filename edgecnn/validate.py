@@ -82,9 +82,9 @@ class ParityReport:
 
 
 def run_logits(path: Path, runtime: str, data: Dataset, card: ModelCard,
-               batch_size: int = 500) -> np.ndarray:
+               batch_size: int = 500, **torch_options: Any) -> np.ndarray:
     """All logits of ``path`` on ``data`` through ``runtime``, batched, with a progress bar."""
-    session = open_session(path, runtime)
+    session = open_session(path, runtime, None, **(torch_options if runtime == "torch" else {}))
     outputs = []
     with tqdm(total=len(data), desc=f"{path.name} [{runtime}]", unit="img", disable=None,
               leave=False) as bar:
@@ -133,20 +133,22 @@ def compare(name: str, runtime: str, logits: np.ndarray, ref_logits: np.ndarray,
 
 def validate(artefacts: list[Path], data: Dataset, card: ModelCard, *,
              reference: Path | None = None, thresholds: Thresholds = Thresholds(),
-             runtime: str | None = None, batch_size: int = 500) -> ParityReport:
-    """Run every artefact on every installed runtime for it and compare with the reference."""
+             runtime: str | None = None, batch_size: int = 500,
+             **torch_options: Any) -> ParityReport:
+    """Run every artefact on every installed runtime for it and compare with the reference;
+    ``torch_options`` (trust_pickle, arch) apply to PyTorch files."""
     if not artefacts:
         raise BadInputError("validate needs at least one model")
     data.check_fits(card.input)
     reference = reference or artefacts[0]
     ref_runtime = runtimes_for(reference)[0]
-    ref_logits = run_logits(reference, ref_runtime, data, card, batch_size)
+    ref_logits = run_logits(reference, ref_runtime, data, card, batch_size, **torch_options)
     rows = []
     for path in dict.fromkeys([reference, *artefacts]):
         only = runtime if runtime and model_format(path) != "pytorch" else None
         for name in runtimes_for(path, only):
             logits = (ref_logits if (path, name) == (reference, ref_runtime)
-                      else run_logits(path, name, data, card, batch_size))
+                      else run_logits(path, name, data, card, batch_size, **torch_options))
             row = compare(path.name, name, logits, ref_logits, data.labels, card, thresholds)
             row.format = model_format(path)
             rows.append(row)

@@ -171,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     try:
         if args.predict:
-            result = predict_tflite(args.model, runtime, *args.predict, args.threads)
+            inputs, outputs = args.predict
+            result = predict_tflite(args.model, runtime, inputs, outputs, args.threads)
         else:
             result = bench_tflite(args.model, runtime, args.batch, args.threads, args.warmup,
                                   args.runs, args.min_time)

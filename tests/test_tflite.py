@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from edgecnn.converters import onnx_passes
 from edgecnn.converters.ops import LOWERINGS
 from onnx import TensorProto, helper, numpy_helper
 
@@ -22,6 +23,13 @@ RNG = np.random.default_rng(0)
 
 def _w(*shape, scale=0.3):
     return (RNG.standard_normal(shape) * scale).astype(np.float32)
+
+
+def _build(op: str, name: str):
+    """Build a case with freshly seeded weights, so results never depend on test order."""
+    global RNG
+    RNG = np.random.default_rng(0)
+    return OP_CASES[op][name]()
 
 
 def _conv(name, x, out, cin, cout, k=3, **attrs):
@@ -155,6 +163,17 @@ def _clip(low, high):
     return build
 
 
+def _batch_norm(after_conv: bool):
+    conv, inits = _conv("c", "x", "a", 4, 4, pads=[1, 1, 1, 1])
+    stats = [numpy_helper.from_array(_w(4) + 1, "g"), numpy_helper.from_array(_w(4), "b"),
+             numpy_helper.from_array(_w(4), "m"), numpy_helper.from_array(np.abs(_w(4)) + 0.5, "v")]
+    source = "a" if after_conv else "r"
+    nodes = [conv] if after_conv else [conv, helper.make_node("Relu", ["a"], ["r"])]
+    nodes.append(helper.make_node("BatchNormalization", [source, "g", "b", "m", "v"], ["z"],
+                                  epsilon=1e-3))
+    return _case(nodes, inits + stats, 4, 8)
+
+
 # Each registered lowering names the cases that exercise it; a new op without a case fails
 # test_every_lowering_has_a_case.
 OP_CASES = {
@@ -187,11 +206,14 @@ OP_CASES = {
     "Mul": {"activation_and_const": _binary("Mul")},
     "Concat": {"channels": _concat},
     "Pad": {"asymmetric": _pad},
+    "BatchNormalization": {"after_relu": lambda: _batch_norm(after_conv=False),
+                           "after_conv_folded": lambda: _batch_norm(after_conv=True)},
 }
 CASES = [(op, name) for op, cases in OP_CASES.items() for name in cases]
 # onnxruntime's QDQ registry leaves Tanh float; HardSwish has no int8 kernel on old runtimes.
 # Each is refused with a one-line error (test_int8_refusals_name_the_op).
-INT8_UNSUPPORTED = {("HardSwish", "plain"), ("Tanh", "plain")}
+INT8_UNSUPPORTED = {("HardSwish", "plain"), ("Tanh", "plain"),
+                    ("BatchNormalization", "after_relu")}
 # Requantising between an op's fixed/shared output parameters and the QDQ model's own choice
 # rounds twice; the classifier head can amplify that to a few output steps.
 INT8_MAX_STEPS = 5
@@ -220,7 +242,7 @@ def _tflite_ops(path):
 def test_fp32_lowering_matches_onnxruntime(tmp_path, op, name, runtime):
     if not RUNTIMES.get(runtime).available():
         pytest.skip(f"{runtime} is not installed")
-    model = OP_CASES[op][name]()
+    model = _build(op, name)
     onnx.checker.check_model(model)
     src = tmp_path / "case.onnx"
     onnx.save(model, src)
@@ -238,7 +260,8 @@ def test_int8_lowering_matches_the_qdq_model(tmp_path, op, name):
 
     from edgecnn.data import Dataset
 
-    model = OP_CASES[op][name]()
+    model = _build(op, name)
+    onnx_passes.clean(model)  # as edgecnn does before quantising any ONNX model
     card = _float_card(model)
     calib = Dataset(_images(200), np.zeros(200, np.int64), "random")
     qdq = quantize_onnx(model, card, calib).model
@@ -261,7 +284,7 @@ def test_int8_refusals_name_the_op(tmp_path, op, name):
 
     from edgecnn.data import Dataset
 
-    model = OP_CASES[op][name]()
+    model = _build(op, name)
     qdq = quantize_onnx(model, _float_card(model), Dataset(_images(50), np.zeros(50, np.int64),
                                                            "random")).model
     src = tmp_path / "q.onnx"

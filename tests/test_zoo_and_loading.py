@@ -117,3 +117,16 @@ def test_inspect_reports_io_and_ops(cli_runner, artefacts, suffix):
                                                   "FULLY_CONNECTED"}
     if suffix == ".pt":
         assert info["parameters"] == 61_706
+
+
+def test_cli_loading_flags_reach_every_command(cli_runner, tmp_path):
+    pickled = tmp_path / "pickled.pt"
+    torch.save(zoo.build("lenet5").eval(), pickled)
+    bare = tmp_path / "bare.pt"
+    torch.save(zoo.build("lenet5").state_dict(), bare)
+    result = cli_runner.invoke(cli, ["inspect", str(pickled), "--trust-pickle", "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["parameters"] == 61_706
+    assert result.stderr.startswith("edgecnn: warning:") and "runs code" in result.stderr
+    assert cli_runner.invoke(cli, ["inspect", str(bare)]).exit_code == 2  # names no architecture
+    result = cli_runner.invoke(cli, ["validate", str(bare), "--arch", "lenet5", "--limit", "50"])
+    assert result.exit_code == 0, result.stderr

@@ -64,3 +64,28 @@ def lower_add(ctx: LoweringContext, node: onnx.NodeProto) -> None:
 @lower("Mul")
 def lower_mul(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     _binary(ctx, node, "MUL", "MulOptions")
+
+
+@lower("BatchNormalization")
+def lower_batch_norm(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    """A BatchNormalization that could not be folded into a Conv before it: MUL then ADD."""
+    if ctx.int8:
+        raise ConversionError(f"{ctx.graph.source}: BatchNormalization {node.name!r} does not "
+                              "follow a Conv, so it cannot be folded; int8 needs it folded")
+    gamma, beta, mean, var = (ctx.const(node, i).astype(np.float64) for i in range(1, 5))
+    scale = gamma / np.sqrt(var + float(ctx.attr(node, "epsilon", 1e-5)))
+    shift = beta - mean * scale
+    source = ctx.value(node.input[0])
+    if source.column_order is not None:
+        scale, shift = scale[source.column_order], shift[source.column_order]
+    shape = ctx.builder.tensor_shape(source.tensor)
+    name = node.output[0]
+    factor = ctx.builder.add_constant(name + "/scale", scale.astype(np.float32))
+    offset = ctx.builder.add_constant(name + "/shift", shift.astype(np.float32))
+    scaled = ctx.scratch(name + "/scaled", shape, None)
+    ctx.add_op("MUL", [source.tensor, factor], [scaled],
+               options=ctx.options("MulOptions", fusedActivationFunction=0))
+    fused, out_name = ctx.fuse_activation(node)
+    out = ctx.output_value(out_name, column_order=source.column_order)
+    ctx.add_op("ADD", [scaled, offset], [out.tensor],
+               options=ctx.options("AddOptions", fusedActivationFunction=fused))
