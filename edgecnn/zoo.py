@@ -57,8 +57,28 @@ def build(name: str) -> nn.Module:
     return ARCHITECTURES.get(name).build().eval()
 
 
+class _LeNet(nn.Module):
+    """The LeNet-5 layout: two conv-ReLU-pool stages and three fully-connected layers."""
+
+    def __init__(self, kernel: int, first_padding: int) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 6, kernel, padding=first_padding), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, kernel), nn.ReLU(), nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(16 * 5 * 5, 120), nn.ReLU(),
+            nn.Linear(120, 84), nn.ReLU(),
+            nn.Linear(84, 10),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
 @register("lenet5", (1, 28, 28), 10, "mnist")
-class LeNet5(nn.Module):
+class LeNet5(_LeNet):
     """Classic LeNet-5 with ReLU and max-pooling (61,706 parameters).
 
     The first convolution pads by 2 so that 28x28 MNIST digits get the 32x32 receptive field of
@@ -66,41 +86,15 @@ class LeNet5(nn.Module):
     """
 
     def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
-        )
-        self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(16 * 5 * 5, 120), nn.ReLU(),
-            nn.Linear(120, 84), nn.ReLU(),
-            nn.Linear(84, 10),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        super().__init__(kernel=5, first_padding=2)
 
 
 @register("lenet5-3x3", (1, 28, 28), 10, "mnist")
-class LeNet5Small(nn.Module):
+class LeNet5Small(_LeNet):
     """LeNet-5 with unpadded 3x3 convolutions (60,074 parameters): a cheaper first layer."""
 
     def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 6, 3), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(6, 16, 3), nn.ReLU(), nn.MaxPool2d(2),
-        )
-        self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(16 * 5 * 5, 120), nn.ReLU(),
-            nn.Linear(120, 84), nn.ReLU(),
-            nn.Linear(84, 10),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        super().__init__(kernel=3, first_padding=0)
 
 
 @register("cnn4", (1, 28, 28), 10, "mnist")

@@ -3,7 +3,7 @@
 Remotely, a temporary directory is made on the device, the model and the self-contained
 :mod:`runner` are copied in, the runner prints JSON, and the directory is removed whatever
 happened. The device needs Python, numpy and ai-edge-litert or tflite-runtime (``setup``
-installs a runtime with pip); never torch or edgecnn.
+pip-installs a runtime into a virtual environment in the remote home); never torch or edgecnn.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from edgecnn.errors import RemoteError, TargetUnavailableError
 ARM_MACHINES = {"aarch64", "arm64", "armv7l", "armv6l"}
 RUNNER_SOURCE = Path(runner.__file__)
 PIP_RUNTIMES = ("ai-edge-litert", "tflite-runtime")
+SETUP_VENV = ".cache/edgecnn/venv"  # relative: SSH commands start in the remote home
 
 
 class RaspberryPiTarget(Target):
@@ -103,13 +104,24 @@ class RaspberryPiTarget(Target):
         return info
 
     def _install_runtime(self) -> None:
+        """Make a virtual environment in the remote home (Raspberry Pi OS marks its system
+        Python externally managed, PEP 668) and pip-install a runtime there; use its Python."""
         assert self.remote is not None
+        host = self.remote.config.host
+        made = self.remote.run([self.python, "-m", "venv", "--system-site-packages", SETUP_VENV],
+                               check=False)
+        if made.returncode != 0:
+            raise RemoteError(f"{host}: cannot create {SETUP_VENV} with {self.python} -m venv "
+                              "(install python3-venv)")
+        python = f"{SETUP_VENV}/bin/python"
         for package in PIP_RUNTIMES:
-            done = self.remote.run([self.python, "-m", "pip", "install", "--user", "numpy<2",
-                                    package], check=False)
+            done = self.remote.run([python, "-m", "pip", "install", "--quiet", "numpy<2", package],
+                                   check=False)
             if done.returncode == 0:
+                self.python = python
                 return
-        raise RemoteError(f"{self.remote.config.host}: pip could not install a TFLite runtime")
+        raise RemoteError(f"{host}: pip could not install {' or '.join(PIP_RUNTIMES)} into "
+                          f"{SETUP_VENV}")
 
     def _bench(self, directory: str, model: Path, config: BenchConfig) -> list[BenchResult]:
         assert self.remote is not None
