@@ -54,7 +54,7 @@ def main() -> None:
             print(rows[-1], flush=True)
     text = ["# VGG19 conversion cost", "",
             f"Written by `python scripts/benchmark_vgg19.py` on {time.strftime('%Y-%m-%d')} "
-            "(x86_64, 2 cores). Each row is one `edgecnn convert models/vgg19.pt ...` process: "
+            "(x86_64, 2 cores). Each row is one `edgecnn convert vgg19.pt ...` process on a seeded random-weight VGG19 saved by edgecnn (575 MB torch.export archive): "
             "export, quantisation where asked, the self-check against PyTorch/ONNX, and the "
             "atomic write.", "",
             "| output | wall s | peak RSS MiB | file MiB |", "|---|---|---|---|", *rows, "",
