@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 import onnx
 from edgecnn.converters.onnx_graph import Graph, WeightQuant, attr, node_label
 from edgecnn.converters.tflite_builder import QuantParams, TFLiteBuilder
@@ -114,7 +115,7 @@ class LoweringContext:
     def options(self, name: str, **fields: object) -> object:
         return self.builder.options(name, **fields)
 
-    def int_const(self, name: str, values: list[int] | np.ndarray) -> int:
+    def int_const(self, name: str, values: npt.ArrayLike) -> int:
         return self.builder.add_constant(name, np.asarray(values, np.int32))
 
     def op_version(self, float_version: int = 1, int8_version: int = 2) -> int:
@@ -188,6 +189,34 @@ class LoweringContext:
             self.add_op(op, inputs, [out.tensor], version=version, options=options)
             return
         self.fixed_output(node, op, inputs, source_q, version, options)
+
+
+def pad_spatial(ctx: LoweringContext, x: int, explicit: list[tuple[int, int]], name: str,
+                fill: float | None = None) -> int:
+    """PAD an NHWC tensor's H and W by ``explicit`` (before, after) pairs.
+
+    Without ``fill`` this pads with zeros (in int8 the zero point, which PAD uses by itself);
+    with ``fill`` it writes PADV2 with that real value (e.g. the lowest value for max-pooling).
+    """
+    n, h, w, c = ctx.builder.tensor_shape(x)
+    (top, bottom), (left, right) = explicit
+    quant = ctx.builder.tensor_quant(x)
+    paddings = ctx.int_const(name + "/paddings", [[0, 0], [top, bottom], [left, right], [0, 0]])
+    out = ctx.scratch(name, (n, h + top + bottom, w + left + right, c), quant)
+    if fill is None:
+        ctx.add_op("PAD", [x, paddings], [out], version=ctx.op_version(1, 2))
+        return out
+    constant = fill_constant(ctx, fill, quant, name + "/fill")
+    ctx.add_op("PADV2", [x, paddings, constant], [out], version=ctx.op_version(1, 2))
+    return out
+
+
+def fill_constant(ctx: LoweringContext, value: float, quant: QuantParams | None, name: str) -> int:
+    """PADV2's one-element fill value, in the padded tensor's type and quantisation."""
+    if quant is None:
+        return ctx.builder.add_constant(name, np.array([value], np.float32))
+    q = np.clip(round(value / quant.scale[0]) + quant.zero_point[0], -128, 127)
+    return ctx.builder.add_constant(name, np.array([q], np.int8), quant)
 
 
 def spatial_padding(ctx: LoweringContext, node: onnx.NodeProto, in_hw: tuple[int, int],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from edgecnn.converters.lowering import LoweringContext, spatial_padding
+from edgecnn.converters.lowering import LoweringContext, pad_spatial, spatial_padding
 from edgecnn.converters.ops import lower
 from edgecnn.converters.tflite_builder import QuantParams
 
@@ -68,7 +68,7 @@ def lower_conv(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     padding, explicit = spatial_padding(ctx, node, (h, w), (kh, kw), strides, dilations)
     x = ctx.value(node.input[0]).tensor
     if any(p != (0, 0) for p in explicit):
-        x = _pad(ctx, x, explicit, node.output[0] + "/pad")
+        x = pad_spatial(ctx, x, explicit, node.output[0] + "/pad")
     fused, out_name = ctx.fuse_activation(node)
     out = ctx.output_value(out_name)
     common = dict(padding=0 if padding == "SAME" else 1, strideH=strides[0], strideW=strides[1],
@@ -88,16 +88,6 @@ def lower_conv(ctx: LoweringContext, node: onnx.NodeProto) -> None:
                                        **common))
     else:
         _grouped(ctx, node, x, out.tensor, group, common)
-
-
-def _pad(ctx: LoweringContext, x: int, explicit: list[tuple[int, int]], name: str) -> int:
-    """PAD with zeros (the zero point in int8, which PAD uses automatically)."""
-    n, h, w, c = ctx.builder.tensor_shape(x)
-    (t, b), (left, r) = explicit
-    paddings = ctx.int_const(name + "/paddings", [[0, 0], [t, b], [left, r], [0, 0]])
-    out = ctx.scratch(name, (n, h + t + b, w + left + r, c), ctx.builder.tensor_quant(x))
-    ctx.add_op("PAD", [x, paddings], [out], version=ctx.op_version(1, 2))
-    return out
 
 
 def _grouped(ctx: LoweringContext, node: onnx.NodeProto, x: int, out: int, group: int,

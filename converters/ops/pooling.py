@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from edgecnn.converters.lowering import LoweringContext, spatial_padding
+from edgecnn.converters.lowering import LoweringContext, pad_spatial, spatial_padding
 from edgecnn.converters.ops import lower
 
 from edgecnn.errors import ConversionError
@@ -27,7 +27,9 @@ def _pool(ctx: LoweringContext, node: onnx.NodeProto, op: str) -> None:
             raise ConversionError(f"{ctx.graph.source}: AveragePool {node.name!r} pads "
                                   f"{explicit} without counting the padding; TFLite expresses "
                                   "only SAME or VALID for that")
-        x = _pad_for_pool(ctx, x, explicit, op, node.output[0] + "/pad")
+        # max-pooling pads with the lowest value so that padding never wins the max
+        lowest = float(np.finfo(np.float32).min) if op == "MAX_POOL_2D" else None
+        x = pad_spatial(ctx, x, explicit, node.output[0] + "/pad", fill=lowest)
     fused, out_name = ctx.fuse_activation(node)
     options = ctx.options("Pool2DOptions", padding=0 if padding == "SAME" else 1,
                           strideH=strides[0], strideW=strides[1], filterHeight=kernel[0],
@@ -35,23 +37,6 @@ def _pool(ctx: LoweringContext, node: onnx.NodeProto, op: str) -> None:
     if out_name != node.output[0]:  # the fused activation's output replaces ours
         node = onnx.helper.make_node(node.op_type, node.input, [out_name])
     ctx.same_params_output(node, op, [x], ctx.op_version(1, 2), options)
-
-
-def _pad_for_pool(ctx: LoweringContext, x: int, explicit: list[tuple[int, int]], op: str,
-                  name: str) -> int:
-    n, h, w, c = ctx.builder.tensor_shape(x)
-    (t, b), (left, r) = explicit
-    quant = ctx.builder.tensor_quant(x)
-    paddings = ctx.int_const(name + "/paddings", [[0, 0], [t, b], [left, r], [0, 0]])
-    out = ctx.scratch(name, (n, h + t + b, w + left + r, c), quant)
-    if op == "MAX_POOL_2D":  # pad with the lowest value so padding never wins the max
-        low = (np.array([-128], np.int8) if ctx.int8
-               else np.array([np.finfo(np.float32).min], np.float32))
-        fill = ctx.builder.add_constant(name + "/fill", low, quant)
-        ctx.add_op("PADV2", [x, paddings, fill], [out], version=ctx.op_version(1, 2))
-    else:
-        ctx.add_op("PAD", [x, paddings], [out], version=ctx.op_version(1, 2))
-    return out
 
 
 @lower("MaxPool")

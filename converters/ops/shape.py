@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from edgecnn.converters.lowering import NCHW_TO_NHWC, LoweringContext, Value
+from edgecnn.converters.lowering import NCHW_TO_NHWC, LoweringContext, Value, fill_constant
 from edgecnn.converters.ops import lower
 
 from edgecnn.errors import ConversionError
@@ -115,9 +115,5 @@ def lower_pad(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         ctx.same_params_output(node, "PAD", [x, paddings], ctx.op_version(1, 2))
         return
     quant = ctx.builder.tensor_quant(x) if ctx.int8 else None
-    if quant is not None:
-        fill_q = np.int8(np.clip(round(value / quant.scale[0]) + quant.zero_point[0], -128, 127))
-        fill = ctx.builder.add_constant(node.output[0] + "/fill", np.array([fill_q]), quant)
-    else:
-        fill = ctx.builder.add_constant(node.output[0] + "/fill", np.array([value], np.float32))
+    fill = fill_constant(ctx, value, quant, node.output[0] + "/fill")
     ctx.same_params_output(node, "PADV2", [x, paddings, fill], ctx.op_version(1, 2))
