@@ -28,16 +28,11 @@ class EdgecnnGroup(click.Group):
             with warnings.catch_warnings():  # filters and display set below end with the command
                 warnings.showwarning = _one_line_warning
                 return super().invoke(ctx)
-        except EdgecnnError as exc:
+        except (EdgecnnError, ValueError) as exc:  # ValueError: config dataclass validation
             if ctx.meta.get("edgecnn.traceback"):
                 raise
             click.echo(f"edgecnn: error: {exc}", err=True)
-            ctx.exit(int(exc.exit_status))
-        except ValueError as exc:  # config validation (dataclass __post_init__)
-            if ctx.meta.get("edgecnn.traceback"):
-                raise
-            click.echo(f"edgecnn: error: {exc}", err=True)
-            ctx.exit(int(ExitStatus.BAD_INPUT))
+            ctx.exit(int(getattr(exc, "exit_status", ExitStatus.BAD_INPUT)))
         except KeyboardInterrupt:
             click.echo("edgecnn: interrupted", err=True)
             ctx.exit(int(ExitStatus.INTERRUPTED))
@@ -65,6 +60,14 @@ def emit_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> 
     click.echo(text_table(rows, columns))
 
 
+def check_outputs(*paths: Path | None) -> None:
+    """Refuse unwritable report paths before any work starts."""
+    from edgecnn.fileio import check_output_path
+    for path in paths:
+        if path:
+            check_output_path(path)
+
+
 # -- zoo / train / inspect ------------------------------------------------------------------
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
@@ -74,12 +77,10 @@ def zoo(as_json: bool) -> None:
     rows = [{"name": n, "input": "x".join(map(str, a.input_shape)), "classes": a.num_classes,
              "parameters": a.parameter_count(), "dataset": a.dataset, "summary": a.summary}
             for n, a in model_zoo.ARCHITECTURES.items()]
-    click.echo(json.dumps(rows, indent=2) if as_json else _table(rows))
-
-
-def _table(rows: list[dict[str, Any]]) -> str:
-    from edgecnn.report import text_table
-    return text_table(rows)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        emit_table(rows)
 
 
 @cli.command()
@@ -98,13 +99,12 @@ def train(arch: str, data: Path, download: bool, epochs: int, seed: int, batch_s
     from edgecnn import zoo as model_zoo
     from edgecnn.data import download_mnist, load_dataset
     from edgecnn.errors import BadInputError
-    from edgecnn.fileio import check_output_path
     from edgecnn.train import TrainConfig, save_model
     from edgecnn.train import train as train_model
 
     if arch not in model_zoo.ARCHITECTURES:
         raise BadInputError(f"unknown architecture {arch!r}; see `edgecnn zoo`")
-    check_output_path(output)
+    check_outputs(output)
     if download:
         download_mnist(data)
     module, card = train_model(arch, load_dataset(data, "train"), load_dataset(data, "test"),
@@ -128,7 +128,6 @@ def torch_loading_options(command: Any) -> Any:
 def inspect(model: Path, as_json: bool, arch: str | None, trust_pickle: bool) -> None:
     """Show a model's format, inputs/outputs, parameter count and ops (.pt, .pt2, .onnx, .tflite)."""
     from edgecnn.api import inspect as inspect_model
-    from edgecnn.report import text_table
     info = inspect_model(model, trust_pickle=trust_pickle, arch=arch)
     if as_json:
         click.echo(json.dumps(info.to_dict(), indent=2, default=str))
@@ -140,8 +139,8 @@ def inspect(model: Path, as_json: bool, arch: str | None, trust_pickle: bool) ->
     io_rows = [{"io": kind, "name": t.name, "shape": "x".join(map(str, t.shape)),
                 "dtype": t.dtype, "layout": t.layout, "quantization": t.quantization}
                for kind, ts in (("input", info.inputs), ("output", info.outputs)) for t in ts]
-    click.echo(text_table(io_rows))
-    click.echo(text_table(info.ops))
+    emit_table(io_rows)
+    emit_table(info.ops)
 
 
 # -- convert / validate -------------------------------------------------------------------
@@ -195,12 +194,9 @@ def validate(models: tuple[Path, ...], data: Path | None, reference: Path | None
     """Parity report of MODELS against a reference; exit 1 when a threshold breaks."""
     from edgecnn.api import validate as run_validate
     from edgecnn.data import SHIPPED_TEST_SET
-    from edgecnn.fileio import check_output_path
     from edgecnn.report import write_reports
     from edgecnn.validate import Thresholds
-    for path in (json_path, csv_path, md_path):
-        if path:
-            check_output_path(path)
+    check_outputs(json_path, csv_path, md_path)
     report = run_validate(list(models), data or SHIPPED_TEST_SET, reference=reference,
                           thresholds=Thresholds(max_drop, min_agreement), runtime=runtime,
                           limit=limit, batch_size=batch_size, trust_pickle=trust_pickle, arch=arch)
@@ -245,12 +241,9 @@ def bench(models: tuple[Path, ...], target: str, runtime: str | None, threads: i
     """Benchmark MODELS on a target: load, first inference, steady-state latency, RSS."""
     from edgecnn.bench import bench as run_bench
     from edgecnn.bench import plot_latencies
-    from edgecnn.fileio import check_output_path
     from edgecnn.report import write_reports
     from edgecnn.targets.base import BenchConfig
-    for path in (json_path, csv_path, md_path, plot_path):
-        if path:
-            check_output_path(path)
+    check_outputs(json_path, csv_path, md_path, plot_path)
     options: dict[str, Any] = {}
     if target == "rpi":
         options = dict(host=host, port=port, identity=identity, known_hosts=known_hosts,
