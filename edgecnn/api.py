@@ -160,9 +160,7 @@ def self_check_tflite(data: bytes, onnx_model: Any, card: ModelCard,
     from edgecnn.converters.torch_to_onnx import save_external
     from edgecnn.runtimes import OnnxSession, open_session, predict, runtimes_for
 
-    rng = np.random.default_rng(0)
-    images = (rng.random((16, *card.input.shape[1:], card.input.shape[0])) * 255).astype(np.uint8)
-    x = card.input.preprocess(images)
+    x = card.input.random_batch(16)
     with tempfile.TemporaryDirectory(prefix="edgecnn-check-") as tmp:
         onnx_path, tfl_path = Path(tmp) / "m.onnx", Path(tmp) / "m.tflite"
         save_external(onnx_model, onnx_path)  # moves the weights out: the proto is done with

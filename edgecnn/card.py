@@ -45,6 +45,12 @@ class InputSpec:
         x = (x - mean) / std
         return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
 
+    def random_batch(self, count: int, seed: int = 0) -> np.ndarray:
+        """``count`` seeded random images, preprocessed: input for self-checks and benchmarks."""
+        c, h, w = self.shape
+        images = np.random.default_rng(seed).integers(0, 256, (count, h, w, c), dtype=np.uint8)
+        return self.preprocess(images)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

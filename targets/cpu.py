@@ -22,9 +22,7 @@ def model_input(model: Path, batch: int) -> np.ndarray:
     if len(shape) == 3 and model.suffix == ".tflite" and shape[-1] in (1, 3):
         shape = [shape[2], shape[0], shape[1]]
     card = card_or_default(model, tuple(int(d) for d in shape))  # type: ignore[arg-type]
-    c, h, w = card.input.shape
-    images = np.random.default_rng(0).integers(0, 256, (batch, h, w, c), dtype=np.uint8)
-    return card.input.preprocess(images)
+    return card.input.random_batch(batch)
 
 
 def bench_in_process(model: Path, runtime: str, config: BenchConfig, target: str,
