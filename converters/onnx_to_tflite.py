@@ -47,7 +47,8 @@ class TFLiteModel:
 
 
 def supported_ops() -> list[str]:
-    return list(LOWERINGS) + ["Dropout", "Identity"]
+    """Every ONNX op type a model may contain: the lowerings plus what clean-up removes."""
+    return sorted([*LOWERINGS, "Dropout", "Identity"])
 
 
 def convert_onnx_to_tflite(model: onnx.ModelProto, source: str,
@@ -59,7 +60,7 @@ def convert_onnx_to_tflite(model: onnx.ModelProto, source: str,
         listed = "; ".join(f"{op} ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})"
                            for op, names in sorted(missing.items()))
         raise UnsupportedOpsError(f"{source}: no TFLite lowering for {listed}; supported: "
-                                  f"{', '.join(sorted(LOWERINGS))}")
+                                  f"{', '.join(supported_ops())}")
     io_dtype = config.io_dtype or ("int8" if graph.quantized else "float32")
     if not graph.quantized and io_dtype != "float32":
         raise ConversionError(f"{source}: --io-dtype {io_dtype} needs an int8 model; add --int8")
