@@ -13,12 +13,14 @@ from typing import Any
 
 import numpy as np
 import onnx
+from edgecnn.converters.qdq import QDQ_OPS as QDQ_OP_TYPES
+from edgecnn.converters.qdq import as_int8
 from edgecnn.converters.tflite_builder import QuantParams
 from onnx import numpy_helper, shape_inference
 
 from edgecnn.errors import ConversionError
 
-QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
+QDQ_OPS = set(QDQ_OP_TYPES)
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,7 @@ def _fold_weight_dequantize(graph: Graph) -> None:
         scale = np.asarray(graph.constants[node.input[1]], np.float32)
         zp = (np.asarray(graph.constants[node.input[2]]) if len(node.input) > 2 and node.input[2]
               else np.zeros_like(scale, dtype=values.dtype))
+        values, zp = as_int8(values, zp)  # the uint8 ONNX encoding is the same quantisation
         axis = int(attr(node, "axis", 1)) if scale.size > 1 else None
         if axis is not None and axis < 0:
             axis += values.ndim
@@ -188,12 +191,13 @@ def _fold_activation_qdq(graph: Graph) -> None:
                                   "DequantizeLinear only; TFLite needs Q->DQ pairs (QDQ format)")
         scale = np.asarray(graph.constants[q.input[1]], np.float32)
         zp = np.asarray(graph.constants[q.input[2]]) if len(q.input) > 2 else np.zeros((), np.uint8)
+        zp = as_int8(np.zeros(0, zp.dtype), zp)[1]  # uint8 activations: the same, moved by 128
         if scale.size != 1:
             raise ConversionError(f"{graph.source}: {node_label(q)} quantises an activation per "
                                   "channel; TFLite int8 activations are per-tensor")
         if zp.dtype != np.int8:
             raise ConversionError(f"{graph.source}: {node_label(q)} quantises to {zp.dtype}; the "
-                                  "TFLite int8 path needs int8 activations (QuantType.QInt8)")
+                                  "TFLite int8 path needs 8-bit activations (QInt8 or QUInt8)")
         params = QuantParams.per_tensor(float(scale.ravel()[0]), int(zp.ravel()[0]))
         graph.nodes.remove(q)
         canonical = src

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+from edgecnn.converters import qdq
 from edgecnn.converters.lowering import LoweringContext, Value, to_tflite_shape
 from edgecnn.converters.onnx_graph import load_graph, unsupported
 from edgecnn.converters.ops import LOWERINGS
@@ -74,7 +75,8 @@ def convert_onnx_to_tflite(model: onnx.ModelProto, source: str,
     card = next((p.value for p in model.metadata_props if p.key == "edgecnn.card"), None)
     if card:
         builder.metadata["edgecnn_card"] = card.encode()
-    if graph.quantized:
+    if graph.quantized:  # validate finds this file's QDQ reference by the fingerprint
+        builder.metadata["edgecnn_qdq_fingerprint"] = qdq.fingerprint(model).encode()
         builder.metadata["edgecnn_input_quantization"] = json.dumps(
             {"dtype": io_dtype, "scale": input_quant.scale[0] if input_quant else None,
              "zero_point": input_quant.zero_point[0] if input_quant else None}).encode()

@@ -25,7 +25,13 @@ from edgecnn.validate import ParityReport, Thresholds
 from edgecnn.validate import validate as _validate
 
 TARGET_FORMATS = ("onnx", "tflite")
-INT8_SELF_CHECK_STEPS = 3  # TFLite int8 vs QDQ ONNX: max output difference in quant steps
+# TFLite int8 vs the QDQ reference, in output steps. A correct lowering differs only by rounding:
+# LiteRT/XNNPACK requantise in float like the reference (0 steps but for ties), TFLite's builtin
+# kernels in fixed point (at most 1 step per requantisation, and a step in one layer can move the
+# next layer's output by a step too). A wrong lowering (layout, scale, zero point) is tens of
+# steps off. 3 separates the two on every zoo and registry model.
+INT8_SELF_CHECK_STEPS = 3
+SELF_CHECK_IMAGES = 32  # real calibration images, plus 8 seeded random ones
 
 
 @dataclass(frozen=True)
@@ -42,10 +48,16 @@ class ConvertConfig:
     opset: int = 18
     trust_pickle: bool = False
     arch: str | None = None
+    onnx_int8_encoding: str = "uint8"  # how the ONNX file stores int8: see converters/qdq.py
 
     def __post_init__(self) -> None:
+        from edgecnn.converters.qdq import ONNX_INT8_ENCODINGS
+
         if self.to not in TARGET_FORMATS:
             raise BadInputError(f"--to {self.to!r}; choose from {', '.join(TARGET_FORMATS)}")
+        if self.onnx_int8_encoding not in ONNX_INT8_ENCODINGS:
+            raise BadInputError(f"--onnx-int8-encoding {self.onnx_int8_encoding!r}; choose from "
+                                f"{', '.join(ONNX_INT8_ENCODINGS)}")
         if self.io_dtype not in (None, "float32") and not self.int8:
             raise BadInputError(f"--io-dtype {self.io_dtype} needs --int8")
         if self.to == "onnx" and (self.io_dtype or self.nchw_input):
@@ -77,6 +89,7 @@ def default_output(source: Path, config: ConvertConfig) -> Path:
 def convert(model: str | Path, output: str | Path | None = None,
             config: ConvertConfig = ConvertConfig()) -> ConvertResult:
     """Convert a .pt/.pt2/.onnx model to ONNX or TFLite (optionally int8); check; write."""
+    from edgecnn.converters import qdq
     from edgecnn.converters.quantize import QuantConfig, quantize_onnx, require_calibration
     from edgecnn.converters.torch_to_onnx import save_external
 
@@ -86,7 +99,8 @@ def convert(model: str | Path, output: str | Path | None = None,
     checks: dict[str, Any] = {}
     onnx_model, card = _onnx_of(source, config, checks)
     release_memory()  # the PyTorch model is gone: give its memory back before the next step
-    already_int8 = any(n.op_type == "QuantizeLinear" for n in onnx_model.graph.node)
+    already_int8 = qdq.is_qdq(onnx_model)
+    calib = None
     if config.int8 and not already_int8:
         calib_path = require_calibration(config.calib, SHIPPED_CALIBRATION_SET)
         calib = load_dataset(calib_path, split="train")
@@ -104,9 +118,14 @@ def convert(model: str | Path, output: str | Path | None = None,
     elif already_int8 and not config.int8 and config.to == "tflite":
         raise BadInputError(f"{source}: is an int8 QDQ model; add --int8 to write int8 TFLite")
     if config.to == "onnx":
+        if qdq.is_qdq(onnx_model):
+            qdq.reencode(onnx_model, config.onnx_int8_encoding)
+            checks["int8 encoding"] = config.onnx_int8_encoding
         data = onnx_model.SerializeToString()
     else:
-        data = _to_tflite(onnx_model, source, card, config, checks)
+        if calib is None and config.int8:
+            calib = _self_check_images(config.calib, card)
+        data = _to_tflite(onnx_model, source, card, config, checks, calib)
     with atomic_path(out) as tmp:
         tmp.write_bytes(data)
     return ConvertResult(out, config.to, config.int8, len(data), time.perf_counter() - started,
@@ -142,39 +161,60 @@ def _onnx_of(source: Path, config: ConvertConfig, checks: dict[str, Any]) -> tup
     raise BadInputError(f"{source}: cannot convert {source.suffix!r} files; give .pt, .pt2 or .onnx")
 
 
+def _self_check_images(calib: Path | None, card: ModelCard) -> Dataset | None:
+    """Real images for checking an already-quantised model: --calib, else the shipped
+    calibration set when it fits the model; None leaves only seeded random input."""
+    from edgecnn.converters.quantize import require_calibration
+
+    if calib is None and not SHIPPED_CALIBRATION_SET.exists():
+        return None
+    data = load_dataset(require_calibration(calib, SHIPPED_CALIBRATION_SET), split="train")
+    if calib is None and data.image_shape != tuple(card.input.shape):
+        return None
+    data.check_fits(card.input)
+    return data
+
+
 def _to_tflite(onnx_model: Any, source: Path, card: ModelCard, config: ConvertConfig,
-               checks: dict[str, Any]) -> bytes:
+               checks: dict[str, Any], images: Dataset | None) -> bytes:
     from edgecnn.converters.onnx_to_tflite import TFLiteConfig, convert_onnx_to_tflite
 
     result = convert_onnx_to_tflite(onnx_model, source.name,
                                     TFLiteConfig(config.io_dtype, config.nchw_input))
-    checks.update(self_check_tflite(result.data, onnx_model, card, result.output_quant))
+    checks.update(self_check_tflite(result.data, onnx_model, card, result.output_quant, images))
     checks["ops"] = ", ".join(f"{op} v{v}" for op, v in result.ops)
     checks["oldest runtime"] = result.min_runtime
     return result.data
 
 
-def self_check_tflite(data: bytes, onnx_model: Any, card: ModelCard,
-                      output_quant: Any) -> dict[str, Any]:
-    """Run the new TFLite model and its ONNX source on the same images; refuse a mismatch."""
-    from edgecnn.converters.torch_to_onnx import save_external
-    from edgecnn.runtimes import OnnxSession, open_session, predict, runtimes_for
+def self_check_tflite(data: bytes, onnx_model: Any, card: ModelCard, output_quant: Any,
+                      images: Dataset | None = None) -> dict[str, Any]:
+    """Run the new TFLite model and its ONNX source on the same images; refuse a mismatch.
 
-    x = card.input.random_batch(16)
+    int8 is compared with the QDQ reference (never with onnxruntime's fused integer kernels,
+    which differ by CPU), on real ``images`` where given: uniform noise alone keeps most
+    activations far from the ranges the model was calibrated for.
+    """
+    from edgecnn.converters.torch_to_onnx import save_external
+    from edgecnn.runtimes import open_session, predict, reference_session, runtimes_for
+
+    x = card.input.random_batch(8 if images is not None else 16)
+    if images is not None:
+        x = np.concatenate([card.input.preprocess(images.images[:SELF_CHECK_IMAGES]), x])
     with tempfile.TemporaryDirectory(prefix="edgecnn-check-") as tmp:
         onnx_path, tfl_path = Path(tmp) / "m.onnx", Path(tmp) / "m.tflite"
         save_external(onnx_model, onnx_path)  # moves the weights out: the proto is done with
         tfl_path.write_bytes(data)
-        want = predict(OnnxSession(onnx_path, None), x)
+        want = predict(reference_session(onnx_path), x)
         runtime = runtimes_for(tfl_path)[0]
         got = predict(open_session(tfl_path, runtime), x)
     diff = float(np.max(np.abs(got - want)))
     if output_quant is not None:
         steps = diff / output_quant.scale[0]
         if steps > INT8_SELF_CHECK_STEPS:
-            raise ConversionError(f"int8 TFLite differs from the QDQ ONNX model by {steps:.1f} "
+            raise ConversionError(f"int8 TFLite differs from the QDQ reference by {steps:.1f} "
                                   "quantisation steps; please report this model")
-        return {"tflite max|Δ| vs onnx (steps)": round(steps, 2)}
+        return {"tflite max|Δ| vs qdq reference (steps)": round(steps, 2)}
     scale = max(float(np.max(np.abs(want))), 1.0)
     if diff > 1e-4 * scale:
         raise ConversionError(f"TFLite output differs from ONNX by {diff:.3g}; please report "

@@ -156,17 +156,21 @@ def inspect(model: Path, as_json: bool, arch: str | None, trust_pickle: bool) ->
 @click.option("--io-dtype", type=click.Choice(["float32", "int8", "uint8"]),
               help="TFLite I/O type (int8 models default to int8).")
 @click.option("--nchw-input", is_flag=True, help="Keep NCHW input (adds one leading TRANSPOSE).")
+@click.option("--onnx-int8-encoding", type=click.Choice(["uint8", "int8"]), default="uint8",
+              show_default=True, help="How an int8 ONNX file stores its integers: uint8 (+128, "
+              "the same quantisation) runs exactly on every CPU; int8 saturates in "
+              "onnxruntime on x86 without VNNI.")
 @click.option("--opset", default=18, show_default=True)
 @torch_loading_options
 @click.option("-o", "--output", type=PathArg, help="Output file (default: beside MODEL).")
 def convert(model: Path, to: str, int8: bool, calib: Path | None, calib_method: str,
-            per_tensor: bool, io_dtype: str | None, nchw_input: bool, opset: int,
-            arch: str | None, trust_pickle: bool, output: Path | None) -> None:
+            per_tensor: bool, io_dtype: str | None, nchw_input: bool, onnx_int8_encoding: str,
+            opset: int, arch: str | None, trust_pickle: bool, output: Path | None) -> None:
     """Convert MODEL (.pt, .pt2 or .onnx) to ONNX or TFLite, optionally int8."""
     from edgecnn.api import ConvertConfig
     from edgecnn.api import convert as run_convert
     config = ConvertConfig(to, int8, calib, calib_method, not per_tensor, io_dtype, nchw_input,
-                           opset, trust_pickle, arch)
+                           opset, trust_pickle, arch, onnx_int8_encoding)
     result = run_convert(model, output, config)
     for key, value in result.rows()[0].items():
         click.echo(f"{key:>28}: {value}")
@@ -181,6 +185,8 @@ def convert(model: Path, to: str, int8: bool, calib: Path | None, calib_method: 
 @click.option("--runtime", help="Restrict .tflite/.onnx files to one runtime.")
 @click.option("--max-drop", type=float, help="Fail if accuracy drops more than PP points.")
 @click.option("--min-agreement", type=float, help="Fail if argmax agreement is below PCT %.")
+@click.option("--max-steps", type=float, help="Fail if an int8 runtime's outputs are more than N "
+              "quantisation steps from the QDQ reference.")
 @click.option("--limit", type=int, help="Use only the first N images.")
 @click.option("--batch-size", default=500, show_default=True)
 @click.option("--json", "json_path", type=PathArg, help="Write the report as JSON.")
@@ -189,7 +195,7 @@ def convert(model: Path, to: str, int8: bool, calib: Path | None, calib_method: 
 @torch_loading_options
 def validate(models: tuple[Path, ...], data: Path | None, reference: Path | None,
              runtime: str | None, max_drop: float | None, min_agreement: float | None,
-             limit: int | None, batch_size: int, json_path: Path | None, csv_path: Path | None,
+             max_steps: float | None, limit: int | None, batch_size: int, json_path: Path | None, csv_path: Path | None,
              md_path: Path | None, arch: str | None, trust_pickle: bool) -> None:
     """Parity report of MODELS against a reference; exit 1 when a threshold breaks."""
     from edgecnn.api import validate as run_validate
@@ -198,10 +204,11 @@ def validate(models: tuple[Path, ...], data: Path | None, reference: Path | None
     from edgecnn.validate import Thresholds
     check_outputs(json_path, csv_path, md_path)
     report = run_validate(list(models), data or SHIPPED_TEST_SET, reference=reference,
-                          thresholds=Thresholds(max_drop, min_agreement), runtime=runtime,
+                          thresholds=Thresholds(max_drop, min_agreement, max_steps), runtime=runtime,
                           limit=limit, batch_size=batch_size, trust_pickle=trust_pickle, arch=arch)
     rows = report.table_rows()
-    click.echo(f"reference {report.reference}, {report.images:,} images from {report.data}")
+    click.echo(f"reference {report.reference}, {report.images:,} images from {report.data}, "
+               f"CPU {report.cpu}")
     emit_table(rows)
     write_reports(report.to_dict(), rows, list(rows[0]), json_path=json_path, csv_path=csv_path,
                   markdown_path=md_path, title="edgecnn parity report")

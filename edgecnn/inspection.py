@@ -50,6 +50,9 @@ def load_onnx(path: Path) -> Any:
                              "it or check the file was copied whole") from None
     if not model.graph.node:
         raise ModelLoadError(f"{path}: ONNX file holds no graph; re-export it")
+    from edgecnn.converters.qdq import check_quant_params
+
+    check_quant_params(model, str(path))
     return model
 
 
@@ -68,6 +71,17 @@ def read_tflite(path: Path) -> Any:
         raise ModelLoadError(f"{path}: TFLite flatbuffer is corrupt or truncated") from None
 
 
+def tflite_metadata(path: Path, name: str) -> bytes | None:
+    """The bytes of one named metadata entry of a TFLite file, or None."""
+    model, _ = read_tflite(path)
+    for meta in model.metadata or []:
+        key = meta.name.decode() if isinstance(meta.name, bytes) else meta.name
+        if key == name and 0 <= meta.buffer < len(model.buffers or []):
+            data = model.buffers[meta.buffer].data
+            return bytes(data) if data is not None else b""
+    return None
+
+
 def read_card(path: Path, **torch_options: Any) -> ModelCard | None:
     """The edgecnn card carried by any artefact (sidecar, archive, ONNX metadata, TFLite);
     ``torch_options`` (trust_pickle, arch) apply to PyTorch files."""
@@ -79,12 +93,8 @@ def read_card(path: Path, **torch_options: Any) -> ModelCard | None:
         from edgecnn.converters.torch_to_onnx import card_from_onnx
         return card_from_onnx(load_onnx(path), str(path))
     if suffix == ".tflite":
-        model, _ = read_tflite(path)
-        for meta in model.metadata or []:
-            if meta.name == b"edgecnn_card" or meta.name == "edgecnn_card":
-                data = bytes(model.buffers[meta.buffer].data)
-                return ModelCard.from_json(data.decode(), str(path))
-        return None
+        data = tflite_metadata(path, "edgecnn_card")
+        return ModelCard.from_json(data.decode(), str(path)) if data is not None else None
     raise BadInputError(f"{path}: unknown model format {path.suffix!r}")
 
 
@@ -151,11 +161,13 @@ def _onnx_tensor(value: Any) -> TensorInfo:
 def _inspect_onnx(path: Path) -> ModelInfo:
     from onnx import numpy_helper
 
+    from edgecnn.converters import qdq
+
     model = load_onnx(path)
     inits = {t.name for t in model.graph.initializer}
     params = 0
     for t in model.graph.initializer:
-        if t.data_type in (1, 3, 10):  # float weights or int8 quantised weights, not scales
+        if t.data_type in (1, 2, 3, 10):  # float weights or 8-bit quantised weights, not scales
             params += int(np.prod(t.dims)) if t.dims else 1
     ops = Counter(n.op_type for n in model.graph.node)
     inputs = [_onnx_tensor(i) for i in model.graph.input if i.name not in inits]
@@ -173,7 +185,8 @@ def _inspect_onnx(path: Path) -> ModelInfo:
     opset = {o.domain or "ai.onnx": o.version for o in model.opset_import}
     return ModelInfo(str(path), "onnx" + (" int8 QDQ" if quant else " fp32"), params, inputs,
                      outputs, [{"op": k, "count": v} for k, v in ops.most_common()],
-                     {"opset": opset, "quantization": quant, "producer": model.producer_name})
+                     {"opset": opset, "quantization": quant, "producer": model.producer_name,
+                      "int8 encoding": qdq.encoding(model) or "none"})
 
 
 def _inspect_tflite(path: Path) -> ModelInfo:

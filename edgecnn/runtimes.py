@@ -49,6 +49,7 @@ class Runtime:
 
 
 RUNTIMES: Registry[Runtime] = Registry("runtime")
+QDQ_REFERENCE = "qdq-reference"  # onnxruntime with optimisations off: int8 semantics
 
 
 def model_format(path: Path) -> str:
@@ -111,12 +112,20 @@ class TorchSession:
 
 # -- onnxruntime --------------------------------------------------------------------------
 class OnnxSession:
+    """onnxruntime; ``reference=True`` computes an int8 QDQ model's float reading, the same on
+    every CPU (see :mod:`edgecnn.converters.qdq`)."""
+
     runtime = "onnxruntime"
 
-    def __init__(self, path: Path, threads: int | None, providers: list[str] | None = None) -> None:
+    def __init__(self, path: Path, threads: int | None, providers: list[str] | None = None,
+                 reference: bool = False) -> None:
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
+        from edgecnn.converters.qdq import reference_session_options
+
+        options = reference_session_options() if reference else ort.SessionOptions()
+        if reference:
+            self.runtime = QDQ_REFERENCE
         if threads:
             options.intra_op_num_threads = threads
         options.log_severity_level = 3
@@ -197,6 +206,11 @@ def quantize_input(x: np.ndarray, detail: dict) -> np.ndarray:
 
 
 RUNTIMES.register("torch")(Runtime("torch", (".pt", ".pt2"), "torch", TorchSession))
+def reference_session(path: Path, threads: int | None = None) -> OnnxSession:
+    """The int8 reference: onnxruntime with every graph optimisation off."""
+    return OnnxSession(path, threads, reference=True)
+
+
 RUNTIMES.register("onnxruntime")(Runtime("onnxruntime", (".onnx",), "onnxruntime", OnnxSession))
 RUNTIMES.register("litert")(Runtime(
     "litert", (".tflite",), "ai_edge_litert",

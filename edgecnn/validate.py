@@ -3,6 +3,11 @@
 For each (artefact, runtime): top-1 accuracy, its change against the reference in percentage
 points with a paired 95 % confidence interval, argmax agreement, logit differences, and the
 classes that lost most. Thresholds turn the report into a pass/fail with exit status 1.
+
+Every int8 artefact is also measured against its QDQ reference (the graph's float reading, the
+same on every CPU; :mod:`edgecnn.converters.qdq`): the largest distance in output steps and the
+share of images whose outputs are identical. A runtime that strays by more than
+``INT8_FLAG_STEPS`` is flagged with a reason; ``--max-steps`` turns that into a failure.
 """
 
 from __future__ import annotations
@@ -18,9 +23,22 @@ from tqdm import tqdm
 from edgecnn.card import ModelCard
 from edgecnn.data import Dataset
 from edgecnn.errors import BadInputError
-from edgecnn.runtimes import model_format, open_session, predict, runtimes_for
+from edgecnn.runtimes import (
+    QDQ_REFERENCE,
+    RUNTIMES,
+    model_format,
+    open_session,
+    predict,
+    reference_session,
+    runtimes_for,
+)
 
 Z_95 = 1.959964
+# Flag an int8 runtime beyond this many output steps from the QDQ reference. Rounding alone
+# (fixed-point vs float requantisation, float summation order at a tie) moves an output by one
+# step per requantisation it passes through; two steps leave room for one such step to carry
+# through the next layer. Saturating kernels are tens of steps off.
+INT8_FLAG_STEPS = 2.0
 
 
 @dataclass(frozen=True)
@@ -29,10 +47,18 @@ class Thresholds:
 
     max_drop_pp: float | None = None  # accuracy loss vs the reference, percentage points
     min_agreement_pct: float | None = None  # argmax agreement with the reference
+    max_int8_steps: float | None = None  # int8 output distance from the QDQ reference
 
     def __post_init__(self) -> None:
+        for name, value in (("--max-drop", self.max_drop_pp),
+                            ("--min-agreement", self.min_agreement_pct),
+                            ("--max-steps", self.max_int8_steps)):
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, not {value}")
         if self.max_drop_pp is not None and self.max_drop_pp < 0:
             raise ValueError("--max-drop must be >= 0")
+        if self.max_int8_steps is not None and self.max_int8_steps < 0:
+            raise ValueError("--max-steps must be >= 0")
         if self.min_agreement_pct is not None and not 0 <= self.min_agreement_pct <= 100:
             raise ValueError("--min-agreement must be within 0..100")
 
@@ -50,6 +76,9 @@ class ParityRow:
     max_abs_dlogit: float
     mean_abs_dlogit: float
     worst_classes: list[str]
+    qdq_max_steps: float | None = None  # int8 only: distance from the QDQ reference
+    qdq_identical_pct: float | None = None
+    note: str = ""  # why an int8 runtime strays, or why it has no QDQ reference
     passed: bool = True
     failures: list[str] = field(default_factory=list)
 
@@ -61,6 +90,7 @@ class ParityReport:
     data: str
     thresholds: Thresholds
     rows: list[ParityRow]
+    cpu: str = ""
 
     @property
     def passed(self) -> bool:
@@ -71,12 +101,17 @@ class ParityReport:
                  "Δ pp": r.delta_pp, "95% CI pp": f"[{r.ci95_pp[0]:+.2f}, {r.ci95_pp[1]:+.2f}]",
                  "agree %": r.agreement_pct, "identical %": r.identical_pct,
                  "max|Δlogit|": r.max_abs_dlogit,
-                 "mean|Δlogit|": r.mean_abs_dlogit, "worst classes": ", ".join(r.worst_classes),
-                 "status": "ok" if r.passed else "FAIL: " + "; ".join(r.failures)}
+                 "mean|Δlogit|": r.mean_abs_dlogit,
+                 "steps vs QDQ": "" if r.qdq_max_steps is None else r.qdq_max_steps,
+                 "identical vs QDQ %": "" if r.qdq_identical_pct is None else r.qdq_identical_pct,
+                 "worst classes": ", ".join(r.worst_classes),
+                 "status": ("ok" if r.passed else "FAIL: " + "; ".join(r.failures))
+                 + (f" ({r.note})" if r.note else "")}
                 for r in self.rows]
 
     def to_dict(self) -> dict[str, Any]:
         return {"reference": self.reference, "images": self.images, "data": self.data,
+                "cpu": self.cpu,
                 "thresholds": asdict(self.thresholds), "passed": self.passed,
                 "rows": [asdict(r) for r in self.rows]}
 
@@ -84,7 +119,8 @@ class ParityReport:
 def run_logits(path: Path, runtime: str, data: Dataset, card: ModelCard,
                batch_size: int = 500, **torch_options: Any) -> np.ndarray:
     """All logits of ``path`` on ``data`` through ``runtime``, batched, with a progress bar."""
-    session = open_session(path, runtime, None, **(torch_options if runtime == "torch" else {}))
+    session = (reference_session(path) if runtime == QDQ_REFERENCE else
+               open_session(path, runtime, None, **(torch_options if runtime == "torch" else {})))
     outputs = []
     with tqdm(total=len(data), desc=f"{path.name} [{runtime}]", unit="img", disable=None,
               leave=False) as bar:
@@ -136,21 +172,101 @@ def validate(artefacts: list[Path], data: Dataset, card: ModelCard, *,
              runtime: str | None = None, batch_size: int = 500,
              **torch_options: Any) -> ParityReport:
     """Run every artefact on every installed runtime for it and compare with the reference;
-    ``torch_options`` (trust_pickle, arch) apply to PyTorch files."""
+    int8 artefacts also against their QDQ reference. ``torch_options`` (trust_pickle, arch)
+    apply to PyTorch files."""
+    from edgecnn.cpu import cpu_class
+
     if not artefacts:
         raise BadInputError("validate needs at least one model")
     data.check_fits(card.input)
     reference = reference or artefacts[0]
-    ref_runtime = runtimes_for(reference)[0]
+    paths = list(dict.fromkeys([reference, *artefacts]))
+    int8 = Int8References(paths, data, card, batch_size)
+    # an int8 ONNX reference means its QDQ reading, not this CPU's integer kernels
+    ref_runtime = QDQ_REFERENCE if int8.is_qdq_onnx(reference) else runtimes_for(reference)[0]
     ref_logits = run_logits(reference, ref_runtime, data, card, batch_size, **torch_options)
+    readers = {p for p in paths if runtime and p.suffix.lower() in RUNTIMES.get(runtime).suffixes}
+    if runtime and not readers:
+        raise BadInputError(f"--runtime {runtime} reads none of the models given; it reads "
+                            f"{', '.join(RUNTIMES.get(runtime).suffixes)} files")
     rows = []
-    for path in dict.fromkeys([reference, *artefacts]):
-        only = runtime if runtime and model_format(path) != "pytorch" else None
-        for name in runtimes_for(path, only):
+    for path in paths:
+        names = runtimes_for(path, runtime if path in readers else None)
+        if int8.is_qdq_onnx(path):
+            names = [QDQ_REFERENCE, *names]
+        for name in names:
             logits = (ref_logits if (path, name) == (reference, ref_runtime)
                       else run_logits(path, name, data, card, batch_size, **torch_options))
             row = compare(path.name, name, logits, ref_logits, data.labels, card, thresholds)
             row.format = model_format(path)
+            int8.measure(row, path, logits, thresholds)
             rows.append(row)
     return ParityReport(f"{reference.name} [{ref_runtime}]", len(data), data.source, thresholds,
-                        rows)
+                        rows, cpu_class())
+
+
+class Int8References:
+    """The QDQ reference of each int8 artefact: an int8 ONNX is its own; an int8 TFLite finds
+    the ONNX among the artefacts whose quantisation fingerprint it records."""
+
+    def __init__(self, paths: list[Path], data: Dataset, card: ModelCard, batch_size: int) -> None:
+        from edgecnn.converters import qdq
+        from edgecnn.inspection import load_onnx
+
+        self._data, self._card, self._batch_size = data, card, batch_size
+        self._onnx: dict[Path, tuple[str, float | None, str | None]] = {}
+        for path in paths:
+            if model_format(path) == "onnx":
+                model = load_onnx(path)
+                if qdq.is_qdq(model):
+                    self._onnx[path] = (qdq.fingerprint(model), qdq.output_steps(model)[0],
+                                        qdq.encoding(model))
+        self._logits: dict[Path, np.ndarray] = {}
+
+    def is_qdq_onnx(self, path: Path) -> bool:
+        return path in self._onnx
+
+    def _source(self, path: Path) -> Path | None | str:
+        """The int8 ONNX holding ``path``'s QDQ reference; None for float artefacts; a note
+        when ``path`` is int8 but its reference is not among the artefacts."""
+        if path in self._onnx:
+            return path
+        if model_format(path) != "tflite":
+            return None
+        from edgecnn.inspection import tflite_metadata
+
+        recorded = tflite_metadata(path, "edgecnn_qdq_fingerprint")
+        if recorded is None:
+            return None if tflite_metadata(path, "edgecnn_input_quantization") is None else (
+                "int8 file without a quantisation fingerprint: no QDQ reference")
+        match = next((p for p, (fp, _, _) in self._onnx.items() if fp == recorded.decode()), None)
+        return match or "no QDQ reference: add the int8 .onnx it was converted from"
+
+    def measure(self, row: ParityRow, path: Path, logits: np.ndarray,
+                thresholds: Thresholds) -> None:
+        """Fill ``row``'s distance from the QDQ reference; flag or fail a straying runtime."""
+        from edgecnn.cpu import int8_stray_reason
+
+        source = self._source(path)
+        if source is None:
+            return
+        if isinstance(source, str):
+            row.note = source
+            return
+        _, step, encoding = self._onnx[source]
+        if step is None:
+            return
+        if source not in self._logits:
+            self._logits[source] = run_logits(source, QDQ_REFERENCE, self._data, self._card,
+                                              self._batch_size)
+        # both sides are dequantised from the same integer grid: distances are whole steps
+        steps = np.rint(np.abs(logits - self._logits[source]) / step)
+        row.qdq_max_steps = float(steps.max())
+        row.qdq_identical_pct = 100 * float((steps == 0).all(1).mean())
+        limit = thresholds.max_int8_steps
+        if row.qdq_max_steps > (INT8_FLAG_STEPS if limit is None else limit):
+            row.note = int8_stray_reason(row.runtime, encoding if path == source else None)
+            if limit is not None:
+                row.failures.append(f"{row.qdq_max_steps:.0f} steps from the QDQ reference > "
+                                    f"{limit:g}")
+                row.passed = False

@@ -19,11 +19,17 @@ from edgecnn.cli import cli
 from edgecnn.inspection import inspect_model
 from edgecnn.loading import default_card
 from edgecnn.runtimes import open_session, predict
-from tests.conftest import ROOT, nhwc
+from tests.conftest import ROOT, nhwc, unavailable
 
 ARM_PYTHON = ROOT / ".arm" / "python"
-pytestmark = pytest.mark.skipif(not ARM_PYTHON.exists(), reason="no emulated aarch64 Python: "
-                                "run scripts/setup_arm_emulation.sh (needs root and apt)")
+
+
+@pytest.fixture(autouse=True)
+def arm_python() -> Path:
+    if not ARM_PYTHON.exists():
+        unavailable("no emulated aarch64 Python: run scripts/setup_arm_emulation.sh (needs root "
+                    "and apt)")
+    return ARM_PYTHON
 
 
 def _arm_predict(model: Path, x: np.ndarray, tmp_path: Path) -> np.ndarray:

@@ -1,0 +1,220 @@
+"""What an int8 QDQ model means, independent of the CPU it runs on, and how it is stored.
+
+The meaning of a QDQ graph is its float reading: dequantise, run the float op, quantise (round
+half to even, saturate). That reading is the one reference every int8 check in edgecnn uses (the
+convert self-check, validate's step columns, the tests); onnxruntime computes it when its graph
+optimisations are off, because then no Q/DQ pair is fused into an integer kernel whose arithmetic
+depends on the instruction set (see :func:`reference_session_options`).
+
+The same quantisation is stored two ways, bit for bit the same numbers:
+
+- **int8** (what the TFLite 8-bit spec wants): symmetric int8 weights with zero point 0,
+  asymmetric int8 activations. The TFLite file always uses it.
+- **uint8** (edgecnn's default for the ONNX file): every 8-bit integer and zero point moved up by
+  128. ``(q + 128) - (z + 128) == q - z``, so every dequantised value, hence every output of the
+  reference, is identical. onnxruntime then runs its u8u8 kernels, which widen to 16 bits before
+  multiplying; its u8s8/s8s8 kernels on x86 without VNNI use VPMADDUBSW, whose int16 pair sums
+  saturate on full-range int8 weights (32 output steps off on LeNet-5). See docs/parity.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, numpy_helper
+
+from edgecnn.errors import ConversionError
+
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+ONNX_INT8_ENCODINGS = ("uint8", "int8")
+EIGHT_BIT_RANGE: dict[int, tuple[int, int]] = {TensorProto.INT8: (-128, 127), TensorProto.UINT8: (0, 255)}
+
+
+def is_qdq(model: onnx.ModelProto) -> bool:
+    return any(n.op_type == "QuantizeLinear" for n in model.graph.node)
+
+
+def reference_session_options() -> Any:
+    """onnxruntime session options that compute the QDQ graph's float reading.
+
+    With every graph optimisation off, onnxruntime runs DequantizeLinear, the float op and
+    QuantizeLinear one by one; nothing is fused into QLinearConv/QGemm, whose integer kernels
+    differ by CPU. Float summation order can still differ in the last bit between instruction
+    sets, which moves an output by one step only when a value lies within that bit of a rounding
+    tie.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    return options
+
+
+def _initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    return {t.name: t for t in model.graph.initializer}
+
+
+def _node_label(node: onnx.NodeProto) -> str:
+    return f"{node.op_type} node {node.name or node.output[0]!r}"
+
+
+def check_quant_params(model: onnx.ModelProto, source: str) -> None:
+    """Refuse scales that are not finite and positive and zero points outside their type, naming
+    the node, before anything is computed from them."""
+    inits = _initializers(model)
+    constants = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant"}
+    check_pairs(model, source)
+    for node in model.graph.node:
+        if node.op_type not in QDQ_OPS:
+            continue
+        scale = _constant(node.input[1] if len(node.input) > 1 else "", inits, constants)
+        if scale is None:
+            continue  # a computed scale: onnxruntime checks it at run time
+        if scale.size == 0 or not np.all(np.isfinite(scale)) or np.any(scale <= 0):
+            bad = scale.ravel()[~(np.isfinite(scale.ravel()) & (scale.ravel() > 0))]
+            shown = bad[0] if bad.size else "empty"
+            raise ConversionError(f"{source}: {_node_label(node)} has scale {shown}; scales must be "
+                                  "finite and > 0: re-quantise the model")
+        zp_name = node.input[2] if len(node.input) > 2 else ""
+        zp_tensor = inits.get(zp_name)
+        zero = _constant(zp_name, inits, constants)
+        if zero is None:
+            continue
+        if zero.size not in (1, scale.size):
+            raise ConversionError(f"{source}: {_node_label(node)} has {zero.size} zero points for "
+                                  f"{scale.size} scales; re-quantise the model")
+        low_high = EIGHT_BIT_RANGE.get(zp_tensor.data_type) if zp_tensor is not None else None
+        if low_high and (zero.min() < low_high[0] or zero.max() > low_high[1]):
+            raise ConversionError(f"{source}: {_node_label(node)} has a zero point outside "
+                                  f"{low_high[0]}..{low_high[1]}; re-quantise the model")
+        data = inits.get(node.input[0])
+        if (node.op_type == "DequantizeLinear" and data is not None and zp_tensor is not None
+                and data.data_type != zp_tensor.data_type):
+            raise ConversionError(f"{source}: {_node_label(node)} dequantises "
+                                  f"{TensorProto.DataType.Name(data.data_type).lower()} data with "
+                                  f"{TensorProto.DataType.Name(zp_tensor.data_type).lower()} zero "
+                                  "points; they must have one type: re-quantise the model")
+
+
+def check_pairs(model: onnx.ModelProto, source: str) -> None:
+    """A DequantizeLinear reading a QuantizeLinear's output must use its integer type."""
+    inits = _initializers(model)
+    quantized_type = {}
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear" and len(node.input) > 2 and node.input[2] in inits:
+            quantized_type[node.output[0]] = (node, inits[node.input[2]].data_type)
+    for node in model.graph.node:
+        if node.op_type != "DequantizeLinear" or node.input[0] not in quantized_type:
+            continue
+        q, q_type = quantized_type[node.input[0]]
+        zp = inits.get(node.input[2]) if len(node.input) > 2 else None
+        if zp is not None and zp.data_type != q_type:
+            raise ConversionError(
+                f"{source}: {_node_label(q)} has a {TensorProto.DataType.Name(q_type).lower()} "
+                f"zero point but {_node_label(node)} reads it with a "
+                f"{TensorProto.DataType.Name(zp.data_type).lower()} one; they must match: "
+                "re-quantise the model")
+
+
+def _constant(name: str, inits: dict[str, onnx.TensorProto],
+              constants: dict[str, onnx.NodeProto]) -> np.ndarray | None:
+    if name in inits:
+        return numpy_helper.to_array(inits[name])
+    if name in constants:
+        for a in constants[name].attribute:
+            if a.name == "value":
+                return numpy_helper.to_array(a.t)
+    return None
+
+
+def eight_bit_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    """Initializers that Q/DQ nodes read as 8-bit integers: quantised weights and zero points."""
+    inits = _initializers(model)
+    names: dict[str, None] = {}
+    for node in model.graph.node:
+        if node.op_type in QDQ_OPS:
+            for name in (node.input[0], node.input[2] if len(node.input) > 2 else ""):
+                tensor = inits.get(name)
+                if tensor is not None and tensor.data_type in EIGHT_BIT_RANGE:
+                    names[name] = None
+    return [inits[n] for n in names]
+
+
+def encoding(model: onnx.ModelProto) -> str | None:
+    """``'uint8'``, ``'int8'``, ``'mixed'``, or None for a model without 8-bit Q/DQ tensors."""
+    kinds = {t.data_type for t in eight_bit_tensors(model)}
+    if not kinds:
+        return None
+    if len(kinds) > 1:
+        return "mixed"
+    return "uint8" if kinds == {TensorProto.UINT8} else "int8"
+
+
+def reencode(model: onnx.ModelProto, to: str) -> onnx.ModelProto:
+    """Store the 8-bit integers of ``model`` as ``to`` (uint8 or int8) in place; exact.
+
+    Moving data and zero point by the same 128 keeps every ``q - z``, so the dequantised values
+    do not change. int8 weights that use -128 (never written by symmetric quantisation) cannot
+    be shifted the other way without changing meaning and are refused by the TFLite path instead.
+    """
+    if to not in ONNX_INT8_ENCODINGS:
+        raise ValueError(f"ONNX int8 encoding {to!r}; choose from {', '.join(ONNX_INT8_ENCODINGS)}")
+    target = TensorProto.UINT8 if to == "uint8" else TensorProto.INT8
+    for tensor in eight_bit_tensors(model):
+        if tensor.data_type == target:
+            continue
+        values = numpy_helper.to_array(tensor).astype(np.int16)
+        shifted = values + 128 if to == "uint8" else values - 128
+        dtype = np.uint8 if to == "uint8" else np.int8
+        tensor.CopyFrom(numpy_helper.from_array(shifted.astype(dtype), tensor.name))
+    return model
+
+
+def as_int8(values: np.ndarray, zero_point: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 integers and zero points as the int8 pair with the same meaning (the TFLite form)."""
+    if values.dtype == np.uint8:
+        values = (values.astype(np.int16) - 128).astype(np.int8)
+        zero_point = (np.asarray(zero_point).astype(np.int16) - 128).astype(np.int8)
+    return values, zero_point
+
+
+def fingerprint(model: onnx.ModelProto) -> str:
+    """A digest of the quantisation itself (scales, zero points, integer weights in int8 form),
+    the same for both encodings: a TFLite file records it so validate finds its QDQ reference."""
+    inits = _initializers(model)
+    digest = hashlib.sha256()
+
+    def int8_form(name: str) -> np.ndarray | None:
+        tensor = inits.get(name)
+        if tensor is None:
+            return None
+        values = numpy_helper.to_array(tensor)
+        shift = 128 if tensor.data_type == TensorProto.UINT8 else 0
+        return values.astype(np.int64) - shift if tensor.data_type in EIGHT_BIT_RANGE else values
+
+    for node in sorted((n for n in model.graph.node if n.op_type in QDQ_OPS),
+                       key=lambda n: (n.op_type, n.output[0])):
+        digest.update(f"{node.op_type}:{node.output[0]}".encode())
+        for name in node.input[:3]:
+            value = int8_form(name)
+            if value is not None:
+                digest.update(np.ascontiguousarray(value).tobytes())
+    return digest.hexdigest()[:32]
+
+
+def output_steps(model: onnx.ModelProto) -> list[float | None]:
+    """The quantisation step (scale) of each graph output, None where an output is float."""
+    producers = {n.output[0]: n for n in model.graph.node}
+    inits = _initializers(model)
+    steps: list[float | None] = []
+    for output in model.graph.output:
+        node = producers.get(output.name)
+        scale = (inits.get(node.input[1]) if node is not None and node.op_type == "DequantizeLinear"
+                 else None)
+        steps.append(float(numpy_helper.to_array(scale).ravel()[0])
+                     if scale is not None and numpy_helper.to_array(scale).size == 1 else None)
+    return steps
