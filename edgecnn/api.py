@@ -83,7 +83,10 @@ def default_output(source: Path, config: ConvertConfig) -> Path:
     suffix = ".onnx" if config.to == "onnx" else ".tflite"
     tag = "_int8" if config.int8 else ""
     stem = source.stem.removesuffix("_int8")
-    return source.with_name(f"{stem}{tag}{suffix}")
+    default = source.with_name(f"{stem}{tag}{suffix}")
+    if default.name == source.name:  # never default onto the input
+        default = source.with_name(f"{stem}{tag}.converted{suffix}")
+    return default
 
 
 def convert(model: str | Path, output: str | Path | None = None,
@@ -95,7 +98,8 @@ def convert(model: str | Path, output: str | Path | None = None,
 
     started = time.perf_counter()
     source = Path(model)
-    out = check_output_path(Path(output) if output else default_output(source, config))
+    out = check_output_path(Path(output) if output else default_output(source, config),
+                            inputs=(source, config.calib))
     checks: dict[str, Any] = {}
     onnx_model, card = _onnx_of(source, config, checks)
     release_memory()  # the PyTorch model is gone: give its memory back before the next step

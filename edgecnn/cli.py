@@ -60,12 +60,16 @@ def emit_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> 
     click.echo(text_table(rows, columns))
 
 
-def check_outputs(*paths: Path | None) -> None:
-    """Refuse unwritable report paths before any work starts."""
+def check_outputs(*paths: Path | None, inputs: tuple[Path | None, ...] = ()) -> None:
+    """Refuse unwritable report paths, and any that is one of ``inputs`` or another output,
+    before any work starts."""
+    from edgecnn.errors import BadInputError
     from edgecnn.fileio import check_output_path
-    for path in paths:
-        if path:
-            check_output_path(path)
+    given = [p for p in paths if p]
+    for i, path in enumerate(given):
+        check_output_path(path, [*inputs, *given[:i]])
+    if len({p.resolve() for p in given}) != len(given):
+        raise BadInputError("two report options name the same file; give each its own path")
 
 
 # -- zoo / train / inspect ------------------------------------------------------------------
@@ -104,7 +108,7 @@ def train(arch: str, data: Path, download: bool, epochs: int, seed: int, batch_s
 
     if arch not in model_zoo.ARCHITECTURES:
         raise BadInputError(f"unknown architecture {arch!r}; see `edgecnn zoo`")
-    check_outputs(output)
+    check_outputs(output, inputs=(data,))
     if download:
         download_mnist(data)
     module, card = train_model(arch, load_dataset(data, "train"), load_dataset(data, "test"),
@@ -202,7 +206,7 @@ def validate(models: tuple[Path, ...], data: Path | None, reference: Path | None
     from edgecnn.data import SHIPPED_TEST_SET
     from edgecnn.report import write_reports
     from edgecnn.validate import Thresholds
-    check_outputs(json_path, csv_path, md_path)
+    check_outputs(json_path, csv_path, md_path, inputs=(*models, reference, data))
     report = run_validate(list(models), data or SHIPPED_TEST_SET, reference=reference,
                           thresholds=Thresholds(max_drop, min_agreement, max_steps), runtime=runtime,
                           limit=limit, batch_size=batch_size, trust_pickle=trust_pickle, arch=arch)
@@ -250,7 +254,8 @@ def bench(models: tuple[Path, ...], target: str, runtime: str | None, threads: i
     from edgecnn.bench import plot_latencies
     from edgecnn.report import write_reports
     from edgecnn.targets.base import BenchConfig
-    check_outputs(json_path, csv_path, md_path, plot_path)
+    check_outputs(json_path, csv_path, md_path, plot_path, inputs=(*models, identity,
+                                                                  known_hosts, ssh_config))
     options: dict[str, Any] = {}
     if target == "rpi":
         options = dict(host=host, port=port, identity=identity, known_hosts=known_hosts,

@@ -9,23 +9,56 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from edgecnn.errors import BadInputError
 
+SYSTEM_TREES = (Path("/proc"), Path("/sys"), Path("/dev"))
 
-def check_output_path(path: Path) -> Path:
-    """Fail early, before any work, if ``path`` cannot be written."""
+
+def check_output_path(path: Path, inputs: Iterable[Path | str | None] = ()) -> Path:
+    """Fail early, before any work, unless ``path`` is a new file or a regular file we may
+    replace: never a directory, symlink, device node or anything under /proc, /sys or /dev, and
+    never one of the run's ``inputs``."""
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise BadInputError(
             f"{path}: output directory {parent} does not exist; create it or choose another -o path"
         )
+    real_parent = parent.resolve()
+    if any(real_parent == tree or tree in real_parent.parents for tree in SYSTEM_TREES):
+        raise BadInputError(f"{path}: is under {real_parent}, a system tree; write outputs to a "
+                            "regular directory")
+    if path.is_symlink():
+        raise BadInputError(f"{path}: is a symbolic link; edgecnn does not replace links, give "
+                            "the path of a regular file")
     if path.is_dir():
         raise BadInputError(f"{path}: is a directory; give a file name")
+    if path.exists() and not path.is_file():
+        raise BadInputError(f"{path}: is not a regular file (a device, pipe or socket); give the "
+                            "path of a regular file")
+    for given in inputs:
+        if given is not None and _same_file(path, Path(given)):
+            raise BadInputError(f"{path}: is also an input of this run; writing it would replace "
+                                "the input: choose another output path")
     return path
+
+
+def _same_file(output: Path, given: Path) -> bool:
+    if output.exists() and given.exists():
+        return os.path.samefile(output, given)
+    return output.resolve() == given.resolve()
+
+
+def _new_file_mode(path: Path) -> int:
+    """The mode a plain open() would give: an existing file's own, else 0666 minus the umask."""
+    if path.exists():
+        return path.stat().st_mode & 0o7777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 @contextlib.contextmanager
@@ -37,6 +70,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, _new_file_mode(path))  # mkstemp makes 0600
+        check_output_path(path)  # nothing swapped in (a link, a device) while we worked
         os.replace(tmp, path)
     finally:
         if tmp.exists():

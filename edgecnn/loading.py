@@ -6,6 +6,7 @@ a pickled ``nn.Module`` runs code from the file when loaded.
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import warnings
 import zipfile
@@ -76,7 +77,7 @@ def load_torch_model(path: str | Path, *, trust_pickle: bool = False,
         raise ModelLoadError(f"{path}: no such model file")
     members = _zip_members(path)
     if any(m.endswith("/archive_format") or m.endswith("models/model.json") for m in members):
-        return _load_exported(path)
+        return _load_exported(path, members, trust_pickle)
     if any("/code/" in m for m in members) and any(m.endswith("constants.pkl") for m in members):
         return _load_torchscript(path)
     return _load_checkpoint(path, trust_pickle=trust_pickle, arch=arch)
@@ -96,11 +97,22 @@ def _card_or_default(path: Path, embedded: str | None, arch: str | None) -> Mode
     return card
 
 
-def _load_exported(path: Path) -> TorchModel:
+def _load_exported(path: Path, members: list[str], trust_pickle: bool) -> TorchModel:
+    from edgecnn.archive_guard import check_export_archive, weights_only_unpickling
+
+    if trust_pickle:
+        warnings.warn(f"{path}: --trust-pickle lets torch.export.load unpickle archive members in "
+                      "full, which runs code from the file", stacklevel=3)
+        guard: Any = contextlib.nullcontext()
+    else:
+        check_export_archive(path, members)
+        guard = weights_only_unpickling(path)
     extra = {CARD_ARCHIVE_NAME: ""}
     try:
-        with quiet("torch"), open(path, "rb") as handle:  # a handle: no suffix check, no copy
+        with quiet("torch"), guard, open(path, "rb") as handle:  # a handle: no suffix check
             program = torch.export.load(handle, extra_files=extra)
+    except ModelLoadError:
+        raise
     except Exception as exc:  # torch raises many types for corrupt archives
         raise ModelLoadError(f"{path}: cannot load torch.export archive ({_first_line(exc)})") from None
     card = _card_or_default(path, extra.get(CARD_ARCHIVE_NAME), None)

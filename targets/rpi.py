@@ -15,7 +15,7 @@ from typing import Any
 
 from edgecnn.targets import runner
 from edgecnn.targets.base import BenchConfig, BenchResult, Target
-from edgecnn.targets.ssh import SSHClient, SSHConfig
+from edgecnn.targets.ssh import SSHClient, SSHConfig, refuse_option_like
 
 from edgecnn.errors import RemoteError, TargetUnavailableError
 
@@ -40,6 +40,7 @@ class RaspberryPiTarget(Target):
             raise TargetUnavailableError(
                 f"rpi: this machine is {platform.machine()}, not an ARM board; pass --host "
                 "user@pi to benchmark a Raspberry Pi over SSH")
+        refuse_option_like("--remote-python", remote_python)
         self.setup = setup
         self.python = remote_python
 

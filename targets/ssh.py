@@ -42,6 +42,20 @@ class SSHConfig:
     def __post_init__(self) -> None:
         if not self.host or self.host.startswith("-") or any(c.isspace() for c in self.host):
             raise RemoteError(f"--host {self.host!r} is not a valid [user@]host")
+        for option, value in (("--identity", self.identity), ("--known-hosts", self.known_hosts),
+                              ("--ssh-config", self.ssh_config)):
+            if value is not None:
+                refuse_option_like(option, str(value))
+        if self.timeout is not None and not 0 < self.timeout < float("inf"):
+            raise RemoteError(f"--timeout {self.timeout:g}: give a number of seconds above 0")
+
+
+def refuse_option_like(option: str, value: str) -> None:
+    """ssh, scp and remote programs read a word starting with '-' as an option: refuse it."""
+    if value.startswith("-") or "\n" in value or "\0" in value:
+        raise RemoteError(f"{option} {value!r} could be read as an option or breaks the command "
+                          "line; give a value that does not start with '-' (e.g. ./"
+                          f"{value.lstrip('-')})")
 
 
 class SSHClient:
@@ -63,7 +77,7 @@ class SSHClient:
             args += ["-i", str(c.identity), "-o", "IdentitiesOnly=yes"]
         if c.known_hosts:
             args += ["-o", f"UserKnownHostsFile={c.known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null"]
-        return args + [c.host]
+        return args + ["--", c.host]  # nothing after the host is read as an ssh option
 
     def run(self, words: list[str], stdin: bytes | None = None,
             check: bool = True) -> subprocess.CompletedProcess[bytes]:
