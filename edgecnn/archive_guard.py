@@ -52,9 +52,9 @@ def check_export_archive(path: Path, members: list[str]) -> None:
                                      "bytes; not a torch.export payload config")
             try:
                 config = json.loads(archive.read(name))
-            except ValueError:
-                raise ModelLoadError(f"{path}: archive member {name} is not valid JSON; re-save "
-                                     "the model with torch.export.save") from None
+            except (ValueError, zipfile.BadZipFile, OSError, EOFError):
+                raise ModelLoadError(f"{path}: archive member {name} is corrupt or not JSON; "
+                                     "re-save the model with torch.export.save") from None
             for entry, meta in _payload_entries(config):
                 if meta.get("use_pickle") or str(meta.get("path_name", "")).startswith(
                         FULL_UNPICKLER_PREFIXES):

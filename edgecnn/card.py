@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from edgecnn.errors import ModelLoadError
 
 CARD_SUFFIX = ".json"
 CARD_ARCHIVE_NAME = "edgecnn_card.json"  # name of the card inside .pt/.pt2 archives
+MAX_DIM = 16384  # per input dimension: larger is no edge CNN input, and a likely typo or attack
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,26 @@ class InputSpec:
     pixel_scale: float = 1.0 / 255.0
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
+
+    def __post_init__(self) -> None:
+        """The card schema, checked once: a card is input like any other file."""
+        shape = self.shape
+        if (not isinstance(shape, tuple) or len(shape) != 3
+                or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
+                or not all(1 <= d <= MAX_DIM for d in shape)):
+            raise ValueError(f"input shape {list(shape) if isinstance(shape, tuple) else shape!r}"
+                             f" must be three whole numbers C, H, W in 1..{MAX_DIM}")
+        if self.layout not in ("NCHW", "NHWC") or self.dtype != "float32":
+            raise ValueError(f"input layout {self.layout!r} / dtype {self.dtype!r}: edgecnn "
+                             "cards describe float32 NCHW or NHWC inputs")
+        numbers = (self.pixel_scale, *self.mean, *self.std)
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in numbers):
+            raise ValueError("pixel_scale, mean and std must be finite numbers")
+        if self.pixel_scale <= 0 or any(v <= 0 for v in self.std):
+            raise ValueError("pixel_scale and std must be > 0")
+        for name, values in (("mean", self.mean), ("std", self.std)):
+            if len(values) not in (1, shape[0]):
+                raise ValueError(f"{name} has {len(values)} values for {shape[0]} channels")
 
     @property
     def channels(self) -> int:
@@ -47,7 +69,11 @@ class InputSpec:
 
     def random_batch(self, count: int, seed: int = 0) -> np.ndarray:
         """``count`` seeded random images, preprocessed: input for self-checks and benchmarks."""
+        from edgecnn.limits import check_allocation
+
         c, h, w = self.shape
+        check_allocation(f"input batch of {count}", (count, c, h, w), 4,
+                         "use a smaller --batch or a model with a smaller input")
         images = np.random.default_rng(seed).integers(0, 256, (count, h, w, c), dtype=np.uint8)
         return self.preprocess(images)
 
@@ -91,6 +117,10 @@ class ModelCard:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelCard:
+        if not isinstance(data, dict) or not isinstance(data.get("input"), dict):
+            raise ValueError("a card is a JSON object with an 'input' object")
+        if not isinstance(data.get("labels"), list) or not data["labels"]:
+            raise ValueError("'labels' must be a non-empty list")
         return cls(
             architecture=data["architecture"],
             parameters=int(data["parameters"]),
@@ -108,7 +138,8 @@ class ModelCard:
         try:
             return cls.from_dict(json.loads(text))
         except (ValueError, KeyError, TypeError) as exc:
-            raise ModelLoadError(f"{source}: not a valid edgecnn model card ({exc})") from None
+            raise ModelLoadError(f"{source}: not a valid edgecnn model card "
+                                 f"({str(exc)[:200]}); fix or remove it") from None
 
     def with_sha256(self, sha256: str) -> ModelCard:
         return replace(self, sha256=sha256)

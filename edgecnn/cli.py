@@ -7,6 +7,7 @@ Errors become exit codes in one place (:func:`main`): 0 ok, 1 a parity check fai
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 import click
 
 from edgecnn import __version__
-from edgecnn.errors import EdgecnnError, ExitStatus
+from edgecnn.errors import BadInputError, EdgecnnError, ExitStatus
 
 PathArg = click.Path(path_type=Path)
 
@@ -36,6 +37,18 @@ class EdgecnnGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("edgecnn: interrupted", err=True)
             ctx.exit(int(ExitStatus.INTERRUPTED))
+        except BrokenPipeError:  # `edgecnn ... | head -1`: the reader has gone, nothing to say
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - stop further writes failing
+            ctx.exit(int(ExitStatus.OK))
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # the safety net: a library failed in a way not yet named
+            if ctx.meta.get("edgecnn.traceback"):
+                raise
+            detail = " ".join(str(exc).split())[:300] or type(exc).__name__
+            click.echo(f"edgecnn: error: {detail} ({type(exc).__name__}; re-run with "
+                       "--traceback for where, and please report it)", err=True)
+            ctx.exit(int(ExitStatus.BAD_INPUT))
 
 
 @click.group(cls=EdgecnnGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -63,7 +76,6 @@ def emit_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> 
 def check_outputs(*paths: Path | None, inputs: tuple[Path | None, ...] = ()) -> None:
     """Refuse unwritable report paths, and any that is one of ``inputs`` or another output,
     before any work starts."""
-    from edgecnn.errors import BadInputError
     from edgecnn.fileio import check_output_path
     given = [p for p in paths if p]
     for i, path in enumerate(given):
@@ -102,17 +114,17 @@ def train(arch: str, data: Path, download: bool, epochs: int, seed: int, batch_s
     """Train a zoo architecture on MNIST and save it with its model card."""
     from edgecnn import zoo as model_zoo
     from edgecnn.data import download_mnist, load_dataset
-    from edgecnn.errors import BadInputError
     from edgecnn.train import TrainConfig, save_model
     from edgecnn.train import train as train_model
 
     if arch not in model_zoo.ARCHITECTURES:
         raise BadInputError(f"unknown architecture {arch!r}; see `edgecnn zoo`")
+    config = TrainConfig(epochs, batch_size, lr, seed=seed)  # checked before any work
     check_outputs(output, inputs=(data,))
     if download:
         download_mnist(data)
     module, card = train_model(arch, load_dataset(data, "train"), load_dataset(data, "test"),
-                               TrainConfig(epochs, batch_size, lr, seed=seed))
+                               config)
     card = save_model(module, card, output)
     click.echo(f"wrote {output} ({card.parameters:,} parameters, test accuracy "
                f"{100 * (card.test_accuracy or 0):.2f} %, sha256 {(card.sha256 or '')[:12]})")
@@ -173,6 +185,8 @@ def convert(model: Path, to: str, int8: bool, calib: Path | None, calib_method: 
     """Convert MODEL (.pt, .pt2 or .onnx) to ONNX or TFLite, optionally int8."""
     from edgecnn.api import ConvertConfig
     from edgecnn.api import convert as run_convert
+    if calib is not None and not int8:
+        raise BadInputError("--calib only applies with --int8; add --int8 or drop --calib")
     config = ConvertConfig(to, int8, calib, calib_method, not per_tensor, io_dtype, nchw_input,
                            opset, trust_pickle, arch, onnx_int8_encoding)
     result = run_convert(model, output, config)
@@ -206,6 +220,10 @@ def validate(models: tuple[Path, ...], data: Path | None, reference: Path | None
     from edgecnn.data import SHIPPED_TEST_SET
     from edgecnn.report import write_reports
     from edgecnn.validate import Thresholds
+    if limit is not None and limit < 1:
+        raise BadInputError(f"--limit {limit}: give a number of images >= 1")
+    if batch_size < 1:
+        raise BadInputError(f"--batch-size {batch_size}: give a number >= 1")
     check_outputs(json_path, csv_path, md_path, inputs=(*models, reference, data))
     report = run_validate(list(models), data or SHIPPED_TEST_SET, reference=reference,
                           thresholds=Thresholds(max_drop, min_agreement, max_steps), runtime=runtime,
@@ -231,6 +249,8 @@ def validate(models: tuple[Path, ...], data: Path | None, reference: Path | None
 @click.option("--warmup", default=10, show_default=True)
 @click.option("--runs", default=100, show_default=True, help="At least this many timed runs...")
 @click.option("--min-time", default=1.0, show_default=True, help="...and at least this long (s).")
+@click.option("--max-time", default=300.0, show_default=True,
+              help="...but never longer than this per model and runtime (s).")
 @click.option("--host", help="rpi over SSH: [user@]host.")
 @click.option("--port", type=int, help="rpi over SSH: port.")
 @click.option("--identity", type=PathArg, help="rpi over SSH: private key.")
@@ -244,7 +264,8 @@ def validate(models: tuple[Path, ...], data: Path | None, reference: Path | None
 @click.option("--markdown", "md_path", type=PathArg)
 @click.option("--plot", "plot_path", type=PathArg, help="PNG of the latency distributions.")
 def bench(models: tuple[Path, ...], target: str, runtime: str | None, threads: int | None,
-          batch: int, warmup: int, runs: int, min_time: float, host: str | None,
+          batch: int, warmup: int, runs: int, min_time: float, max_time: float,
+          host: str | None,
           port: int | None, identity: Path | None, known_hosts: Path | None,
           ssh_config: Path | None, timeout: float, setup: bool, remote_python: str,
           json_path: Path | None, csv_path: Path | None, md_path: Path | None,
@@ -262,7 +283,7 @@ def bench(models: tuple[Path, ...], target: str, runtime: str | None, threads: i
                        ssh_config=ssh_config, timeout=timeout, setup=setup,
                        remote_python=remote_python)
     report = run_bench(list(models), target, BenchConfig(runtime, threads, batch, warmup, runs,
-                                                         min_time), **options)
+                                                         min_time, max_time), **options)
     rows = report.rows()
     columns = ["model", "runtime", "batch", "size KiB", "load ms", "first ms", "p50 µs",
                "mean µs", "std µs", "p90 µs", "p99 µs", "min µs", "max µs", "img/s",

@@ -12,6 +12,9 @@ import shutil
 import struct
 import urllib.error
 import urllib.request
+import warnings
+import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +24,8 @@ import numpy as np
 
 from edgecnn.card import InputSpec
 from edgecnn.errors import DataError
-from edgecnn.fileio import atomic_path
+from edgecnn.fileio import atomic_path, check_output_path
+from edgecnn.limits import check_allocation, check_zip_members
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_DATA = PACKAGE_ROOT / "models" / "data"
@@ -87,32 +91,39 @@ class Dataset:
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """Parse one IDX file (optionally gzip-compressed) into an array."""
+    """Parse one IDX file (optionally gzip-compressed) into an array.
+
+    The header is read first and its declared size checked against the memory budget; then
+    exactly that many bytes are read, so a small .gz that inflates to gigabytes is refused after
+    one byte too many, never held in memory.
+    """
     try:
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rb") as handle:
-            raw = handle.read()
-    except (OSError, EOFError) as exc:
+            magic = handle.read(4)
+            if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in IDX_DTYPES:
+                raise DataError(
+                    f"{path}: not an IDX file (magic number 0x{magic.hex() or 'empty'}, expected "
+                    "0x0000080N); pass the MNIST -idx1/-idx3 files as served by the mirrors"
+                )
+            ndim = magic[3]
+            header = handle.read(4 * ndim)
+            if len(header) < 4 * ndim:
+                raise DataError(f"{path}: IDX header is truncated; re-download the file")
+            dims = struct.unpack(f">{ndim}I", header)
+            dtype = np.dtype(IDX_DTYPES[magic[2]]).newbyteorder(">")
+            expected = check_allocation(str(path), dims, dtype.itemsize,
+                                        "split the data set or use fewer images")
+            raw = handle.read(expected + 1)
+    except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"{path}: cannot read IDX file ({exc}); re-download it") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_DTYPES:
-        magic = raw[:4].hex() or "empty"
+    if len(raw) != expected:
+        got = f"{len(raw)} bytes" if len(raw) < expected else "more bytes"
         raise DataError(
-            f"{path}: not an IDX file (magic number 0x{magic}, expected 0x0000080N); "
-            "pass the MNIST -idx1/-idx3 files as served by the mirrors"
+            f"{path}: IDX payload is {got} but the header {'x'.join(map(str, dims))} needs "
+            f"{expected}; the file is truncated or corrupt"
         )
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{path}: IDX header is truncated; re-download the file")
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
-    dtype = np.dtype(IDX_DTYPES[raw[2]])
-    expected = int(np.prod(dims)) * dtype.itemsize
-    if len(raw) - header != expected:
-        raise DataError(
-            f"{path}: IDX payload is {len(raw) - header} bytes but the header "
-            f"{'x'.join(map(str, dims))} needs {expected}; the file is truncated or corrupt"
-        )
-    return np.frombuffer(raw, dtype, offset=header).reshape(dims)
+    return np.frombuffer(raw, dtype).astype(dtype.newbyteorder("=")).reshape(dims)
 
 
 def _as_nhwc(images: np.ndarray, source: str) -> np.ndarray:
@@ -129,7 +140,13 @@ def _as_nhwc(images: np.ndarray, source: str) -> np.ndarray:
 
 def _labelled(images: np.ndarray, labels: np.ndarray, source: str) -> Dataset:
     images = _as_nhwc(images, source)
-    labels = np.asarray(labels).astype(np.int64).reshape(-1)
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu" and not (
+            labels.dtype.kind == "f" and np.all(np.isfinite(labels))
+            and np.all(labels == np.round(labels))):
+        raise DataError(f"{source}: labels are {labels.dtype} with non-integer values; store "
+                        "class indices 0..N-1")
+    labels = labels.astype(np.int64).reshape(-1)
     if len(labels) != len(images):
         raise DataError(f"{source}: {len(images)} images but {len(labels)} labels")
     if len(images) == 0:
@@ -146,7 +163,33 @@ def load_idx_pair(images_path: Path) -> Dataset:
     return _labelled(images, read_idx(labels_path), str(images_path))
 
 
+def _check_npz(path: Path) -> None:
+    """Compare each .npy member's declared shape with its real size before numpy allocates."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            check_zip_members(path, archive.infolist())
+            for info in archive.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with archive.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                   else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = read_header(member)
+                    header = member.tell()
+                what = f"{path}: array {info.filename[:-4]!r}"
+                nbytes = check_allocation(what, shape, dtype.itemsize,
+                                          "store fewer images per file")
+                if dtype.hasobject or header + nbytes != info.file_size:
+                    raise DataError(f"{what} declares {'x'.join(map(str, shape))} {dtype} "
+                                    f"({nbytes:,} bytes) but holds {info.file_size - header:,}; "
+                                    "the file is corrupt: re-save it with np.savez")
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"{path}: not a readable .npz archive ({exc})") from None
+
+
 def load_npz(path: Path) -> Dataset:
+    _check_npz(path)
     try:
         with np.load(path, allow_pickle=False) as archive:
             missing = [k for k in ("x", "y") if k not in archive.files]
@@ -165,6 +208,8 @@ def load_image_folder(root: Path) -> Dataset:
     from PIL import Image, UnidentifiedImageError
 
     classes = sorted(p for p in root.iterdir() if p.is_dir())
+    if classes and all(p.name.isdigit() for p in classes):  # 0..10 as numbers, not strings
+        classes.sort(key=lambda p: int(p.name))
     files = [(i, f) for i, c in enumerate(classes) for f in sorted(c.iterdir())
              if f.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
@@ -175,11 +220,20 @@ def load_image_folder(root: Path) -> Dataset:
     images, labels = [], []
     for label, file in files:
         try:
-            with Image.open(file) as img:
-                mode = "L" if img.mode in ("L", "1", "I;16", "P") else "RGB"
-                images.append(np.asarray(img.convert(mode)))
-        except (UnidentifiedImageError, OSError) as exc:
-            raise DataError(f"{file}: not a readable image ({exc})") from None
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(file) as img:
+                    width, height = img.size
+                    check_allocation(f"{root}: {len(files)} images of {file.name}'s size",
+                                     (len(files), height, width, 3), 1,
+                                     "resize the images to the model's input size")
+                    mode = "L" if img.mode in ("L", "1", "I;16", "P") else "RGB"
+                    images.append(np.asarray(img.convert(mode)))
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise DataError(f"{file}: image is too large to decode safely ({exc}); resize it to "
+                            "the model's input size") from None
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            raise DataError(f"{file}: not a readable image ({str(exc)[:200]})") from None
         if images[-1].shape != images[0].shape:
             raise DataError(f"{file}: is {images[-1].shape}, other images are {images[0].shape}")
         labels.append(label)
@@ -226,7 +280,14 @@ def is_test_split(path: str | Path) -> bool:
 def download_mnist(dest: Path, mirrors: tuple[str, ...] = MNIST_MIRRORS,
                    timeout: float = 30.0) -> Path:
     """Fetch the four MNIST IDX files into ``dest``, checking each md5; skip files already there."""
-    dest.mkdir(parents=True, exist_ok=True)
+    if dest.exists() and not dest.is_dir():
+        raise DataError(f"{dest}: is a file; give a directory to download MNIST into")
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"{dest}: cannot create the directory ({exc.strerror}); choose another") from None
+    for name in MNIST_FILES:
+        check_output_path(dest / name)
     for name, md5 in MNIST_FILES.items():
         target = dest / name
         if target.exists() and _md5(target) == md5:
@@ -252,11 +313,21 @@ def _fetch(url: str, target: Path, md5: str, timeout: float) -> None:
             raise ValueError(f"md5 mismatch for {url}")
 
 
+MAX_MNIST_FILE_BYTES = 64 << 20  # the largest MNIST file inflates to 47 MB
+
+
 def _md5(path: Path) -> str:
-    """md5 of the decompressed payload of a .gz file."""
+    """md5 of the decompressed payload of a .gz file, read in chunks; "" for a file that is not
+    gzip or inflates beyond any MNIST file (a bomb never fills memory)."""
+    digest = hashlib.md5(usedforsecurity=False)
+    total = 0
     try:
         with gzip.open(path, "rb") as handle:
-            payload = handle.read()
-    except (OSError, EOFError):
+            while chunk := handle.read(1 << 20):
+                total += len(chunk)
+                if total > MAX_MNIST_FILE_BYTES:
+                    return ""
+                digest.update(chunk)
+    except (OSError, EOFError, zlib.error):
         return ""
-    return hashlib.md5(payload, usedforsecurity=False).hexdigest()
+    return digest.hexdigest()

@@ -52,8 +52,49 @@ def load_onnx(path: Path) -> Any:
         raise ModelLoadError(f"{path}: ONNX file holds no graph; re-export it")
     from edgecnn.converters.qdq import check_quant_params
 
+    weights = {t.name for t in model.graph.initializer}
+    if not [i for i in model.graph.input if i.name not in weights]:
+        raise ModelLoadError(f"{path}: ONNX graph has no input (every graph input is a "
+                             "constant); re-export it with the image as its input")
+    check_declared_sizes(model, path)
     check_quant_params(model, str(path))
     return model
+
+
+def check_declared_sizes(model: Any, path: Path) -> None:
+    """Refuse initializers whose dims disagree with their bytes, and constant-shaped tensors
+    (ConstantOfShape) over the memory budget, before onnxruntime allocates them."""
+    from onnx import helper, numpy_helper
+
+    from edgecnn.limits import check_allocation
+
+    for tensor in model.graph.initializer:
+        if tensor.data_location == 1:  # external data: sized by its own file
+            continue
+        try:
+            itemsize = helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        except (KeyError, TypeError, ValueError):
+            continue
+        count = int(np.prod(tensor.dims, dtype=np.float64)) if tensor.dims else 1
+        if tensor.raw_data and len(tensor.raw_data) != count * itemsize:
+            raise ModelLoadError(f"{path}: initializer {tensor.name!r} declares dims "
+                                 f"{list(tensor.dims)} ({count * itemsize:,} bytes) but holds "
+                                 f"{len(tensor.raw_data):,}; the file is corrupt: re-export it")
+    constants = {t.name: t for t in model.graph.initializer}
+    constants.update({n.output[0]: next((a.t for a in n.attribute if a.name == "value"), None)
+                      for n in model.graph.node if n.op_type == "Constant"})
+    for node in model.graph.node:
+        if node.op_type != "ConstantOfShape" or not node.input:
+            continue
+        shape_tensor = constants.get(node.input[0])
+        if shape_tensor is None:
+            continue
+        shape = [int(d) for d in numpy_helper.to_array(shape_tensor).ravel()]
+        value = next((a.t for a in node.attribute if a.name == "value"), None)
+        itemsize = (helper.tensor_dtype_to_np_dtype(value.data_type).itemsize
+                    if value is not None else 4)
+        check_allocation(f"{path}: ConstantOfShape node {node.name or node.output[0]!r}",
+                         shape, itemsize, "the model cannot run in a bounded amount of memory")
 
 
 def read_tflite(path: Path) -> Any:
@@ -66,9 +107,42 @@ def read_tflite(path: Path) -> Any:
         raise ModelLoadError(f"{path}: not a TFLite flatbuffer (no TFL3 identifier)")
     fb = schema()
     try:
-        return fb.ModelT.InitFromObj(fb.Model.GetRootAs(buf, 0)), buf
+        model = fb.ModelT.InitFromObj(fb.Model.GetRootAs(buf, 0))
     except Exception:
         raise ModelLoadError(f"{path}: TFLite flatbuffer is corrupt or truncated") from None
+    check_tflite_indices(model, path)
+    return model, buf
+
+
+def check_tflite_indices(model: Any, path: Path) -> None:
+    """Bounds-check every index the file uses (opcodes, tensors, buffers, metadata), so neither
+    edgecnn nor an interpreter ever reads past a table."""
+    def bad(what: str) -> ModelLoadError:
+        return ModelLoadError(f"{path}: TFLite file is corrupt ({what}); re-convert the model")
+
+    buffers = len(model.buffers or [])
+    codes = len(model.operatorCodes or [])
+    if not model.subgraphs:
+        raise bad("no subgraphs")
+    for g, graph in enumerate(model.subgraphs):
+        tensors = len(graph.tensors or [])
+        for t, tensor in enumerate(graph.tensors or []):
+            if not 0 <= tensor.buffer < max(buffers, 1):
+                raise bad(f"tensor {t} of subgraph {g} uses buffer {tensor.buffer} of {buffers}")
+        indices = [*(graph.inputs if graph.inputs is not None else []),
+                   *(graph.outputs if graph.outputs is not None else [])]
+        for o, op in enumerate(graph.operators or []):
+            if not 0 <= op.opcodeIndex < codes:
+                raise bad(f"operator {o} of subgraph {g} uses opcode {op.opcodeIndex} of {codes}")
+            indices += [*(op.inputs if op.inputs is not None else []),
+                        *(op.outputs if op.outputs is not None else [])]
+        if any(not -1 <= int(i) < tensors for i in indices):
+            raise bad(f"subgraph {g} refers to a tensor outside its {tensors}")
+        if graph.inputs is None or not len(graph.inputs) or graph.outputs is None or not len(graph.outputs):
+            raise bad(f"subgraph {g} has no inputs or no outputs")
+    for meta in model.metadata or []:
+        if not 0 <= meta.buffer < buffers:
+            raise bad(f"metadata uses buffer {meta.buffer} of {buffers}")
 
 
 def tflite_metadata(path: Path, name: str) -> bytes | None:

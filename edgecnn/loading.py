@@ -59,8 +59,11 @@ def default_card(arch: str) -> ModelCard:
 
 
 def _zip_members(path: Path) -> list[str]:
+    from edgecnn.limits import check_zip_members
+
     try:
         with zipfile.ZipFile(path) as archive:
+            check_zip_members(path, archive.infolist())
             return archive.namelist()
     except zipfile.BadZipFile:
         raise ModelLoadError(
@@ -162,7 +165,12 @@ def _load_checkpoint(path: Path, *, trust_pickle: bool, arch: str | None) -> Tor
 
 def _split_checkpoint(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], str | None]:
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        return obj["state_dict"], obj.get("arch") or obj.get("architecture")
+        arch = obj.get("arch") or obj.get("architecture")
+        if arch is not None and not isinstance(arch, str):
+            raise ModelLoadError(f"{path}: checkpoint 'arch' is a {type(arch).__name__}, not a "
+                                 f"name; save {{'arch': NAME, 'state_dict': ...}} with one of "
+                                 f"{', '.join(zoo.ARCHITECTURES)}")
+        return obj["state_dict"], arch
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return obj, None
     raise ModelLoadError(

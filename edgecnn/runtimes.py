@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from edgecnn.errors import BadInputError, TargetUnavailableError
+from edgecnn.quiet import native_stderr_muted
 from edgecnn.registry import Registry
 
 
@@ -50,6 +51,9 @@ class Runtime:
 
 RUNTIMES: Registry[Runtime] = Registry("runtime")
 QDQ_REFERENCE = "qdq-reference"  # onnxruntime with optimisations off: int8 semantics
+# TFLite files up to this size are bounds-checked before an interpreter opens them; the check
+# unpacks the whole flatbuffer, so bigger (float VGG-class) files skip it for memory.
+STRUCTURE_CHECK_BYTES = 64 << 20
 
 
 def model_format(path: Path) -> str:
@@ -135,6 +139,7 @@ class OnnxSession:
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise BadInputError(f"{path}: onnxruntime cannot load it "
                                 f"({str(exc).splitlines()[0][:200]})") from None
+        self.path = path
         self.input_name = self.session.get_inputs()[0].name
         self._feed: dict[str, np.ndarray] = {}
         self._y: np.ndarray | None = None
@@ -143,7 +148,13 @@ class OnnxSession:
         self._feed = {self.input_name: np.ascontiguousarray(x, np.float32)}
 
     def invoke(self) -> None:
-        self._y = self.session.run(None, self._feed)[0]
+        try:
+            self._y = self.session.run(None, self._feed)[0]
+        except Exception as exc:  # onnxruntime's InvalidArgument, Fail, RuntimeException...
+            detail = " ".join(str(exc).split())
+            raise BadInputError(f"{self.path}: onnxruntime cannot run it on input "
+                                f"{list(self._feed[self.input_name].shape)} "
+                                f"({detail[:240]})") from None
 
     def output(self) -> np.ndarray:
         assert self._y is not None
@@ -155,11 +166,16 @@ class TFLiteSession:
     """Feeds NCHW float batches to NHWC (or NCHW) float/int8/uint8 TFLite models."""
 
     def __init__(self, path: Path, threads: int | None, module: str, runtime: str) -> None:
+        from edgecnn.inspection import read_tflite
+
+        if path.is_file() and path.stat().st_size <= STRUCTURE_CHECK_BYTES:
+            read_tflite(path)  # bounds-checked before any interpreter reads it
         interpreter_module = importlib.import_module(module)
         self.runtime = runtime
         try:
-            self.interpreter = interpreter_module.Interpreter(model_path=str(path),
-                                                              num_threads=threads)
+            with native_stderr_muted():
+                self.interpreter = interpreter_module.Interpreter(model_path=str(path),
+                                                                  num_threads=threads)
         except (ValueError, RuntimeError) as exc:
             raise BadInputError(f"{path}: {runtime} cannot load it "
                                 f"({str(exc).splitlines()[0][:200]})") from None
@@ -176,7 +192,8 @@ class TFLiteSession:
             shape = (x.shape[0], *x.shape[2:], x.shape[1]) if self.nhwc else x.shape
             self.interpreter.resize_tensor_input(self.input["index"], list(shape))
             try:
-                self.interpreter.allocate_tensors()
+                with native_stderr_muted():
+                    self.interpreter.allocate_tensors()
             except RuntimeError as exc:
                 raise BadInputError(f"{self.path}: {self.runtime} cannot prepare it "
                                     f"({str(exc).splitlines()[0][:200]})") from None
@@ -185,7 +202,11 @@ class TFLiteSession:
         self.interpreter.set_tensor(self.input["index"], quantize_input(data, self.input))
 
     def invoke(self) -> None:
-        self.interpreter.invoke()
+        try:
+            self.interpreter.invoke()
+        except (RuntimeError, ValueError) as exc:
+            raise BadInputError(f"{self.path}: {self.runtime} cannot run it "
+                                f"({str(exc).splitlines()[0][:200]})") from None
 
     def output(self) -> np.ndarray:
         y = self.interpreter.get_tensor(self.output_detail["index"])

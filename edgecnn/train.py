@@ -7,6 +7,7 @@ PyTorch with ``torch.export.load`` (no edgecnn, no unpickling) and feed the ONNX
 from __future__ import annotations
 
 import io
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from tqdm import tqdm
 from edgecnn import zoo
 from edgecnn.card import CARD_ARCHIVE_NAME, ModelCard, card_path_for, sha256_of
 from edgecnn.data import Dataset
+from edgecnn.errors import DataError
 from edgecnn.fileio import atomic_path, write_text_atomic
 from edgecnn.loading import default_card
 
@@ -34,6 +36,12 @@ class TrainConfig:
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.epochs <= 10_000 or not 1 <= self.batch_size <= 65_536:
+            raise ValueError("--epochs must be 1..10000 and --batch-size 1..65536")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError("--lr must be a finite number > 0")
 
 
 def evaluate(module: nn.Module, data: Dataset, card: ModelCard, batch_size: int = 1000) -> float:
@@ -52,8 +60,12 @@ def train(arch: str, train_data: Dataset, test_data: Dataset,
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     card = default_card(arch)
-    train_data.check_fits(card.input)
-    test_data.check_fits(card.input)
+    for data in (train_data, test_data):
+        data.check_fits(card.input)
+        if data.labels.min() < 0 or data.labels.max() >= len(card.labels):
+            raise DataError(f"{data.source}: labels run {data.labels.min()}..{data.labels.max()}"
+                            f" but {arch} has {len(card.labels)} classes; use data labelled "
+                            f"0..{len(card.labels) - 1}")
     module = zoo.build(arch)
     x_all = torch.from_numpy(card.input.preprocess(train_data.images))
     y_all = torch.from_numpy(train_data.labels)

@@ -179,6 +179,10 @@ def validate(artefacts: list[Path], data: Dataset, card: ModelCard, *,
     if not artefacts:
         raise BadInputError("validate needs at least one model")
     data.check_fits(card.input)
+    if data.labels.min() < 0 or data.labels.max() >= len(card.labels):
+        raise BadInputError(f"{data.source}: labels run {data.labels.min()}..{data.labels.max()} "
+                            f"but the model has {len(card.labels)} classes (0.."
+                            f"{len(card.labels) - 1}); use data labelled for this model")
     reference = reference or artefacts[0]
     paths = list(dict.fromkeys([reference, *artefacts]))
     int8 = Int8References(paths, data, card, batch_size)

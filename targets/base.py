@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+MAX_RUNS = 10_000_000
+MAX_TIME_CEILING_S = 24 * 3600.0
+
 
 @dataclass(frozen=True)
 class BenchConfig:
@@ -16,10 +19,19 @@ class BenchConfig:
     warmup: int = 10
     runs: int = 100
     min_time: float = 1.0
+    max_time: float = 300.0  # ceiling per model and runtime, warm-up included
 
     def __post_init__(self) -> None:
-        if self.batch < 1 or self.runs < 1 or self.warmup < 0 or self.min_time < 0:
-            raise ValueError("--batch and --runs must be >= 1; --warmup, --min-time >= 0")
+        if self.batch < 1 or self.runs < 1 or self.warmup < 0:
+            raise ValueError("--batch and --runs must be >= 1; --warmup >= 0")
+        if not 0 <= self.min_time <= self.max_time <= MAX_TIME_CEILING_S:
+            raise ValueError(f"need 0 <= --min-time <= --max-time <= {MAX_TIME_CEILING_S:g} s "
+                             f"(got {self.min_time:g} and {self.max_time:g})")
+        if self.runs > MAX_RUNS or self.warmup > MAX_RUNS:
+            raise ValueError(f"--runs and --warmup are capped at {MAX_RUNS:,}; --max-time bounds "
+                             "the wall time")
+        if self.threads is not None and not 1 <= self.threads <= 1024:
+            raise ValueError(f"--threads {self.threads}: give 1..1024, or leave it out")
 
 
 @dataclass

@@ -34,7 +34,8 @@ def bench_in_process(model: Path, runtime: str, config: BenchConfig, target: str
     started = time.perf_counter()
     session.invoke()
     first_ms = (time.perf_counter() - started) * 1e3
-    samples = runner.measure(session.invoke, config.warmup, config.runs, config.min_time)
+    samples = runner.measure(session.invoke, config.warmup, config.runs, config.min_time,
+                              config.max_time)
     return BenchResult(model.name, target, runtime, config.batch, model.stat().st_size / 1024,
                        load_ms, first_ms, runner.latency_stats(samples, config.batch),
                        runner.peak_rss_mb(), [s * 1e6 for s in samples])

@@ -85,7 +85,8 @@ class CUDATarget(Target):
         started = time.perf_counter()
         invoke()
         first_ms = (time.perf_counter() - started) * 1e3
-        samples = runner.measure(invoke, config.warmup, config.runs, config.min_time)
+        samples = runner.measure(invoke, config.warmup, config.runs, config.min_time,
+                              config.max_time)
         return BenchResult(model.name, self.name, f"torch-cuda:{dtype}", config.batch,
                            model.stat().st_size / 1024, load_ms, first_ms,
                            runner.latency_stats(samples, config.batch),

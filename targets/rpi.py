@@ -76,10 +76,13 @@ class RaspberryPiTarget(Target):
         finally:
             self.remote.run(["rm", "-rf", "--", directory], check=False)
 
-    def _runner(self, directory: str, args: list[str]) -> dict[str, Any]:
+    def _runner(self, directory: str, args: list[str], extra_time: float = 0.0) -> dict[str, Any]:
+        """Run the runner remotely; it kills itself when the local side stops waiting."""
         assert self.remote is not None
         host = self.remote.config.host
-        done = self.remote.run([self.python, f"{directory}/runner.py", *args], check=False)
+        wait = self.remote.config.timeout + extra_time
+        done = self.remote.run([self.python, f"{directory}/runner.py", *args, "--deadline",
+                                str(wait)], check=False, timeout=wait)
         if done.returncode == 127 or (done.returncode and not done.stdout.strip()):
             err = done.stderr.decode(errors="replace").strip().splitlines()
             if done.returncode == 127 or "not found" in " ".join(err):
@@ -137,10 +140,10 @@ class RaspberryPiTarget(Target):
                                   f"installed there (found {', '.join(device['runtimes'])})")
             args = [remote_model, "--runtime", runtime, "--batch", str(config.batch),
                     "--warmup", str(config.warmup), "--runs", str(config.runs),
-                    "--min-time", str(config.min_time)]
+                    "--min-time", str(config.min_time), "--max-time", str(config.max_time)]
             if config.threads:
                 args += ["--threads", str(config.threads)]
-            out = self._runner(directory, args)
+            out = self._runner(directory, args, extra_time=config.max_time)
             stats = {k: out[k] for k in ("mean_us", "std_us", "p50_us", "p90_us", "p99_us",
                                          "min_us", "max_us", "runs", "throughput_ips")}
             results.append(BenchResult(model.name, self.name, runtime, config.batch,

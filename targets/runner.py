@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -29,14 +31,20 @@ def latency_stats(samples_s: list[float], batch: int) -> dict[str, float]:
             "throughput_ips": float(batch * 1e6 / us.mean())}
 
 
-def measure(invoke: Callable[[], object], warmup: int, runs: int, min_time: float) -> list[float]:
-    """MLPerf-style single stream: warm up, then at least ``runs`` invokes and ``min_time`` s."""
-    for _ in range(warmup):
-        invoke()
+def measure(invoke: Callable[[], object], warmup: int, runs: int, min_time: float,
+            max_time: float = float("inf")) -> list[float]:
+    """MLPerf-style single stream: warm up, then at least ``runs`` invokes and ``min_time`` s,
+    all of it stopped at ``max_time`` s (at least one timed run is always taken)."""
     clock = time.perf_counter
+    deadline = clock() + max_time
+    for _ in range(warmup):
+        if clock() >= deadline:
+            break
+        invoke()
     samples: list[float] = []
     started = clock()
-    while len(samples) < runs or clock() - started < min_time:
+    while (len(samples) < runs or clock() - started < min_time) and (
+            not samples or clock() < deadline):
         t0 = clock()
         invoke()
         samples.append(clock() - t0)
@@ -96,7 +104,7 @@ def probe() -> dict[str, Any]:
 
 
 def bench_tflite(path: str, runtime: str, batch: int, threads: int | None, warmup: int,
-                 runs: int, min_time: float) -> dict[str, Any]:
+                 runs: int, min_time: float, max_time: float = float("inf")) -> dict[str, Any]:
     import numpy as np
 
     t0 = time.perf_counter()
@@ -116,7 +124,7 @@ def bench_tflite(path: str, runtime: str, batch: int, threads: int | None, warmu
     t0 = time.perf_counter()
     interpreter.invoke()
     first_s = time.perf_counter() - t0
-    samples = measure(interpreter.invoke, warmup, runs, min_time)
+    samples = measure(interpreter.invoke, warmup, runs, min_time, max_time)
     return {"runtime": runtime, "load_ms": load_s * 1e3, "first_ms": first_s * 1e3,
             **latency_stats(samples, batch), "samples_us": [s * 1e6 for s in samples],
             "peak_rss_mb": peak_rss_mb()}
@@ -158,9 +166,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--min-time", type=float, default=1.0)
+    parser.add_argument("--max-time", type=float, default=300.0)
+    parser.add_argument("--deadline", type=float, help="Kill this process after SECONDS, "
+                        "whatever it is doing: a remote run never outlives the caller's wait.")
     parser.add_argument("--predict", nargs=2, metavar=("INPUTS.npy", "OUTPUTS.npy"),
                         help="Run these inputs instead of benchmarking.")
     args = parser.parse_args(argv)
+    if args.deadline and hasattr(signal, "SIGALRM"):
+        signal.alarm(max(1, math.ceil(args.deadline)))  # default action: terminate
     if args.probe or not args.model:
         print(json.dumps(probe()))
         return 0
@@ -175,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             result = predict_tflite(args.model, runtime, inputs, outputs, args.threads)
         else:
             result = bench_tflite(args.model, runtime, args.batch, args.threads, args.warmup,
-                                  args.runs, args.min_time)
+                                  args.runs, args.min_time, args.max_time)
     except (ValueError, RuntimeError) as exc:
         print(json.dumps({"error": f"{runtime} cannot run the model: "
                                    f"{str(exc).splitlines()[0][:200]}"}))

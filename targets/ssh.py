@@ -79,15 +79,16 @@ class SSHClient:
             args += ["-o", f"UserKnownHostsFile={c.known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null"]
         return args + ["--", c.host]  # nothing after the host is read as an ssh option
 
-    def run(self, words: list[str], stdin: bytes | None = None,
-            check: bool = True) -> subprocess.CompletedProcess[bytes]:
+    def run(self, words: list[str], stdin: bytes | None = None, check: bool = True,
+            timeout: float | None = None) -> subprocess.CompletedProcess[bytes]:
         """Run a remote command given as words; each word is shell-quoted."""
         command = " ".join(shlex.quote(w) for w in words)
+        limit = timeout or self.config.timeout
         try:
             done = subprocess.run([*self.base_args(), command], input=stdin, capture_output=True,
-                                  timeout=self.config.timeout)
+                                  timeout=limit)
         except subprocess.TimeoutExpired:
-            raise RemoteError(f"{self.config.host}: timed out after {self.config.timeout:g} s "
+            raise RemoteError(f"{self.config.host}: timed out after {limit:g} s "
                               "(raise --timeout if the device is slow)") from None
         if done.returncode == 255:
             raise self.failure(done.stderr.decode(errors="replace"))

@@ -217,3 +217,235 @@ def test_new_files_get_the_usual_mode_and_replaced_files_keep_theirs(cli_runner,
         assert stat.S_IMODE(kept.stat().st_mode) == 0o640 and kept.read_bytes() != b"old"
     finally:
         os.umask(old)
+
+
+# -- bounded memory: a catalogue run as real processes under RLIMIT_AS ---------------------------
+MEMORY_LIMIT = 2 << 30  # a blow-up fails the test, not the machine
+
+
+def _gzip_bomb(tmp_path: Path) -> Path:
+    """An IDX header for 10,000 28x28 images over 200 MB of zeros: 200 KB on disk."""
+    import gzip
+    import struct
+
+    folder = tmp_path / "bomb"
+    folder.mkdir()
+    with gzip.open(folder / "t10k-images-idx3-ubyte.gz", "wb", compresslevel=9) as out:
+        out.write(struct.pack(">4B3I", 0, 0, 8, 3, 10000, 28, 28))
+        for _ in range(200):
+            out.write(bytes(1 << 20))
+    with gzip.open(folder / "t10k-labels-idx1-ubyte.gz", "wb") as out:
+        out.write(struct.pack(">4BI", 0, 0, 8, 1, 10000) + bytes(10000))
+    return folder
+
+
+def _npz_declaring_1e9_images(tmp_path: Path) -> Path:
+    import numpy as np
+
+    path = tmp_path / "huge.npz"
+    np.savez(path, x=np.zeros((4, 28, 28), np.uint8), y=np.zeros(4, np.int64))
+    with zipfile.ZipFile(path) as archive:
+        members = {n: archive.read(n) for n in archive.namelist()}
+    header = members["x.npy"]
+    members["x.npy"] = header.replace(b"(4, 28, 28)", b"(1000000000, 28, 28)")
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+def _npz_zip_bomb(tmp_path: Path) -> Path:
+    import numpy as np
+
+    path = tmp_path / "bomb.npz"
+    np.savez_compressed(path, x=np.zeros((400_000, 28, 28), np.uint8), y=np.zeros(4, np.int64))
+    return path
+
+
+def _pt_zip_bomb(tmp_path: Path) -> Path:
+    path = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("bomb/data/0", bytes(300 << 20))
+        archive.writestr("bomb/data.pkl", b"\x80\x02}q\x00.")
+    return path
+
+
+def _png_bomb(tmp_path: Path) -> Path:
+    from PIL import Image
+
+    folder = tmp_path / "images" / "0"
+    folder.mkdir(parents=True)
+    Image.new("L", (20000, 20000)).save(folder / "big.png", optimize=True)
+    return tmp_path / "images"
+
+
+def _onnx_with(tmp_path: Path, artefacts, edit) -> Path:
+    import onnx
+
+    model = onnx.load(artefacts["onnx"])
+    edit(model)
+    path = tmp_path / "edited.onnx"
+    onnx.save(model, path)
+    return path
+
+
+def _constant_of_shape(model) -> None:
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    model.graph.initializer.append(numpy_helper.from_array(np.array([30000, 30000]), "shape"))
+    model.graph.node.append(helper.make_node("ConstantOfShape", ["shape"], ["unused"],
+                                             name="big"))
+
+
+def _huge_initializer(model) -> None:
+    tensor = model.graph.initializer[0]
+    del tensor.dims[:]
+    tensor.dims.extend([1000000, 1000000])
+
+
+def _no_graph_input(model) -> None:
+    import numpy as np
+    from onnx import numpy_helper
+
+    name = model.graph.input[0].name
+    model.graph.initializer.append(numpy_helper.from_array(np.zeros((1, 1, 28, 28), np.float32),
+                                                           name))
+
+
+def _broken_tflite(tmp_path: Path, artefacts, edit) -> Path:
+    import flatbuffers
+    from edgecnn.converters.tflite_schema import schema
+
+    fb = schema()
+    model = fb.ModelT.InitFromObj(fb.Model.GetRootAs(artefacts["tflite_int8"].read_bytes(), 0))
+    edit(model)
+    builder = flatbuffers.Builder(0)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    path = tmp_path / "broken.tflite"
+    path.write_bytes(bytes(builder.Output()))
+    return path
+
+
+def _opcode_out_of_range(model) -> None:
+    model.subgraphs[0].operators[0].opcodeIndex = 99
+
+
+def _no_subgraphs(model) -> None:
+    model.subgraphs = []
+
+
+def _metadata_out_of_range(model) -> None:
+    model.metadata[0].buffer = 9999
+
+
+def _model_with_card(tmp_path: Path, shape) -> Path:
+    model = tmp_path / "m.pt"
+    model.write_bytes(LENET.read_bytes())
+    card = json.loads((LENET.parent / "lenet5.json").read_text())
+    card["input"]["shape"] = shape
+    (tmp_path / "m.json").write_text(json.dumps(card))
+    return model
+
+
+def _checkpoint_arch_list(tmp_path: Path) -> Path:
+    from edgecnn import zoo
+
+    path = tmp_path / "ckpt.pt"
+    torch.save({"arch": ["lenet5"], "state_dict": zoo.build("lenet5").state_dict()}, path)
+    return path
+
+
+def _labels_beyond_classes(tmp_path: Path) -> Path:
+    import numpy as np
+
+    path = tmp_path / "eleven.npz"
+    np.savez(path, x=np.zeros((20, 28, 28), np.uint8), y=np.full(20, 11))
+    return path
+
+
+CATALOGUE = {  # name -> (make files -> CLI args, what the one line must name)
+    "TFLite opcode index out of range": (
+        lambda t, a: ["bench", str(_broken_tflite(t, a, _opcode_out_of_range)), "--runs", "1"],
+        "opcode 99"),
+    "TFLite without subgraphs": (
+        lambda t, a: ["inspect", str(_broken_tflite(t, a, _no_subgraphs))], "no subgraphs"),
+    "TFLite metadata buffer out of range": (
+        lambda t, a: ["inspect", str(_broken_tflite(t, a, _metadata_out_of_range))],
+        "metadata uses buffer"),
+    'card shape "abc"': (lambda t, a: ["inspect", str(_model_with_card(t, "abc"))],
+                         "model card"),
+    "card shape negative": (lambda t, a: ["inspect", str(_model_with_card(t, [1, -28, 28]))],
+                            "model card"),
+    "card shape 10^6 x 10^6": (lambda t, a: ["inspect", str(_model_with_card(
+        t, [1, 1000000, 1000000]))], "model card"),
+    "checkpoint arch is a list": (lambda t, a: ["inspect", str(_checkpoint_arch_list(t))],
+                                  "'arch' is a list"),
+    "labels beyond the classes": (lambda t, a: ["validate", str(a["onnx"]), "--data",
+                                                str(_labels_beyond_classes(t))], "classes"),
+    "validate --limit -1": (lambda t, a: ["validate", str(a["onnx"]), "--limit", "-1"],
+                            "--limit"),
+    "convert --calib without --int8": (lambda t, a: ["convert", str(a["onnx"]), "--to", "onnx",
+                                                     "--calib", str(a["onnx"]), "-o",
+                                                     str(t / "o.onnx")], "--calib"),
+    "train --batch-size 0": (lambda t, a: ["train", "lenet5", "--data", str(t / "none"),
+                                           "--batch-size", "0", "-o", str(t / "m.pt")],
+                             "--batch-size"),
+    "download-mnist into a file": (lambda t, a: ["download-mnist", str(a["onnx"])],
+                                   "is a file"),
+    "download-mnist under /proc": (lambda t, a: ["download-mnist", "/proc/edgecnn-mnist"],
+                                   "/proc/edgecnn-mnist"),
+    "bench --timeout -1 (rpi)": (lambda t, a: ["bench", str(a["tflite_int8"]), "--target", "rpi",
+                                               "--host", "pi@127.0.0.1", "--timeout", "-1"],
+                                 "--timeout"),
+    "IDX .gz bomb (validate)": (lambda t, a: ["validate", str(LENET), "--data", str(_gzip_bomb(t))],
+                                "t10k-images-idx3-ubyte.gz"),
+    ".npz declaring 1e9 images": (lambda t, a: ["validate", str(LENET), "--data",
+                                                str(_npz_declaring_1e9_images(t)), "--limit", "10"],
+                                  "huge.npz"),
+    ".npz zip bomb": (lambda t, a: ["validate", str(LENET), "--data", str(_npz_zip_bomb(t)),
+                                    "--limit", "10"], "bomb.npz"),
+    ".pt zip bomb": (lambda t, a: ["inspect", str(_pt_zip_bomb(t))], "zip bomb"),
+    "20000x20000 PNG": (lambda t, a: ["validate", str(LENET), "--data", str(_png_bomb(t))],
+                        "big.png"),
+    "ConstantOfShape 30000^2": (lambda t, a: ["bench", str(_onnx_with(t, a, _constant_of_shape)),
+                                              "--runs", "1"], "ConstantOfShape"),
+    "initializer declaring 10^12": (lambda t, a: ["bench", str(_onnx_with(t, a, _huge_initializer)),
+                                                  "--runs", "1"], "declares dims"),
+    "ONNX without a graph input": (lambda t, a: ["bench", str(_onnx_with(t, a, _no_graph_input)),
+                                                 "--runs", "1"], "no input"),
+    "bench --batch 1000000": (lambda t, a: ["bench", str(a["onnx"]), "--batch", "1000000"],
+                              "--batch"),
+    "bench --runs 10^9": (lambda t, a: ["bench", str(a["onnx"]), "--runs", "1000000000"],
+                          "--runs"),
+    "bench --min-time > --max-time": (lambda t, a: ["bench", str(a["onnx"]), "--min-time", "10",
+                                                     "--max-time", "1"], "--max-time"),
+    "bench --threads -3": (lambda t, a: ["bench", str(a["onnx"]), "--threads", "-3"], "--threads"),
+    "validate --max-drop nan": (lambda t, a: ["validate", str(a["onnx"]), "--max-drop", "nan"],
+                                "--max-drop"),
+}
+
+
+@pytest.mark.parametrize("case", list(CATALOGUE))
+def test_hostile_catalogue(tmp_path, artefacts, case):
+    import resource
+    import subprocess
+    import sys
+
+    make, needle = CATALOGUE[case]
+    args = make(tmp_path, artefacts)
+    inputs = {p: (p.read_bytes() if p.is_file() else None, p.stat().st_mode)
+              for p in map(Path, args) if p.exists()}
+
+    def limit_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+    done = subprocess.run([sys.executable, "-m", "edgecnn", *args], capture_output=True,
+                          text=True, timeout=300, preexec_fn=limit_memory, cwd=tmp_path)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert needle in lines[0], lines[0]
+    for path, (data, mode) in inputs.items():
+        assert path.stat().st_mode == mode and (data is None or path.read_bytes() == data)
+    assert not [p for p in tmp_path.rglob("*.part")]
