@@ -115,11 +115,14 @@ def quantize_onnx(model: onnx.ModelProto | Path, card: ModelCard, calibration: D
         except (ValueError, RuntimeError) as exc:
             raise ConversionError(f"int8 quantisation failed: {str(exc).splitlines()[0]}") from None
         quantized = onnx.load(dst)  # external data, if any, is read back in here
-    quantized.metadata_props.extend(model.metadata_props)
-    quantized.metadata_props.add(key="edgecnn.quantization",
-                                 value=f"int8 QDQ, {config.method}, "
-                                       f"{'per-channel' if config.per_channel else 'per-tensor'} "
-                                       f"weights, {len(calibration)} calibration images")
+    metadata = {p.key: p.value for p in quantized.metadata_props}  # one value per key
+    metadata.update({p.key: p.value for p in model.metadata_props})
+    metadata["edgecnn.quantization"] = (
+        f"int8 QDQ, {config.method}, {'per-channel' if config.per_channel else 'per-tensor'} "
+        f"weights, {len(calibration)} calibration images")
+    del quantized.metadata_props[:]
+    for key, value in metadata.items():
+        quantized.metadata_props.add(key=key, value=value)
     done, left = _op_coverage(quantized)
     return QuantReport(quantized, done, left, len(calibration))
 
@@ -174,3 +177,14 @@ def require_calibration(path: str | Path | None, default: Path) -> Path:
         raise DataError(f"{path}: is a test set; calibrating on it would leak test data into the "
                         "model; pass --calib with training images")
     return Path(path)
+
+
+def refuse_test_images(data: Dataset) -> None:
+    """Calibration data must not contain test images, whatever its file is called."""
+    from edgecnn.data import test_images_in
+
+    found = test_images_in(data)
+    if found:
+        raise DataError(f"{data.source}: {found} of its {len(data)} images are MNIST test images; "
+                        "calibrating on them would leak test data into the model; pass --calib "
+                        "with training images")

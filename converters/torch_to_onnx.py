@@ -110,7 +110,9 @@ def _drop_rewriter_references() -> None:
     except ImportError:
         return
     for obj in gc.get_objects():
-        if isinstance(obj, _matcher.PatternMatcher):
+        # type(), not isinstance(): some objects (numpy's NpzFile attribute bag) raise on
+        # __class__ lookups
+        if issubclass(type(obj), _matcher.PatternMatcher):
             reset = getattr(obj, "_init_match", None)  # the matcher's own per-match reset
             if callable(reset):
                 reset(0)

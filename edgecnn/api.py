@@ -93,7 +93,12 @@ def convert(model: str | Path, output: str | Path | None = None,
             config: ConvertConfig = ConvertConfig()) -> ConvertResult:
     """Convert a .pt/.pt2/.onnx model to ONNX or TFLite (optionally int8); check; write."""
     from edgecnn.converters import qdq
-    from edgecnn.converters.quantize import QuantConfig, quantize_onnx, require_calibration
+    from edgecnn.converters.quantize import (
+        QuantConfig,
+        quantize_onnx,
+        refuse_test_images,
+        require_calibration,
+    )
     from edgecnn.converters.torch_to_onnx import save_external
 
     started = time.perf_counter()
@@ -108,6 +113,7 @@ def convert(model: str | Path, output: str | Path | None = None,
     if config.int8 and not already_int8:
         calib_path = require_calibration(config.calib, SHIPPED_CALIBRATION_SET)
         calib = load_dataset(calib_path, split="train")
+        refuse_test_images(calib)
         with tempfile.TemporaryDirectory(prefix="edgecnn-") as tmp:
             float_path = Path(tmp) / "float.onnx"
             save_external(onnx_model, float_path)
@@ -126,6 +132,8 @@ def convert(model: str | Path, output: str | Path | None = None,
             qdq.reencode(onnx_model, config.onnx_int8_encoding)
             checks["int8 encoding"] = config.onnx_int8_encoding
         data = onnx_model.SerializeToString()
+        if source.suffix.lower() == ".onnx":  # exports were checked against PyTorch already
+            _check_onnx_bytes(data, source)
     else:
         if calib is None and config.int8:
             calib = _self_check_images(config.calib, card)
@@ -134,6 +142,20 @@ def convert(model: str | Path, output: str | Path | None = None,
         tmp.write_bytes(data)
     return ConvertResult(out, config.to, config.int8, len(data), time.perf_counter() - started,
                          checks)
+
+
+def _check_onnx_bytes(data: bytes, source: Path) -> None:
+    """The ONNX checker and an onnxruntime load, before a cleaned-up graph is written."""
+    import onnx
+    import onnxruntime as ort
+
+    try:
+        onnx.checker.check_model(data)
+        ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # checker and onnxruntime raise many types
+        detail = " ".join(str(exc).split())[:240]
+        raise ConversionError(f"{source}: the converted graph does not load ({detail}); the "
+                              "input model is broken or uses something edgecnn cannot keep") from None
 
 
 def _onnx_of(source: Path, config: ConvertConfig, checks: dict[str, Any]) -> tuple[Any, ModelCard]:

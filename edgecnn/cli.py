@@ -6,8 +6,10 @@ Errors become exit codes in one place (:func:`main`): 0 ok, 1 a parity check fai
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -275,6 +277,9 @@ def bench(models: tuple[Path, ...], target: str, runtime: str | None, threads: i
     from edgecnn.bench import plot_latencies
     from edgecnn.report import write_reports
     from edgecnn.targets.base import BenchConfig
+    if plot_path and importlib.util.find_spec("matplotlib") is None:
+        raise BadInputError("--plot needs matplotlib: pip install 'edgecnn[plot]' (or "
+                            "pip install matplotlib), or drop --plot")
     check_outputs(json_path, csv_path, md_path, plot_path, inputs=(*models, identity,
                                                                   known_hosts, ssh_config))
     options: dict[str, Any] = {}
@@ -305,5 +310,11 @@ def download_mnist_cmd(dest: Path, mirrors: tuple[str, ...]) -> None:
     click.echo(f"MNIST ready in {dest}")
 
 
+def _terminated(signum: int, frame: Any) -> None:
+    """SIGTERM unwinds like Ctrl-C, so temporary files and directories are removed."""
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminated)
     cli(prog_name="edgecnn")

@@ -6,6 +6,7 @@ every stage (training, calibration, validation, benchmarks) preprocesses them th
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import shutil
@@ -269,12 +270,26 @@ def load_dataset(path: str | Path, split: str = "test") -> Dataset:
 
 
 def is_test_split(path: str | Path) -> bool:
-    """True for paths that name a test set, which must never be used for calibration."""
+    """True for an IDX folder or file that holds only MNIST's test split (t10k-*)."""
     path = Path(path)
-    if path.is_dir() and _idx_in_dir(path, "train") is None and _idx_in_dir(path, "test"):
-        return True
-    name = path.name.lower()
-    return "t10k" in name or "test" in name
+    if path.is_dir():
+        return _idx_in_dir(path, "train") is None and _idx_in_dir(path, "test") is not None
+    return path.name.lower().startswith("t10k-")
+
+
+@functools.lru_cache(maxsize=1)
+def _shipped_test_images() -> frozenset[bytes]:
+    return frozenset(image.tobytes() for image in load_idx_pair(
+        SHIPPED_TEST_SET / "t10k-images-idx3-ubyte.gz").images)
+
+
+def test_images_in(data: Dataset) -> int:
+    """How many of ``data``'s images are MNIST test images, recognised by content (any file
+    name, any container): calibration must never see them."""
+    if data.image_shape != (1, 28, 28) or not SHIPPED_TEST_SET.exists():
+        return 0
+    known = _shipped_test_images()
+    return sum(image.tobytes() in known for image in data.images)
 
 
 def download_mnist(dest: Path, mirrors: tuple[str, ...] = MNIST_MIRRORS,

@@ -10,7 +10,6 @@ per case would spend CI's budget on interpreter start-up.
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import pytest
 

@@ -449,3 +449,53 @@ def test_hostile_catalogue(tmp_path, artefacts, case):
     for path, (data, mode) in inputs.items():
         assert path.stat().st_mode == mode and (data is None or path.read_bytes() == data)
     assert not [p for p in tmp_path.rglob("*.part")]
+
+
+def test_plot_without_matplotlib_is_refused_before_any_work(cli_runner, tmp_path, artefacts,
+                                                           monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    result = cli_runner.invoke(cli, ["bench", str(artefacts["onnx"]), "--plot",
+                                     str(tmp_path / "p.png")])
+    _assert_refused(result, "edgecnn[plot]")
+
+
+def test_convert_of_a_broken_onnx_graph_writes_nothing(cli_runner, tmp_path, artefacts):
+    import onnx
+
+    model = onnx.load(artefacts["onnx"])
+    model.graph.node[0].input[0] = "missing_tensor"
+    broken = tmp_path / "broken.onnx"
+    onnx.save(model, broken)
+    out = tmp_path / "out.onnx"
+    result = cli_runner.invoke(cli, ["convert", str(broken), "--to", "onnx", "-o", str(out)])
+    _assert_refused(result, "broken.onnx")
+    assert not out.exists()
+
+
+def test_sigterm_mid_conversion_leaves_no_temporary_files(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    out = tmp_path / "out.tflite"
+    proc = subprocess.Popen([sys.executable, "-m", "edgecnn", "convert", str(LENET), "--to",
+                             "tflite", "--int8", "-o", str(out)],
+                            env={**os.environ, "TMPDIR": str(scratch)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while (not list(scratch.glob("edgecnn-*")) and proc.poll() is None
+           and time.monotonic() < deadline):
+        time.sleep(0.02)  # until the conversion has made its first temporary directory
+    assert proc.poll() is None, "the conversion ended before it could be interrupted"
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in stderr, stderr
+    assert not list(scratch.glob("edgecnn-*")) and not out.exists()  # torch's caches may stay
+    assert not list(tmp_path.glob("*.part"))

@@ -11,6 +11,7 @@ import torch
 from edgecnn import zoo
 from edgecnn.api import ConvertConfig, convert
 from edgecnn.cli import cli
+from edgecnn.data import SHIPPED_CALIBRATION_SET
 from edgecnn.errors import ConversionError, DataError
 from edgecnn.loading import default_card
 from edgecnn.train import save_model
@@ -96,6 +97,23 @@ def test_test_set_refused_for_calibration(cli_runner, tmp_path):
                                         "models/data/mnist", "-o", str(out)])
     assert code == 2 and len(lines) == 1 and "test set" in lines[0]
     assert not out.exists()
+
+
+def test_test_images_refused_by_content_whatever_the_name(cli_runner, tmp_path, test_set):
+    """A test-set copy named like training data is recognised; a name with "test" is not."""
+    disguised = tmp_path / "train_subset.npz"
+    np.savez(disguised, x=test_set.images[:50, :, :, 0], y=test_set.labels[:50])
+    out = tmp_path / "x.onnx"
+    code, lines = _run_cli(cli_runner, ["convert", str(LENET), "--to", "onnx", "--int8",
+                                        "--calib", str(disguised), "-o", str(out)])
+    assert code == 2 and len(lines) == 1 and "50 of its 50 images are MNIST test" in lines[0]
+    assert not out.exists()
+    calib = np.load(SHIPPED_CALIBRATION_SET)
+    latest = tmp_path / "latest_mnist.npz"  # "test" in the name, training images inside
+    np.savez(latest, x=calib["x"][:200], y=calib["y"][:200])
+    code, lines = _run_cli(cli_runner, ["convert", str(LENET), "--to", "onnx", "--int8",
+                                        "--calib", str(latest), "-o", str(out)])
+    assert code == 0, lines
 
 
 def test_calibration_data_of_the_wrong_shape(cli_runner, tmp_path):
