@@ -20,7 +20,8 @@ class BenchReport:
 
     def rows(self) -> list[dict[str, Any]]:
         base = self.results[0].stats["p50_us"] if self.results else 1.0
-        return [{**r.row(), "p50 ratio": r.stats["p50_us"] / base} for r in self.results]
+        return [{**r.row(), "p50 ratio": r.stats["p50_us"] / base,
+                 "speed-up": base / r.stats["p50_us"]} for r in self.results]
 
     def to_dict(self) -> dict[str, Any]:
         return {"target": self.target, "config": asdict(self.config),

@@ -265,13 +265,14 @@ def validate(models: tuple[Path, ...], data: Path | None, reference: Path | None
 @click.option("--csv", "csv_path", type=PathArg)
 @click.option("--markdown", "md_path", type=PathArg)
 @click.option("--plot", "plot_path", type=PathArg, help="PNG of the latency distributions.")
+@click.option("--wide", is_flag=True, help="Every column: load, first run, mean, spread, ratio.")
 def bench(models: tuple[Path, ...], target: str, runtime: str | None, threads: int | None,
           batch: int, warmup: int, runs: int, min_time: float, max_time: float,
           host: str | None,
           port: int | None, identity: Path | None, known_hosts: Path | None,
           ssh_config: Path | None, timeout: float, setup: bool, remote_python: str,
           json_path: Path | None, csv_path: Path | None, md_path: Path | None,
-          plot_path: Path | None) -> None:
+          plot_path: Path | None, wide: bool) -> None:
     """Benchmark MODELS on a target: load, first inference, steady-state latency, RSS."""
     from edgecnn.bench import bench as run_bench
     from edgecnn.bench import plot_latencies
@@ -290,9 +291,11 @@ def bench(models: tuple[Path, ...], target: str, runtime: str | None, threads: i
     report = run_bench(list(models), target, BenchConfig(runtime, threads, batch, warmup, runs,
                                                          min_time, max_time), **options)
     rows = report.rows()
-    columns = ["model", "runtime", "batch", "size KiB", "load ms", "first ms", "p50 µs",
-               "mean µs", "std µs", "p90 µs", "p99 µs", "min µs", "max µs", "img/s",
-               "peak RSS MB", "p50 ratio"]
+    columns = (["model", "runtime", "batch", "size KiB", "load ms", "first ms", "p50 µs",
+                "mean µs", "std µs", "p90 µs", "p99 µs", "min µs", "max µs", "img/s",
+                "peak RSS MB", "p50 ratio"] if wide else
+               ["model", "runtime", "batch", "p50 µs", "p99 µs", "img/s", "size KiB",
+                "peak RSS MB", "speed-up"])
     emit_table(rows, columns)
     write_reports(report.to_dict(), rows, list(rows[0]), json_path=json_path, csv_path=csv_path,
                   markdown_path=md_path, title=f"edgecnn bench --target {target}")

@@ -27,13 +27,26 @@ def format_value(value: Any) -> str:
     if isinstance(value, float):
         if math.isnan(value):
             return "nan"
-        if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e6):
-            return f"{value:.3g}"
-        return f"{value:.4f}".rstrip("0").rstrip(".") if abs(value) < 100 else f"{value:.1f}"
+        return format_number(value)
     if isinstance(value, (list, tuple)):
         return "x".join(map(str, value)) if all(isinstance(v, int) for v in value) else ", ".join(
             map(str, value))
     return str(value)
+
+
+def format_number(value: float) -> str:
+    """One format for every float in a table: four significant digits, thousands separated,
+    scientific only below 0.001 (logit differences); ``12,345``, ``123.5``, ``4.957``, ``0.03``."""
+    if value == 0:
+        return "0"
+    if not math.isfinite(value):
+        return str(value)
+    magnitude = abs(value)
+    if magnitude < 1e-3:
+        return f"{value:.2e}"
+    decimals = max(0, 3 - math.floor(math.log10(magnitude)))
+    text = f"{value:,.{decimals}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def text_table(rows: Sequence[Row], columns: Sequence[str] | None = None) -> str:

@@ -11,7 +11,9 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from edgecnn.targets import runner
 
 from edgecnn.cli import cli
 from tests.conftest import _free_port
@@ -35,13 +37,45 @@ def test_cpu_bench_reports_every_runtime_with_stats(cli_runner, tmp_path, artefa
     assert result.exit_code == 0, result.output
     runtimes = [(Path(r["model"]).suffix, r["runtime"]) for r in report["results"]]
     assert (".tflite", "litert") in runtimes and (".onnx", "onnxruntime") in runtimes
+    first_p50 = report["results"][0]["stats"]["p50_us"]
     for r in report["results"]:
         assert STAT_FIELDS <= set(r["stats"]) and r["stats"]["runs"] >= 50
-        assert r["stats"]["min_us"] <= r["stats"]["p50_us"] <= r["stats"]["p99_us"]
-        assert r["peak_rss_mb"] > 0 and r["file_size_kib"] > 0 and r["load_ms"] > 0
-    assert report["results"][0]["p50_ratio"] == 1.0
+        # every statistic recomputed from the raw samples the report carries
+        samples = np.asarray(r["samples_us"])
+        assert len(samples) == r["stats"]["runs"]
+        assert r["stats"]["p50_us"] == pytest.approx(np.median(samples))
+        assert r["stats"]["p99_us"] == pytest.approx(np.percentile(samples, 99))
+        assert r["stats"]["min_us"] == pytest.approx(samples.min())
+        assert r["stats"]["throughput_ips"] == pytest.approx(r["batch"] * 1e6 / samples.mean())
+        assert r["p50_ratio"] == pytest.approx(r["stats"]["p50_us"] / first_p50, rel=1e-3)
+        model = next(a for a in artefacts.values() if a.name == r["model"])
+        assert r["file_size_kib"] == pytest.approx(model.stat().st_size / 1024)
+        assert r["peak_rss_mb"] > 0 and r["load_ms"] > 0
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert csv_path.read_text().startswith("model,")
+
+
+def test_latency_statistics_by_hand():
+    """Four runs of 1, 2, 3 and 4 µs at batch 2: mean 2.5, sample sd sqrt(5/3), median 2.5,
+    p90 by linear interpolation 3.7, 800,000 images per second."""
+    stats = runner.latency_stats([1e-6, 2e-6, 3e-6, 4e-6], batch=2)
+    assert stats["mean_us"] == pytest.approx(2.5) and stats["p50_us"] == pytest.approx(2.5)
+    assert stats["std_us"] == pytest.approx((5 / 3) ** 0.5)
+    assert stats["p90_us"] == pytest.approx(3.7) and stats["p99_us"] == pytest.approx(3.97)
+    assert (stats["min_us"], stats["max_us"], stats["runs"]) == (pytest.approx(1.0),
+                                                                 pytest.approx(4.0), 4)
+    assert stats["throughput_ips"] == pytest.approx(800_000)
+
+
+def test_measure_stops_at_max_time_and_takes_at_least_runs():
+    calls = []
+    samples = runner.measure(lambda: calls.append(time.sleep(0.01)), warmup=2, runs=5,
+                             min_time=0.0)
+    assert len(samples) == 5 and len(calls) == 7  # 2 warm-up + 5 timed
+    started = time.perf_counter()
+    samples = runner.measure(lambda: time.sleep(0.01), warmup=1000, runs=10**9, min_time=0.0,
+                             max_time=0.2)
+    assert time.perf_counter() - started < 2.0 and len(samples) >= 1
 
 
 def test_cuda_without_a_device_exits_2_with_one_line(cli_runner, artefacts):

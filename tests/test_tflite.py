@@ -421,3 +421,26 @@ def test_qdq_that_tflite_cannot_express(tmp_path):
     with pytest.raises(ConversionError, match="zero points"):
         convert(src, tmp_path / "u8.tflite", ConvertConfig("tflite", int8=True))
     assert not (tmp_path / "u8.tflite").exists()
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_self_check_refuses_a_wrong_lowering(tmp_path, artefacts, monkeypatch, int8):
+    """A lowering bug (here: every constant's sign flipped as it is written) must stop the
+    conversion at the self-check, with nothing written."""
+    from edgecnn.converters.tflite_builder import TFLiteBuilder
+
+    real = TFLiteBuilder.add_constant
+
+    def flipped(self, name, array, quant=None):
+        if array.dtype.kind == "f" or array.dtype == np.int8:
+            array = (-array.astype(np.int16)).clip(-127, 127).astype(np.int8) \
+                if array.dtype == np.int8 else -array
+        return real(self, name, array, quant)
+
+    monkeypatch.setattr(TFLiteBuilder, "add_constant", flipped)
+    source = artefacts["onnx_int8"] if int8 else artefacts["onnx"]
+    out = tmp_path / "wrong.tflite"
+    needle = "quantisation steps" if int8 else "differs from ONNX"
+    with pytest.raises(ConversionError, match=needle):
+        convert(source, out, ConvertConfig("tflite", int8=int8))
+    assert not out.exists()
