@@ -99,6 +99,10 @@ def quantize_onnx(model: onnx.ModelProto | Path, card: ModelCard, calibration: D
         input_name = model.graph.input[0].name
         # every activation of a batch is held at once: keep batch x image size bounded
         batch = max(1, min(config.batch_size, CALIBRATION_BATCH_ELEMENTS // calibration.images[0].size))
+        fixed = model.graph.input[0].type.tensor_type.shape.dim[0].dim_value
+        if fixed:  # a model exported at a fixed batch (often 1) is fed exactly that batch
+            batch = fixed
+            calibration = calibration.take(max(fixed, len(calibration) // fixed * fixed))
         reader = DatasetCalibrationReader(calibration, card, input_name, batch)
         try:
             with quiet(""):  # onnxruntime logs advice on the root logger

@@ -144,6 +144,32 @@ def convert(model: str | Path, output: str | Path | None = None,
                          checks)
 
 
+def _check_onnx_input(model: Any, source: Path) -> None:
+    """A float32 image input, and a graph onnxruntime can load, before any work on it."""
+    import onnx
+    import onnxruntime as ort
+
+    weights = {t.name for t in model.graph.initializer}
+    image = next(i for i in model.graph.input if i.name not in weights)
+    elem = image.type.tensor_type.elem_type
+    if elem != onnx.TensorProto.FLOAT:
+        raise ConversionError(f"{source}: input {image.name!r} is "
+                              f"{onnx.TensorProto.DataType.Name(elem).lower()}; edgecnn converts "
+                              "models with a float32 image input: re-export in float32")
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    newest = onnx.defs.onnx_opset_version()
+    if opset is not None and not 7 <= opset <= newest:
+        raise ConversionError(f"{source}: uses opset {opset}; edgecnn reads opsets 7..{newest} "
+                              "(11 or newer recommended): re-export with another opset")
+    try:
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's Fail, InvalidGraph, NotImplemented...
+        detail = " ".join(str(exc).split())
+        detail = detail.split("failed:", 1)[-1].strip()[:240]
+        raise ConversionError(f"{source}: onnxruntime cannot load it ({detail}); re-export the "
+                              "model (opset 11..21, acyclic, every tensor defined)") from None
+
+
 def _check_onnx_bytes(data: bytes, source: Path) -> None:
     """The ONNX checker and an onnxruntime load, before a cleaned-up graph is written."""
     import onnx
@@ -171,6 +197,7 @@ def _onnx_of(source: Path, config: ConvertConfig, checks: dict[str, Any]) -> tup
         return exported.model, torch_model.card
     if suffix == ".onnx":
         model = load_onnx(source)
+        _check_onnx_input(model, source)
         passes = onnx_passes.clean(model)  # fold BatchNorm, drop Dropout/Identity, as on export
         if any(passes.values()):
             checks["onnx clean-up"] = ", ".join(f"{k} {v}" for k, v in passes.items() if v)

@@ -141,15 +141,26 @@ class OnnxSession:
                                 f"({str(exc).splitlines()[0][:200]})") from None
         self.path = path
         self.input_name = self.session.get_inputs()[0].name
+        batch = self.session.get_inputs()[0].shape[0] if self.session.get_inputs()[0].shape else None
+        self.fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
         self._feed: dict[str, np.ndarray] = {}
         self._y: np.ndarray | None = None
 
     def bind(self, x: np.ndarray) -> None:
+        if self.fixed_batch and len(x) % self.fixed_batch:
+            raise BadInputError(f"{self.path}: takes batches of exactly {self.fixed_batch}; "
+                                f"{len(x)} images do not split into them")
         self._feed = {self.input_name: np.ascontiguousarray(x, np.float32)}
 
     def invoke(self) -> None:
+        x = self._feed[self.input_name]
         try:
-            self._y = self.session.run(None, self._feed)[0]
+            if self.fixed_batch and len(x) != self.fixed_batch:  # a fixed-batch export: in chunks
+                step = self.fixed_batch
+                self._y = np.concatenate([self.session.run(None, {self.input_name: x[i:i + step]})[0]
+                                          for i in range(0, len(x), step)])
+            else:
+                self._y = self.session.run(None, self._feed)[0]
         except Exception as exc:  # onnxruntime's InvalidArgument, Fail, RuntimeException...
             detail = " ".join(str(exc).split())
             raise BadInputError(f"{self.path}: onnxruntime cannot run it on input "

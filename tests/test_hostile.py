@@ -364,7 +364,36 @@ def _labels_beyond_classes(tmp_path: Path) -> Path:
     return path
 
 
+def _relu_model(tmp_path: Path, name: str, shape, opset: int = 18, fp16: bool = False,
+                cycle: bool = False) -> Path:
+    import onnx
+    from onnx import TensorProto, helper
+
+    dtype = TensorProto.FLOAT16 if fp16 else TensorProto.FLOAT
+    nodes = ([helper.make_node("Add", ["x", "y"], ["a"]), helper.make_node("Relu", ["a"], ["y"])]
+             if cycle else [helper.make_node("Relu", ["x"], ["y"])])
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", dtype, shape)],
+                              [helper.make_tensor_value_info("y", dtype, shape)])
+    path = tmp_path / f"{name}.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), path)
+    return path
+
+
+def _int8_convert(path: Path) -> list[str]:
+    return ["convert", str(path), "--to", "onnx", "--int8", "-o", str(path.with_name("o.onnx"))]
+
+
 CATALOGUE = {  # name -> (make files -> CLI args, what the one line must name)
+    "int8 of a 3-D input": (lambda t, a: _int8_convert(_relu_model(t, "in3d", [1, 28, 28])),
+                            "4-D image input"),
+    "int8 of a 5-D input": (lambda t, a: _int8_convert(_relu_model(t, "in5d", [1, 1, 1, 28, 28])),
+                            "4-D image input"),
+    "int8 of opset 30": (lambda t, a: _int8_convert(_relu_model(t, "op30", [1, 1, 28, 28], 30)),
+                         "opset 30"),
+    "int8 of a float16 input": (lambda t, a: _int8_convert(
+        _relu_model(t, "fp16", [1, 1, 28, 28], fp16=True)), "float16"),
+    "int8 of a cyclic graph": (lambda t, a: _int8_convert(
+        _relu_model(t, "cycle", [1, 1, 28, 28], cycle=True)), "not acyclic"),
     "TFLite opcode index out of range": (
         lambda t, a: ["bench", str(_broken_tflite(t, a, _opcode_out_of_range)), "--runs", "1"],
         "opcode 99"),

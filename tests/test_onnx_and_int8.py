@@ -167,3 +167,22 @@ def test_model_the_exporter_cannot_handle_names_the_op(tmp_path):
     with pytest.raises(ConversionError, match="eig"):
         convert(path, tmp_path / "eig.onnx", ConvertConfig("onnx"))
     assert not (tmp_path / "eig.onnx").exists()
+
+
+def test_fixed_batch_1_onnx_converts_and_validates(cli_runner, artefacts, tmp_path):
+    """What most exporters write: batch fixed to 1. Calibration, the self-check and validate
+    feed it one image at a time."""
+    model = onnx.load(artefacts["onnx"])
+    for value in (model.graph.input[0], model.graph.output[0]):
+        dim = value.type.tensor_type.shape.dim[0]
+        dim.Clear()
+        dim.dim_value = 1
+    b1 = tmp_path / "b1.onnx"
+    onnx.save(model, b1)
+    int8, tfl = tmp_path / "b1_int8.onnx", tmp_path / "b1_int8.tflite"
+    for args in (["convert", str(b1), "--to", "onnx", "--int8", "-o", str(int8)],
+                 ["convert", str(int8), "--to", "tflite", "--int8", "-o", str(tfl)],
+                 ["validate", str(b1), str(int8), str(tfl), "--limit", "300", "--max-steps", "2",
+                  "--min-agreement", "99"]):
+        result = cli_runner.invoke(cli, args)
+        assert result.exit_code == 0, result.output + result.stderr
