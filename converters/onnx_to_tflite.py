@@ -98,14 +98,15 @@ def _add_input(ctx: LoweringContext, io_dtype: str, nchw: bool) -> QuantParams |
     quant = ctx.quant(name)
     io_quant = _io_params(quant, io_dtype) if quant is not None else None
     outer_shape = nchw_shape if nchw else nhwc_shape
-    tensor = ctx.builder.add_tensor(name, outer_shape, IO_DTYPES[io_dtype], quant=io_quant,
+    outer_quant = io_quant if io_dtype != "float32" else None  # float input: quantised inside
+    tensor = ctx.builder.add_tensor(name, outer_shape, IO_DTYPES[io_dtype], quant=outer_quant,
                                     dynamic_batch=True)
     ctx.builder.inputs.append(tensor)
     if nchw:
         perm = ctx.int_const(name + "/to_nhwc", [0, 2, 3, 1])
         moved = ctx.builder.add_tensor(name + "/nhwc", nhwc_shape, IO_DTYPES[io_dtype],
-                                       quant=io_quant, dynamic_batch=True)
-        ctx.add_op("TRANSPOSE", [tensor, perm], [moved], version=2 if io_quant else 1)
+                                       quant=outer_quant, dynamic_batch=True)
+        ctx.add_op("TRANSPOSE", [tensor, perm], [moved], version=2 if outer_quant else 1)
         tensor = moved
     if ctx.int8 and io_dtype != "int8":
         inner = ctx.scratch(name + "/int8", nhwc_shape, quant)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -149,7 +150,7 @@ def tflite_metadata(path: Path, name: str) -> bytes | None:
     """The bytes of one named metadata entry of a TFLite file, or None."""
     model, _ = read_tflite(path)
     for meta in model.metadata or []:
-        key = meta.name.decode() if isinstance(meta.name, bytes) else meta.name
+        key = meta.name.decode(errors="replace") if isinstance(meta.name, bytes) else meta.name
         if key == name and 0 <= meta.buffer < len(model.buffers or []):
             data = model.buffers[meta.buffer].data
             return bytes(data) if data is not None else b""
@@ -168,7 +169,8 @@ def read_card(path: Path, **torch_options: Any) -> ModelCard | None:
         return card_from_onnx(load_onnx(path), str(path))
     if suffix == ".tflite":
         data = tflite_metadata(path, "edgecnn_card")
-        return ModelCard.from_json(data.decode(), str(path)) if data is not None else None
+        return (ModelCard.from_json(data.decode(errors="replace"), str(path))
+                if data is not None else None)
     raise BadInputError(f"{path}: unknown model format {path.suffix!r}")
 
 
@@ -239,10 +241,7 @@ def _inspect_onnx(path: Path) -> ModelInfo:
 
     model = load_onnx(path)
     inits = {t.name for t in model.graph.initializer}
-    params = 0
-    for t in model.graph.initializer:
-        if t.data_type in (1, 2, 3, 10):  # float weights or 8-bit quantised weights, not scales
-            params += int(np.prod(t.dims)) if t.dims else 1
+    params, overhead = _onnx_parameters(model)
     ops = Counter(n.op_type for n in model.graph.node)
     inputs = [_onnx_tensor(i) for i in model.graph.input if i.name not in inits]
     outputs = [_onnx_tensor(o) for o in model.graph.output]
@@ -254,13 +253,62 @@ def _inspect_onnx(path: Path) -> ModelInfo:
             if q.input[0] == inputs[0].name:
                 consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer
                           if t.name in q.input[1:]}
-                inputs[0].quantization = (f"scale {float(consts[q.input[1]]):.6g}, zero point "
+                inputs[0].quantization = (f"quantised inside: scale "
+                                          f"{float(consts[q.input[1]]):.6g}, zero point "
                                           f"{int(consts[q.input[2]])}")
     opset = {o.domain or "ai.onnx": o.version for o in model.opset_import}
     return ModelInfo(str(path), "onnx" + (" int8 QDQ" if quant else " fp32"), params, inputs,
                      outputs, [{"op": k, "count": v} for k, v in ops.most_common()],
                      {"opset": opset, "quantization": quant, "producer": model.producer_name,
-                      "int8 encoding": qdq.encoding(model) or "none"})
+                      "int8 encoding": qdq.encoding(model) or "none",
+                      "quantisation parameters": overhead})
+
+
+FLOAT_TYPES = (1, 10, 11, 16)  # ONNX float, float16, double, bfloat16
+
+
+def _onnx_parameters(model: Any) -> tuple[int, int]:
+    """The float model's parameter count, whatever the encoding: weights (float or 8-bit) and
+    biases (float or int32), never shape constants; scales and zero points counted apart."""
+    roles = {}
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            roles.update({name: "quant" for name in node.input[1:3]})
+            roles.setdefault(node.input[0], "data")
+    params = overhead = 0
+    for t in model.graph.initializer:
+        size = int(np.prod(t.dims)) if t.dims else 1
+        if roles.get(t.name) == "quant":
+            overhead += size
+        elif t.data_type in FLOAT_TYPES or roles.get(t.name) == "data" and t.data_type in (2, 3, 6):
+            params += size
+    return params, overhead
+
+
+def _tflite_parameters(model: Any, graph: Any, fb: Any) -> tuple[int, int]:
+    """As :func:`_onnx_parameters`, for TFLite: constant weights and int32 bias slots."""
+    from edgecnn.converters.tflite_schema import op_name
+
+    bias_slots = {"CONV_2D": 2, "DEPTHWISE_CONV_2D": 2, "FULLY_CONNECTED": 2, "TRANSPOSE_CONV": 3}
+    biases = set()
+    for op in graph.operators or []:
+        code = model.operatorCodes[op.opcodeIndex]
+        slot = bias_slots.get(op_name(max(code.builtinCode, code.deprecatedBuiltinCode)))
+        if slot is not None and op.inputs is not None and len(op.inputs) > slot:
+            biases.add(int(op.inputs[slot]))
+    weight_types = (fb.TensorType.FLOAT32, fb.TensorType.FLOAT16, fb.TensorType.INT8,
+                    fb.TensorType.UINT8)
+    params = overhead = 0
+    for index, t in enumerate(graph.tensors or []):
+        data = model.buffers[t.buffer].data
+        if data is None or not len(data):
+            continue
+        if t.type in weight_types or (t.type == fb.TensorType.INT32 and index in biases):
+            params += int(np.prod(t.shape))
+            q = t.quantization
+            if q is not None and q.scale is not None:
+                overhead += len(q.scale) + len(q.zeroPoint if q.zeroPoint is not None else [])
+    return params, overhead
 
 
 def _inspect_tflite(path: Path) -> ModelInfo:
@@ -281,7 +329,7 @@ def _inspect_tflite(path: Path) -> ModelInfo:
             quant = f"scale {q.scale[0]:.6g}, zero point {q.zeroPoint[0]}"
         layout = ("NHWC" if len(shape) == 4 and shape[-1] in (1, 3) and shape[1] not in (1, 3)
                   else "NCHW" if len(shape) == 4 else "")
-        name = t.name.decode() if isinstance(t.name, bytes) else t.name
+        name = t.name.decode(errors="replace") if isinstance(t.name, bytes) else t.name
         return TensorInfo(name, shape, type_names.get(t.type, str(t.type)), layout, quant)
 
     counts: Counter[tuple[str, int]] = Counter()
@@ -290,18 +338,24 @@ def _inspect_tflite(path: Path) -> ModelInfo:
         builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
         counts[(op_name(builtin), code.version)] += 1
     used = list(counts)
-    params = 0
-    for t in graph.tensors:
-        data = model.buffers[t.buffer].data if t.buffer < len(model.buffers) else None
-        if data is not None and len(data) and t.type in (fb.TensorType.FLOAT32, fb.TensorType.INT8):
-            params += int(np.prod(t.shape))
+    params, overhead = _tflite_parameters(model, graph, fb)
+    inputs = [tensor(i) for i in graph.inputs]
+    recorded = tflite_metadata(path, "edgecnn_input_quantization")
+    if recorded and inputs[0].dtype == "float32":  # float I/O: the first op quantises
+        try:
+            inner = json.loads(recorded)
+            inputs[0].quantization = (f"quantised inside: scale {inner['scale']:.6g}, zero point "
+                                      f"{inner['zero_point']}")
+        except (ValueError, KeyError, TypeError):
+            pass
     return ModelInfo(
-        str(path), "tflite", params, [tensor(i) for i in graph.inputs],
+        str(path), "tflite", params, inputs,
         [tensor(o) for o in graph.outputs],
         [{"op": op, "version": v, "count": n,
           "min_runtime": MIN_RUNTIME.get((op, v), "unknown")} for (op, v), n in counts.items()],
         {"oldest_runtime": min_runtime_for(used) or "unknown (op not in TFLite's version table)",
-         "schema_version": model.version, "transpose_ops": counts_of(counts, "TRANSPOSE")})
+         "schema_version": model.version, "transpose_ops": counts_of(counts, "TRANSPOSE"),
+         "quantisation parameters": overhead})
 
 
 def counts_of(counts: Counter[tuple[str, int]], op: str) -> int:

@@ -243,7 +243,7 @@ class Int8References:
         if recorded is None:
             return None if tflite_metadata(path, "edgecnn_input_quantization") is None else (
                 "int8 file without a quantisation fingerprint: no QDQ reference")
-        match = next((p for p, (fp, _, _) in self._onnx.items() if fp == recorded.decode()), None)
+        match = next((p for p, (fp, _, _) in self._onnx.items() if fp == recorded.decode(errors="replace")), None)
         return match or "no QDQ reference: add the int8 .onnx it was converted from"
 
     def measure(self, row: ParityRow, path: Path, logits: np.ndarray,

@@ -41,6 +41,17 @@ def bench_in_process(model: Path, runtime: str, config: BenchConfig, target: str
                        runner.peak_rss_mb(), [s * 1e6 for s in samples])
 
 
+WARM_RUNTIMES: set[str] = set()
+
+
+def warm_up_runtime(model: Path, runtime: str, threads: int | None) -> None:
+    """Open one throw-away session per runtime and process, so that the first model benched
+    does not pay the runtime's one-time start-up in its "load ms" (order must not matter)."""
+    if runtime not in WARM_RUNTIMES:
+        open_session(model, runtime, threads)
+        WARM_RUNTIMES.add(runtime)
+
+
 class CPUTarget(Target):
     name = "cpu"
 
@@ -54,6 +65,7 @@ class CPUTarget(Target):
         device = self.probe()
         results = []
         for runtime in runtimes_for(model, config.runtime):
+            warm_up_runtime(model, runtime, config.threads)
             result = bench_in_process(model, runtime, config, self.name, x)
             result.device = device
             results.append(result)

@@ -130,3 +130,17 @@ def test_cli_loading_flags_reach_every_command(cli_runner, tmp_path):
     assert cli_runner.invoke(cli, ["inspect", str(bare)]).exit_code == 2  # names no architecture
     result = cli_runner.invoke(cli, ["validate", str(bare), "--arch", "lenet5", "--limit", "50"])
     assert result.exit_code == 0, result.stderr
+
+
+def test_one_parameter_count_in_every_format(artefacts):
+    """The float network's count (PyTorch's numel) whatever the container or encoding; scales
+    and zero points are reported apart."""
+    from edgecnn import zoo
+    from edgecnn.inspection import inspect_model
+
+    want = sum(p.numel() for p in zoo.build("lenet5").parameters())
+    for path in (LENET, *artefacts.values()):
+        info = inspect_model(path)
+        assert info.parameters == want, path.name
+        overhead = info.details.get("quantisation parameters", 0)
+        assert (overhead > 0) == ("int8" in path.name), path.name
