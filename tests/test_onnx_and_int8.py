@@ -57,7 +57,7 @@ def test_lenet_int8_onnx_keeps_accuracy(artefacts, test_set):
     x = default_card("lenet5").input.preprocess(test_set.images)
     fp32 = (_ort(artefacts["onnx"], x).argmax(1) == test_set.labels).mean()
     int8 = (_ort(artefacts["onnx_int8"], x).argmax(1) == test_set.labels).mean()
-    assert abs(fp32 - int8) <= 0.003
+    assert abs(fp32 - int8) <= 0.003  # the product's int8 budget: the README gates 0.3 pp
     assert _ort(artefacts["onnx_int8"], x[:7]).shape == (7, 10)
     types = {n.op_type for n in onnx.load(artefacts["onnx_int8"]).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= types

@@ -214,9 +214,33 @@ CASES = [(op, name) for op, cases in OP_CASES.items() for name in cases]
 # Each is refused with a one-line error (test_int8_refusals_name_the_op).
 INT8_UNSUPPORTED = {("HardSwish", "plain"), ("Tanh", "plain"),
                     ("BatchNormalization", "after_relu")}
-# Requantising between an op's fixed/shared output parameters and the QDQ model's own choice
-# rounds twice; the classifier head can amplify that to a few output steps.
-INT8_MAX_STEPS = 5
+# The integer kernels and the QDQ reference may round a value apart by one step where it lies
+# within float error of a tie, or where a requantisation to an op's fixed/shared parameters
+# rounds twice (pooling, softmax, concat). One step in the head's input moves the output by at
+# most head_amplification() steps; one more step comes from the head's own requantisation.
+INT8_MAX_STEPS = 2  # cases without a measurable head (uint8 activations on one Conv)
+
+
+def head_amplification(qdq: onnx.ModelProto) -> float:
+    """Output steps one input step of the final Gemm/MatMul can cause:
+    max over outputs of sum|w| * s_in / s_out."""
+    from onnx import numpy_helper as nh
+
+    inits = {t.name: nh.to_array(t) for t in qdq.graph.initializer}
+    producer = {n.output[0]: n for n in qdq.graph.node}
+    head = [n for n in qdq.graph.node if n.op_type in ("Gemm", "MatMul")][-1]
+    act_dq, w_dq = producer[head.input[0]], producer[head.input[1]]
+    values = inits[w_dq.input[0]].astype(np.int32)
+    axis = next((a.i for a in w_dq.attribute if a.name == "axis"), 1)
+    shape = [1] * values.ndim
+    shape[axis] = -1
+    zero = inits[w_dq.input[2]].astype(np.int32).reshape(shape if values.ndim else ())
+    weights = (values - zero) * inits[w_dq.input[1]].reshape(shape)
+    if head.op_type == "MatMul":
+        weights = weights.T  # (in, out) -> one row per output
+    output_dq = producer[qdq.graph.output[0].name]
+    s_out = inits[output_dq.input[1]]
+    return float(np.abs(weights).sum(1).max() * inits[act_dq.input[1]] / s_out)
 
 
 def test_every_lowering_has_a_case():
@@ -273,7 +297,9 @@ def test_int8_lowering_matches_the_qdq_model(tmp_path, op, name):
     got = predict(open_session(out, "litert"), x)
     step = inspect_model(out).outputs[0].quantization
     scale = float(step.split(",")[0].split()[1])
-    assert np.abs(got - want).max() <= INT8_MAX_STEPS * scale + 1e-6, f"{op}/{name}"
+    bound = 1 + head_amplification(qdq)  # see INT8_MAX_STEPS
+    assert np.abs(got - want).max() <= bound * scale + 1e-6, f"{op}/{name}: bound {bound:.2f}"
+    # argmax flips need two logits within the bound of each other: rare on random weights
     assert (got.argmax(1) == want.argmax(1)).mean() >= 0.95
     assert "TRANSPOSE" not in _tflite_ops(out)
 
@@ -331,7 +357,7 @@ def test_lenet_int8_tflite_against_int8_onnx_and_fp32(artefacts, test_set, runti
     assert np.abs(tfl_int8 - onnx_int8).max() <= 2 * step + 1e-6
     acc_int8 = (tfl_int8.argmax(1) == test_set.labels).mean()
     acc_fp32 = (tfl_fp32.argmax(1) == test_set.labels).mean()
-    assert abs(acc_int8 - acc_fp32) <= 0.003
+    assert abs(acc_int8 - acc_fp32) <= 0.003  # the product's int8 budget (README: 0.3 pp)
 
 
 def test_nchw_input_adds_exactly_one_transpose(tmp_path, test_set):
