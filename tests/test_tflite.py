@@ -101,6 +101,18 @@ def _pool(op, **attrs):
     return build
 
 
+def _reduce(op, axes, keepdims=1):
+    """A reduction after a conv; axes as an input (opset 18), as the dynamo exporter writes."""
+    def build():
+        conv, inits = _conv("c", "x", "a", 4, 4, pads=[1, 1, 1, 1])
+        axes_init = numpy_helper.from_array(np.asarray(axes, np.int64), "axes")
+        node = helper.make_node(op, ["a", "axes"], ["z"], keepdims=keepdims)
+        reduced = {a % 4 for a in axes}
+        channels, hw = (1 if 1 in reduced else 4), (1 if 2 in reduced else 8)
+        return _case([conv, node], inits + [axes_init], channels, hw)
+    return build
+
+
 def _binary(op):
     def build():
         c1, i1 = _conv("c1", "x", "a", 4, 4, pads=[1, 1, 1, 1])
@@ -200,6 +212,11 @@ OP_CASES = {
                     "same_excl_pad": _pool("AveragePool", kernel_shape=[3, 3], strides=[1, 1],
                                            pads=[1, 1, 1, 1])},
     "GlobalAveragePool": {"plain": _pool("GlobalAveragePool")},
+    "ReduceMean": {"spatial_keepdims": _reduce("ReduceMean", [2, 3]),
+                   "spatial_dropped": _reduce("ReduceMean", [2, 3], keepdims=0),
+                   "channels": _reduce("ReduceMean", [1])},
+    "ReduceMax": {"spatial_keepdims": _reduce("ReduceMax", [2, 3])},
+    "ReduceSum": {"spatial_keepdims": _reduce("ReduceSum", [-2, -1])},
     "Flatten": {"folded_into_gemm": _unary("Relu")},
     "Reshape": {"to_2d": _reshape_softmax},
     "Add": {"activation_and_const": _binary("Add")},
@@ -213,7 +230,11 @@ CASES = [(op, name) for op, cases in OP_CASES.items() for name in cases]
 # onnxruntime's QDQ registry leaves Tanh float; HardSwish has no int8 kernel on old runtimes.
 # Each is refused with a one-line error (test_int8_refusals_name_the_op).
 INT8_UNSUPPORTED = {("HardSwish", "plain"), ("Tanh", "plain"),
-                    ("BatchNormalization", "after_relu")}
+                    ("BatchNormalization", "after_relu"),
+                    # onnxruntime's QDQ quantiser leaves reductions float (no float islands yet)
+                    ("ReduceMean", "spatial_keepdims"), ("ReduceMean", "spatial_dropped"),
+                    ("ReduceMean", "channels"), ("ReduceMax", "spatial_keepdims"),
+                    ("ReduceSum", "spatial_keepdims")}
 # The integer kernels and the QDQ reference may round a value apart by one step where it lies
 # within float error of a tie, or where a requantisation to an op's fixed/shared parameters
 # rounds twice (pooling, softmax, concat). One step in the head's input moves the output by at

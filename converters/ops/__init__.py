@@ -24,5 +24,6 @@ from edgecnn.converters.ops import (  # noqa: E402,F401  (registration side effe
     dense,
     elementwise,
     pooling,
+    reduce,
     shape,
 )
