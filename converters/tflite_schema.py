@@ -24,7 +24,14 @@ def schema() -> ModuleType:
 
 # (builtin op name, version) -> oldest TensorFlow Lite runtime that implements it.
 MIN_RUNTIME = {
+    ("ABS", 1): "1.13.1",
     ("ADD", 1): "1.5.0", ("ADD", 2): "1.14.0",
+    ("DIV", 1): "1.6.0",
+    ("EXP", 1): "1.7.0",
+    ("NEG", 1): "1.9.0",
+    ("PRELU", 1): "1.8.0",
+    ("SQRT", 1): "1.10.0",
+    ("SUB", 1): "1.6.0", ("SUB", 2): "1.14.0",
     ("AVERAGE_POOL_2D", 1): "1.5.0", ("AVERAGE_POOL_2D", 2): "1.14.0",
     ("CONCATENATION", 1): "1.5.0", ("CONCATENATION", 2): "1.14.0",
     ("CONV_2D", 1): "1.5.0", ("CONV_2D", 3): "1.14.0",

@@ -123,6 +123,21 @@ def _binary(op):
     return build
 
 
+def _chain(*ops, const=None, **attrs):
+    """conv -> relu -> each of ``ops`` in turn (with ``const`` as a second input where given)."""
+    def build():
+        conv, inits = _conv("c", "x", "a", 4, 4, pads=[1, 1, 1, 1])
+        nodes, current = [conv, helper.make_node("Relu", ["a"], ["r"])], "r"
+        extra = [numpy_helper.from_array(np.asarray(const, np.float32), "k")] if const is not None else []
+        for i, op in enumerate(ops):
+            out = "z" if i == len(ops) - 1 else f"t{i}"
+            inputs = [current, "k"] if const is not None else [current]
+            nodes.append(helper.make_node(op, inputs, [out], **attrs))
+            current = out
+        return _case(nodes, inits + extra, 4, 8)
+    return build
+
+
 def _concat():
     c1, i1 = _conv("c1", "x", "a", 4, 4, pads=[1, 1, 1, 1])
     c2, i2 = _conv("c2", "x", "b", 4, 2, pads=[1, 1, 1, 1])
@@ -220,6 +235,19 @@ OP_CASES = {
     "Flatten": {"folded_into_gemm": _unary("Relu")},
     "Reshape": {"to_2d": _reshape_softmax},
     "Add": {"activation_and_const": _binary("Add")},
+    "Sub": {"activation_and_const": _binary("Sub")},
+    "Div": {"by_const": _chain("Div", const=np.full((4, 1, 1), 1.5, np.float32) + np.arange(4).reshape(4, 1, 1))},
+    "Min": {"activation_and_const": _binary("Min")},
+    "Max": {"activation_and_const": _binary("Max")},
+    "Pow": {"square": _chain("Pow", const=np.float32(2.0)),
+            "sqrt": _chain("Pow", const=np.float32(0.5))},
+    "PRelu": {"per_channel": _chain("PRelu", const=np.linspace(-0.5, 0.5, 4).reshape(4, 1, 1))},
+    "Neg": {"plain": _chain("Neg")},
+    "Abs": {"plain": _unary("Abs")},
+    "Sqrt": {"after_relu": _chain("Sqrt")},
+    "Exp": {"plain": _unary("Exp")},
+    "HardSigmoid": {"default": _unary("HardSigmoid"),
+                    "paddle": _unary("HardSigmoid", alpha=1 / 6, beta=0.5)},
     "Mul": {"activation_and_const": _binary("Mul")},
     "Concat": {"channels": _concat},
     "Pad": {"asymmetric": _pad},
@@ -234,7 +262,14 @@ INT8_UNSUPPORTED = {("HardSwish", "plain"), ("Tanh", "plain"),
                     # onnxruntime's QDQ quantiser leaves reductions float (no float islands yet)
                     ("ReduceMean", "spatial_keepdims"), ("ReduceMean", "spatial_dropped"),
                     ("ReduceMean", "channels"), ("ReduceMax", "spatial_keepdims"),
-                    ("ReduceSum", "spatial_keepdims")}
+                    ("ReduceSum", "spatial_keepdims"),
+                    # float-only lowerings for now: each refuses int8 in one line
+                    ("Sub", "activation_and_const"), ("Div", "by_const"),
+                    ("Min", "activation_and_const"),
+                    ("Max", "activation_and_const"), ("Pow", "square"), ("Pow", "sqrt"),
+                    ("PRelu", "per_channel"), ("Neg", "plain"), ("Abs", "plain"),
+                    ("Sqrt", "after_relu"), ("Exp", "plain"), ("HardSigmoid", "default"),
+                    ("HardSigmoid", "paddle")}
 # The integer kernels and the QDQ reference may round a value apart by one step where it lies
 # within float error of a tie, or where a requantisation to an op's fixed/shared parameters
 # rounds twice (pooling, softmax, concat). One step in the head's input moves the output by at

@@ -92,3 +92,53 @@ def lower_softmax(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     x = ctx.value(node.input[0]).tensor
     ctx.fixed_output(node, "SOFTMAX", [x], SOFTMAX_INT8, ctx.op_version(1, 2),
                      options=ctx.options("SoftmaxOptions", beta=1.0))
+
+
+def _float_unary(ctx: LoweringContext, node: onnx.NodeProto, op: str) -> None:
+    if ctx.int8:
+        raise ConversionError(f"{ctx.graph.source}: int8 {node.op_type} {node.name!r} has no "
+                              "int8 kernel on the runtimes edgecnn targets; convert in float")
+    _unary(ctx, node, op, int8_version=1)
+
+
+@lower("Neg")
+def lower_neg(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    _float_unary(ctx, node, "NEG")
+
+
+@lower("Abs")
+def lower_abs(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    _float_unary(ctx, node, "ABS")
+
+
+@lower("Sqrt")
+def lower_sqrt(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    _float_unary(ctx, node, "SQRT")
+
+
+@lower("Exp")
+def lower_exp(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    _float_unary(ctx, node, "EXP")
+
+
+@lower("HardSigmoid")
+def lower_hard_sigmoid(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    """max(0, min(1, alpha * x + beta)) as MUL, ADD, MINIMUM, MAXIMUM: every TFLite runtime has
+    them (MobileNetV3's and Paddle's hard-sigmoid)."""
+    if ctx.int8:
+        raise ConversionError(f"{ctx.graph.source}: int8 HardSigmoid {node.name!r} is not "
+                              "supported yet; convert in float")
+    alpha = float(ctx.attr(node, "alpha", 0.2))
+    beta = float(ctx.attr(node, "beta", 0.5))
+    source = ctx.value(node.input[0])
+    shape = ctx.builder.tensor_shape(source.tensor)
+    name = node.output[0]
+    current = source.tensor
+    for op, value, options in (("MUL", alpha, ctx.options("MulOptions", fusedActivationFunction=0)),
+                               ("ADD", beta, ctx.options("AddOptions", fusedActivationFunction=0)),
+                               ("MINIMUM", 1.0, None), ("MAXIMUM", 0.0, None)):
+        constant = ctx.builder.add_constant(f"{name}/{op.lower()}", np.array([value], np.float32))
+        nxt = ctx.scratch(f"{name}/{op.lower()}_out", shape, None)
+        ctx.add_op(op, [current, constant], [nxt], options=options)
+        current = nxt
+    ctx.values[name] = type(source)(current, source.nhwc, source.column_order)

@@ -1,4 +1,5 @@
-"""Add and Mul -> ADD / MUL, with constants brought into the activation's layout."""
+"""Binary elementwise ops (Add, Sub, Mul, Div, Min, Max, Pow by a constant) and PRelu, with
+constants brought into the activation's layout (NHWC, flattened column order)."""
 
 from __future__ import annotations
 
@@ -31,12 +32,17 @@ def _constant_operand(ctx: LoweringContext, node: onnx.NodeProto, name: str, ran
                                     np.ascontiguousarray(values.astype(np.int8)), params)
 
 
-def _binary(ctx: LoweringContext, node: onnx.NodeProto, op: str, options_name: str) -> None:
+def _binary(ctx: LoweringContext, node: onnx.NodeProto, op: str, options_name: str | None,
+            float_only: bool = False) -> None:
     rank = len(ctx.shape(node.output[0]))
     activations = [i for i in node.input if not ctx.is_const(i)]
     if not activations:
         raise ConversionError(f"{ctx.graph.source}: {node.op_type} {node.name!r} has only "
                               "constant inputs and should have been folded")
+    if float_only and ctx.int8:
+        raise ConversionError(f"{ctx.graph.source}: int8 {node.op_type} {node.name!r} has no "
+                              "int8 TFLite kernel on the runtimes edgecnn targets; convert in "
+                              "float")
     first = ctx.value(activations[0])
     order = first.column_order
     inputs = []
@@ -50,10 +56,74 @@ def _binary(ctx: LoweringContext, node: onnx.NodeProto, op: str, options_name: s
                 raise ConversionError(f"{ctx.graph.source}: {node.op_type} {node.name!r} mixes "
                                       "flattened and unflattened tensors")
             inputs.append(value.tensor)
+    if options_name is None:  # MINIMUM, MAXIMUM: no fused activation
+        out = ctx.output_value(node.output[0], column_order=order)
+        ctx.add_op(op, inputs, [out.tensor], version=ctx.op_version(1, 2))
+        return
     fused, out_name = ctx.fuse_activation(node)
     out = ctx.output_value(out_name, column_order=order)
     ctx.add_op(op, inputs, [out.tensor], version=ctx.op_version(1, 2),
                options=ctx.options(options_name, fusedActivationFunction=fused))
+
+
+@lower("Sub")
+def lower_sub(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    _binary(ctx, node, "SUB", "SubOptions")
+
+
+@lower("Div")
+def lower_div(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    _binary(ctx, node, "DIV", "DivOptions", float_only=True)
+
+
+@lower("Min")
+def lower_min(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    _two_operands(ctx, node)
+    _binary(ctx, node, "MINIMUM", None, float_only=True)
+
+
+@lower("Max")
+def lower_max(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    _two_operands(ctx, node)
+    _binary(ctx, node, "MAXIMUM", None, float_only=True)
+
+
+def _two_operands(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    if len(node.input) != 2:
+        raise ConversionError(f"{ctx.graph.source}: {node.op_type} {node.name!r} has "
+                              f"{len(node.input)} inputs; TFLite's takes two (chain them)")
+
+
+@lower("Pow")
+def lower_pow(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    """x ** 2 as MUL(x, x) and x ** 0.5 as SQRT: the exponents CNNs use, exactly."""
+    exponent = ctx.const(node, 1).ravel()
+    if ctx.int8 or exponent.size != 1 or float(exponent[0]) not in (2.0, 0.5):
+        raise ConversionError(f"{ctx.graph.source}: Pow {node.name!r} by {exponent.tolist()}; "
+                              "edgecnn converts float x**2 and x**0.5")
+    source = ctx.value(node.input[0])
+    out = ctx.output_value(node.output[0], column_order=source.column_order)
+    if float(exponent[0]) == 2.0:
+        ctx.add_op("MUL", [source.tensor, source.tensor], [out.tensor],
+                   options=ctx.options("MulOptions", fusedActivationFunction=0))
+    else:
+        ctx.add_op("SQRT", [source.tensor], [out.tensor])
+
+
+@lower("PRelu")
+def lower_prelu(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    if ctx.int8:
+        raise ConversionError(f"{ctx.graph.source}: int8 PRelu {node.name!r} is not supported "
+                              "yet; convert in float")
+    source = ctx.value(node.input[0])
+    slope = np.asarray(ctx.const(node, 1), np.float32)
+    if len(ctx.shape(node.output[0])) == 4:  # (C, 1, 1) -> NHWC (1, 1, C), batch left out
+        slope = slope.reshape((1,) * (4 - slope.ndim) + slope.shape).transpose(NCHW_TO_NHWC)[0]
+    elif source.column_order is not None and slope.shape[-1:] == source.column_order.shape:
+        slope = slope[..., source.column_order]
+    alpha = ctx.builder.add_constant(node.output[0] + "/alpha", np.ascontiguousarray(slope))
+    out = ctx.output_value(node.output[0], column_order=source.column_order)
+    ctx.add_op("PRELU", [source.tensor, alpha], [out.tensor])
 
 
 @lower("Add")
