@@ -48,7 +48,7 @@ def export_onnx(source: TorchModel, opset: int = DEFAULT_OPSET,
     in onnxruntime never holds a second serialised copy of the weights (VGG19: 575 MB each).
     """
     _check_finite_weights(source)
-    example = torch.zeros((2, *source.card.input.shape))
+    example = torch.zeros((source.static_batch or 2, *source.card.input.shape))
     with tempfile.TemporaryDirectory(prefix="edgecnn-export-") as tmp:
         path = Path(tmp) / "model.onnx"
         with quiet("torch", "onnxscript", stdout=True):
@@ -181,7 +181,8 @@ def self_check(source: TorchModel, path: Path, inputs: np.ndarray | None) -> flo
 
     if inputs is None:
         rng = np.random.default_rng(0)
-        inputs = rng.random((4, *source.card.input.shape), dtype=np.float32)
+        inputs = rng.random((source.static_batch or 4, *source.card.input.shape),
+                            dtype=np.float32)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: inputs})[0]
     del session

@@ -11,7 +11,7 @@ import pickle
 import warnings
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ class TorchModel:
     card: ModelCard
     exported: torch.export.ExportedProgram | None = None
     nn_module: torch.nn.Module | None = None
+    static_batch: int | None = None  # a program exported at a fixed batch (often 1)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
@@ -118,8 +119,47 @@ def _load_exported(path: Path, members: list[str], trust_pickle: bool) -> TorchM
         raise
     except Exception as exc:  # torch raises many types for corrupt archives
         raise ModelLoadError(f"{path}: cannot load torch.export archive ({_first_line(exc)})") from None
-    card = _card_or_default(path, extra.get(CARD_ARCHIVE_NAME), None)
-    return TorchModel(path, FORMAT_EXPORTED, program.module(), card, exported=program)
+    input_shape, output_shape = _program_io_shapes(program)
+    embedded = extra.get(CARD_ARCHIVE_NAME)
+    if read_sidecar(path) is None and not embedded:  # a user's own export: no card needed
+        card = _card_from_shapes(path, input_shape, output_shape)
+        card = replace(card, parameters=sum(p.numel() for p in program.parameters()))
+    else:
+        card = _card_or_default(path, embedded, None)
+    batch = input_shape[0] if input_shape and isinstance(input_shape[0], int) else None
+    return TorchModel(path, FORMAT_EXPORTED, program.module(), card, exported=program,
+                      static_batch=batch)
+
+
+def _program_io_shapes(program: torch.export.ExportedProgram) -> tuple[list[Any], list[Any]]:
+    """Shapes of the first user input and output, ints where static (symbols stay as is)."""
+    signature = program.graph_signature
+    vals = {n.name: n.meta.get("val") for n in program.graph.nodes}
+    inputs = [vals.get(name) for name in signature.user_inputs]
+    outputs = [vals.get(name) for name in signature.user_outputs]
+
+    def shape(value: Any) -> list[Any]:
+        if value is None or not hasattr(value, "shape"):
+            return []
+        return [int(d) if isinstance(d, int) or str(d).isdigit() else str(d) for d in value.shape]
+
+    return (shape(inputs[0]) if inputs else []), (shape(outputs[0]) if outputs else [])
+
+
+def _card_from_shapes(path: Path, input_shape: list[Any], output_shape: list[Any]) -> ModelCard:
+    """The card of a card-less export: its own input shape, one label per output class, and
+    x = pixels / 255 (say otherwise with a card beside the file)."""
+    if len(input_shape) != 4 or not all(isinstance(d, int) for d in input_shape[1:]):
+        raise ModelLoadError(f"{path}: carries no model card and its input is {input_shape}; "
+                             "edgecnn needs an (N, C, H, W) image input of fixed C, H, W: "
+                             f"export it so, or put a card beside it ({path.with_suffix('.json').name})")
+    classes = output_shape[-1] if output_shape and isinstance(output_shape[-1], int) else 1
+    try:
+        spec = InputSpec(tuple(input_shape[1:]))
+    except ValueError as exc:
+        raise ModelLoadError(f"{path}: input shape {input_shape}: {exc}") from None
+    return ModelCard(path.stem, 0, spec, tuple(str(i) for i in range(classes)),
+                     extra={"card": "derived from the export: no card was given"})
 
 
 def _load_torchscript(path: Path) -> TorchModel:

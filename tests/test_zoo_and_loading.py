@@ -144,3 +144,31 @@ def test_one_parameter_count_in_every_format(artefacts):
         assert info.parameters == want, path.name
         overhead = info.details.get("quantisation parameters", 0)
         assert (overhead > 0) == ("int8" in path.name), path.name
+
+
+@pytest.mark.parametrize("batch", ["fixed 1", "dynamic"])
+def test_a_users_own_export_converts_without_a_card(tmp_path, cli_runner, batch):
+    """A card-less torch.export archive of an nn.Module we never saw: its own input shape and
+    class count make the card; a batch-1 export (what most people write) is fed batch 1."""
+    import onnxruntime as ort
+    import torch.nn as nn
+
+    from edgecnn.cli import cli
+
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Hardsigmoid(),
+                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).eval()
+    example = torch.zeros(1 if batch == "fixed 1" else 2, 3, 16, 16)
+    shapes = None if batch == "fixed 1" else ({0: torch.export.Dim("batch", min=1, max=64)},)
+    path = tmp_path / "own.pt2"
+    torch.export.save(torch.export.export(module, (example,), dynamic_shapes=shapes), path)
+    out = tmp_path / "own.onnx"
+    result = cli_runner.invoke(cli, ["convert", str(path), "--to", "onnx", "-o", str(out)])
+    assert result.exit_code == 0, result.output + result.stderr
+    x = torch.rand(1, 3, 16, 16)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    with torch.inference_mode():
+        np.testing.assert_allclose(got, module(x).numpy(), atol=1e-5)  # fp32: reassociation only
+    info = cli_runner.invoke(cli, ["inspect", str(path), "--json"])
+    assert json.loads(info.output)["parameters"] == sum(p.numel() for p in module.parameters())
