@@ -67,6 +67,18 @@ def test_latency_statistics_by_hand():
     assert stats["throughput_ips"] == pytest.approx(800_000)
 
 
+def test_latency_statistics_of_one_and_two_runs():
+    """One run has no spread to estimate (sd 0); two runs of 1 and 3 µs: sd sqrt(2)."""
+    assert runner.latency_stats([2e-6], batch=1)["std_us"] == 0.0
+    assert runner.latency_stats([1e-6, 3e-6], batch=1)["std_us"] == pytest.approx(2 ** 0.5)
+
+
+def test_measure_honours_min_time_and_times_each_run():
+    samples = runner.measure(lambda: time.sleep(0.005), warmup=0, runs=1, min_time=0.1)
+    assert sum(samples) >= 0.09 and len(samples) >= 10
+    assert all(0.004 <= s < 0.5 for s in samples)  # each sample is one invoke's own duration
+
+
 def test_measure_stops_at_max_time_and_takes_at_least_runs():
     calls = []
     samples = runner.measure(lambda: calls.append(time.sleep(0.01)), warmup=2, runs=5,

@@ -11,7 +11,7 @@ import torch
 
 from edgecnn.cli import cli
 from edgecnn.loading import default_card
-from edgecnn.validate import Thresholds, compare, paired_ci
+from edgecnn.validate import Thresholds, compare, paired_ci, worst_classes
 from tests.conftest import LENET
 
 
@@ -131,3 +131,45 @@ def test_data_of_the_wrong_shape_is_refused(cli_runner, artefacts, tmp_path):
     np.savez(data, x=np.zeros((4, 32, 32, 3), np.uint8), y=np.zeros(4))
     result = cli_runner.invoke(cli, ["validate", str(artefacts["onnx"]), "--data", str(data)])
     assert result.exit_code == 2 and "3x32x32" in result.stderr
+
+
+def test_worst_classes_by_hand():
+    """Class 1 loses 2 of its 4 images (50 pp), class 2 one of 4 (25 pp); class 0 gains."""
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2])
+    ref = labels.copy()
+    ref[0] = 5  # the reference misses one class-0 image the candidate gets right
+    pred = labels.copy()
+    pred[[4, 5, 8]] = 7
+    names = tuple("abcdefghij")
+    assert worst_classes(pred, ref, labels, names) == ["b (-50.00 pp)", "c (-25.00 pp)"]
+    assert worst_classes(ref, ref, labels, names) == []
+
+
+@pytest.mark.parametrize("kwargs", [{"max_drop_pp": -0.1}, {"min_agreement_pct": -1},
+                                    {"min_agreement_pct": 100.5}, {"max_int8_steps": -1},
+                                    {"max_drop_pp": float("nan")}])
+def test_thresholds_refuse_what_cannot_be_a_budget(kwargs):
+    with pytest.raises(ValueError):
+        Thresholds(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [{"min_agreement_pct": 0}, {"min_agreement_pct": 100},
+                                    {"max_drop_pp": 0}, {"max_int8_steps": 0}])
+def test_thresholds_accept_their_end_points(kwargs):
+    Thresholds(**kwargs)
+
+
+def test_paired_interval_of_one_and_two_images():
+    """One image: no spread to estimate, the interval is the point. Two images that both lose:
+    sd 0, so the interval is the point too."""
+    assert paired_ci(np.array([False]), np.array([True])) == (-100.0, -100.0, -100.0)
+    mean, low, high = paired_ci(np.array([False, True]), np.array([True, True]))
+    assert mean == pytest.approx(-50.0)
+    assert low == pytest.approx(-50 - 1.959964 * 50) and high == pytest.approx(-50 + 1.959964 * 50)
+
+
+def test_identical_pct_counts_whole_logit_vectors():
+    new, ref, labels = _synthetic(0)
+    new[:5, 3] += 1e-3  # five images differ in one logit each
+    row = compare("m", "rt", new, ref, labels, default_card("lenet5"), Thresholds())
+    assert row.identical_pct == pytest.approx(95.0)
