@@ -13,14 +13,11 @@ from typing import Any
 
 import numpy as np
 import onnx
-from edgecnn.converters.qdq import QDQ_OPS as QDQ_OP_TYPES
-from edgecnn.converters.qdq import as_int8
+from edgecnn.converters.qdq import QDQ_OPS, as_int8, to_int8
 from edgecnn.converters.tflite_builder import QuantParams
 from onnx import numpy_helper, shape_inference
 
 from edgecnn.errors import ConversionError
-
-QDQ_OPS = set(QDQ_OP_TYPES)
 
 
 @dataclass(frozen=True)
@@ -191,7 +188,7 @@ def _fold_activation_qdq(graph: Graph) -> None:
                                   "DequantizeLinear only; TFLite needs Q->DQ pairs (QDQ format)")
         scale = np.asarray(graph.constants[q.input[1]], np.float32)
         zp = np.asarray(graph.constants[q.input[2]]) if len(q.input) > 2 else np.zeros((), np.uint8)
-        zp = as_int8(np.zeros(0, zp.dtype), zp)[1]  # uint8 activations: the same, moved by 128
+        zp = to_int8(zp)  # uint8 activations: the same quantisation, moved by 128
         if scale.size != 1:
             raise ConversionError(f"{graph.source}: {node_label(q)} quantises an activation per "
                                   "channel; TFLite int8 activations are per-tensor")

@@ -174,12 +174,17 @@ def reencode(model: onnx.ModelProto, to: str) -> onnx.ModelProto:
     return model
 
 
+def to_int8(array: np.ndarray) -> np.ndarray:
+    """uint8 integers (or zero points) as the int8 ones with the same meaning; others as given."""
+    array = np.asarray(array)
+    if array.dtype == np.uint8:
+        return (array.astype(np.int16) - 128).astype(np.int8)
+    return array
+
+
 def as_int8(values: np.ndarray, zero_point: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 integers and zero points as the int8 pair with the same meaning (the TFLite form)."""
-    if values.dtype == np.uint8:
-        values = (values.astype(np.int16) - 128).astype(np.int8)
-        zero_point = (np.asarray(zero_point).astype(np.int16) - 128).astype(np.int8)
-    return values, zero_point
+    """A quantised tensor and its zero points in the int8 form the TFLite spec uses."""
+    return to_int8(values), to_int8(zero_point)
 
 
 def fingerprint(model: onnx.ModelProto) -> str:
@@ -192,9 +197,8 @@ def fingerprint(model: onnx.ModelProto) -> str:
         tensor = inits.get(name)
         if tensor is None:
             return None
-        values = numpy_helper.to_array(tensor)
-        shift = 128 if tensor.data_type == TensorProto.UINT8 else 0
-        return values.astype(np.int64) - shift if tensor.data_type in EIGHT_BIT_RANGE else values
+        values = to_int8(numpy_helper.to_array(tensor))
+        return values.astype(np.int64) if tensor.data_type in EIGHT_BIT_RANGE else values
 
     for node in sorted((n for n in model.graph.node if n.op_type in QDQ_OPS),
                        key=lambda n: (n.op_type, n.output[0])):
