@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 from edgecnn.converters import qdq
-from edgecnn.converters.lowering import LoweringContext, Value, to_tflite_shape
+from edgecnn.converters.lowering import LoweringContext, Value, default_perm, to_tflite_shape
 from edgecnn.converters.onnx_graph import load_graph, unsupported
 from edgecnn.converters.ops import LOWERINGS
 from edgecnn.converters.tflite_builder import QuantParams, TFLiteBuilder
@@ -112,18 +112,21 @@ def _add_input(ctx: LoweringContext, io_dtype: str, nchw: bool) -> QuantParams |
         inner = ctx.scratch(name + "/int8", nhwc_shape, quant)
         ctx.add_op("QUANTIZE", [tensor], [inner], version=2)
         tensor = inner
-    ctx.values[name] = Value(tensor, True)
+    ctx.values[name] = Value(tensor, default_perm(len(nchw_shape)))
     return io_quant
 
 
 def _add_outputs(ctx: LoweringContext, io_dtype: str) -> QuantParams | None:
     io_quant = None
     for name in ctx.graph.output_names:
-        value = ctx.value(name)
+        value = ctx.value(name)  # outputs leave in the default layout (NHWC for rank 4)
         if value.column_order is not None:
             raise ConversionError(f"{ctx.graph.source}: output {name!r} is a flattened feature map;"
                                   " end the model with a fully-connected layer")
         tensor = value.tensor
+        if tensor != ctx.stored(name).tensor:  # transposed into the default layout at the end
+            ctx.builder.tensors[ctx.stored(name).tensor].name = name + "/stored"
+            ctx.builder.tensors[tensor].name = name
         if ctx.int8 and io_dtype != "int8":
             quant = ctx.builder.tensor_quant(tensor)
             ctx.builder.tensors[tensor].name = name + "/int8"
