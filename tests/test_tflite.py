@@ -245,6 +245,25 @@ _GATHER_SCALAR = _layout_case(  # drops an axis: (N, 4, 8, 8) -> (N, 4, 8), 32 =
     2, 4)
 _SOFTMAX_CHANNELS = _layout_case([helper.make_node("Softmax", ["a"], ["z"], axis=1)], {}, 4, 8)
 _SOFTMAX_WIDTH = _layout_case([helper.make_node("Softmax", ["a"], ["z"], axis=3)], {}, 4, 8)
+
+
+def _resize(mode, transform, nearest_mode="round_prefer_floor", size=16):
+    """8x8 -> size x size, by output sizes of H and W (opset 18 axes) and an empty roi."""
+    return _layout_case(
+        [helper.make_node("Resize", ["a", "", "", "sizes"], ["z"], mode=mode, axes=[2, 3],
+                          coordinate_transformation_mode=transform, nearest_mode=nearest_mode)],
+        {"sizes": np.array([size, size], np.int64)}, 4, size)
+
+
+def _upsample_opset9():
+    """Upsample, deprecated since opset 10 but still in older third-party files."""
+    build = _layout_case([helper.make_node("Upsample", ["a", "scales"], ["z"], mode="nearest")],
+                         {"scales": np.array([1, 1, 2, 2], np.float32)}, 4, 16)
+    model = build()
+    model.opset_import[0].version = 9
+    return model
+
+
 # Cases whose math needs a TRANSPOSE, and how many; every other case must have none.
 EXPECTED_TRANSPOSES = {("Transpose", "channel_shuffle"): 1, ("Softmax", "width"): 1}
 
@@ -276,6 +295,15 @@ OP_CASES = {
     "Split": {"equal": _SPLIT_EQUAL, "unequal": _SPLIT_UNEQUAL},
     "Slice": {"strided": _SLICE_STRIDED, "reversed": _SLICE_REVERSED},
     "Gather": {"index_list": _GATHER_LIST, "scalar_index": _GATHER_SCALAR},
+    "Resize": {"nearest_asymmetric": _resize("nearest", "asymmetric", "floor"),
+               "nearest_half_pixel": _resize("nearest", "half_pixel", "round_prefer_ceil"),
+               "nearest_align_corners": _resize("nearest", "align_corners", "round_prefer_ceil",
+                                                size=12),
+               "linear_half_pixel": _resize("linear", "half_pixel"),
+               "linear_pytorch_half_pixel_down": _resize("linear", "pytorch_half_pixel", size=6),
+               "linear_align_corners": _resize("linear", "align_corners", size=13),
+               "linear_asymmetric": _resize("linear", "asymmetric", size=12)},
+    "Upsample": {"nearest_x2_opset9": _upsample_opset9},
     "MaxPool": {"2x2": _pool("MaxPool", kernel_shape=[2, 2], strides=[2, 2]),
                 "3x3_pad_ceil": _pool("MaxPool", kernel_shape=[3, 3], strides=[2, 2],
                                       pads=[1, 1, 1, 1], ceil_mode=1)},
@@ -397,7 +425,12 @@ def test_fp32_lowering_matches_onnxruntime(tmp_path, op, name, runtime):
     assert _transposes(out) == EXPECTED_TRANSPOSES.get((op, name), 0)
 
 
-@pytest.mark.parametrize("op,name", [c for c in CASES if c not in INT8_UNSUPPORTED])
+# onnxruntime's quantiser writes an int32 bias DequantizeLinear, which opset 9 does not have
+NOT_QUANTISABLE = {("Upsample", "nearest_x2_opset9")}
+
+
+@pytest.mark.parametrize("op,name", [c for c in CASES
+                                     if c not in INT8_UNSUPPORTED and c not in NOT_QUANTISABLE])
 def test_int8_lowering_matches_the_qdq_model(tmp_path, op, name):
     from edgecnn.converters.quantize import quantize_onnx
 

@@ -25,5 +25,6 @@ from edgecnn.converters.ops import (  # noqa: E402,F401  (registration side effe
     elementwise,
     pooling,
     reduce,
+    resize,
     shape,
 )
