@@ -121,6 +121,10 @@ def load_graph(model: onnx.ModelProto, source: str, batch: int = 1) -> Graph:
     _fold_activation_qdq(graph)
     graph.shapes = _infer_shapes(model, graph)
     _fold_constant_nodes(graph)
+    from edgecnn.converters.fusions import fold_identity_gather, fuse_gelu  # they use Graph
+
+    fuse_gelu(graph)
+    fold_identity_gather(graph)
     return graph
 
 

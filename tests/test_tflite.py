@@ -264,6 +264,38 @@ def _upsample_opset9():
     return model
 
 
+def _channels_last(*nodes, inits=None, cout=4):
+    """ConvNeXt's block shape: permute to (N, H, W, C), ``nodes`` ("t" -> "u"), permute back."""
+    return _layout_case([helper.make_node("Transpose", ["a"], ["t"], perm=[0, 2, 3, 1]), *nodes,
+                         helper.make_node("Transpose", ["u"], ["z"], perm=[0, 3, 1, 2])],
+                        inits or {}, cout, 8)
+
+
+_SQRT_HALF = np.float32(1 / np.sqrt(2))
+_GELU_CHAIN = _channels_last(  # what torch's exporter writes for nn.GELU() (opset 18)
+    helper.make_node("Div", ["t", "sqrt2"], ["d"]), helper.make_node("Erf", ["d"], ["e"]),
+    helper.make_node("Add", ["e", "one"], ["p"]), helper.make_node("Mul", ["p", "half"], ["h"]),
+    helper.make_node("Mul", ["t", "h"], ["u"]),
+    inits={"sqrt2": np.float32(np.sqrt(2)), "one": np.float32(1), "half": np.float32(0.5)})
+_LAYER_NORM = _channels_last(
+    helper.make_node("LayerNormalization", ["t", "gamma", "beta"], ["u"], axis=-1,
+                     epsilon=1e-6),
+    inits={"gamma": np.linspace(0.5, 1.5, 4, dtype=np.float32),
+           "beta": np.linspace(-0.2, 0.2, 4, dtype=np.float32)})
+_LINEAR_NHWC = _channels_last(  # nn.Linear on a channels-last map: MatMul + Add on rank 4
+    helper.make_node("MatMul", ["t", "w"], ["m"]), helper.make_node("Add", ["m", "bias"], ["u"]),
+    inits={"w": (np.random.default_rng(3).standard_normal((4, 6)) * 0.3).astype(np.float32),
+           "bias": np.linspace(-0.1, 0.1, 6, dtype=np.float32)}, cout=6)
+
+
+def _gelu_opset20(approximate):
+    def build():
+        model = _channels_last(helper.make_node("Gelu", ["t"], ["u"], approximate=approximate))()
+        model.opset_import[0].version = 20
+        return model
+    return build
+
+
 # Cases whose math needs a TRANSPOSE, and how many; every other case must have none.
 EXPECTED_TRANSPOSES = {("Transpose", "channel_shuffle"): 1, ("Softmax", "width"): 1}
 
@@ -279,7 +311,7 @@ OP_CASES = {
              "depthwise": _conv_case(group=4, pads=[1, 1, 1, 1]),
              "grouped": _conv_case(group=2, pads=[1, 1, 1, 1])},
     "Gemm": {"transB": _unary("Relu")},
-    "MatMul": {"with_add": _matmul_add},
+    "MatMul": {"with_add": _matmul_add, "linear_on_nhwc": _LINEAR_NHWC},
     "Relu": {"fused": _unary("Relu")},
     "Clip": {"relu6": _clip(0, 6), "arbitrary": _clip(-0.5, 0.7)},
     "LeakyRelu": {"alpha": _unary("LeakyRelu", alpha=0.2)},
@@ -304,6 +336,9 @@ OP_CASES = {
                "linear_align_corners": _resize("linear", "align_corners", size=13),
                "linear_asymmetric": _resize("linear", "asymmetric", size=12)},
     "Upsample": {"nearest_x2_opset9": _upsample_opset9},
+    "Gelu": {"erf_chain_fused": _GELU_CHAIN, "opset20": _gelu_opset20("none"),
+             "opset20_tanh": _gelu_opset20("tanh")},
+    "LayerNormalization": {"channels_last": _LAYER_NORM},
     "MaxPool": {"2x2": _pool("MaxPool", kernel_shape=[2, 2], strides=[2, 2]),
                 "3x3_pad_ceil": _pool("MaxPool", kernel_shape=[3, 3], strides=[2, 2],
                                       pads=[1, 1, 1, 1], ceil_mode=1)},
@@ -356,7 +391,8 @@ INT8_UNSUPPORTED = {("HardSwish", "plain"), ("Tanh", "plain"),
                     ("Max", "activation_and_const"), ("Pow", "square"), ("Pow", "sqrt"),
                     ("PRelu", "per_channel"), ("Neg", "plain"), ("Abs", "plain"),
                     ("Sqrt", "after_relu"), ("Exp", "plain"), ("HardSigmoid", "default"),
-                    ("HardSigmoid", "paddle")}
+                    ("HardSigmoid", "paddle"), ("Gelu", "erf_chain_fused"), ("Gelu", "opset20"),
+                    ("Gelu", "opset20_tanh"), ("LayerNormalization", "channels_last")}
 # The integer kernels and the QDQ reference may round a value apart by one step where it lies
 # within float error of a tie, or where a requantisation to an op's fixed/shared parameters
 # rounds twice (pooling, softmax, concat). One step in the head's input moves the output by at

@@ -152,3 +152,19 @@ def lower_hard_sigmoid(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         ctx.add_op(op, [current, constant], [nxt], options=options)
         current = nxt
     ctx.values[name] = type(source)(current, source.perm, source.column_order)
+
+
+@lower("Gelu")
+def lower_gelu(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    """GELU (erf form, or tanh with approximate="tanh"): ONNX opset 20's Gelu and the
+    x * 0.5 * (1 + erf(x / sqrt(2))) chain that :mod:`edgecnn.converters.fusions` folds into it.
+
+    Float only: onnxruntime's quantiser leaves Gelu float, and in a quantised erf chain the QDQ
+    model rounds between the steps, which one int8 GELU kernel would not reproduce bit for bit.
+    """
+    if ctx.int8:
+        raise ConversionError(f"{ctx.graph.source}: int8 Gelu {node.name!r} (or its erf chain) "
+                              "has no bit-exact int8 TFLite form; convert in float")
+    approximate = ctx.attr(node, "approximate", "none") == "tanh"
+    _unary(ctx, node, "GELU", int8_version=2,
+           options=ctx.options("GeluOptions", approximate=approximate))
