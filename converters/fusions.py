@@ -34,6 +34,12 @@ def _only_consumer(graph: Graph, name: str) -> onnx.NodeProto | None:
     return users[0]
 
 
+def _feeds_only(graph: Graph, name: str, node: onnx.NodeProto) -> bool:
+    """``name`` is read by ``node`` and nothing else (nor is it a graph output)."""
+    user = _only_consumer(graph, name)
+    return user is not None and id(user) == id(node)
+
+
 def _other(node: onnx.NodeProto, name: str) -> str:
     return node.input[1] if node.input[0] == name else node.input[0]
 
@@ -42,8 +48,8 @@ def _gelu_at(graph: Graph, erf: onnx.NodeProto) -> tuple[str, list[onnx.NodeProt
     """x * 0.5 * (1 + erf(x / sqrt(2))) around ``erf``, in the orders exporters write it:
     (input x, the nodes that compute it) or None."""
     scaled = graph.producer(erf.input[0])
-    if scaled is None or scaled.op_type not in ("Div", "Mul") or _only_consumer(
-            graph, scaled.output[0]) is not erf:
+    if (scaled is None or scaled.op_type not in ("Div", "Mul")
+            or not _feeds_only(graph, scaled.output[0], erf)):
         return None
     x = next((i for i in scaled.input if i not in graph.constants), None)
     if x is None:
@@ -99,9 +105,11 @@ def fold_identity_gather(graph: Graph) -> int:
     folded = 0
     for gather in [n for n in graph.nodes if n.op_type == "Gather"]:
         flat = graph.producer(gather.input[0])
-        if (flat is None or flat.op_type != "Reshape" or gather.input[1] not in graph.constants
+        if flat is None:
+            continue
+        if (flat.op_type != "Reshape" or gather.input[1] not in graph.constants
                 or int(attr(gather, "axis", 0)) != 0
-                or _only_consumer(graph, flat.output[0]) is not gather):
+                or not _feeds_only(graph, flat.output[0], gather)):
             continue
         indices = np.asarray(graph.constants[gather.input[1]])
         size = graph.shapes.get(flat.output[0])

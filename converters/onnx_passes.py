@@ -109,3 +109,77 @@ def clean(model: onnx.ModelProto) -> dict[str, int]:
     """Run every pass; return how much each changed."""
     return {"batchnorm_folded": fold_batch_norm(model),
             "pass_through_removed": remove_pass_through(model)}
+
+
+def image_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
+    weights = {t.name for t in model.graph.initializer}
+    return next(i for i in model.graph.input if i.name not in weights)
+
+
+def fix_input_shape(model: onnx.ModelProto, shape: tuple[int, ...] | None, source: str) -> bool:
+    """``--input-shape``: give the image input fixed dims (onnx2tf's ``-ois``); True if changed.
+
+    Without a shape, symbolic C/H/W are refused with the flag to pass: TFLite tensors and every
+    size computed from them (pads, reshapes, resize targets) need numbers.
+    """
+    from edgecnn.errors import ConversionError
+
+    value = image_input(model)
+    dims = value.type.tensor_type.shape.dim
+    current = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
+    if shape is None:
+        if any(not isinstance(d, int) for d in current[1:]):
+            raise ConversionError(f"{source}: input {value.name!r} has shape {current}; pass "
+                                  "--input-shape N,C,H,W (e.g. 1,3,224,224) to fix its symbolic "
+                                  "dims")
+        return False
+    if len(shape) != len(current):
+        raise ConversionError(f"{source}: --input-shape has {len(shape)} dims but input "
+                              f"{value.name!r} has {len(current)} ({current})")
+    for axis, (have, want) in enumerate(zip(current, shape, strict=True)):
+        if isinstance(have, int) and have != want and not (axis == 0 and have == 0):
+            raise ConversionError(f"{source}: --input-shape {','.join(map(str, shape))} "
+                                  f"conflicts with input {value.name!r} {current} (axis {axis} "
+                                  f"is fixed at {have})")
+    for dim, want in zip(dims, shape, strict=True):
+        dim.Clear()
+        dim.dim_value = want
+    del model.graph.value_info[:]  # inferred from the old, symbolic shape
+    for output in model.graph.output:  # re-inferred by the simplifier
+        for dim in output.type.tensor_type.shape.dim:
+            if not dim.HasField("dim_value"):
+                dim.Clear()
+    return True
+
+
+SHAPE_OPS = {"Shape", "Size", "ConstantOfShape", "Range", "Expand", "Cast", "Identity", "Where",
+             "Equal"}
+
+
+def computes_shapes(model: onnx.ModelProto) -> bool:
+    """The graph does shape arithmetic at run time (TorchScript and other exporters)."""
+    return any(n.op_type in SHAPE_OPS for n in model.graph.node)
+
+
+def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Constant folding and shape-subgraph elimination by onnxslim.
+
+    Third-party exports compute pads, reshape targets and resize sizes from ``Shape`` at run
+    time; with the input shape fixed they are constants. onnxslim folds them (and Identity,
+    Cast and Pad-into-Conv on the way); onnxscript's optimizer, measured on the same
+    TorchScript-exported files, left the ConstantOfShape/Slice/Transpose chain of F.pad behind
+    (docs/coverage.md). The model card and other metadata are kept.
+    """
+    import onnxslim
+
+    from edgecnn.quiet import quiet
+
+    metadata = [(p.key, p.value) for p in model.metadata_props]
+    with quiet("onnxslim", stdout=True):
+        slimmed = onnxslim.slim(model)
+    if not isinstance(slimmed, onnx.ModelProto):
+        return model
+    del slimmed.metadata_props[:]
+    for key, value in metadata:
+        slimmed.metadata_props.add(key=key, value=value)
+    return slimmed

@@ -70,6 +70,7 @@ MIN_RUNTIME = {
     ("TRANSPOSE_CONV", 1): "1.9.0", ("TRANSPOSE_CONV", 2): "2.2.0",
     ("TRANSPOSE_CONV", 3): "2.3.0",
     ("RSQRT", 1): "1.10.0",
+    ("SHAPE", 1): "1.13.1",
     ("SQUARED_DIFFERENCE", 1): "1.13.1",
     ("BATCH_MATMUL", 1): "2.3.0",
     ("GELU", 1): "2.9.0", ("GELU", 2): "2.9.0",

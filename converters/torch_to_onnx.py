@@ -64,7 +64,7 @@ def export_onnx(source: TorchModel, opset: int = DEFAULT_OPSET,
                                       f"{_export_failure(exc)}") from None
         passes = onnx_passes.clean(model)
         onnx_passes.name_batch_dimension(model)
-        _attach_card(model, source.card)
+        attach_card(model, source.card)
         save_external(model, path)  # moves the weights out of the proto into model.onnx.data
         try:
             onnx.checker.check_model(str(path), full_check=True)
@@ -158,7 +158,8 @@ def _export_failure(exc: BaseException) -> str:
     return (lines[0] if lines else type(exc).__name__)[:300]
 
 
-def _attach_card(model: onnx.ModelProto, card: ModelCard) -> None:
+def attach_card(model: onnx.ModelProto, card: ModelCard) -> None:
+    """Record ``card`` (and its labels and preprocessing) as ONNX metadata."""
     entries = {CARD_METADATA_KEY: card.to_json(),
                "edgecnn.labels": json.dumps(list(card.labels)),
                "edgecnn.preprocessing": json.dumps(card.input.to_dict())}

@@ -296,6 +296,23 @@ def _gelu_opset20(approximate):
     return build
 
 
+def _conv_transpose(k, stride, pads, output_padding=(0, 0), bias=True, cout=3):
+    """ConvTranspose 4 -> ``cout`` channels on the 8x8 conv output (PyTorch's weight layout)."""
+    def build():
+        size = (8 - 1) * stride + k - pads[0] - pads[2] + output_padding[0]
+        weights = {"wt": (np.random.default_rng(5).standard_normal((4, cout, k, k)) * 0.3)
+                   .astype(np.float32)}
+        inputs = ["a", "wt"]
+        if bias:
+            weights["bt"] = np.linspace(-0.2, 0.2, cout, dtype=np.float32)
+            inputs.append("bt")
+        node = helper.make_node("ConvTranspose", inputs, ["z"], kernel_shape=[k, k],
+                                strides=[stride, stride], pads=list(pads),
+                                output_padding=list(output_padding))
+        return _layout_case([node], weights, cout, size)()
+    return build
+
+
 # Cases whose math needs a TRANSPOSE, and how many; every other case must have none.
 EXPECTED_TRANSPOSES = {("Transpose", "channel_shuffle"): 1, ("Softmax", "width"): 1}
 
@@ -339,6 +356,10 @@ OP_CASES = {
     "Gelu": {"erf_chain_fused": _GELU_CHAIN, "opset20": _gelu_opset20("none"),
              "opset20_tanh": _gelu_opset20("tanh")},
     "LayerNormalization": {"channels_last": _LAYER_NORM},
+    "ConvTranspose": {"k2_s2_valid": _conv_transpose(2, 2, (0, 0, 0, 0), bias=False),
+                      "k4_s2_p1_same": _conv_transpose(4, 2, (1, 1, 1, 1)),
+                      "k3_s2_p1_outpad1_sliced": _conv_transpose(3, 2, (1, 1, 1, 1), (1, 1)),
+                      "k3_s1_p1": _conv_transpose(3, 1, (1, 1, 1, 1))},
     "MaxPool": {"2x2": _pool("MaxPool", kernel_shape=[2, 2], strides=[2, 2]),
                 "3x3_pad_ceil": _pool("MaxPool", kernel_shape=[3, 3], strides=[2, 2],
                                       pads=[1, 1, 1, 1], ceil_mode=1)},
