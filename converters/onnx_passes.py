@@ -105,10 +105,58 @@ def name_batch_dimension(model: onnx.ModelProto, name: str = "batch") -> None:
     del model.graph.value_info[:]
 
 
+def _reduce_axes(model: onnx.ModelProto, node: onnx.NodeProto) -> list[int] | None:
+    if len(node.input) > 1 and node.input[1]:  # opset 18: axes as an input
+        init = initializers(model).get(node.input[1])
+        return None if init is None else [int(a) for a in numpy_helper.to_array(init).ravel()]
+    return next((list(a.ints) for a in node.attribute if a.name == "axes"), None)
+
+
+def spatial_mean_to_global_pool(model: onnx.ModelProto) -> int:
+    """ReduceMean over H and W of an NCHW map -> GlobalAveragePool (+ Flatten for keepdims=0).
+
+    The same arithmetic, but the op onnxruntime's quantiser knows: the dynamo exporter writes
+    AdaptiveAvgPool2d(1) as ReduceMean, which the quantiser leaves float, so without this every
+    ResNet/MobileNet/EfficientNet export would stop int8 at its classifier.
+    """
+    if not any(n.op_type == "ReduceMean" for n in model.graph.node):
+        return 0
+    ranks = {v.name: len(v.type.tensor_type.shape.dim)
+             for v in [*model.graph.input, *model.graph.value_info, *model.graph.output]
+             if v.type.tensor_type.HasField("shape")}
+    if not model.graph.value_info:  # shapes of the ReduceMean inputs are needed
+        inferred = onnx.shape_inference.infer_shapes(model)
+        ranks.update({v.name: len(v.type.tensor_type.shape.dim)
+                      for v in inferred.graph.value_info if v.type.tensor_type.HasField("shape")})
+    rewritten = 0
+    for node in list(model.graph.node):
+        if node.op_type != "ReduceMean" or ranks.get(node.input[0]) != 4:
+            continue
+        axes = _reduce_axes(model, node)
+        if axes is None or sorted(a % 4 for a in axes) != [2, 3]:
+            continue
+        keep = next((a.i for a in node.attribute if a.name == "keepdims"), 1)
+        position = list(model.graph.node).index(node)
+        pooled = node.output[0] if keep else node.output[0] + "/pooled"
+        replacement = [onnx.helper.make_node("GlobalAveragePool", [node.input[0]], [pooled],
+                                             name=node.name)]
+        if not keep:
+            replacement.append(onnx.helper.make_node("Flatten", [pooled], [node.output[0]],
+                                                     name=node.name + "/flatten", axis=1))
+        model.graph.node.remove(node)
+        for offset, new in enumerate(replacement):
+            model.graph.node.insert(position + offset, new)
+        rewritten += 1
+    if rewritten:
+        prune_initializers(model)
+    return rewritten
+
+
 def clean(model: onnx.ModelProto) -> dict[str, int]:
     """Run every pass; return how much each changed."""
     return {"batchnorm_folded": fold_batch_norm(model),
-            "pass_through_removed": remove_pass_through(model)}
+            "pass_through_removed": remove_pass_through(model),
+            "spatial_mean_pooled": spatial_mean_to_global_pool(model)}
 
 
 def image_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
