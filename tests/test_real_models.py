@@ -17,6 +17,7 @@ import onnx
 import pytest
 import torch
 from conftest import ROOT, unavailable
+from qdq_layers import int8_activations
 
 from edgecnn.api import INT8_SELF_CHECK_STEPS, ConvertConfig, convert
 from edgecnn.cli import cli
@@ -92,43 +93,6 @@ def calibration(tmp_path_factory):
     return path
 
 
-def _int8_activations(qdq: Path, tflite: Path, x: np.ndarray) -> dict[str, np.ndarray]:
-    """|TFLite - QDQ reference| in steps for every quantised activation, in graph order."""
-    import onnxruntime as ort
-    from ai_edge_litert.interpreter import Interpreter
-    from edgecnn.converters.qdq import reference_session_options
-
-    model = onnx.load(str(qdq))
-    weights = {t.name for t in model.graph.initializer}
-    quantize = [n for n in model.graph.node
-                if n.op_type == "QuantizeLinear" and n.input[0] not in weights]
-    model.graph.output.extend(onnx.helper.make_tensor_value_info(n.output[0],
-                                                                 onnx.TensorProto.UINT8, None)
-                              for n in quantize)
-    session = ort.InferenceSession(model.SerializeToString(), reference_session_options())
-    reference = dict(zip([o.name for o in session.get_outputs()],
-                         session.run(None, {session.get_inputs()[0].name: x}), strict=True))
-    interpreter = Interpreter(model_path=str(tflite), experimental_preserve_all_tensors=True)
-    interpreter.allocate_tensors()
-    detail = interpreter.get_input_details()[0]
-    scale, zero = detail["quantization"]
-    interpreter.set_tensor(detail["index"], np.clip(
-        np.round(x.transpose(0, 2, 3, 1) / scale) + zero, -128, 127).astype(np.int8))
-    interpreter.invoke()
-    tensors = {t["name"]: t["index"] for t in interpreter.get_tensor_details()}
-    steps = {}
-    for node in quantize:
-        if node.input[0] not in tensors:
-            continue
-        ours = interpreter.get_tensor(tensors[node.input[0]]).astype(np.int32)
-        theirs = reference[node.output[0]].astype(np.int32) - 128  # uint8 encoding: +128
-        if theirs.ndim == 4:
-            theirs = theirs.transpose(0, 2, 3, 1)
-        if ours.shape == theirs.shape:
-            steps[node.input[0]] = np.abs(ours - theirs)
-    return steps
-
-
 def test_torchvision_int8_matches_its_qdq_reference(exports, calibration, tmp_path):
     """resnet18 through the README's int8 path: one quantisation, and LiteRT's integers equal
     the QDQ graph's reference semantics wherever no rounding tie intervenes."""
@@ -137,7 +101,7 @@ def test_torchvision_int8_matches_its_qdq_reference(exports, calibration, tmp_pa
                   ConvertConfig("onnx", int8=True, calib=calibration)).path
     tflite = convert(qdq, tmp_path / "q.tflite", ConvertConfig("tflite", int8=True)).path
     x = np.load(calibration)["x"][:1].astype(np.float32).transpose(0, 3, 1, 2) / 255.0
-    steps = _int8_activations(qdq, tflite, x)
+    steps = int8_activations(qdq, tflite, x)
     assert len(steps) > 20  # every block's activations were compared
     stem = next(iter(steps.values()))
     # The stem sees identical integers on both sides. The reference requantises in float32 and

@@ -232,7 +232,7 @@ def _same_params_outputs(ctx: LoweringContext, node: onnx.NodeProto, op: str,
     for name, tensor in zip(node.output, outs, strict=True):
         if name not in ctx.values:  # requantise to the parameters the QDQ model chose
             out = ctx.output_value(name, perm=perm)
-            ctx.add_op("QUANTIZE", [tensor], [out.tensor], version=2)
+            ctx.requantize_into(tensor, out.tensor)
 
 
 @lower("Split")
