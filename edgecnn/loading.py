@@ -46,9 +46,13 @@ class TorchModel:
         return self.outputs(x)[0]
 
     def outputs(self, x: np.ndarray) -> list[np.ndarray]:
-        """Every output, in the order of the model's (possibly nested) return value."""
+        """Every output, in the order of the model's (possibly nested) return value; a program
+        exported at a fixed batch runs in chunks of it."""
+        step = self.static_batch or len(x)
         with torch.inference_mode():
-            return output_leaves(self.module(torch.from_numpy(np.ascontiguousarray(x))))
+            chunks = [output_leaves(self.module(torch.from_numpy(np.ascontiguousarray(
+                x[i:i + step])))) for i in range(0, len(x), step)]
+        return [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
 
     @property
     def parameter_count(self) -> int:

@@ -119,16 +119,25 @@ class TorchSession:
         self._x = self._torch.from_numpy(np.ascontiguousarray(x, np.float32))
 
     def invoke(self) -> None:
+        from edgecnn.loading import output_leaves
+
+        step = self.model.static_batch
+        if step and len(self._x) % step:
+            raise BadInputError(f"{self.model.path}: was exported for batches of exactly {step}; "
+                                f"{len(self._x)} images do not split into them")
         with self._torch.inference_mode():
-            self._y = self.model.module(self._x)
+            if step and len(self._x) != step:  # a fixed-batch export (often 1): in chunks
+                chunks = [output_leaves(self.model.module(self._x[i:i + step]))
+                          for i in range(0, len(self._x), step)]
+                self._y = [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
+            else:
+                self._y = output_leaves(self.model.module(self._x))
 
     def output(self) -> np.ndarray:
         return self.outputs()[0]
 
     def outputs(self) -> list[np.ndarray]:
-        from edgecnn.loading import output_leaves
-
-        return output_leaves(self._y)
+        return list(self._y)
 
 
 # -- onnxruntime --------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from edgecnn.api import INT8_SELF_CHECK_STEPS, ConvertConfig, convert
 from edgecnn.cli import cli
 from edgecnn.inspection import inspect_model, tflite_metadata
 from edgecnn.loading import load_torch_model
-from edgecnn.runtimes import OnnxSession, open_session, predict_all
+from edgecnn.runtimes import OnnxSession, open_session, predict_all, reference_session
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import torchvision_zoo  # noqa: E402  (scripts/ is not a package)
@@ -190,3 +190,21 @@ def test_third_party_onnx_converts_with_fixed_shape_and_keeps_its_outputs(third_
     assert card["input"]["mean"] == [0.485, 0.456, 0.406]
     assert card["input"]["std"] == [0.229, 0.224, 0.225]
     assert card["input"]["shape"] == [3, 64, 64]
+
+
+def test_batch1_export_runs_any_batch(exports, tmp_path):
+    """Most people export at batch 1: PyTorch, onnxruntime and TFLite sessions split a batch
+    of 3 into single images, and every format agrees with PyTorch image by image."""
+    export = exports["mobilenet_v3_small"]
+    x = np.random.default_rng(2).standard_normal((3, *export.input_shape[1:])).astype(np.float32)
+    model = load_torch_model(export.path)
+    single = [model.outputs(x[i:i + 1])[0] for i in range(3)]
+    want = np.concatenate(single)
+    onnx_path = convert(export.path, tmp_path / "m.onnx", ConvertConfig("onnx")).path
+    for path, runtime in ((export.path, "torch"), (onnx_path, "onnxruntime"),
+                          (onnx_path, "qdq-reference")):
+        session = reference_session(path) if runtime == "qdq-reference" else open_session(
+            path, runtime)
+        got = predict_all(session, x)[0]
+        assert got.shape == want.shape
+        assert _relative_error([got], [want]) <= FP32_RTOL
