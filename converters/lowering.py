@@ -67,6 +67,7 @@ class LoweringContext:
         self.graph = graph
         self.builder = builder
         self.int8 = graph.quantized
+        self.island = False  # lowering a float island inside an int8 graph (converters/islands)
         self.values: dict[str, Value] = {}
         self.skipped: set[int] = set()
 
@@ -92,6 +93,8 @@ class LoweringContext:
 
     def quant(self, name: str) -> QuantParams | None:
         """Activation quantisation of ``name``; int8 graphs must have it for every activation."""
+        if self.island:
+            return None  # islands compute in float; their outputs are quantised afterwards
         params = self.graph.act_quant.get(name)
         if self.int8 and params is None:
             producer = self.graph.producer(name)

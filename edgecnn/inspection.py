@@ -334,10 +334,18 @@ def _inspect_tflite(path: Path) -> ModelInfo:
         return TensorInfo(name, shape, type_names.get(t.type, str(t.type)), layout, quant)
 
     counts: Counter[tuple[str, int]] = Counter()
+    islands: Counter[str] = Counter()
+    float_type = fb.TensorType.FLOAT32
+    quantised = any(t.quantization is not None and t.quantization.scale is not None
+                    and len(t.quantization.scale) and t.type != float_type for t in graph.tensors)
     for op in graph.operators:
         code = model.operatorCodes[op.opcodeIndex]
-        builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
-        counts[(op_name(builtin), code.version)] += 1
+        name = op_name(max(code.builtinCode, code.deprecatedBuiltinCode))
+        counts[(name, code.version)] += 1
+        if quantised and name not in ("DEQUANTIZE", "QUANTIZE") and any(
+                graph.tensors[i].type == float_type and graph.tensors[i].buffer == 0
+                for i in op.outputs):
+            islands[name] += 1  # an int8 model computing this op in float
     used = list(counts)
     params, overhead = _tflite_parameters(model, graph, fb)
     inputs = [tensor(i) for i in graph.inputs]
@@ -356,7 +364,9 @@ def _inspect_tflite(path: Path) -> ModelInfo:
           "min_runtime": MIN_RUNTIME.get((op, v), "unknown")} for (op, v), n in counts.items()],
         {"oldest_runtime": min_runtime_for(used) or "unknown (op not in TFLite's version table)",
          "schema_version": model.version, "transpose_ops": counts_of(counts, "TRANSPOSE"),
-         "quantisation parameters": overhead})
+         "quantisation parameters": overhead,
+         **({"float islands": ", ".join(f"{op} x{n}" for op, n in islands.items())}
+            if islands else {})})
 
 
 def counts_of(counts: Counter[tuple[str, int]], op: str) -> int:

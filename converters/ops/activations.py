@@ -38,9 +38,6 @@ def lower_clip(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         _unary(ctx, node, op, int8_version=version)
         return
     low, high = ctx.clip_bounds(node)
-    if ctx.int8:
-        raise ConversionError(f"{ctx.graph.source}: int8 Clip {node.name!r} to ({low}, {high}); "
-                              "only Relu, Relu6 and (-1, 1) clips convert to int8")
     source = ctx.stored(node.input[0])
     current = source.tensor
     shape = ctx.builder.tensor_shape(current)
@@ -62,9 +59,6 @@ def lower_leaky_relu(ctx: LoweringContext, node: onnx.NodeProto) -> None:
 
 @lower("HardSwish")
 def lower_hard_swish(ctx: LoweringContext, node: onnx.NodeProto) -> None:
-    if ctx.int8:
-        raise ConversionError(f"{ctx.graph.source}: int8 HardSwish {node.name!r} needs "
-                              "HARD_SWISH v2 (TFLite 2.x only); convert this model in float")
     _unary(ctx, node, "HARD_SWISH", int8_version=1)
 
 
@@ -105,9 +99,6 @@ def lower_softmax(ctx: LoweringContext, node: onnx.NodeProto) -> None:
 
 
 def _float_unary(ctx: LoweringContext, node: onnx.NodeProto, op: str) -> None:
-    if ctx.int8:
-        raise ConversionError(f"{ctx.graph.source}: int8 {node.op_type} {node.name!r} has no "
-                              "int8 kernel on the runtimes edgecnn targets; convert in float")
     _unary(ctx, node, op, int8_version=1)
 
 
@@ -135,9 +126,6 @@ def lower_exp(ctx: LoweringContext, node: onnx.NodeProto) -> None:
 def lower_hard_sigmoid(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     """max(0, min(1, alpha * x + beta)) as MUL, ADD, MINIMUM, MAXIMUM: every TFLite runtime has
     them (MobileNetV3's and Paddle's hard-sigmoid)."""
-    if ctx.int8:
-        raise ConversionError(f"{ctx.graph.source}: int8 HardSigmoid {node.name!r} is not "
-                              "supported yet; convert in float")
     alpha = float(ctx.attr(node, "alpha", 0.2))
     beta = float(ctx.attr(node, "beta", 0.5))
     source = ctx.stored(node.input[0])
@@ -162,9 +150,6 @@ def lower_gelu(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     Float only: onnxruntime's quantiser leaves Gelu float, and in a quantised erf chain the QDQ
     model rounds between the steps, which one int8 GELU kernel would not reproduce bit for bit.
     """
-    if ctx.int8:
-        raise ConversionError(f"{ctx.graph.source}: int8 Gelu {node.name!r} (or its erf chain) "
-                              "has no bit-exact int8 TFLite form; convert in float")
     approximate = ctx.attr(node, "approximate", "none") == "tanh"
     _unary(ctx, node, "GELU", int8_version=2,
            options=ctx.options("GeluOptions", approximate=approximate))

@@ -18,9 +18,6 @@ from edgecnn.errors import ConversionError
 
 @lower("LayerNormalization")
 def lower_layer_norm(ctx: LoweringContext, node: onnx.NodeProto) -> None:
-    if ctx.int8:
-        raise ConversionError(f"{ctx.graph.source}: int8 LayerNormalization {node.name!r} is "
-                              "not supported yet; convert in float")
     if len(node.output) > 1 and any(node.output[1:]):
         raise ConversionError(f"{ctx.graph.source}: LayerNormalization {node.name!r} exports its "
                               "mean/inverse std (a training graph); export in eval mode")
