@@ -1,4 +1,5 @@
-"""Conv -> CONV_2D, DEPTHWISE_CONV_2D, or SPLIT + CONV_2D per group + CONCATENATION."""
+"""Conv -> CONV_2D, DEPTHWISE_CONV_2D, or SPLIT + CONV_2D per group + CONCATENATION;
+ConvTranspose -> TRANSPOSE_CONV."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""LayerNormalization -> MEAN, SQUARED_DIFFERENCE, RSQRT, SUB, MUL, ADD (ConvNeXt, ViT).
+"""LayerNormalization -> MEAN, SUB, MUL, RSQRT, ADD: the arithmetic, in the stored layout.
 
 TFLite has no layer-norm builtin, so it is written out as the arithmetic it is. The normalised
 axes must be the stored tensor's last ones (ConvNeXt normalises channels after a permute to
