@@ -336,20 +336,41 @@ def main() -> int:
     parser.add_argument("--work", type=Path, help="keep the converted files here")
     parser.add_argument("--peer-python", help="python of the onnx2tf venv (scripts/setup_peers.sh)")
     parser.add_argument("--no-int8", action="store_true")
+    parser.add_argument("--merge", action="store_true",
+                        help="replace only these models' rows in the existing coverage.json")
+    parser.add_argument("--peers-only", action="store_true",
+                        help="run only the peers, on the files an earlier --work run kept")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="edgecnn-coverage-"))
-    rows = []
+    rows = _existing(args.out) if (args.merge or args.peers_only) else []
     for name in args.models:
         print(f"== {name}", flush=True)
-        row = cover(name, work, args.peer_python, not args.no_int8)
-        print("   " + json.dumps({k: v for k, v in asdict(row).items() if k != "peers"}),
-              flush=True)
-        rows.append(row)
+        if args.peers_only:
+            row = next(r for r in rows if r.model == name)
+            peer_onnx2tf(row, work / name, work / name / "calib.npz", args.peer_python)
+        else:
+            row = cover(name, work, args.peer_python, not args.no_int8)
+            rows = [r for r in rows if r.model != name] + [row]
+        print("   " + json.dumps(asdict(row)), flush=True)
         if args.work is None:
             shutil.rmtree(work / name, ignore_errors=True)
+        order = list(torchvision_zoo.MODELS)
+        rows.sort(key=lambda r: order.index(r.model))
         write(rows, args.out)  # after every model: a long run stopped early still reports
     print(f"wrote {args.out / 'coverage.md'}")
     return 0
+
+
+def _existing(out: Path) -> list[Row]:
+    """The rows of an earlier run, to update in place."""
+    path = out / "coverage.json"
+    if not path.exists():
+        return []
+    rows = []
+    for data in json.loads(path.read_text())["models"]:
+        steps = {k: Step(**data[k]) if data.get(k) else None for k in ("export", "fp32", "int8")}
+        rows.append(Row(**{**data, **steps}))
+    return rows
 
 
 def write(rows: list[Row], out: Path) -> None:
