@@ -112,6 +112,15 @@ class LoweringContext:
             raise ConversionError(f"{self.graph.source}: {name!r} is used before it is produced")
         return self.values[name]
 
+    def feature_map(self, node: onnx.NodeProto, name: str) -> Value:
+        """``name`` in its stored layout, for ops that index its axes: a flattened feature map
+        (whose columns a dense layer will permute) has no axes left to index."""
+        stored = self.stored(name)
+        if stored.column_order is not None:
+            raise ConversionError(f"{self.graph.source}: {node.op_type} {node.name!r} reads a "
+                                  "flattened feature map; apply it before flattening")
+        return stored
+
     def value(self, name: str) -> Value:
         """``name`` in its rank's default layout (NHWC for rank 4), transposed there if needed."""
         stored = self.stored(name)

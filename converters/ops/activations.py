@@ -86,10 +86,7 @@ def lower_softmax(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         raise ConversionError(f"{ctx.graph.source}: Softmax {node.name!r} (opset "
                               f"{ctx.graph.opset}) runs over axes {axis}..{rank - 1} together; "
                               "re-export at opset 13+ or softmax over the last axis")
-    stored = ctx.stored(node.input[0])
-    if stored.column_order is not None:
-        raise ConversionError(f"{ctx.graph.source}: Softmax {node.name!r} over a flattened "
-                              "feature map; apply it before flattening")
+    stored = ctx.feature_map(node, node.input[0])
     if stored.perm[-1] == axis:
         source = stored
     else:

@@ -28,10 +28,7 @@ def lower_layer_norm(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         raise ConversionError(f"{ctx.graph.source}: LayerNormalization {node.name!r} normalises "
                               "over the batch axis")
     normalised = tuple(range(axis, rank))
-    stored = ctx.stored(node.input[0])
-    if stored.column_order is not None:
-        raise ConversionError(f"{ctx.graph.source}: LayerNormalization {node.name!r} of a "
-                              "flattened feature map; normalise before flattening")
+    stored = ctx.feature_map(node, node.input[0])
     if stored.perm[axis:] != normalised:
         stored = ctx.in_layout(node.input[0], (*[a for a in stored.perm if a < axis],
                                                *normalised))

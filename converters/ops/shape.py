@@ -133,10 +133,7 @@ def lower_reshape(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     """One RESHAPE in whichever layout expresses the merge/split of axes; a TRANSPOSE before it
     only when the data's order has to change (a channel shuffle)."""
     in_shape, out_shape = ctx.shape(node.input[0]), ctx.shape(node.output[0])
-    stored = ctx.stored(node.input[0])
-    if stored.column_order is not None:
-        raise ConversionError(f"{ctx.graph.source}: {node.op_type} {node.name!r} reshapes a "
-                              "flattened feature map again; flatten once, before the dense layer")
+    stored = ctx.feature_map(node, node.input[0])
     if in_shape[0] != out_shape[0]:
         raise ConversionError(f"{ctx.graph.source}: {node.op_type} {node.name!r} from "
                               f"{list(in_shape)} to {list(out_shape)} changes the batch axis; "
@@ -238,10 +235,7 @@ def _same_params_outputs(ctx: LoweringContext, node: onnx.NodeProto, op: str,
 @lower("Split")
 def lower_split(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     """SPLIT (equal parts) or SPLIT_V, on the split axis wherever the layout stores it."""
-    source = ctx.stored(node.input[0])
-    if source.column_order is not None:
-        raise ConversionError(f"{ctx.graph.source}: Split {node.name!r} splits a flattened "
-                              "feature map; split before flattening")
+    source = ctx.feature_map(node, node.input[0])
     shape = ctx.shape(node.input[0])
     axis = _normalized_axis(ctx, node, len(shape), 0)
     sizes = [ctx.shape(name)[axis] for name in node.output]
@@ -278,10 +272,7 @@ def _slice_spec(ctx: LoweringContext, node: onnx.NodeProto,
 @lower("Slice")
 def lower_slice(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     """STRIDED_SLICE with constant bounds, in the stored layout (ONNX's clamping rules)."""
-    source = ctx.stored(node.input[0])
-    if source.column_order is not None:
-        raise ConversionError(f"{ctx.graph.source}: Slice {node.name!r} slices a flattened "
-                              "feature map; slice before flattening")
+    source = ctx.feature_map(node, node.input[0])
     shape = ctx.shape(node.input[0])
     rank = len(shape)
     begin, end, strides = [0] * rank, [0] * rank, [1] * rank
