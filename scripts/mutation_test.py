@@ -48,6 +48,7 @@ import copy
 import json
 import os
 import random
+import shlex
 import shutil
 import subprocess
 import sys
@@ -364,6 +365,10 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ids", help="comma-separated mutant ids (as --list numbers them) to test; "
                         "needs a single --target")
+    parser.add_argument("--tests", help="pytest arguments replacing the target's tests, e.g. "
+                        "'tests/test_mutants_qdq.py': a faster subset. A mutant a subset kills, "
+                        "the whole set kills too (-x stops at any failure), so the score is a "
+                        "lower bound; re-test its survivors with --ids and the target's own tests")
     parser.add_argument("--jobs", type=int, default=1, help="mutants tested at a time")
     parser.add_argument("--list", action="store_true", help="print the mutants and stop")
     parser.add_argument("--json", type=Path, help="write every mutant and its result here")
@@ -401,7 +406,7 @@ def main() -> int:
                 for f, text in unparsed.items():
                     (repo / f).write_text(text)
             workdir, repo = workers[0]
-            tests = present_tests(repo, spec["tests"])
+            tests = present_tests(repo, shlex.split(args.tests) if args.tests else spec["tests"])
             status, base_s = run_tests(workdir, repo, tests, timeout=1800)
             print(f"   baseline (unparsed, unmutated): {status} in {base_s:.0f} s", flush=True)
             if status != "survived":
