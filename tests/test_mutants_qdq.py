@@ -133,8 +133,9 @@ def test_computed_scale_and_missing_zero_point_are_left_to_the_runtime():
 
 
 def _without_zero_points(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Every Q/DQ node reduced to two inputs: zero point 0 of the default type (int8 in
-    QuantizeLinear's output), a valid form that onnxruntime's quantiser never writes."""
+    """Every Q/DQ node reduced to two inputs: zero point 0 of the default type (uint8 for
+    QuantizeLinear's output, the data's type for DequantizeLinear), a valid form that
+    onnxruntime's quantiser never writes."""
     for node in model.graph.node:
         if node.op_type in qdq.QDQ_OPS:
             del node.input[2:]
@@ -147,8 +148,8 @@ def test_two_input_nodes_are_checked_without_a_zero_point():
     qdq.check_pairs(model, "m.onnx")
     assert [t.name for t in qdq.eight_bit_tensors(model)] == ["w_q"]  # the data only
     paired = _model(act=TensorProto.INT8, act_zp=0, y_zp=0)
-    del next(n for n in paired.graph.node if n.name == "dqy").input[2:]  # int8 by default
-    qdq.check_pairs(paired, "m.onnx")  # the Q's int8 zero point and the DQ's default agree
+    del next(n for n in paired.graph.node if n.name == "dqy").input[2:]
+    qdq.check_pairs(paired, "m.onnx")  # a DQ's default zero point has its data's type: int8
     _set(model, "y_scale", np.array(0.0, np.float32))
     with pytest.raises(ConversionError, match="QuantizeLinear node 'qy' has scale 0.0"):
         qdq.check_quant_params(model, "m.onnx")
