@@ -194,3 +194,21 @@ def test_test_images_in_calibration_data_are_refused(test_set):
         refuse_test_images(mixed)
     refuse_test_images(Dataset(np.zeros((2, 28, 28, 1), np.uint8) + 7, np.zeros(2, np.int64),
                                Path("clean.npz")))
+
+
+def test_calibration_batch_size_one_is_honoured(monkeypatch):
+    """``--calib-batch 1`` (the smallest valid size) feeds one image at a time."""
+    import edgecnn.converters.quantize as quantize
+
+    seen: list[int] = []
+    real = quantize.DatasetCalibrationReader.get_next
+
+    def observed(self):
+        batch = real(self)
+        if batch is not None:
+            seen.append(len(next(iter(batch.values()))))
+        return batch
+
+    monkeypatch.setattr(quantize.DatasetCalibrationReader, "get_next", observed)
+    report = quantize_onnx(_float_model(), _card(), _data(3), QuantConfig(batch_size=1))
+    assert seen == [1, 1, 1] and report.calibration_images == 3
