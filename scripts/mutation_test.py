@@ -158,6 +158,7 @@ class Mutant:
     node_index: int  # position of the node in ast.walk order of the module
     detail: int = 0  # which operator of a chained comparison
     status: str = ""  # killed / survived / timeout
+    stage: str = ""  # which tests decided it: "first" (--first-tests) or "target"
     seconds: float = 0.0
 
 
@@ -357,6 +358,39 @@ def run_tests(workdir: Path, repo: Path, tests: list[str], timeout: float) -> tu
     return status, time.monotonic() - started
 
 
+def test_mutants(workers: list[tuple[Path, Path]], sources: dict[str, str],
+                 unparsed: dict[str, str], mutants: list[Mutant], tests: list[str],
+                 stage: str) -> bool:
+    """Run ``tests`` once unmutated (the baseline, which must pass), then once per mutant,
+    setting each mutant's status; False when the baseline fails."""
+    workdir, repo = workers[0]
+    tests = present_tests(repo, tests)
+    status, base_s = run_tests(workdir, repo, tests, timeout=1800)
+    print(f"   baseline (unparsed, unmutated): {status} in {base_s:.0f} s", flush=True)
+    if status != "survived":
+        print("   the tests fail without any mutation: fix that first", file=sys.stderr)
+        return False
+    timeout = 3 * base_s + 30
+    free = list(workers)
+
+    def one(m: Mutant) -> Mutant:
+        workdir, repo = free.pop()
+        try:
+            (repo / m.file).write_text(mutated_source(sources[m.file], m))
+            m.status, m.seconds = run_tests(workdir, repo, tests, timeout)
+            m.stage = stage
+        finally:
+            (repo / m.file).write_text(unparsed[m.file])
+            free.append((workdir, repo))
+        print(f"   #{m.id:3d} {m.status:8s} {m.seconds:5.0f} s  {m.file}:{m.line} "
+              f"[{m.function}] {m.kind}: {m.description}", flush=True)
+        return m
+
+    with ThreadPoolExecutor(max_workers=len(workers)) as pool:
+        list(pool.map(one, mutants))
+    return True
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", choices=[*TARGETS, "all"], default="all")
@@ -369,6 +403,10 @@ def main() -> int:
                         "'tests/test_mutants_qdq.py': a faster subset. A mutant a subset kills, "
                         "the whole set kills too (-x stops at any failure), so the score is a "
                         "lower bound; re-test its survivors with --ids and the target's own tests")
+    parser.add_argument("--first-tests", help="pytest arguments to try on every mutant first, "
+                        "e.g. 'tests/test_mutants_qdq.py'; only their survivors then run the "
+                        "target's tests. A mutant the first tests kill, the target's tests (which "
+                        "include them) kill too, so the score is the target's, in less time")
     parser.add_argument("--jobs", type=int, default=1, help="mutants tested at a time")
     parser.add_argument("--list", action="store_true", help="print the mutants and stop")
     parser.add_argument("--json", type=Path, help="write every mutant and its result here")
@@ -396,6 +434,8 @@ def main() -> int:
         # the baseline of every file is its unparsed, unmutated form (see the module docstring)
         sources = {f: (ROOT / f).read_text() for f in files}
         unparsed = {f: mutated_source(text, None) for f, text in sources.items()}
+        stages = [("first", shlex.split(args.first_tests))] if args.first_tests else []
+        stages.append(("target", shlex.split(args.tests) if args.tests else spec["tests"]))
         with tempfile.TemporaryDirectory(prefix="mutation-") as tmp:
             workers = []
             for j in range(max(1, args.jobs)):
@@ -405,30 +445,14 @@ def main() -> int:
             for _, repo in workers:
                 for f, text in unparsed.items():
                     (repo / f).write_text(text)
-            workdir, repo = workers[0]
-            tests = present_tests(repo, shlex.split(args.tests) if args.tests else spec["tests"])
-            status, base_s = run_tests(workdir, repo, tests, timeout=1800)
-            print(f"   baseline (unparsed, unmutated): {status} in {base_s:.0f} s", flush=True)
-            if status != "survived":
-                print("   the tests fail without any mutation: fix that first", file=sys.stderr)
-                return 2
-            timeout = 3 * base_s + 30
-            free = list(workers)
-
-            def one(m: Mutant) -> Mutant:
-                workdir, repo = free.pop()  # noqa: B023
-                try:
-                    (repo / m.file).write_text(mutated_source(sources[m.file], m))  # noqa: B023
-                    m.status, m.seconds = run_tests(workdir, repo, tests, timeout)  # noqa: B023
-                finally:
-                    (repo / m.file).write_text(unparsed[m.file])  # noqa: B023
-                    free.append((workdir, repo))  # noqa: B023
-                print(f"   #{m.id:3d} {m.status:8s} {m.seconds:5.0f} s  {m.file}:{m.line} "
-                      f"[{m.function}] {m.kind}: {m.description}", flush=True)
-                return m
-
-            with ThreadPoolExecutor(max_workers=len(workers)) as pool:
-                done = list(pool.map(one, mutants))
+            pending = mutants
+            for stage, stage_tests in stages:
+                if len(stages) > 1:
+                    print(f"   -- {stage} tests: {len(pending)} mutants", flush=True)
+                if not test_mutants(workers, sources, unparsed, pending, stage_tests, stage):
+                    return 2
+                pending = [m for m in pending if m.status == "survived"]
+        done = mutants
         results += done
         killed = sum(m.status != "survived" for m in done)
         print(f"== {target}: {killed}/{len(done)} killed "
