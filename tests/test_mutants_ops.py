@@ -102,6 +102,12 @@ def test_arbitrary_clips_in_float(low, high, ops):
     assert _check(_model([node], inits)) == ops
 
 
+@pytest.mark.parametrize("op,kernel", [("Sigmoid", ("LOGISTIC", 1)), ("Tanh", ("TANH", 1))])
+def test_float_sigmoid_and_tanh(op, kernel):
+    """Float kernels are version 1; the int8 ones (version 2) are tested below."""
+    assert _check(_model([helper.make_node(op, ["x"], ["y"])], [])) == [kernel]
+
+
 def test_leaky_relu_default_alpha_is_0_01():
     ops = _check(_model([helper.make_node("LeakyRelu", ["x"], ["y"])], []))
     assert ops == [("LEAKY_RELU", 1)]
@@ -162,6 +168,11 @@ def test_grouped_conv_without_bias_and_with_stride():
     node, inits = _conv("x", "y", 4, 6, bias=False, group=2, strides=[2, 2], pads=[1, 0, 0, 1])
     ops = _check(_model([node], inits, in_shape=(1, 4, 6, 6)))
     assert set(ops) == {("PAD", 1), ("SPLIT", 1), ("CONV_2D", 1), ("CONCATENATION", 1)}
+
+
+def test_conv_with_different_strides_and_dilations_per_axis():
+    node, inits = _conv("x", "y", 3, 4, strides=[1, 2], dilations=[2, 1], pads=[2, 1, 2, 1])
+    _check(_model([node], inits, in_shape=(1, 3, 7, 6)))
 
 
 def test_conv_with_same_upper_relu6_fused():
@@ -655,3 +666,16 @@ def test_int8_refusals_say_why(op, needle):
     model = _model([conv, helper.make_node(op, ["c"], ["y"], name="h")], inits)
     with pytest.raises(ConversionError, match=needle):
         _int8(model)
+
+
+def test_int8_conv_with_float_weights_is_refused():
+    """An int8 graph whose conv reads a float filter (its DequantizeLinear removed): TFLite's
+    int8 CONV_2D needs int8 weights."""
+    conv, inits = _conv("x", "y", 3, 4, pads=[1, 1, 1, 1])
+    quantized, _, _, _ = _int8(_model([conv], inits))
+    dq = next(n for n in quantized.graph.node
+              if n.op_type == "DequantizeLinear" and n.input[0] == "y_w_quantized")
+    quantized.graph.node.remove(dq)
+    quantized.graph.initializer.append(_init(dq.output[0], _w(4, 3, 3, 3)))
+    with pytest.raises(ConversionError, match="Conv '' weights are not int8 QDQ constants"):
+        convert_onnx_to_tflite(quantized, "q.onnx")
