@@ -1,4 +1,5 @@
-"""Mutation testing of the correctness-deciding code: the parity report and the latency statistics.
+"""Mutation testing of the correctness-deciding code: parity report, latency statistics, quantisation,
+lowering core, op lowerings and TFLite builder.
 
 A small, self-contained mutation runner (standard library only). It was written instead of using
 mutmut 3 because mutmut names mutants after the file path (``targets/runner.py`` ->
@@ -6,7 +7,8 @@ mutmut 3 because mutmut names mutants after the file path (``targets/runner.py``
 setuptools ``package-dir``, and because an editable install points every import at the original
 checkout rather than at mutmut's ``mutants/`` copy; see docs/testing.md.
 
-What it does, for each target below:
+What it does, for each target below (one file, or several: ``files`` maps each to its functions,
+``"*"`` meaning every function and method in it):
 
 1. copies the repository (tracked and untracked files, no .git/.venv) into a temporary folder and
    installs an import hook (a ``sitecustomize.py`` on ``PYTHONPATH``, also seen by subprocesses)
@@ -31,8 +33,15 @@ Run from the repository root, in the project's environment::
     python scripts/mutation_test.py --max-mutants 40 --seed 0   # a reproducible sample
     python scripts/mutation_test.py --json out.json      # also write every result
     python scripts/mutation_test.py --target runner --ids 5,9   # re-test chosen mutants
+    python scripts/mutation_test.py --target qdq --first-tests tests/test_mutants_qdq.py
+        # every mutant against the fast file first, the target's own tests on its survivors only
 
-Time: one test run takes about 25 s for validate (``tests/test_validate.py`` +
+``--first-tests`` gives the same score as the target's tests alone: those tests include the fast
+file, and pytest ``-x`` fails the run on any failing test, so a mutant the fast file kills the
+whole set kills too. It only saves time (the fast files run in 1-10 s, the target sets in 15-40 s).
+
+Time (before the quantisation, lowering, ops and builder targets were added; see
+docs/testing.md for theirs): one test run takes about 25 s for validate (``tests/test_validate.py`` +
 ``tests/test_int8_portable.py``) and about 12 s for runner (``tests/test_bench.py``, three tests)
 on a 2-core machine; a killed mutant is usually faster (``-x``). A full run of both targets
 (about 125 mutants) takes about 40 minutes on 2 cores; ``--jobs 2`` runs two mutants at a time.
@@ -457,6 +466,9 @@ def main() -> int:
         killed = sum(m.status != "survived" for m in done)
         print(f"== {target}: {killed}/{len(done)} killed "
               f"({100 * killed / max(1, len(done)):.0f} %)", flush=True)
+        if args.first_tests:
+            first = sum(m.status != "survived" and m.stage == "first" for m in done)
+            print(f"   ({first} by the first tests, {killed - first} by the target's)", flush=True)
         for m in done:
             if m.status == "survived":
                 print(f"   SURVIVED {m.file}:{m.line} [{m.function}] {m.kind}: {m.description}")
