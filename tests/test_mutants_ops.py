@@ -679,3 +679,42 @@ def test_int8_conv_with_float_weights_is_refused():
     quantized.graph.initializer.append(_init(dq.output[0], _w(4, 3, 3, 3)))
     with pytest.raises(ConversionError, match="Conv '' weights are not int8 QDQ constants"):
         convert_onnx_to_tflite(quantized, "q.onnx")
+
+
+def test_int8_bias_at_another_scale_is_requantised():
+    """A QDQ bias whose scale is not input x weight scale (here 1.5 times it, as a hand-edited
+    or foreign quantiser may write) cannot be reused as is: the kernel assumes input x weight
+    scale, so the integers must be recomputed from the bias' real values."""
+    conv, inits = _conv("x", "y", 3, 4, pads=[1, 1, 1, 1])
+    quantized, _, _, x = _int8(_model([conv], inits))
+    scale = next(t for t in quantized.graph.initializer if t.name == "y_b_quantized_scale")
+    scale.CopyFrom(_init(scale.name, numpy_helper.to_array(scale) * np.float32(1.5)))
+    data = convert_onnx_to_tflite(quantized, "q.onnx", TFLiteConfig(io_dtype="float32")).data
+    session = ort.InferenceSession(quantized.SerializeToString(),
+                                   qdq.reference_session_options(),
+                                   providers=["CPUExecutionProvider"])
+    want = session.run(None, {"x": x})[0]
+    step = qdq.output_steps(quantized)[0]
+    # the recomputed bias rounds once more (half a bias step, far below an output step)
+    assert np.abs(_run_tflite(data, x) - want).max() <= INT8_STEPS * step + 1e-6
+
+
+def test_int8_per_tensor_conv_with_one_output_channel():
+    conv, inits = _conv("x", "y", 3, 1, pads=[1, 1, 1, 1])
+    _, data = _check_int8(_model([conv], inits), per_channel=False)
+    _, params = _tensor(data, "y/bias")
+    assert params["scales"].size == 1
+
+
+def test_int8_gemm_with_float_weights_is_refused():
+    nodes = [helper.make_node("Flatten", ["x"], ["f"]),
+             helper.make_node("Gemm", ["f", "w"], ["y"], transB=1, name="fc")]
+    conv, inits = _conv("x", "c", 3, 2, pads=[1, 1, 1, 1])
+    nodes = [conv, helper.make_node("Flatten", ["c"], ["f"]), nodes[1]]
+    quantized, _, _, _ = _int8(_model(nodes, [*inits, _init("w", _w(4, 50, scale=0.2))]))
+    dq = next(n for n in quantized.graph.node
+              if n.op_type == "DequantizeLinear" and n.input[0] == "w_quantized")
+    quantized.graph.node.remove(dq)
+    quantized.graph.initializer.append(_init(dq.output[0], _w(4, 50, scale=0.2)))
+    with pytest.raises(ConversionError, match="Gemm 'fc' weights are not symmetric int8 QDQ"):
+        convert_onnx_to_tflite(quantized, "q.onnx")
