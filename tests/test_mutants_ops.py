@@ -718,3 +718,14 @@ def test_int8_gemm_with_float_weights_is_refused():
     quantized.graph.initializer.append(_init(dq.output[0], _w(4, 50, scale=0.2)))
     with pytest.raises(ConversionError, match="Gemm 'fc' weights are not symmetric int8 QDQ"):
         convert_onnx_to_tflite(quantized, "q.onnx")
+
+
+def test_reduce_max_is_one_operator():
+    """REDUCE_MAX keeps its input's grid (same_params_output) and is written exactly once."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    node = helper.make_node("ReduceMax", ["x", "axes"], ["y"], keepdims=1)
+    model = _model([node], [_init("axes", np.array([2, 3], np.int64))])
+    _check(model)
+    data, _ = _tflite(model)
+    assert schema.Model.GetRootAs(data, 0).Subgraphs(0).OperatorsLength() == 1
