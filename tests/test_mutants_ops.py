@@ -441,6 +441,8 @@ def test_reshape_that_reorders_nchw_data_is_refused():
     nodes = [helper.make_node("Reshape", ["x", "s"], ["y"], name="rs")]
     _refused(_model(nodes, [_init("s", np.array([1, 5, 3, 5], np.int64))]),
              "Reshape 'rs' from \\[1, 3, 5, 5\\] to \\[1, 5, 3, 5\\]")
+    _refused(_model(nodes, [_init("s", np.array([1, 3, 25], np.int64))]),
+             "Reshape 'rs' from \\[1, 3, 5, 5\\] to \\[1, 3, 25\\]")  # 4-D to 3-D
 
 
 @pytest.mark.parametrize("axis", [1, -3, 2, 3, -1])
