@@ -731,3 +731,29 @@ def test_reduce_max_is_one_operator():
     _check(model)
     data, _ = _tflite(model)
     assert schema.Model.GetRootAs(data, 0).Subgraphs(0).OperatorsLength() == 1
+
+
+def test_int8_float_constant_operand_is_quantised_symmetrically():
+    """A constant the QDQ model left in float (its DequantizeLinear removed here, as a foreign
+    quantiser may leave it) is stored as symmetric int8 per the TFLite spec: scale max|k| / 127,
+    zero point 0, so the largest value is exactly +-127."""
+    c1, i1 = _conv("x", "a", 3, 4, pads=[1, 1, 1, 1])
+    k = (_w(4, 1, 1) + 1).astype(np.float32)
+    quantized, _, _, x = _int8(_model([c1, helper.make_node("Add", ["a", "k"], ["y"])],
+                                      [*i1, _init("k", k)]))
+    dq = next(n for n in quantized.graph.node
+              if n.op_type == "DequantizeLinear" and n.input[0].startswith("k"))
+    quantized.graph.node.remove(dq)
+    quantized.graph.initializer.append(_init(dq.output[0], k))
+    data = convert_onnx_to_tflite(quantized, "q.onnx", TFLiteConfig(io_dtype="float32")).data
+    values, params = _tensor(data, "y/" + dq.output[0])
+    bound = float(np.abs(k).max())
+    np.testing.assert_allclose(params["scales"], [bound / 127], rtol=1e-6)
+    assert params["zero_points"].tolist() == [0] and np.abs(values).max() == 127
+    session = ort.InferenceSession(quantized.SerializeToString(),
+                                   qdq.reference_session_options(),
+                                   providers=["CPUExecutionProvider"])
+    want = session.run(None, {"x": x})[0]
+    step = qdq.output_steps(quantized)[0]
+    # the reference adds k in float; TFLite adds k rounded to its int8 grid (half a k step off)
+    assert np.abs(_run_tflite(data, x) - want).max() <= INT8_STEPS * step + bound / 254 + 1e-6
