@@ -1,8 +1,16 @@
 """What an op lowering needs: values in TFLite layout, constants, quantisation, and helpers.
 
-Activations of rank 4 live in NHWC inside the TFLite graph; a 2-D value produced by folding a
-flatten keeps ``column_order`` (the NCHW flat index of each NHWC column) so that the next
-fully-connected layer permutes its weight columns instead of the graph transposing data.
+Layout is tracked per value rather than fixed per rank. Each ONNX value is stored as a TFLite
+tensor equal to the ONNX tensor transposed by ``Value.perm``: rank-4 feature maps default to
+NHWC, everything else to the ONNX order. Layout-agnostic lowerings (Transpose, Reshape, Squeeze,
+elementwise ops, Concat, Split, Slice, Reduce, Softmax) map their axes through ``perm`` and pass a
+layout on, so an ONNX Transpose costs nothing and a permute/flatten/permute chain lands in NHWC
+without a TRANSPOSE op. A TRANSPOSE is written only where a consumer needs an order the data is
+not in (:meth:`LoweringContext.in_layout`), e.g. the reshape that closes a channel shuffle.
+
+A 2-D value produced by folding a flatten keeps ``column_order`` (the NCHW flat index of each
+NHWC column) so that the next fully-connected layer permutes its weight columns instead of the
+graph transposing data.
 """
 
 from __future__ import annotations
@@ -23,15 +31,33 @@ NCHW_TO_NHWC = (0, 2, 3, 1)
 
 @dataclass(frozen=True)
 class Value:
-    """An ONNX value materialised as a TFLite tensor."""
+    """An ONNX value materialised as a TFLite tensor: ``tensor == onnx_value.transpose(perm)``."""
 
     tensor: int
-    nhwc: bool  # rank-4 value stored as NHWC
+    perm: tuple[int, ...]
     column_order: np.ndarray | None = None  # for flattened values, see module docstring
+
+    @property
+    def nhwc(self) -> bool:
+        return self.perm == NCHW_TO_NHWC
+
+
+def default_perm(rank: int) -> tuple[int, ...]:
+    """The layout a value of this rank takes unless a lowering chooses another."""
+    return NCHW_TO_NHWC if rank == 4 else tuple(range(rank))
+
+
+def permuted(shape: tuple[int, ...], perm: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(shape[i] for i in perm)
 
 
 def to_tflite_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(shape[i] for i in NCHW_TO_NHWC) if len(shape) == 4 else tuple(shape)
+    return permuted(tuple(shape), default_perm(len(shape)))
+
+
+def storage_axis(perm: tuple[int, ...], axis: int) -> int:
+    """Where ONNX axis ``axis`` lies in a tensor stored with ``perm``."""
+    return perm.index(axis)
 
 
 class LoweringContext:
@@ -41,6 +67,7 @@ class LoweringContext:
         self.graph = graph
         self.builder = builder
         self.int8 = graph.quantized
+        self.island = False  # lowering a float island inside an int8 graph (converters/islands)
         self.values: dict[str, Value] = {}
         self.skipped: set[int] = set()
 
@@ -66,6 +93,8 @@ class LoweringContext:
 
     def quant(self, name: str) -> QuantParams | None:
         """Activation quantisation of ``name``; int8 graphs must have it for every activation."""
+        if self.island:
+            return None  # islands compute in float; their outputs are quantised afterwards
         params = self.graph.act_quant.get(name)
         if self.int8 and params is None:
             producer = self.graph.producer(name)
@@ -77,10 +106,32 @@ class LoweringContext:
 
     attr = staticmethod(attr)
 
-    def value(self, name: str) -> Value:
+    def stored(self, name: str) -> Value:
+        """``name`` in whatever layout it was written (for layout-aware lowerings)."""
         if name not in self.values:
             raise ConversionError(f"{self.graph.source}: {name!r} is used before it is produced")
         return self.values[name]
+
+    def value(self, name: str) -> Value:
+        """``name`` in its rank's default layout (NHWC for rank 4), transposed there if needed."""
+        stored = self.stored(name)
+        if stored.column_order is not None:
+            return stored
+        return self.in_layout(name, default_perm(len(stored.perm)))
+
+    def in_layout(self, name: str, perm: tuple[int, ...]) -> Value:
+        """``name`` stored with ``perm``: one TRANSPOSE (cached per layout) when it is not."""
+        stored = self.stored(name)
+        perm = tuple(perm)
+        if stored.perm == perm:
+            return stored
+        key = f"{name}@{','.join(map(str, perm))}"
+        if key not in self.values:
+            onnx_shape = self.shape(name)
+            moved = transpose_tensor(self, stored.tensor, permuted(onnx_shape, stored.perm),
+                                     tuple(stored.perm.index(a) for a in perm), key)
+            self.values[key] = Value(moved, perm)
+        return self.values[key]
 
     # -- writing the TFLite side ----------------------------------------------------------
     @property
@@ -88,20 +139,24 @@ class LoweringContext:
         return np.int8 if self.int8 else np.float32
 
     def new_value(self, name: str, shape: tuple[int, ...], quant: QuantParams | None,
-                  nhwc: bool | None = None, column_order: np.ndarray | None = None) -> Value:
+                  perm: tuple[int, ...] | None = None,
+                  column_order: np.ndarray | None = None) -> Value:
         """Create the TFLite tensor for ONNX value ``name`` (shape given in TFLite layout)."""
-        if nhwc is None:
-            nhwc = len(shape) == 4
         index = self.builder.add_tensor(name, shape, self.act_dtype, quant=quant,
                                         dynamic_batch=True)
-        value = Value(index, nhwc, column_order)
+        value = Value(index, tuple(perm) if perm is not None else default_perm(len(shape)),
+                      column_order)
         self.values[name] = value
         return value
 
     def output_value(self, name: str, *, quant: QuantParams | None = None,
-                     column_order: np.ndarray | None = None) -> Value:
+                     column_order: np.ndarray | None = None,
+                     perm: tuple[int, ...] | None = None) -> Value:
+        """The tensor for ONNX output ``name``, stored with ``perm`` (default: its rank's)."""
         q = quant if quant is not None else self.quant(name)
-        return self.new_value(name, to_tflite_shape(self.shape(name)), q,
+        shape = self.shape(name)
+        perm = tuple(perm) if perm is not None else default_perm(len(shape))
+        return self.new_value(name, permuted(shape, perm), q, perm=perm,
                               column_order=column_order)
 
     def scratch(self, name: str, shape: tuple[int, ...], quant: QuantParams | None) -> int:
@@ -154,10 +209,24 @@ class LoweringContext:
         return bound(1, "min"), bound(2, "max")
 
     def requantize(self, source: int, name: str, target: QuantParams) -> int:
-        """A QUANTIZE op converting ``source`` to ``target`` parameters (int8 -> int8)."""
+        """``source`` moved to ``target`` parameters, as the QDQ graph does it (see below)."""
         out = self.scratch(name, self.builder.tensor_shape(source), target)
-        self.add_op("QUANTIZE", [source], [out], version=2)
+        self.requantize_into(source, out)
         return out
+
+    def requantize_into(self, source: int, out: int) -> None:
+        """int8 -> int8 as DEQUANTIZE + QUANTIZE, not one int8 -> int8 QUANTIZE.
+
+        The QDQ graph requantises by dequantising to float and rounding x / scale. LiteRT's
+        XNNPACK runs an int8 -> int8 QUANTIZE with an 8-bit fixed-point multiplier (scale
+        ratio 0.4292 becomes 110/256, 0.1 % off), which moved 2 % of ShuffleNet's concatenated
+        values by a step; the float round trip reproduces the QDQ arithmetic.
+        """
+        shape = self.builder.tensor_shape(source)
+        real = self.builder.add_tensor(self.builder.tensors[out].name + "/float", shape,
+                                       np.float32, dynamic_batch=True)
+        self.add_op("DEQUANTIZE", [source], [real], version=2)
+        self.add_op("QUANTIZE", [real], [out], version=2)
 
     def with_params(self, tensor: int, params: QuantParams | None, name: str) -> int:
         """``tensor`` itself if it already has ``params``, else a requantised copy."""
@@ -166,29 +235,33 @@ class LoweringContext:
         return self.requantize(tensor, name, params)
 
     def fixed_output(self, node: onnx.NodeProto, op: str, inputs: list[int], fixed: QuantParams,
-                     version: int, options: object = None) -> None:
+                     version: int, options: object = None, *, output: int = 0,
+                     perm: tuple[int, ...] | None = None) -> None:
         """Emit ``op`` whose int8 kernel demands fixed output parameters, then requantise to the
         parameters the QDQ model chose, so the rest of the graph sees them unchanged."""
-        name = node.output[0]
+        name = node.output[output]
         wanted = self.quant(name)
         if not self.int8 or fixed.same_as(wanted):
-            out = self.output_value(name, quant=fixed if self.int8 else None)
+            out = self.output_value(name, quant=fixed if self.int8 else None, perm=perm)
             self.add_op(op, inputs, [out.tensor], version=version, options=options)
             return
-        tmp = self.scratch(name + "/fixed", to_tflite_shape(self.shape(name)), fixed)
+        shape = self.shape(name)
+        tmp = self.scratch(name + "/fixed", permuted(shape, perm or default_perm(len(shape))),
+                           fixed)
         self.add_op(op, inputs, [tmp], version=version, options=options)
-        out = self.output_value(name)
-        self.add_op("QUANTIZE", [tmp], [out.tensor], version=2)
+        out = self.output_value(name, perm=perm)
+        self.requantize_into(tmp, out.tensor)
 
     def same_params_output(self, node: onnx.NodeProto, op: str, inputs: list[int],
-                           version: int, options: object = None) -> None:
+                           version: int, options: object = None, *,
+                           perm: tuple[int, ...] | None = None) -> None:
         """Emit an op whose int8 kernel keeps its input's parameters (pooling, reshape, pad)."""
         source_q = self.builder.tensor_quant(inputs[0]) if self.int8 else None
         if source_q is None:
-            out = self.output_value(node.output[0])
+            out = self.output_value(node.output[0], perm=perm)
             self.add_op(op, inputs, [out.tensor], version=version, options=options)
             return
-        self.fixed_output(node, op, inputs, source_q, version, options)
+        self.fixed_output(node, op, inputs, source_q, version, options, perm=perm)
 
 
 def pad_spatial(ctx: LoweringContext, x: int, explicit: list[tuple[int, int]], name: str,
@@ -222,11 +295,14 @@ def fill_constant(ctx: LoweringContext, value: float, quant: QuantParams | None,
 def spatial_padding(ctx: LoweringContext, node: onnx.NodeProto, in_hw: tuple[int, int],
                     kernel: tuple[int, int], strides: tuple[int, int],
                     dilations: tuple[int, int] = (1, 1),
-                    out_hw: tuple[int, int] | None = None) -> tuple[str, list[tuple[int, int]]]:
+                    out_hw: tuple[int, int] | None = None,
+                    allow_same: bool = True) -> tuple[str, list[tuple[int, int]]]:
     """Map ONNX padding to TFLite's SAME/VALID, plus explicit pads when neither matches.
 
     Returns (padding, explicit) where ``explicit`` holds (before, after) per spatial dim, all
-    zero unless a PAD op must precede a VALID op.
+    zero unless a PAD op must precede a VALID op. ``allow_same=False`` always gives explicit
+    pads: TFLite's SAME average pooling leaves the padding out of the count, so an ONNX
+    AveragePool with count_include_pad=1 (PyTorch's default) must pad zeros for real.
     """
     auto_pad = attr(node, "auto_pad", "NOTSET")
     same = []
@@ -236,8 +312,10 @@ def spatial_padding(ctx: LoweringContext, node: onnx.NodeProto, in_hw: tuple[int
         total = max((out - 1) * s + effective - size, 0)
         same.append((total // 2, total - total // 2))
     if auto_pad in ("SAME_UPPER",):
-        return "SAME", [(0, 0), (0, 0)]
-    if auto_pad == "VALID":
+        if allow_same:
+            return "SAME", [(0, 0), (0, 0)]
+        pads = same
+    elif auto_pad == "VALID":
         pads = [(0, 0), (0, 0)]
     elif auto_pad == "SAME_LOWER":
         pads = [(b + a - (b + a) // 2, (b + a) // 2) for b, a in same]  # extra pad first
@@ -251,6 +329,56 @@ def spatial_padding(ctx: LoweringContext, node: onnx.NodeProto, in_hw: tuple[int
                 pads[i] = (pads[i][0], pads[i][1] + 1)
     if all(p == (0, 0) for p in pads):
         return "VALID", pads
-    if pads == same and out_hw is None:
+    if pads == same and out_hw is None and allow_same:
         return "SAME", [(0, 0), (0, 0)]
     return "VALID", pads
+
+
+def transpose_tensor(ctx: LoweringContext, tensor: int, shape: tuple[int, ...],
+                     perm: tuple[int, ...], name: str) -> int:
+    """TRANSPOSE ``tensor`` (of ``shape``) by ``perm``, at the lowest rank that expresses it.
+
+    Size-1 axes are dropped and axes that stay neighbours are merged first, so the channel
+    shuffle's 5-D transpose becomes a 3-D one that TRANSPOSE v1/v2 (rank <= 4) runs on every
+    runtime; RESHAPEs around it cost no arithmetic.
+    """
+    if perm[0] != 0:
+        raise ConversionError(f"{ctx.graph.source}: {name!r} would move the batch axis; "
+                              "TFLite models keep the batch first")
+    out_shape = permuted(shape, perm)
+    kept = [a for a in perm if shape[a] != 1 or a == 0]
+    runs: list[list[int]] = []
+    for axis in kept:  # the batch stays an axis of its own: it may change at run time
+        if runs and axis == runs[-1][-1] + 1 and runs[-1][0] != 0:
+            runs[-1].append(axis)
+        else:
+            runs.append([axis])
+    by_start = sorted(runs, key=lambda run: run[0])
+    merged_shape = tuple(int(np.prod([shape[a] for a in run])) for run in by_start)
+    merged_perm = tuple(by_start.index(run) for run in runs)
+    quant = ctx.builder.tensor_quant(tensor)
+    version = ctx.op_version(1, 2)
+    if len(merged_shape) > 4:
+        raise ConversionError(f"{ctx.graph.source}: {name!r} needs a {len(merged_shape)}-D "
+                              "transpose; TFLite's TRANSPOSE takes at most 4 axes")
+    source = tensor
+    if merged_shape != shape:
+        source = ctx.scratch(name + "/merged", merged_shape, quant)
+        reshape(ctx, tensor, merged_shape, source, name + "/merged_shape")
+    moved_shape = permuted(merged_shape, merged_perm)
+    moved = ctx.scratch(name + "/moved", moved_shape, quant)
+    ctx.add_op("TRANSPOSE", [source, ctx.int_const(name + "/perm", merged_perm)], [moved],
+               version=version)
+    if moved_shape == out_shape:
+        return moved
+    out = ctx.scratch(name, out_shape, quant)
+    reshape(ctx, moved, out_shape, out, name + "/shape")
+    return out
+
+
+def reshape(ctx: LoweringContext, source: int, shape: tuple[int, ...], out: int,
+            name: str) -> None:
+    """RESHAPE ``source`` into the existing tensor ``out``; the batch stays free (-1)."""
+    new_shape = [-1, *shape[1:]]
+    ctx.add_op("RESHAPE", [source, ctx.int_const(name, new_shape)], [out],
+               options=ctx.options("ReshapeOptions", newShape=new_shape))

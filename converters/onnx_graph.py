@@ -78,6 +78,7 @@ class Graph:
     output_names: list[str]
     weight_quant: dict[str, WeightQuant] = field(default_factory=dict)
     act_quant: dict[str, QuantParams] = field(default_factory=dict)
+    opset: int = 13
 
     @property
     def quantized(self) -> bool:
@@ -110,7 +111,9 @@ def load_graph(model: onnx.ModelProto, source: str, batch: int = 1) -> Graph:
     model = _with_static_batch(model, source, batch)
     nodes = list(model.graph.node)
     graph = Graph(source, nodes, constants, {}, model.graph.input[0].name,
-                  [o.name for o in model.graph.output])
+                  [o.name for o in model.graph.output],
+                  opset=next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+                             13))
     for node in [n for n in nodes if n.op_type == "Constant"]:
         graph.constants[node.output[0]] = numpy_helper.to_array(attr(node, "value"))
         nodes.remove(node)
@@ -118,6 +121,10 @@ def load_graph(model: onnx.ModelProto, source: str, batch: int = 1) -> Graph:
     _fold_activation_qdq(graph)
     graph.shapes = _infer_shapes(model, graph)
     _fold_constant_nodes(graph)
+    from edgecnn.converters.fusions import fold_identity_gather, fuse_gelu  # they use Graph
+
+    fuse_gelu(graph)
+    fold_identity_gather(graph)
     return graph
 
 

@@ -105,7 +105,129 @@ def name_batch_dimension(model: onnx.ModelProto, name: str = "batch") -> None:
     del model.graph.value_info[:]
 
 
+def _reduce_axes(model: onnx.ModelProto, node: onnx.NodeProto) -> list[int] | None:
+    if len(node.input) > 1 and node.input[1]:  # opset 18: axes as an input
+        init = initializers(model).get(node.input[1])
+        return None if init is None else [int(a) for a in numpy_helper.to_array(init).ravel()]
+    return next((list(a.ints) for a in node.attribute if a.name == "axes"), None)
+
+
+def spatial_mean_to_global_pool(model: onnx.ModelProto) -> int:
+    """ReduceMean over H and W of an NCHW map -> GlobalAveragePool (+ Flatten for keepdims=0).
+
+    The same arithmetic, but the op onnxruntime's quantiser knows: the dynamo exporter writes
+    AdaptiveAvgPool2d(1) as ReduceMean, which the quantiser leaves float, so without this every
+    ResNet/MobileNet/EfficientNet export would stop int8 at its classifier.
+    """
+    if not any(n.op_type == "ReduceMean" for n in model.graph.node):
+        return 0
+    ranks = {v.name: len(v.type.tensor_type.shape.dim)
+             for v in [*model.graph.input, *model.graph.value_info, *model.graph.output]
+             if v.type.tensor_type.HasField("shape")}
+    if not model.graph.value_info:  # shapes of the ReduceMean inputs are needed
+        inferred = onnx.shape_inference.infer_shapes(model)
+        ranks.update({v.name: len(v.type.tensor_type.shape.dim)
+                      for v in inferred.graph.value_info if v.type.tensor_type.HasField("shape")})
+    rewritten = 0
+    for node in list(model.graph.node):
+        if node.op_type != "ReduceMean" or ranks.get(node.input[0]) != 4:
+            continue
+        axes = _reduce_axes(model, node)
+        if axes is None or sorted(a % 4 for a in axes) != [2, 3]:
+            continue
+        keep = next((a.i for a in node.attribute if a.name == "keepdims"), 1)
+        position = list(model.graph.node).index(node)
+        pooled = node.output[0] if keep else node.output[0] + "/pooled"
+        replacement = [onnx.helper.make_node("GlobalAveragePool", [node.input[0]], [pooled],
+                                             name=node.name)]
+        if not keep:
+            replacement.append(onnx.helper.make_node("Flatten", [pooled], [node.output[0]],
+                                                     name=node.name + "/flatten", axis=1))
+        model.graph.node.remove(node)
+        for offset, new in enumerate(replacement):
+            model.graph.node.insert(position + offset, new)
+        rewritten += 1
+    if rewritten:
+        prune_initializers(model)
+    return rewritten
+
+
 def clean(model: onnx.ModelProto) -> dict[str, int]:
     """Run every pass; return how much each changed."""
     return {"batchnorm_folded": fold_batch_norm(model),
-            "pass_through_removed": remove_pass_through(model)}
+            "pass_through_removed": remove_pass_through(model),
+            "spatial_mean_pooled": spatial_mean_to_global_pool(model)}
+
+
+def image_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
+    weights = {t.name for t in model.graph.initializer}
+    return next(i for i in model.graph.input if i.name not in weights)
+
+
+def fix_input_shape(model: onnx.ModelProto, shape: tuple[int, ...] | None, source: str) -> bool:
+    """``--input-shape``: give the image input fixed dims (onnx2tf's ``-ois``); True if changed.
+
+    Without a shape, symbolic C/H/W are refused with the flag to pass: TFLite tensors and every
+    size computed from them (pads, reshapes, resize targets) need numbers.
+    """
+    from edgecnn.errors import ConversionError
+
+    value = image_input(model)
+    dims = value.type.tensor_type.shape.dim
+    current = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
+    if shape is None:
+        if any(not isinstance(d, int) for d in current[1:]):
+            raise ConversionError(f"{source}: input {value.name!r} has shape {current}; pass "
+                                  "--input-shape N,C,H,W (e.g. 1,3,224,224) to fix its symbolic "
+                                  "dims")
+        return False
+    if len(shape) != len(current):
+        raise ConversionError(f"{source}: --input-shape has {len(shape)} dims but input "
+                              f"{value.name!r} has {len(current)} ({current})")
+    for axis, (have, want) in enumerate(zip(current, shape, strict=True)):
+        if isinstance(have, int) and have != want and not (axis == 0 and have == 0):
+            raise ConversionError(f"{source}: --input-shape {','.join(map(str, shape))} "
+                                  f"conflicts with input {value.name!r} {current} (axis {axis} "
+                                  f"is fixed at {have})")
+    for dim, want in zip(dims, shape, strict=True):
+        dim.Clear()
+        dim.dim_value = want
+    del model.graph.value_info[:]  # inferred from the old, symbolic shape
+    for output in model.graph.output:  # re-inferred by the simplifier
+        for dim in output.type.tensor_type.shape.dim:
+            if not dim.HasField("dim_value"):
+                dim.Clear()
+    return True
+
+
+SHAPE_OPS = {"Shape", "Size", "ConstantOfShape", "Range", "Expand", "Cast", "Identity", "Where",
+             "Equal"}
+
+
+def computes_shapes(model: onnx.ModelProto) -> bool:
+    """The graph does shape arithmetic at run time (TorchScript and other exporters)."""
+    return any(n.op_type in SHAPE_OPS for n in model.graph.node)
+
+
+def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Constant folding and shape-subgraph elimination by onnxslim.
+
+    Third-party exports compute pads, reshape targets and resize sizes from ``Shape`` at run
+    time; with the input shape fixed they are constants. onnxslim folds them (and Identity,
+    Cast and Pad-into-Conv on the way); onnxscript's optimizer, measured on the same
+    TorchScript-exported files, left the ConstantOfShape/Slice/Transpose chain of F.pad behind
+    (docs/coverage.md). The model card and other metadata are kept.
+    """
+    import onnxslim
+
+    from edgecnn.quiet import quiet
+
+    metadata = [(p.key, p.value) for p in model.metadata_props]
+    with quiet("onnxslim", stdout=True):
+        slimmed = onnxslim.slim(model)
+    if not isinstance(slimmed, onnx.ModelProto):
+        return model
+    del slimmed.metadata_props[:]
+    for key, value in metadata:
+        slimmed.metadata_props.add(key=key, value=value)
+    return slimmed

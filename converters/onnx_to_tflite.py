@@ -14,7 +14,14 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 from edgecnn.converters import qdq
-from edgecnn.converters.lowering import LoweringContext, Value, to_tflite_shape
+from edgecnn.converters.islands import lower_float_island, needs_float
+from edgecnn.converters.lowering import (
+    LoweringContext,
+    Value,
+    default_perm,
+    reshape,
+    to_tflite_shape,
+)
 from edgecnn.converters.onnx_graph import load_graph, unsupported
 from edgecnn.converters.ops import LOWERINGS
 from edgecnn.converters.tflite_builder import QuantParams, TFLiteBuilder
@@ -69,8 +76,13 @@ def convert_onnx_to_tflite(model: onnx.ModelProto, source: str,
     ctx = LoweringContext(graph, builder)
     input_quant = _add_input(ctx, io_dtype, config.nchw_input)
     for node in graph.nodes:
-        if id(node) not in ctx.skipped:
-            LOWERINGS.get(node.op_type)(ctx, node)
+        if id(node) in ctx.skipped:
+            continue
+        lowering = LOWERINGS.get(node.op_type)
+        if ctx.int8 and needs_float(ctx, node):
+            lower_float_island(ctx, node, lowering)
+        else:
+            lowering(ctx, node)
     output_quant = _add_outputs(ctx, io_dtype)
     card = next((p.value for p in model.metadata_props if p.key == "edgecnn.card"), None)
     if card:
@@ -112,19 +124,30 @@ def _add_input(ctx: LoweringContext, io_dtype: str, nchw: bool) -> QuantParams |
         inner = ctx.scratch(name + "/int8", nhwc_shape, quant)
         ctx.add_op("QUANTIZE", [tensor], [inner], version=2)
         tensor = inner
-    ctx.values[name] = Value(tensor, True)
+    ctx.values[name] = Value(tensor, default_perm(len(nchw_shape)))
     return io_quant
 
 
 def _add_outputs(ctx: LoweringContext, io_dtype: str) -> QuantParams | None:
     io_quant = None
     for name in ctx.graph.output_names:
-        value = ctx.value(name)
+        value = ctx.value(name)  # outputs leave in the default layout (NHWC for rank 4)
         if value.column_order is not None:
             raise ConversionError(f"{ctx.graph.source}: output {name!r} is a flattened feature map;"
                                   " end the model with a fully-connected layer")
         tensor = value.tensor
-        if ctx.int8 and io_dtype != "int8":
+        if ctx.builder.tensors[tensor].name != name:  # transposed at the end, or an alias
+            copy = ctx.builder.add_tensor(name, ctx.builder.tensor_shape(tensor),
+                                          ctx.builder.tensor_dtype(tensor),
+                                          quant=ctx.builder.tensor_quant(tensor),
+                                          dynamic_batch=True)
+            reshape(ctx, tensor, ctx.builder.tensor_shape(tensor), copy, name + "/shape")
+            tensor = copy
+        real = ctx.builder.tensor_dtype(tensor) == np.float32
+        if ctx.int8 and real and io_dtype != "float32":
+            raise ConversionError(f"{ctx.graph.source}: output {name!r} is float in the QDQ "
+                                  f"graph; --io-dtype {io_dtype} needs it quantised")
+        if ctx.int8 and io_dtype != "int8" and not real:
             quant = ctx.builder.tensor_quant(tensor)
             ctx.builder.tensors[tensor].name = name + "/int8"
             shape = ctx.builder.tensor_shape(tensor)

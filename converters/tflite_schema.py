@@ -60,6 +60,20 @@ MIN_RUNTIME = {
     ("SPLIT", 1): "1.5.0", ("SPLIT", 2): "1.14.0", ("SPLIT", 3): "1.14.0",
     ("TANH", 1): "1.14.0", ("TANH", 2): "1.14.0",
     ("TRANSPOSE", 1): "1.6.0", ("TRANSPOSE", 2): "1.14.0",
+    ("SPLIT_V", 1): "1.13.1", ("SPLIT_V", 2): "2.3.0",
+    ("STRIDED_SLICE", 1): "1.6.0", ("STRIDED_SLICE", 2): "1.14.0",
+    ("GATHER", 1): "1.6.0", ("GATHER", 2): "1.14.0",
+    ("RESIZE_BILINEAR", 1): "1.7.0", ("RESIZE_BILINEAR", 2): "1.14.0",
+    ("RESIZE_BILINEAR", 3): "2.2.0",
+    ("RESIZE_NEAREST_NEIGHBOR", 1): "1.13.1", ("RESIZE_NEAREST_NEIGHBOR", 2): "1.14.0",
+    ("RESIZE_NEAREST_NEIGHBOR", 3): "2.3.0",
+    ("TRANSPOSE_CONV", 1): "1.9.0", ("TRANSPOSE_CONV", 2): "2.2.0",
+    ("TRANSPOSE_CONV", 3): "2.3.0",
+    ("RSQRT", 1): "1.10.0",
+    ("SHAPE", 1): "1.13.1",
+    ("SQUARED_DIFFERENCE", 1): "1.13.1",
+    ("BATCH_MATMUL", 1): "2.3.0",
+    ("GELU", 1): "2.9.0", ("GELU", 2): "2.9.0",
 }
 
 

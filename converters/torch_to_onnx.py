@@ -23,7 +23,7 @@ from edgecnn.converters import onnx_passes
 
 from edgecnn.card import ModelCard
 from edgecnn.errors import ConversionError
-from edgecnn.loading import FORMAT_TORCHSCRIPT, TorchModel
+from edgecnn.loading import FORMAT_TORCHSCRIPT, TorchModel, output_names
 from edgecnn.quiet import quiet
 
 DEFAULT_OPSET = 18
@@ -64,7 +64,7 @@ def export_onnx(source: TorchModel, opset: int = DEFAULT_OPSET,
                                       f"{_export_failure(exc)}") from None
         passes = onnx_passes.clean(model)
         onnx_passes.name_batch_dimension(model)
-        _attach_card(model, source.card)
+        attach_card(model, source.card)
         save_external(model, path)  # moves the weights out of the proto into model.onnx.data
         try:
             onnx.checker.check_model(str(path), full_check=True)
@@ -89,8 +89,10 @@ def _export_dynamo(source: TorchModel, example: torch.Tensor, opset: int,
         batch = torch.export.Dim("batch", min=1, max=1 << 16)
         module = cast(torch.nn.Module, source.nn_module or source.module)
         program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
+    with torch.inference_mode():
+        names = output_names(program.module()(example), OUTPUT_NAME)
     onnx_program = torch.onnx.export(program, (example,), None, dynamo=True, opset_version=opset,
-                                     input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                     input_names=[INPUT_NAME], output_names=names,
                                      optimize=True, verbose=False)
     assert onnx_program is not None  # returned whenever f is None
     onnx_program.save(path, external_data=True)  # streams tensors: no in-memory proto copy
@@ -123,9 +125,11 @@ def _drop_rewriter_references() -> None:
 
 def _export_torchscript(source: TorchModel, example: torch.Tensor, opset: int) -> onnx.ModelProto:
     buffer = io.BytesIO()
+    with torch.inference_mode():
+        names = output_names(source.module(example), OUTPUT_NAME)
     torch.onnx.export(cast(Any, source.module), (example,), cast(Any, buffer), dynamo=False, opset_version=opset,
-                      input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                      dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                      input_names=[INPUT_NAME], output_names=names,
+                      dynamic_axes={INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in names}},
                       do_constant_folding=True)
     return onnx.load_from_string(buffer.getvalue())
 
@@ -154,7 +158,8 @@ def _export_failure(exc: BaseException) -> str:
     return (lines[0] if lines else type(exc).__name__)[:300]
 
 
-def _attach_card(model: onnx.ModelProto, card: ModelCard) -> None:
+def attach_card(model: onnx.ModelProto, card: ModelCard) -> None:
+    """Record ``card`` (and its labels and preprocessing) as ONNX metadata."""
     entries = {CARD_METADATA_KEY: card.to_json(),
                "edgecnn.labels": json.dumps(list(card.labels)),
                "edgecnn.preprocessing": json.dumps(card.input.to_dict())}
@@ -184,12 +189,18 @@ def self_check(source: TorchModel, path: Path, inputs: np.ndarray | None) -> flo
         inputs = rng.random((source.static_batch or 4, *source.card.input.shape),
                             dtype=np.float32)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {session.get_inputs()[0].name: inputs})[0]
+    got = session.run(None, {session.get_inputs()[0].name: inputs})
     del session
-    want = source(inputs)
-    diff = float(np.max(np.abs(got - want)))
-    scale = float(np.max(np.abs(want))) or 1.0
-    if not diff <= SELF_CHECK_RTOL * max(scale, 1.0):
-        raise ConversionError(f"{source.path}: exported ONNX disagrees with PyTorch "
-                              f"(max |Δlogit| {diff:.3g}); please report this model")
+    want = source.outputs(inputs)
+    if len(got) != len(want):
+        raise ConversionError(f"{source.path}: the exported ONNX has {len(got)} outputs, the "
+                              f"model {len(want)}; please report this model")
+    diff = 0.0
+    for g, w in zip(got, want, strict=True):  # each output against its own magnitude
+        d = float(np.max(np.abs(g - w))) if g.size else 0.0
+        scale = float(np.max(np.abs(w))) if w.size else 0.0
+        if not d <= SELF_CHECK_RTOL * max(scale, 1.0):
+            raise ConversionError(f"{source.path}: exported ONNX disagrees with PyTorch "
+                                  f"(max |Δ| {d:.3g}); please report this model")
+        diff = max(diff, d)
     return diff

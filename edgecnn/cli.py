@@ -162,6 +162,23 @@ def inspect(model: Path, as_json: bool, arch: str | None, trust_pickle: bool) ->
 
 
 # -- convert / validate -------------------------------------------------------------------
+def _numbers(kind: type, count: int | None = None) -> Any:
+    """A click callback reading comma-separated numbers (``1,3,224,224``) into a tuple."""
+    def parse(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+        if value is None:
+            return None
+        try:
+            numbers = tuple(kind(v) for v in value.split(","))
+        except ValueError:
+            raise click.BadParameter(f"{value!r} is not a comma-separated list of "
+                                     f"{kind.__name__}s") from None
+        if count is not None and len(numbers) != count:
+            raise click.BadParameter(f"{value!r} has {len(numbers)} values; give {count}")
+        return numbers
+    return parse
+
+
+
 @cli.command()
 @click.argument("model", type=PathArg)
 @click.option("--to", type=click.Choice(["onnx", "tflite"]), required=True)
@@ -179,18 +196,29 @@ def inspect(model: Path, as_json: bool, arch: str | None, trust_pickle: bool) ->
               "the same quantisation) runs exactly on every CPU; int8 saturates in "
               "onnxruntime on x86 without VNNI.")
 @click.option("--opset", default=18, show_default=True)
+@click.option("--input-shape", callback=_numbers(int, 4), metavar="N,C,H,W",
+              help="Fix an ONNX input's symbolic dims, e.g. 1,3,224,224.")
+@click.option("--mean", callback=_numbers(float), metavar="M[,M,M]",
+              help="Preprocessing mean per channel (recorded in the model card).")
+@click.option("--std", callback=_numbers(float), metavar="S[,S,S]",
+              help="Preprocessing std per channel (recorded in the model card).")
+@click.option("--pixel-scale", type=float,
+              help="Pixel scale before mean/std: x = (pixels * scale - mean) / std [1/255].")
 @torch_loading_options
 @click.option("-o", "--output", type=PathArg, help="Output file (default: beside MODEL).")
 def convert(model: Path, to: str, int8: bool, calib: Path | None, calib_method: str,
             per_tensor: bool, io_dtype: str | None, nchw_input: bool, onnx_int8_encoding: str,
-            opset: int, arch: str | None, trust_pickle: bool, output: Path | None) -> None:
+            opset: int, input_shape: tuple[int, ...] | None, mean: tuple[float, ...] | None,
+            std: tuple[float, ...] | None, pixel_scale: float | None, arch: str | None,
+            trust_pickle: bool, output: Path | None) -> None:
     """Convert MODEL (.pt, .pt2 or .onnx) to ONNX or TFLite, optionally int8."""
     from edgecnn.api import ConvertConfig
     from edgecnn.api import convert as run_convert
     if calib is not None and not int8:
         raise BadInputError("--calib only applies with --int8; add --int8 or drop --calib")
     config = ConvertConfig(to, int8, calib, calib_method, not per_tensor, io_dtype, nchw_input,
-                           opset, trust_pickle, arch, onnx_int8_encoding)
+                           opset, trust_pickle, arch, onnx_int8_encoding, input_shape, mean, std,
+                           pixel_scale)
     result = run_convert(model, output, config)
     for key, value in result.rows()[0].items():
         click.echo(f"{key:>28}: {value}")

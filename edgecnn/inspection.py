@@ -319,7 +319,7 @@ def _inspect_tflite(path: Path) -> ModelInfo:
     type_names = {v: k.lower() for k, v in vars(fb.TensorType).items() if not k.startswith("_")}
     graph = model.subgraphs[0]
 
-    def tensor(index: int) -> TensorInfo:
+    def tensor(index: int, output: bool = False) -> TensorInfo:
         t = graph.tensors[index]
         shape = list(t.shapeSignature if t.shapeSignature is not None else t.shape)
         shape = ["batch" if (i == 0 and d == -1) else int(d) for i, d in enumerate(shape)]
@@ -327,16 +327,25 @@ def _inspect_tflite(path: Path) -> ModelInfo:
         quant = ""
         if q is not None and q.scale is not None and len(q.scale):
             quant = f"scale {q.scale[0]:.6g}, zero point {q.zeroPoint[0]}"
-        layout = ("NHWC" if len(shape) == 4 and shape[-1] in (1, 3) and shape[1] not in (1, 3)
-                  else "NCHW" if len(shape) == 4 else "")
+        # TFLite feature maps are NHWC; only an input written with --nchw-input is NCHW
+        layout = ("" if len(shape) != 4 else "NHWC" if output
+                  else "NHWC" if shape[-1] in (1, 3) and shape[1] not in (1, 3) else "NCHW")
         name = t.name.decode(errors="replace") if isinstance(t.name, bytes) else t.name
         return TensorInfo(name, shape, type_names.get(t.type, str(t.type)), layout, quant)
 
     counts: Counter[tuple[str, int]] = Counter()
+    islands: Counter[str] = Counter()
+    float_type = fb.TensorType.FLOAT32
+    quantised = any(t.quantization is not None and t.quantization.scale is not None
+                    and len(t.quantization.scale) and t.type != float_type for t in graph.tensors)
     for op in graph.operators:
         code = model.operatorCodes[op.opcodeIndex]
-        builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
-        counts[(op_name(builtin), code.version)] += 1
+        name = op_name(max(code.builtinCode, code.deprecatedBuiltinCode))
+        counts[(name, code.version)] += 1
+        if quantised and name not in ("DEQUANTIZE", "QUANTIZE") and any(
+                graph.tensors[i].type == float_type and graph.tensors[i].buffer == 0
+                for i in op.outputs):
+            islands[name] += 1  # an int8 model computing this op in float
     used = list(counts)
     params, overhead = _tflite_parameters(model, graph, fb)
     inputs = [tensor(i) for i in graph.inputs]
@@ -350,12 +359,14 @@ def _inspect_tflite(path: Path) -> ModelInfo:
             pass
     return ModelInfo(
         str(path), "tflite", params, inputs,
-        [tensor(o) for o in graph.outputs],
+        [tensor(o, output=True) for o in graph.outputs],
         [{"op": op, "version": v, "count": n,
           "min_runtime": MIN_RUNTIME.get((op, v), "unknown")} for (op, v), n in counts.items()],
         {"oldest_runtime": min_runtime_for(used) or "unknown (op not in TFLite's version table)",
          "schema_version": model.version, "transpose_ops": counts_of(counts, "TRANSPOSE"),
-         "quantisation parameters": overhead})
+         "quantisation parameters": overhead,
+         **({"float islands": ", ".join(f"{op} x{n}" for op, n in islands.items())}
+            if islands else {})})
 
 
 def counts_of(counts: Counter[tuple[str, int]], op: str) -> int:

@@ -42,12 +42,43 @@ class TorchModel:
     static_batch: int | None = None  # a program exported at a fixed batch (often 1)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        """The first output (the logits of a classifier)."""
+        return self.outputs(x)[0]
+
+    def outputs(self, x: np.ndarray) -> list[np.ndarray]:
+        """Every output, in the order of the model's (possibly nested) return value; a program
+        exported at a fixed batch runs in chunks of it."""
+        step = self.static_batch or len(x)
         with torch.inference_mode():
-            return self.module(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+            chunks = [output_leaves(self.module(torch.from_numpy(np.ascontiguousarray(
+                x[i:i + step])))) for i in range(0, len(x), step)]
+        return [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
 
     @property
     def parameter_count(self) -> int:
         return self.card.parameters
+
+
+def output_leaves(result: Any) -> list[np.ndarray]:
+    """A model's return value (a tensor, tuple, list or dict of them) as a flat list."""
+    from torch.utils import _pytree
+
+    return [leaf.detach().numpy() for leaf in _pytree.tree_leaves(result)
+            if isinstance(leaf, torch.Tensor)]
+
+
+def output_names(result: Any, default: str) -> list[str]:
+    """Names for a model's outputs: dict keys and positions (``boxes``, ``0``), or ``default``
+    for a single tensor, so a detector's outputs keep their meaning through ONNX and TFLite."""
+    from torch.utils import _pytree
+
+    paths = [path for path, leaf in _pytree.tree_flatten_with_path(result)[0]
+             if isinstance(leaf, torch.Tensor)]
+    if len(paths) == 1 and not paths[0]:
+        return [default]
+    names = ["_".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path) or default
+             for path in paths]
+    return names if len(set(names)) == len(names) else [f"{default}_{i}" for i in range(len(paths))]
 
 
 def default_card(arch: str) -> ModelCard:
@@ -153,7 +184,9 @@ def _card_from_shapes(path: Path, input_shape: list[Any], output_shape: list[Any
         raise ModelLoadError(f"{path}: carries no model card and its input is {input_shape}; "
                              "edgecnn needs an (N, C, H, W) image input of fixed C, H, W: "
                              f"export it so, or put a card beside it ({path.with_suffix('.json').name})")
-    classes = output_shape[-1] if output_shape and isinstance(output_shape[-1], int) else 1
+    # (N, classes) logits or an (N, classes, H, W) segmentation map: the classes lie on axis 1
+    classes = (output_shape[1] if len(output_shape) > 1 and isinstance(output_shape[1], int)
+               else 1)
     try:
         spec = InputSpec(tuple(input_shape[1:]))
     except ValueError as exc:

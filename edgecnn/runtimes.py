@@ -21,7 +21,11 @@ from edgecnn.registry import Registry
 
 
 class Session(Protocol):
-    """A loaded model: bind an input once, invoke many times, read the float output."""
+    """A loaded model: bind an input once, invoke many times, read the float outputs.
+
+    ``outputs()`` lists every output in the model's order; ``output()`` is the first (the
+    logits a classifier's accuracy is measured on).
+    """
 
     runtime: str
 
@@ -31,11 +35,19 @@ class Session(Protocol):
 
     def output(self) -> np.ndarray: ...
 
+    def outputs(self) -> list[np.ndarray]: ...
+
 
 def predict(session: Session, x: np.ndarray) -> np.ndarray:
     session.bind(x)
     session.invoke()
     return session.output()
+
+
+def predict_all(session: Session, x: np.ndarray) -> list[np.ndarray]:
+    session.bind(x)
+    session.invoke()
+    return session.outputs()
 
 
 @dataclass(frozen=True)
@@ -107,11 +119,25 @@ class TorchSession:
         self._x = self._torch.from_numpy(np.ascontiguousarray(x, np.float32))
 
     def invoke(self) -> None:
+        from edgecnn.loading import output_leaves
+
+        step = self.model.static_batch
+        if step and len(self._x) % step:
+            raise BadInputError(f"{self.model.path}: was exported for batches of exactly {step}; "
+                                f"{len(self._x)} images do not split into them")
         with self._torch.inference_mode():
-            self._y = self.model.module(self._x)
+            if step and len(self._x) != step:  # a fixed-batch export (often 1): in chunks
+                chunks = [output_leaves(self.model.module(self._x[i:i + step]))
+                          for i in range(0, len(self._x), step)]
+                self._y = [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
+            else:
+                self._y = output_leaves(self.model.module(self._x))
 
     def output(self) -> np.ndarray:
-        return self._y.numpy()
+        return self.outputs()[0]
+
+    def outputs(self) -> list[np.ndarray]:
+        return list(self._y)
 
 
 # -- onnxruntime --------------------------------------------------------------------------
@@ -144,7 +170,7 @@ class OnnxSession:
         batch = self.session.get_inputs()[0].shape[0] if self.session.get_inputs()[0].shape else None
         self.fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
         self._feed: dict[str, np.ndarray] = {}
-        self._y: np.ndarray | None = None
+        self._y: list[np.ndarray] | None = None
 
     def bind(self, x: np.ndarray) -> None:
         if self.fixed_batch and len(x) % self.fixed_batch:
@@ -157,10 +183,11 @@ class OnnxSession:
         try:
             if self.fixed_batch and len(x) != self.fixed_batch:  # a fixed-batch export: in chunks
                 step = self.fixed_batch
-                self._y = np.concatenate([self.session.run(None, {self.input_name: x[i:i + step]})[0]
-                                          for i in range(0, len(x), step)])
+                chunks = [self.session.run(None, {self.input_name: x[i:i + step]})
+                          for i in range(0, len(x), step)]
+                self._y = [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
             else:
-                self._y = self.session.run(None, self._feed)[0]
+                self._y = self.session.run(None, self._feed)
         except Exception as exc:  # onnxruntime's InvalidArgument, Fail, RuntimeException...
             detail = " ".join(str(exc).split())
             raise BadInputError(f"{self.path}: onnxruntime cannot run it on input "
@@ -168,8 +195,11 @@ class OnnxSession:
                                 f"({detail[:240]})") from None
 
     def output(self) -> np.ndarray:
+        return self.outputs()[0]
+
+    def outputs(self) -> list[np.ndarray]:
         assert self._y is not None
-        return self._y
+        return list(self._y)
 
 
 # -- TFLite interpreters ------------------------------------------------------------------
@@ -192,7 +222,7 @@ class TFLiteSession:
                                 f"({str(exc).splitlines()[0][:200]})") from None
         self.path = path
         self.input = self.interpreter.get_input_details()[0]
-        self.output_detail = self.interpreter.get_output_details()[0]
+        self.output_details = self.interpreter.get_output_details()  # the file's output order
         self.model_shape = tuple(int(d) for d in self.input["shape"])
         self.nhwc = True
         self._batch = -1
@@ -220,9 +250,15 @@ class TFLiteSession:
                                 f"({str(exc).splitlines()[0][:200]})") from None
 
     def output(self) -> np.ndarray:
-        y = self.interpreter.get_tensor(self.output_detail["index"])
-        scale, zero = self.output_detail["quantization"]
-        if self.output_detail["dtype"] != np.float32 and scale:
+        return self._read(self.output_details[0])
+
+    def outputs(self) -> list[np.ndarray]:
+        return [self._read(detail) for detail in self.output_details]
+
+    def _read(self, detail: dict) -> np.ndarray:
+        y = self.interpreter.get_tensor(detail["index"])
+        scale, zero = detail["quantization"]
+        if detail["dtype"] != np.float32 and scale:
             y = (y.astype(np.float32) - zero) * np.float32(scale)
         return y.transpose(0, 3, 1, 2) if (y.ndim == 4 and self.nhwc) else y
 

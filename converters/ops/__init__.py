@@ -23,7 +23,9 @@ from edgecnn.converters.ops import (  # noqa: E402,F401  (registration side effe
     conv,
     dense,
     elementwise,
+    normalization,
     pooling,
     reduce,
+    resize,
     shape,
 )

@@ -17,8 +17,8 @@ SOFTMAX_INT8 = QuantParams.per_tensor(1.0 / 256.0, -128)
 
 def _unary(ctx: LoweringContext, node: onnx.NodeProto, op: str, *, int8_version: int = 2,
            options: object = None) -> None:
-    source = ctx.value(node.input[0])
-    out = ctx.output_value(node.output[0], column_order=source.column_order)
+    source = ctx.stored(node.input[0])  # elementwise: any layout will do
+    out = ctx.output_value(node.output[0], column_order=source.column_order, perm=source.perm)
     ctx.add_op(op, [source.tensor], [out.tensor], version=ctx.op_version(1, int8_version),
                options=options)
 
@@ -38,10 +38,7 @@ def lower_clip(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         _unary(ctx, node, op, int8_version=version)
         return
     low, high = ctx.clip_bounds(node)
-    if ctx.int8:
-        raise ConversionError(f"{ctx.graph.source}: int8 Clip {node.name!r} to ({low}, {high}); "
-                              "only Relu, Relu6 and (-1, 1) clips convert to int8")
-    source = ctx.value(node.input[0])
+    source = ctx.stored(node.input[0])
     current = source.tensor
     shape = ctx.builder.tensor_shape(current)
     for op, bound, tag in (("MAXIMUM", low, "lo"), ("MINIMUM", high, "hi")):
@@ -51,7 +48,7 @@ def lower_clip(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         nxt = ctx.scratch(f"{node.output[0]}/{tag}_out", shape, None)
         ctx.add_op(op, [current, limit], [nxt])
         current = nxt
-    ctx.values[node.output[0]] = type(source)(current, source.nhwc, source.column_order)
+    ctx.values[node.output[0]] = type(source)(current, source.perm, source.column_order)
 
 
 @lower("LeakyRelu")
@@ -62,9 +59,6 @@ def lower_leaky_relu(ctx: LoweringContext, node: onnx.NodeProto) -> None:
 
 @lower("HardSwish")
 def lower_hard_swish(ctx: LoweringContext, node: onnx.NodeProto) -> None:
-    if ctx.int8:
-        raise ConversionError(f"{ctx.graph.source}: int8 HardSwish {node.name!r} needs "
-                              "HARD_SWISH v2 (TFLite 2.x only); convert this model in float")
     _unary(ctx, node, "HARD_SWISH", int8_version=1)
 
 
@@ -82,22 +76,29 @@ def lower_tanh(ctx: LoweringContext, node: onnx.NodeProto) -> None:
 
 @lower("Softmax")
 def lower_softmax(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    """SOFTMAX runs over the stored tensor's last axis: bring ``axis`` there (free when the
+    layout already has it last, e.g. NCHW channels stored NHWC)."""
     rank = len(ctx.shape(node.input[0]))
     axis = int(ctx.attr(node, "axis", -1))
     axis = axis + rank if axis < 0 else axis
-    last = rank - 1
-    if not (axis == last or (rank == 4 and axis == 1)):  # NCHW axis 1 is NHWC's last axis
-        raise ConversionError(f"{ctx.graph.source}: Softmax {node.name!r} over axis {axis} of a "
-                              f"rank-{rank} tensor; TFLite softmax runs over the channel axis")
-    x = ctx.value(node.input[0]).tensor
-    ctx.fixed_output(node, "SOFTMAX", [x], SOFTMAX_INT8, ctx.op_version(1, 2),
-                     options=ctx.options("SoftmaxOptions", beta=1.0))
+    shape = ctx.shape(node.input[0])
+    if ctx.graph.opset < 13 and any(d != 1 for d in shape[axis + 1:]):  # old: flattened from axis
+        raise ConversionError(f"{ctx.graph.source}: Softmax {node.name!r} (opset "
+                              f"{ctx.graph.opset}) runs over axes {axis}..{rank - 1} together; "
+                              "re-export at opset 13+ or softmax over the last axis")
+    stored = ctx.stored(node.input[0])
+    if stored.column_order is not None:
+        raise ConversionError(f"{ctx.graph.source}: Softmax {node.name!r} over a flattened "
+                              "feature map; apply it before flattening")
+    if stored.perm[-1] == axis:
+        source = stored
+    else:
+        source = ctx.in_layout(node.input[0], (*[a for a in stored.perm if a != axis], axis))
+    ctx.fixed_output(node, "SOFTMAX", [source.tensor], SOFTMAX_INT8, ctx.op_version(1, 2),
+                     options=ctx.options("SoftmaxOptions", beta=1.0), perm=source.perm)
 
 
 def _float_unary(ctx: LoweringContext, node: onnx.NodeProto, op: str) -> None:
-    if ctx.int8:
-        raise ConversionError(f"{ctx.graph.source}: int8 {node.op_type} {node.name!r} has no "
-                              "int8 kernel on the runtimes edgecnn targets; convert in float")
     _unary(ctx, node, op, int8_version=1)
 
 
@@ -125,12 +126,9 @@ def lower_exp(ctx: LoweringContext, node: onnx.NodeProto) -> None:
 def lower_hard_sigmoid(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     """max(0, min(1, alpha * x + beta)) as MUL, ADD, MINIMUM, MAXIMUM: every TFLite runtime has
     them (MobileNetV3's and Paddle's hard-sigmoid)."""
-    if ctx.int8:
-        raise ConversionError(f"{ctx.graph.source}: int8 HardSigmoid {node.name!r} is not "
-                              "supported yet; convert in float")
     alpha = float(ctx.attr(node, "alpha", 0.2))
     beta = float(ctx.attr(node, "beta", 0.5))
-    source = ctx.value(node.input[0])
+    source = ctx.stored(node.input[0])
     shape = ctx.builder.tensor_shape(source.tensor)
     name = node.output[0]
     current = source.tensor
@@ -141,4 +139,17 @@ def lower_hard_sigmoid(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         nxt = ctx.scratch(f"{name}/{op.lower()}_out", shape, None)
         ctx.add_op(op, [current, constant], [nxt], options=options)
         current = nxt
-    ctx.values[name] = type(source)(current, source.nhwc, source.column_order)
+    ctx.values[name] = type(source)(current, source.perm, source.column_order)
+
+
+@lower("Gelu")
+def lower_gelu(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    """GELU (erf form, or tanh with approximate="tanh"): ONNX opset 20's Gelu and the
+    x * 0.5 * (1 + erf(x / sqrt(2))) chain that :mod:`edgecnn.converters.fusions` folds into it.
+
+    Float only: onnxruntime's quantiser leaves Gelu float, and in a quantised erf chain the QDQ
+    model rounds between the steps, which one int8 GELU kernel would not reproduce bit for bit.
+    """
+    approximate = ctx.attr(node, "approximate", "none") == "tanh"
+    _unary(ctx, node, "GELU", int8_version=2,
+           options=ctx.options("GeluOptions", approximate=approximate))

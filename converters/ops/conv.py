@@ -1,4 +1,5 @@
-"""Conv -> CONV_2D, DEPTHWISE_CONV_2D, or SPLIT + CONV_2D per group + CONCATENATION."""
+"""Conv -> CONV_2D, DEPTHWISE_CONV_2D, or SPLIT + CONV_2D per group + CONCATENATION;
+ConvTranspose -> TRANSPOSE_CONV."""
 
 from __future__ import annotations
 
@@ -126,3 +127,75 @@ def _grouped(ctx: LoweringContext, node: onnx.NodeProto, x: int, out: int, group
     ctx.add_op("CONCATENATION", results, [out], version=ctx.op_version(1, 2),
                options=ctx.options("ConcatenationOptions", axis=3))
 
+
+
+def _transpose_conv_begin_pads(ctx: LoweringContext, node: onnx.NodeProto,
+                               full: tuple[int, int], out: tuple[int, int]) -> list[int]:
+    """Rows/columns ONNX crops from the start of the full transposed convolution."""
+    auto_pad = ctx.attr(node, "auto_pad", "NOTSET")
+    output_padding = list(ctx.attr(node, "output_padding", [0, 0]))
+    if auto_pad != "NOTSET" or ctx.attr(node, "output_shape") is not None:
+        totals = [f + op - o for f, op, o in zip(full, output_padding, out, strict=True)]
+        upper = auto_pad != "SAME_LOWER"
+        return [t // 2 if upper else t - t // 2 for t in totals]
+    pads = list(ctx.attr(node, "pads", [0, 0, 0, 0]))
+    return pads[:2]
+
+
+@lower("ConvTranspose")
+def lower_conv_transpose(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    """TRANSPOSE_CONV: VALID or SAME when they crop what ONNX's pads crop, else VALID and a
+    STRIDED_SLICE. The output shape is built from the input's at run time (SHAPE), so any
+    batch size runs."""
+    n, c, h, w = ctx.shape(node.input[0])
+    if not ctx.is_const(node.input[1]) or len(ctx.shape(node.input[1])) != 4:
+        raise ConversionError(f"{ctx.graph.source}: ConvTranspose {node.name!r} needs constant "
+                              "2-D filters")
+    cin, per_group, kh, kw = ctx.shape(node.input[1])
+    if int(ctx.attr(node, "group", 1)) != 1 or tuple(ctx.attr(node, "dilations", [1, 1])) != (1, 1):
+        raise ConversionError(f"{ctx.graph.source}: ConvTranspose {node.name!r} is grouped or "
+                              "dilated; TFLite's TRANSPOSE_CONV is neither")
+    sh, sw = tuple(ctx.attr(node, "strides", [1, 1]))
+    _, cout, oh, ow = ctx.shape(node.output[0])
+    full = ((h - 1) * sh + kh, (w - 1) * sw + kw)
+    begin = _transpose_conv_begin_pads(ctx, node, full, (oh, ow))
+    if any(b < 0 for b in begin):
+        raise ConversionError(f"{ctx.graph.source}: ConvTranspose {node.name!r} has negative pads")
+    same_begin = [max(f - o, 0) // 2 for f, o in zip(full, (oh, ow), strict=True)]
+    if begin == [0, 0]:
+        padding, made = 1, (oh, ow)  # VALID: crops the end only
+    elif begin == same_begin and all(f >= o for f, o in zip(full, (oh, ow), strict=True)):
+        padding, made = 0, (oh, ow)  # SAME: crops half the excess before, the rest after
+    else:
+        padding, made = 1, (oh + begin[0], ow + begin[1])  # VALID, then slice the start off
+    x = ctx.value(node.input[0]).tensor
+    weights = _weights(ctx, node, (1, 2, 3, 0), 0, node.input[1])
+    name = node.output[0]
+    shape_of_x = ctx.builder.add_tensor(name + "/in_shape", (4,), np.int32)
+    ctx.add_op("SHAPE", [x], [shape_of_x], options=ctx.options("ShapeOptions", outType=2))
+    batch = ctx.builder.add_tensor(name + "/batch", (1,), np.int32)
+    ctx.add_op("STRIDED_SLICE", [shape_of_x, ctx.int_const(name + "/b0", [0]),
+                                 ctx.int_const(name + "/b1", [1]), ctx.int_const(name + "/b2", [1])],
+               [batch], options=ctx.options("StridedSliceOptions"))
+    out_shape = ctx.builder.add_tensor(name + "/out_shape", (4,), np.int32)
+    ctx.add_op("CONCATENATION", [batch, ctx.int_const(name + "/hwc", [*made, cout])], [out_shape],
+               options=ctx.options("ConcatenationOptions", axis=0))
+    has_bias = len(node.input) > 2 and bool(node.input[2])
+    inputs = [out_shape, weights, x]
+    if has_bias:
+        inputs.append(_bias(ctx, node, slice(0, cout), x, weights, name + "/bias"))
+    version = 3 if has_bias else ctx.op_version(1, 2)
+    options = ctx.options("TransposeConvOptions", padding=padding, strideH=sh, strideW=sw)
+    if made == (oh, ow):
+        out = ctx.output_value(name)
+        ctx.add_op("TRANSPOSE_CONV", inputs, [out.tensor], version=version, options=options)
+        return
+    wide = ctx.scratch(name + "/uncropped", (n, *made, cout), ctx.quant(name))
+    ctx.add_op("TRANSPOSE_CONV", inputs, [wide], version=version, options=options)
+    out = ctx.output_value(name)
+    ctx.add_op("STRIDED_SLICE", [wide, ctx.int_const(name + "/crop_begin", [0, *begin, 0]),
+                                 ctx.int_const(name + "/crop_end", [0, oh + begin[0],
+                                                                    ow + begin[1], 0]),
+                                 ctx.int_const(name + "/crop_strides", [1, 1, 1, 1])],
+               [out.tensor], version=ctx.op_version(1, 2),
+               options=ctx.options("StridedSliceOptions", beginMask=0b1001, endMask=0b1001))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from edgecnn.converters.lowering import LoweringContext
+from edgecnn.converters.lowering import LoweringContext, reshape
 from edgecnn.converters.ops import lower
 from edgecnn.converters.ops.conv import _bias
 from edgecnn.converters.tflite_builder import QuantParams
@@ -20,15 +20,16 @@ def _fully_connected(ctx: LoweringContext, node: onnx.NodeProto, weight_name: st
                      transposed: bool, bias_node: onnx.NodeProto, out_node: onnx.NodeProto,
                      alpha: float = 1.0) -> None:
     """Write FULLY_CONNECTED for ``y = x @ W.T + b`` (``W`` given as [out, in] if transposed)."""
-    source = ctx.value(node.input[0])
+    source = ctx.stored(node.input[0])
     shape = ctx.shape(weight_name)
     out_features = shape[0] if transposed else shape[1]
-    if len(ctx.builder.tensor_shape(source.tensor)) != 2:
-        raise ConversionError(f"{ctx.graph.source}: {node.op_type} {node.name!r} input is not 2-D; "
-                              "flatten before the fully-connected layer")
+    rank = len(source.perm)
+    if rank > 2 and source.perm[-1] != rank - 1:  # the contracted axis must be stored last
+        source = ctx.in_layout(node.input[0],
+                               (*[a for a in source.perm if a != rank - 1], rank - 1))
     order = source.column_order
     fused, out_name = ctx.fuse_activation(out_node)
-    out = ctx.output_value(out_name)
+    out = ctx.output_value(out_name, perm=source.perm)
     if ctx.int8:
         wq = ctx.weight_quant(weight_name)
         if wq is None or wq.values.dtype != np.int8 or np.any(wq.zero_point != 0):
@@ -48,9 +49,19 @@ def _fully_connected(ctx: LoweringContext, node: onnx.NodeProto, weight_name: st
             w = w[:, order]
         wt = ctx.builder.add_constant(weight_name, np.ascontiguousarray(w, np.float32))
     bias = _bias(ctx, bias_node, slice(0, out_features), source.tensor, wt, out_name + "/bias")
-    ctx.add_op("FULLY_CONNECTED", [source.tensor, wt, bias], [out.tensor],
-               version=ctx.op_version(1, 4),
-               options=ctx.options("FullyConnectedOptions", fusedActivationFunction=fused))
+    options = ctx.options("FullyConnectedOptions", fusedActivationFunction=fused)
+    if rank == 2:
+        ctx.add_op("FULLY_CONNECTED", [source.tensor, wt, bias], [out.tensor],
+                   version=ctx.op_version(1, 4), options=options)
+        return
+    # A Linear on (N, ..., K): FULLY_CONNECTED flattens the leading axes itself; a RESHAPE
+    # restores them (keep_num_dims needs a newer runtime than the rest of the model)
+    stored_out = ctx.builder.tensor_shape(out.tensor)
+    flat = ctx.scratch(out_name + "/2d", (int(np.prod(stored_out[:-1])), out_features),
+                       ctx.builder.tensor_quant(out.tensor))
+    ctx.add_op("FULLY_CONNECTED", [source.tensor, wt, bias], [flat],
+               version=ctx.op_version(1, 4), options=options)
+    reshape(ctx, flat, stored_out, out.tensor, out_name + "/shape")
 
 
 @lower("Gemm")

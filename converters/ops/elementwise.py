@@ -7,7 +7,6 @@ import numpy as np
 import onnx
 from edgecnn.converters.lowering import NCHW_TO_NHWC, LoweringContext
 from edgecnn.converters.ops import lower
-from edgecnn.converters.tflite_builder import QuantParams
 
 from edgecnn.errors import ConversionError
 
@@ -21,28 +20,21 @@ def _constant_operand(ctx: LoweringContext, node: onnx.NodeProto, name: str, ran
         array = array[..., order]
     if not ctx.int8:
         return ctx.builder.add_constant(node.output[0] + "/" + name, np.ascontiguousarray(array))
-    wq = ctx.weight_quant(name)
-    if wq is not None and wq.scale.size == 1 and wq.values.dtype == np.int8:
-        params = wq.params()
-    else:  # symmetric per-tensor int8 for a float constant the QDQ model left unquantised
-        bound = float(np.max(np.abs(array))) or 1.0
-        params = QuantParams.per_tensor(bound / 127.0, 0)
+    wq = ctx.weight_quant(name)  # islands.needs_float sends every other constant to float
+    assert wq is not None and wq.scale.size == 1 and wq.values.dtype == np.int8
+    params = wq.params()  # the QDQ graph's own integers, recovered exactly from its floats
     values = np.clip(np.round(array / params.scale[0]) + params.zero_point[0], -128, 127)
     return ctx.builder.add_constant(node.output[0] + "/" + name,
                                     np.ascontiguousarray(values.astype(np.int8)), params)
 
 
-def _binary(ctx: LoweringContext, node: onnx.NodeProto, op: str, options_name: str | None,
-            float_only: bool = False) -> None:
+def _binary(ctx: LoweringContext, node: onnx.NodeProto, op: str,
+            options_name: str | None) -> None:
     rank = len(ctx.shape(node.output[0]))
     activations = [i for i in node.input if not ctx.is_const(i)]
     if not activations:
         raise ConversionError(f"{ctx.graph.source}: {node.op_type} {node.name!r} has only "
                               "constant inputs and should have been folded")
-    if float_only and ctx.int8:
-        raise ConversionError(f"{ctx.graph.source}: int8 {node.op_type} {node.name!r} has no "
-                              "int8 TFLite kernel on the runtimes edgecnn targets; convert in "
-                              "float")
     first = ctx.value(activations[0])
     order = first.column_order
     inputs = []
@@ -73,19 +65,19 @@ def lower_sub(ctx: LoweringContext, node: onnx.NodeProto) -> None:
 
 @lower("Div")
 def lower_div(ctx: LoweringContext, node: onnx.NodeProto) -> None:
-    _binary(ctx, node, "DIV", "DivOptions", float_only=True)
+    _binary(ctx, node, "DIV", "DivOptions")
 
 
 @lower("Min")
 def lower_min(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     _two_operands(ctx, node)
-    _binary(ctx, node, "MINIMUM", None, float_only=True)
+    _binary(ctx, node, "MINIMUM", None)
 
 
 @lower("Max")
 def lower_max(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     _two_operands(ctx, node)
-    _binary(ctx, node, "MAXIMUM", None, float_only=True)
+    _binary(ctx, node, "MAXIMUM", None)
 
 
 def _two_operands(ctx: LoweringContext, node: onnx.NodeProto) -> None:
@@ -98,7 +90,7 @@ def _two_operands(ctx: LoweringContext, node: onnx.NodeProto) -> None:
 def lower_pow(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     """x ** 2 as MUL(x, x) and x ** 0.5 as SQRT: the exponents CNNs use, exactly."""
     exponent = ctx.const(node, 1).ravel()
-    if ctx.int8 or exponent.size != 1 or float(exponent[0]) not in (2.0, 0.5):
+    if exponent.size != 1 or float(exponent[0]) not in (2.0, 0.5):
         raise ConversionError(f"{ctx.graph.source}: Pow {node.name!r} by {exponent.tolist()}; "
                               "edgecnn converts float x**2 and x**0.5")
     source = ctx.value(node.input[0])
@@ -112,9 +104,6 @@ def lower_pow(ctx: LoweringContext, node: onnx.NodeProto) -> None:
 
 @lower("PRelu")
 def lower_prelu(ctx: LoweringContext, node: onnx.NodeProto) -> None:
-    if ctx.int8:
-        raise ConversionError(f"{ctx.graph.source}: int8 PRelu {node.name!r} is not supported "
-                              "yet; convert in float")
     source = ctx.value(node.input[0])
     slope = np.asarray(ctx.const(node, 1), np.float32)
     if len(ctx.shape(node.output[0])) == 4:  # (C, 1, 1) -> NHWC (1, 1, C), batch left out
@@ -139,9 +128,6 @@ def lower_mul(ctx: LoweringContext, node: onnx.NodeProto) -> None:
 @lower("BatchNormalization")
 def lower_batch_norm(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     """A BatchNormalization that could not be folded into a Conv before it: MUL then ADD."""
-    if ctx.int8:
-        raise ConversionError(f"{ctx.graph.source}: BatchNormalization {node.name!r} does not "
-                              "follow a Conv, so it cannot be folded; int8 needs it folded")
     gamma, beta, mean, var = (ctx.const(node, i).astype(np.float64) for i in range(1, 5))
     scale = gamma / np.sqrt(var + float(ctx.attr(node, "epsilon", 1e-5)))
     shift = beta - mean * scale

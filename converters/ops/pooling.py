@@ -20,10 +20,12 @@ def _pool(ctx: LoweringContext, node: onnx.NodeProto, op: str) -> None:
                               "TFLite pooling has no dilation")
     ceil = int(ctx.attr(node, "ceil_mode", 0))
     out_hw = ctx.shape(node.output[0])[2:] if ceil else None
-    padding, explicit = spatial_padding(ctx, node, (h, w), kernel, strides, out_hw=out_hw)
+    count_pad = op == "AVERAGE_POOL_2D" and bool(int(ctx.attr(node, "count_include_pad", 0)))
+    padding, explicit = spatial_padding(ctx, node, (h, w), kernel, strides, out_hw=out_hw,
+                                        allow_same=not count_pad)
     x = ctx.value(node.input[0]).tensor
     if any(p != (0, 0) for p in explicit):
-        if op == "AVERAGE_POOL_2D" and not int(ctx.attr(node, "count_include_pad", 0)):
+        if op == "AVERAGE_POOL_2D" and not count_pad:
             raise ConversionError(f"{ctx.graph.source}: AveragePool {node.name!r} pads "
                                   f"{explicit} without counting the padding; TFLite expresses "
                                   "only SAME or VALID for that")

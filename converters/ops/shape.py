@@ -1,95 +1,335 @@
-"""Flatten/Reshape, Concat and Pad, with the NCHW -> NHWC bookkeeping they need."""
+"""Layout ops: Reshape/Flatten/Squeeze/Unsqueeze, Transpose, Concat, Split, Slice, Gather, Pad.
+
+Each maps its axes through the input's stored layout (``Value.perm``, see
+:mod:`edgecnn.converters.lowering`) instead of assuming NCHW -> NHWC.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
-from edgecnn.converters.lowering import NCHW_TO_NHWC, LoweringContext, Value, fill_constant
+from edgecnn.converters.lowering import (
+    NCHW_TO_NHWC,
+    LoweringContext,
+    Value,
+    default_perm,
+    fill_constant,
+    permuted,
+)
 from edgecnn.converters.ops import lower
+from edgecnn.converters.tflite_builder import QuantParams
 
 from edgecnn.errors import ConversionError
 
 DENSE_OPS = {"Gemm", "MatMul"}
 
 
-def _nhwc_column_order(c: int, h: int, w: int) -> np.ndarray:
-    """For each column of an NHWC-flattened tensor, its index in the NCHW flattening."""
-    return np.arange(c * h * w).reshape(c, h, w).transpose(1, 2, 0).ravel()
-
-
-def _flatten_4d(ctx: LoweringContext, node: onnx.NodeProto) -> None:
-    """4-D -> 2-D: a RESHAPE whose column order the next fully-connected layer absorbs."""
-    n, c, h, w = ctx.shape(node.input[0])
-    source = ctx.value(node.input[0])
+def _dense_column_order(ctx: LoweringContext, node: onnx.NodeProto,
+                        source: Value) -> np.ndarray | None | bool:
+    """For a flatten that only fully-connected layers read, the ONNX flat index of each stored
+    column (None when they agree); False when the flatten must be computed for real."""
+    in_shape, out_shape = ctx.shape(node.input[0]), ctx.shape(node.output[0])
+    if (source.column_order is not None or len(out_shape) != 2 or len(in_shape) < 3
+            or out_shape[0] != in_shape[0] or node.output[0] in ctx.graph.output_names):
+        return False
     users = ctx.graph.consumers(node.output[0])
-    order = None
-    x = source.tensor
-    if c > 1 and h * w > 1:
-        folds = (users and node.output[0] not in ctx.graph.output_names
-                 and all(u.op_type in DENSE_OPS and u.input[0] == node.output[0] for u in users))
-        if folds:
-            order = _nhwc_column_order(c, h, w)
-        else:  # someone needs the NCHW element order itself: transpose once, here only
-            perm = ctx.int_const(node.output[0] + "/perm", [0, 3, 1, 2])
-            x = ctx.scratch(node.output[0] + "/nchw", (n, c, h, w), ctx.builder.tensor_quant(x))
-            ctx.add_op("TRANSPOSE", [source.tensor, perm], [x], version=ctx.op_version(1, 2))
-    shape = ctx.int_const(node.output[0] + "/shape", [-1, c * h * w])
-    node_out = onnx.helper.make_node("Reshape", [node.input[0]], node.output)
-    _reshape(ctx, node_out, x, shape, (n, c * h * w), order)
+    if not users or not all(u.op_type in DENSE_OPS and u.input[0] == node.output[0]
+                            for u in users):
+        return False
+    features = in_shape[1:]
+    order = np.arange(int(np.prod(features))).reshape(features).transpose(
+        [a - 1 for a in source.perm[1:]]).ravel()
+    return None if np.array_equal(order, np.arange(order.size)) else order
 
 
-def _reshape(ctx: LoweringContext, node: onnx.NodeProto, x: int, shape_tensor: int,
-             out_shape: tuple[int, ...], order: np.ndarray | None) -> None:
-    options = ctx.options("ReshapeOptions", newShape=[-1, *out_shape[1:]])
-    ctx.same_params_output(node, "RESHAPE", [x, shape_tensor], 1, options)
+def _reshape(ctx: LoweringContext, node: onnx.NodeProto, x: int, out_shape: tuple[int, ...],
+             perm: tuple[int, ...], order: np.ndarray | None = None) -> None:
+    stored_shape = permuted(out_shape, perm)
+    new_shape = [-1, *stored_shape[1:]]  # the batch stays free
+    shape = ctx.int_const(node.output[0] + "/shape", new_shape)
+    ctx.same_params_output(node, "RESHAPE", [x, shape], 1,
+                           ctx.options("ReshapeOptions", newShape=new_shape), perm=perm)
     if order is not None:
         value = ctx.values[node.output[0]]
-        ctx.values[node.output[0]] = Value(value.tensor, False, order)
+        ctx.values[node.output[0]] = Value(value.tensor, perm, order)
 
 
-@lower("Flatten", "Reshape")
+def _groups(a: tuple[int, ...], b: tuple[int, ...]) -> list[tuple[list[int], list[int]]] | None:
+    """Pair the shortest runs of non-batch, non-unit axes of ``a`` and ``b`` with equal sizes.
+
+    A reshape only merges or splits neighbouring axes: each pair is one such merge/split.
+    """
+    ia = [i for i, d in enumerate(a) if d != 1 and i > 0]
+    ib = [i for i, d in enumerate(b) if d != 1 and i > 0]
+    groups, i, j = [], 0, 0
+    while i < len(ia) and j < len(ib):
+        ga, gb = [ia[i]], [ib[j]]
+        pa, pb = a[ia[i]], b[ib[j]]
+        i, j = i + 1, j + 1
+        while pa != pb:
+            if pa < pb and i < len(ia):
+                ga.append(ia[i])
+                pa, i = pa * a[ia[i]], i + 1
+            elif pb < pa and j < len(ib):
+                gb.append(ib[j])
+                pb, j = pb * b[ib[j]], j + 1
+            else:
+                return None
+        groups.append((ga, gb))
+    return groups if i == len(ia) and j == len(ib) else None
+
+
+def _order_of(groups: list[tuple[list[int], list[int]]], side: int,
+              axes: list[int]) -> list[int] | None:
+    """Group indices in the order ``axes`` visits them, if each group's axes are contiguous and
+    ascending there (the only way a RESHAPE of that storage order expresses the merge/split)."""
+    order, k = [], 0
+    while k < len(axes):
+        index = next((g for g, pair in enumerate(groups) if pair[side][0] == axes[k]), None)
+        if index is None or axes[k:k + len(groups[index][side])] != groups[index][side]:
+            return None
+        order.append(index)
+        k += len(groups[index][side])
+    return order
+
+
+def _complete(rank: int, ordered: list[int]) -> tuple[int, ...]:
+    """A full permutation: batch, the ordered axes, then the remaining (unit) axes."""
+    return (0, *ordered, *[a for a in range(1, rank) if a not in ordered])
+
+
+def _non_unit(perm: tuple[int, ...], shape: tuple[int, ...]) -> list[int]:
+    return [a for a in perm if a != 0 and shape[a] != 1]
+
+
+def reshape_layouts(in_shape: tuple[int, ...], in_perm: tuple[int, ...],
+                    out_shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(input layout, output layout) in which a RESHAPE computes this ONNX Reshape.
+
+    The input's own layout is kept when it allows it (then no TRANSPOSE is needed); otherwise the
+    input is moved to the layout that gives the output its default one (NHWC for rank 4).
+    """
+    groups = _groups(in_shape, out_shape)
+    if groups is None:
+        raise ValueError("the sizes do not pair up")
+    out_rank = len(out_shape)
+    candidates = [default_perm(out_rank), tuple(range(out_rank))]
+    order = _order_of(groups, 0, _non_unit(in_perm, in_shape))
+    if order is not None:
+        wanted = [a for g in order for a in groups[g][1]]
+        for perm in candidates:
+            if _non_unit(perm, out_shape) == wanted:
+                return in_perm, perm
+        return in_perm, _complete(out_rank, wanted)
+    for perm in candidates:
+        order = _order_of(groups, 1, _non_unit(perm, out_shape))
+        if order is not None:
+            return _complete(len(in_shape), [a for g in order for a in groups[g][0]]), perm
+    raise ValueError("no layout expresses it")
+
+
+@lower("Flatten", "Reshape", "Squeeze", "Unsqueeze")
 def lower_reshape(ctx: LoweringContext, node: onnx.NodeProto) -> None:
-    in_shape = ctx.shape(node.input[0])
-    out_shape = ctx.shape(node.output[0])
-    if len(in_shape) == 4 and len(out_shape) == 2 and out_shape[0] == in_shape[0]:
-        _flatten_4d(ctx, node)
+    """One RESHAPE in whichever layout expresses the merge/split of axes; a TRANSPOSE before it
+    only when the data's order has to change (a channel shuffle)."""
+    in_shape, out_shape = ctx.shape(node.input[0]), ctx.shape(node.output[0])
+    stored = ctx.stored(node.input[0])
+    if stored.column_order is not None:
+        raise ConversionError(f"{ctx.graph.source}: {node.op_type} {node.name!r} reshapes a "
+                              "flattened feature map again; flatten once, before the dense layer")
+    if in_shape[0] != out_shape[0]:
+        raise ConversionError(f"{ctx.graph.source}: {node.op_type} {node.name!r} from "
+                              f"{list(in_shape)} to {list(out_shape)} changes the batch axis; "
+                              "TFLite models keep the batch first")
+    order = _dense_column_order(ctx, node, stored)
+    if order is not False:  # the dense layer's weight columns absorb the stored order
+        _reshape(ctx, node, stored.tensor, tuple(out_shape), (0, 1),
+                 order if isinstance(order, np.ndarray) else None)
         return
-    if len(in_shape) == 4 or len(out_shape) == 4:
-        spatial_trivial = (len(out_shape) == 4 and out_shape[2] * out_shape[3] == 1) or (
-            len(in_shape) == 4 and in_shape[1] == 1 and len(out_shape) != 4)
-        if not spatial_trivial:
-            raise ConversionError(
-                f"{ctx.graph.source}: Reshape {node.name!r} from {list(in_shape)} to "
-                f"{list(out_shape)} reorders NCHW data; only flattening to (N, C*H*W) converts")
-    source = ctx.value(node.input[0])
-    tflite_shape = ([out_shape[i] for i in NCHW_TO_NHWC] if len(out_shape) == 4
-                    else list(out_shape))
-    shape = ctx.int_const(node.output[0] + "/shape", [-1, *tflite_shape[1:]])
-    _reshape(ctx, node, source.tensor, shape, tuple(tflite_shape), None)
+    try:
+        in_perm, out_perm = reshape_layouts(tuple(in_shape), stored.perm, tuple(out_shape))
+    except ValueError as exc:
+        raise ConversionError(f"{ctx.graph.source}: {node.op_type} {node.name!r} from "
+                              f"{list(in_shape)} to {list(out_shape)}: {exc}") from None
+    source = ctx.in_layout(node.input[0], in_perm)
+    _reshape(ctx, node, source.tensor, tuple(out_shape), out_perm)
+
+
+@lower("Transpose")
+def lower_transpose(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    """No op at all: the output is the same data in a different layout (``Value.perm``)."""
+    stored = ctx.stored(node.input[0])
+    rank = len(stored.perm)
+    onnx_perm = list(ctx.attr(node, "perm", list(range(rank))[::-1]))
+    if stored.column_order is not None or onnx_perm[0] != 0:
+        raise ConversionError(f"{ctx.graph.source}: Transpose {node.name!r} by {onnx_perm} moves "
+                              "the batch axis or a flattened map; TFLite models keep the batch "
+                              "first")
+    inverse = [onnx_perm.index(a) for a in range(rank)]
+    perm = tuple(inverse[a] for a in stored.perm)
+    tensor = ctx.with_params(stored.tensor, ctx.quant(node.output[0]) if ctx.int8 else None,
+                             node.output[0] + "/requantized")
+    ctx.values[node.output[0]] = Value(tensor, perm)
+
+
+def _normalized_axis(ctx: LoweringContext, node: onnx.NodeProto, rank: int,
+                     default: int | None = None) -> int:
+    axis = int(ctx.attr(node, "axis", default))
+    return axis + rank if axis < 0 else axis
+
+
+def _constant_in_layout(ctx: LoweringContext, name: str, array: np.ndarray,
+                        perm: tuple[int, ...], quant: QuantParams | None) -> int:
+    """A constant operand stored like the activations it meets (int8 at their parameters)."""
+    array = np.ascontiguousarray(array.reshape((1,) * (len(perm) - array.ndim) + array.shape)
+                                 .transpose(perm), np.float32)
+    if quant is None:
+        return ctx.builder.add_constant(name, array)
+    values = np.clip(np.round(array / quant.scale[0]) + quant.zero_point[0], -128, 127)
+    return ctx.builder.add_constant(name, values.astype(np.int8), quant)
 
 
 @lower("Concat")
 def lower_concat(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    """CONCATENATION in the first activation's layout; constants (ViT's class token) join too."""
     rank = len(ctx.shape(node.output[0]))
-    axis = int(ctx.attr(node, "axis"))
-    axis = axis + rank if axis < 0 else axis
-    if rank == 4:
-        axis = NCHW_TO_NHWC.index(axis)
+    axis = _normalized_axis(ctx, node, rank)
     out_q = ctx.quant(node.output[0])
+    first = next((n for n in node.input if not ctx.is_const(n)), None)
+    if first is None:
+        raise ConversionError(f"{ctx.graph.source}: Concat {node.name!r} joins only constants "
+                              "and should have been folded")
+    perm = ctx.stored(first).perm
     inputs = []
     for i, name in enumerate(node.input):
         if ctx.is_const(name):
-            raise ConversionError(f"{ctx.graph.source}: Concat {node.name!r} joins a constant; "
-                                  "only activations convert")
-        source = ctx.value(name)
-        if source.column_order is not None:
+            inputs.append(_constant_in_layout(ctx, f"{node.output[0]}/in{i}",
+                                              np.asarray(ctx.graph.constants[name]), perm, out_q))
+            continue
+        if ctx.stored(name).column_order is not None:
             raise ConversionError(f"{ctx.graph.source}: Concat {node.name!r} joins flattened "
                                   "feature maps; concatenate before flattening")
+        source = ctx.in_layout(name, perm)
         # TFLite's int8 CONCATENATION needs every input at the output's parameters
         inputs.append(ctx.with_params(source.tensor, out_q, f"{node.output[0]}/in{i}"))
-    out = ctx.output_value(node.output[0])
+    out = ctx.output_value(node.output[0], perm=perm)
     ctx.add_op("CONCATENATION", inputs, [out.tensor], version=ctx.op_version(1, 2),
-               options=ctx.options("ConcatenationOptions", axis=axis))
+               options=ctx.options("ConcatenationOptions", axis=perm.index(axis)))
+
+
+def _same_params_outputs(ctx: LoweringContext, node: onnx.NodeProto, op: str,
+                         inputs: list[int], source: Value, options: object,
+                         perm: tuple[int, ...]) -> None:
+    """An op with several outputs that keep the input's int8 parameters (SPLIT, SPLIT_V)."""
+    in_q = ctx.builder.tensor_quant(source.tensor) if ctx.int8 else None
+    outs = []
+    for name in node.output:
+        if in_q is None or in_q.same_as(ctx.quant(name)):
+            outs.append(ctx.output_value(name, quant=in_q, perm=perm).tensor)
+        else:
+            outs.append(ctx.scratch(f"{name}/split", permuted(ctx.shape(name), perm), in_q))
+    ctx.add_op(op, inputs, outs, version=ctx.op_version(1, 2), options=options)
+    for name, tensor in zip(node.output, outs, strict=True):
+        if name not in ctx.values:  # requantise to the parameters the QDQ model chose
+            out = ctx.output_value(name, perm=perm)
+            ctx.requantize_into(tensor, out.tensor)
+
+
+@lower("Split")
+def lower_split(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    """SPLIT (equal parts) or SPLIT_V, on the split axis wherever the layout stores it."""
+    source = ctx.stored(node.input[0])
+    if source.column_order is not None:
+        raise ConversionError(f"{ctx.graph.source}: Split {node.name!r} splits a flattened "
+                              "feature map; split before flattening")
+    shape = ctx.shape(node.input[0])
+    axis = _normalized_axis(ctx, node, len(shape), 0)
+    sizes = [ctx.shape(name)[axis] for name in node.output]
+    stored_axis = source.perm.index(axis)
+    axis_tensor = ctx.int_const(node.output[0] + "/axis", np.int32(stored_axis))
+    if len(set(sizes)) == 1:
+        _same_params_outputs(ctx, node, "SPLIT", [axis_tensor, source.tensor], source,
+                             ctx.options("SplitOptions", numSplits=len(sizes)), source.perm)
+    else:
+        size_tensor = ctx.int_const(node.output[0] + "/sizes", sizes)
+        _same_params_outputs(ctx, node, "SPLIT_V", [source.tensor, size_tensor, axis_tensor],
+                             source, ctx.options("SplitVOptions", numSplits=len(sizes)),
+                             source.perm)
+
+
+def _slice_spec(ctx: LoweringContext, node: onnx.NodeProto,
+                rank: int) -> list[tuple[int, int, int, int]]:
+    """(axis, start, end, step) per sliced axis, from inputs (opset 10+) or attributes."""
+    if len(node.input) > 1:
+        starts = ctx.const(node, 1).ravel()
+        ends = ctx.const(node, 2).ravel()
+        axes = (ctx.const(node, 3).ravel() if len(node.input) > 3 and node.input[3]
+                else np.arange(len(starts)))
+        steps = (ctx.const(node, 4).ravel() if len(node.input) > 4 and node.input[4]
+                 else np.ones(len(starts), np.int64))
+    else:
+        starts, ends = ctx.attr(node, "starts"), ctx.attr(node, "ends")
+        axes = ctx.attr(node, "axes", list(range(len(starts))))
+        steps = [1] * len(starts)
+    return [(int(a) % rank, int(b), int(e), int(s))
+            for a, b, e, s in zip(axes, starts, ends, steps, strict=True)]
+
+
+@lower("Slice")
+def lower_slice(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    """STRIDED_SLICE with constant bounds, in the stored layout (ONNX's clamping rules)."""
+    source = ctx.stored(node.input[0])
+    if source.column_order is not None:
+        raise ConversionError(f"{ctx.graph.source}: Slice {node.name!r} slices a flattened "
+                              "feature map; slice before flattening")
+    shape = ctx.shape(node.input[0])
+    rank = len(shape)
+    begin, end, strides = [0] * rank, [0] * rank, [1] * rank
+    end_mask = (1 << rank) - 1  # unsliced axes (the batch among them) run to their end
+    for axis, start, stop, step in _slice_spec(ctx, node, rank):
+        if axis == 0:
+            raise ConversionError(f"{ctx.graph.source}: Slice {node.name!r} slices the batch "
+                                  "axis; TFLite models keep the batch")
+        if step == 0:
+            raise ConversionError(f"{ctx.graph.source}: Slice {node.name!r} has step 0")
+        first, last, stride = slice(start, stop, step).indices(shape[axis])
+        k = source.perm.index(axis)
+        begin[k], end[k], strides[k] = first, last, stride
+        if last >= 0:  # else a negative step runs through index 0: "to the end" in TFLite
+            end_mask &= ~(1 << k)
+    inputs = [source.tensor, ctx.int_const(node.output[0] + "/begin", begin),
+              ctx.int_const(node.output[0] + "/end", end),
+              ctx.int_const(node.output[0] + "/strides", strides)]
+    ctx.same_params_output(node, "STRIDED_SLICE", inputs, ctx.op_version(1, 2),
+                           ctx.options("StridedSliceOptions", endMask=end_mask),
+                           perm=source.perm)
+
+
+@lower("Gather")
+def lower_gather(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    """GATHER with constant indices on an activation (a class token ``x[:, 0]``, a channel pick).
+    A scalar index drops the axis, so the output layout is the input's without it."""
+    source = ctx.stored(node.input[0])
+    if ctx.is_const(node.input[0]) or source.column_order is not None:
+        raise ConversionError(f"{ctx.graph.source}: Gather {node.name!r} needs an unflattened "
+                              "activation as data and constant indices")
+    shape = ctx.shape(node.input[0])
+    axis = _normalized_axis(ctx, node, len(shape), 0)
+    if axis == 0:
+        raise ConversionError(f"{ctx.graph.source}: Gather {node.name!r} gathers along the batch "
+                              "axis; TFLite models keep the batch")
+    indices = ctx.const(node, 1).astype(np.int64)
+    if indices.ndim > 1:
+        raise ConversionError(f"{ctx.graph.source}: Gather {node.name!r} with {indices.ndim}-D "
+                              "indices; only a scalar or a list of indices converts")
+    indices = np.where(indices < 0, indices + shape[axis], indices).astype(np.int32)
+    index_tensor = ctx.builder.add_constant(node.output[0] + "/indices", indices)
+    if indices.ndim == 0:
+        perm = tuple(a - (a > axis) for a in source.perm if a != axis)
+    else:
+        perm = source.perm
+    ctx.same_params_output(node, "GATHER", [source.tensor, index_tensor], ctx.op_version(1, 2),
+                           ctx.options("GatherOptions", axis=source.perm.index(axis)), perm=perm)
 
 
 @lower("Pad")
