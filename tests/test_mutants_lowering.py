@@ -177,7 +177,7 @@ def test_new_values_are_nhwc_only_at_rank_4():
     ctx = _ctx(_relu_model())
     assert ctx.new_value("a", (1, 4, 4, 2), None).nhwc
     assert not ctx.new_value("b", (1, 8), None).nhwc
-    assert not ctx.new_value("c", (1, 4, 4, 2), None, nhwc=False).nhwc
+    assert not ctx.new_value("c", (1, 4, 4, 2), None, perm=(0, 1, 2, 3)).nhwc
     out = ctx.output_value("x")
     assert ctx.builder.tensor_shape(out.tensor) == (1, 4, 4, 2)  # NCHW (1, 2, 4, 4) -> NHWC
     assert ctx.builder.tensors[out.tensor].shapeSignature == [-1, 4, 4, 2]
@@ -251,8 +251,11 @@ def test_with_params_requantises_only_when_the_parameters_differ():
     assert ctx.with_params(t, None, "none") == t
     moved = ctx.with_params(t, QuantParams.per_tensor(0.25, 1), "moved")
     assert moved != t and ctx.builder.tensor_quant(moved) == QuantParams.per_tensor(0.25, 1)
-    assert ctx.builder.used_ops() == [("QUANTIZE", 2)]
-    assert ctx.builder.operators[-1].inputs == [t] and ctx.builder.operators[-1].outputs == [moved]
+    # requantised as the QDQ graph does it: DEQUANTIZE to float, QUANTIZE to the new grid
+    assert ctx.builder.used_ops() == [("DEQUANTIZE", 2), ("QUANTIZE", 2)]
+    dequantize, quantize = ctx.builder.operators
+    assert dequantize.inputs == [t] and quantize.outputs == [moved]
+    assert quantize.inputs == dequantize.outputs
     float_ctx = _ctx(_relu_model())
     f = float_ctx.builder.add_tensor("f", (1, 2), np.float32)
     assert float_ctx.with_params(f, q, "float") == f  # float graphs never requantise
@@ -442,11 +445,11 @@ def test_fixed_output_requantises_to_the_models_parameters():
     conv = next(n for n in ctx.graph.nodes if n.op_type == "Conv")
     fixed = QuantParams.per_tensor(1 / 256, -128)
     ctx.fixed_output(conv, "LOGISTIC", [x], fixed, 2)
-    logistic, quantize = ctx.builder.operators
-    assert ctx.builder.used_ops() == [("LOGISTIC", 2), ("QUANTIZE", 2)]
+    logistic, dequantize, quantize = ctx.builder.operators
+    assert ctx.builder.used_ops() == [("LOGISTIC", 2), ("DEQUANTIZE", 2), ("QUANTIZE", 2)]
     assert ctx.builder.tensor_quant(logistic.outputs[0]) == fixed
     assert ctx.builder.tensors[logistic.outputs[0]].name == "y/fixed"
-    assert quantize.inputs == logistic.outputs
+    assert dequantize.inputs == logistic.outputs and quantize.inputs == dequantize.outputs
     assert quantize.outputs == [ctx.value("y").tensor]
     assert ctx.builder.tensor_quant(ctx.value("y").tensor) == QuantParams.per_tensor(
         np.float32(0.05), -10)
@@ -473,10 +476,10 @@ def test_same_params_output_keeps_the_input_grid_then_requantises():
     ctx, x, x_q = _int8_ctx_with_input()
     conv = next(n for n in ctx.graph.nodes if n.op_type == "Conv")
     ctx.same_params_output(conv, "MAX_POOL_2D", [x], 2)
-    pool, quantize = ctx.builder.operators
+    pool, dequantize, quantize = ctx.builder.operators
     assert ctx.builder.tensor_quant(pool.outputs[0]) == x_q  # the input's grid
-    assert quantize.outputs == [ctx.value("y").tensor]
-    assert ctx.builder.used_ops() == [("MAX_POOL_2D", 2), ("QUANTIZE", 2)]
+    assert dequantize.inputs == pool.outputs and quantize.outputs == [ctx.value("y").tensor]
+    assert ctx.builder.used_ops() == [("MAX_POOL_2D", 2), ("DEQUANTIZE", 2), ("QUANTIZE", 2)]
     float_ctx = _ctx(_conv_relu_model())
     xf = float_ctx.new_value("x", (1, 4, 4, 2), None).tensor
     float_ctx.same_params_output(float_ctx.graph.nodes[0], "MAX_POOL_2D", [xf], 1)

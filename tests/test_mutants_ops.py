@@ -99,7 +99,8 @@ def test_arbitrary_clips_in_float(low, high, ops):
     inits = [_init(n, np.float32(v)) for n, v in (("lo", low), ("hi", high)) if v is not None]
     node = helper.make_node("Clip", ["x", "lo" if low is not None else "",
                                      "hi" if high is not None else ""], ["y"])
-    assert _check(_model([node], inits)) == ops
+    got = _check(_model([node], inits))
+    assert all(op in got for op in ops)  # the layout pass may add its own ops around them
 
 
 @pytest.mark.parametrize("op,kernel", [("Sigmoid", ("LOGISTIC", 1)), ("Tanh", ("TANH", 1))])
@@ -119,17 +120,11 @@ def test_softmax_over_nchw_channels(axis):
     assert _check(_model([node], [])) == [("SOFTMAX", 1)]
 
 
-def test_softmax_over_other_axes_is_refused():
-    _refused(_model([helper.make_node("Softmax", ["x"], ["y"], axis=2)], []),
-             "over axis 2 of a rank-4 tensor")
-
-
-@pytest.mark.xfail(strict=True, reason="lower_softmax accepts axis == rank - 1 for rank 4 too: "
-                   "NCHW's W axis is lowered as SOFTMAX over NHWC's C (wrong by ~0.5 here); "
-                   "convert()'s self-check stops it, convert_onnx_to_tflite alone does not")
-def test_softmax_over_the_nchw_width_axis_is_refused():
-    _refused(_model([helper.make_node("Softmax", ["x"], ["y"], axis=-1)], []),
-             "over axis 3 of a rank-4 tensor")
+@pytest.mark.parametrize("axis", [2, -1])
+def test_softmax_over_the_nchw_height_and_width_axes(axis):
+    """Softmax over H or W (the layout pass moves that axis last); before it, W was lowered as
+    a softmax over C."""
+    _check(_model([helper.make_node("Softmax", ["x"], ["y"], axis=axis)], []))
 
 
 def test_softmax_of_a_matrix_over_its_last_axis():
@@ -137,13 +132,13 @@ def test_softmax_of_a_matrix_over_its_last_axis():
              helper.make_node("Softmax", ["f"], ["y"], axis=1)]
     _check(_model(nodes, [], in_shape=(1, 6, 1, 1)))
     nodes[1] = helper.make_node("Softmax", ["f"], ["y"], axis=0)
-    _refused(_model(nodes, [], in_shape=(1, 6, 1, 1)), "over axis 0 of a rank-2 tensor")
+    _refused(_model(nodes, [], in_shape=(1, 6, 1, 1)), "would move the batch axis")
 
 
 def test_hard_sigmoid_defaults_are_0_2_and_0_5():
     x = np.linspace(-4, 4, 75, dtype=np.float32).reshape(1, 3, 5, 5)  # both saturations
     ops = _check(_model([helper.make_node("HardSigmoid", ["x"], ["y"])], []), x)
-    assert ops == [("MUL", 1), ("ADD", 1), ("MINIMUM", 1), ("MAXIMUM", 1)]
+    assert all(op in ops for op in [("MUL", 1), ("ADD", 1), ("MINIMUM", 1), ("MAXIMUM", 1)])
 
 
 # -- conv -------------------------------------------------------------------------------------
@@ -258,8 +253,7 @@ def test_matmul_refusals():
     with pytest.raises(ConversionError):  # a second graph input: refused before MatMul
         convert_onnx_to_tflite(graph, "m.onnx")
     node = helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")
-    _refused(_model([node], [_init("w", _w(5, 4))], in_shape=(1, 3, 5, 5)),
-             "input is not 2-D")
+    _check(_model([node], [_init("w", _w(5, 4))], in_shape=(1, 3, 5, 5)))  # over the last axis
 
 
 # -- elementwise ------------------------------------------------------------------------------
@@ -340,10 +334,9 @@ def test_average_pool_counting_the_padding():
     _refused(_model([node], []), "AveragePool 'ap' pads")
 
 
-@pytest.mark.xfail(strict=True, reason="count_include_pad=1 with pads equal to SAME's is lowered "
-                   "as SAME AVERAGE_POOL_2D, which leaves the padding out of the count: border "
-                   "values differ (by ~2 here); only non-SAME pads go through an explicit PAD")
 def test_average_pool_counting_same_shaped_padding():
+    """count_include_pad=1 with SAME-shaped pads: the padding counts (TFLite's SAME leaves it
+    out, so it must be an explicit PAD)."""
     node = helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
                             count_include_pad=1)
     _check(_model([node], []), RNG.standard_normal((1, 3, 5, 5)).astype(np.float32) + 3)
@@ -405,10 +398,9 @@ def test_reduction_of_a_flattened_map():
 
 
 # -- shape ------------------------------------------------------------------------------------
-def test_flatten_feeding_a_non_dense_op_transposes_once():
+def test_flatten_feeding_a_non_dense_op():
     nodes = _flat([helper.make_node("Relu", ["f"], ["y"])])
-    assert _check(_model(nodes, [], in_shape=(1, 3, 2, 2))) == [
-        ("TRANSPOSE", 1), ("RESHAPE", 1), ("RELU", 1)]
+    assert ("RELU", 1) in _check(_model(nodes, [], in_shape=(1, 3, 2, 2)))
 
 
 @pytest.mark.parametrize("in_shape", [(1, 1, 3, 4), (1, 5, 1, 1)])
@@ -437,12 +429,11 @@ def test_reshape_to_a_1x1_map_and_back():
     _check(_model(nodes, [_init("s", np.array([1, 6, 1, 1], np.int64))], in_shape=(1, 6, 1, 1)))
 
 
-def test_reshape_that_reorders_nchw_data_is_refused():
+@pytest.mark.parametrize("shape", [[1, 5, 3, 5], [1, 3, 25]])
+def test_reshape_that_reorders_nchw_data(shape):
+    """The layout pass reshapes in NCHW order (with a TRANSPOSE where it must)."""
     nodes = [helper.make_node("Reshape", ["x", "s"], ["y"], name="rs")]
-    _refused(_model(nodes, [_init("s", np.array([1, 5, 3, 5], np.int64))]),
-             "Reshape 'rs' from \\[1, 3, 5, 5\\] to \\[1, 5, 3, 5\\]")
-    _refused(_model(nodes, [_init("s", np.array([1, 3, 25], np.int64))]),
-             "Reshape 'rs' from \\[1, 3, 5, 5\\] to \\[1, 3, 25\\]")  # 4-D to 3-D
+    _check(_model(nodes, [_init("s", np.array(shape, np.int64))]))
 
 
 @pytest.mark.parametrize("axis", [1, -3, 2, 3, -1])
@@ -452,9 +443,9 @@ def test_concat_along_every_nchw_axis(axis):
     _check(_model(nodes, []))
 
 
-def test_concat_refusals():
+def test_concat_with_a_constant():
     nodes = [helper.make_node("Concat", ["x", "k"], ["y"], axis=1, name="cc")]
-    _refused(_model(nodes, [_init("k", _w(1, 2, 5, 5))]), "Concat 'cc' joins a constant")
+    _check(_model(nodes, [_init("k", _w(1, 2, 5, 5))]))
 
 
 @pytest.mark.parametrize("value", [None, 0.0, -1.5])
@@ -656,18 +647,27 @@ def test_int8_concat_pad_and_elementwise_constants():
         assert (op.upper(), 2) in ops
 
 
-@pytest.mark.parametrize("op,needle", [
-    ("HardSwish", "int8 HardSwish 'h' needs HARD_SWISH v2"),
-    ("Tanh", "tensor 'y' \\(output of Tanh"),
-    ("Abs", "int8 Abs 'h' has no int8 kernel"),
-    ("Exp", "int8 Exp 'h' has no int8 kernel"),
-    ("HardSigmoid", "int8 HardSigmoid 'h' is not supported yet"),
-])
-def test_int8_refusals_say_why(op, needle):
+@pytest.mark.parametrize("op", ["HardSwish", "Tanh", "Abs", "HardSigmoid"])
+def test_int8_float_islands(op):
+    """Ops without an exact int8 kernel run as DEQUANTIZE -> float op -> QUANTIZE or stay float,
+    the QDQ graph's own arithmetic. Their input is the conv's int8 output, which may differ from
+    the reference by INT8_STEPS of the conv's steps; these ops' slopes are at most 1.5
+    (HardSwish near x = 3), so the output by at most 1.5 times that."""
     conv, inits = _conv("x", "c", 3, 4, pads=[1, 1, 1, 1])
-    model = _model([conv, helper.make_node(op, ["c"], ["y"], name="h")], inits)
-    with pytest.raises(ConversionError, match=needle):
-        _int8(model)
+    quantized, data, _, x = _int8(_model([conv, helper.make_node(op, ["c"], ["y"], name="h")],
+                                         inits))
+    session = ort.InferenceSession(quantized.SerializeToString(),
+                                   qdq.reference_session_options(),
+                                   providers=["CPUExecutionProvider"])
+    want = session.run(None, {"x": x})[0]
+    producer = {n.output[0]: n for n in quantized.graph.node}
+    island = next(n for n in quantized.graph.node if n.name == "h")
+    scale = next(t for t in quantized.graph.initializer
+                 if t.name == producer[island.input[0]].input[1])
+    step = float(numpy_helper.to_array(scale))
+    out_step = qdq.output_steps(quantized)[0] or 0.0  # a float output has no output step
+    bound = 1.5 * INT8_STEPS * step + INT8_STEPS * out_step + 1e-5
+    assert np.abs(_run_tflite(data, x) - want).max() <= bound
 
 
 def test_int8_conv_with_float_weights_is_refused():
@@ -733,10 +733,9 @@ def test_reduce_max_is_one_operator():
     assert schema.Model.GetRootAs(data, 0).Subgraphs(0).OperatorsLength() == 1
 
 
-def test_int8_float_constant_operand_is_quantised_symmetrically():
+def test_int8_float_constant_operand():
     """A constant the QDQ model left in float (its DequantizeLinear removed here, as a foreign
-    quantiser may leave it) is stored as symmetric int8 per the TFLite spec: scale max|k| / 127,
-    zero point 0, so the largest value is exactly +-127."""
+    quantiser may leave it) is added in float (a float island), as the QDQ graph does."""
     c1, i1 = _conv("x", "a", 3, 4, pads=[1, 1, 1, 1])
     k = (_w(4, 1, 1) + 1).astype(np.float32)
     quantized, _, _, x = _int8(_model([c1, helper.make_node("Add", ["a", "k"], ["y"])],
@@ -746,14 +745,11 @@ def test_int8_float_constant_operand_is_quantised_symmetrically():
     quantized.graph.node.remove(dq)
     quantized.graph.initializer.append(_init(dq.output[0], k))
     data = convert_onnx_to_tflite(quantized, "q.onnx", TFLiteConfig(io_dtype="float32")).data
-    values, params = _tensor(data, "y/" + dq.output[0])
     bound = float(np.abs(k).max())
-    np.testing.assert_allclose(params["scales"], [bound / 127], rtol=1e-6)
-    assert params["zero_points"].tolist() == [0] and np.abs(values).max() == 127
     session = ort.InferenceSession(quantized.SerializeToString(),
                                    qdq.reference_session_options(),
                                    providers=["CPUExecutionProvider"])
     want = session.run(None, {"x": x})[0]
     step = qdq.output_steps(quantized)[0]
-    # the reference adds k in float; TFLite adds k rounded to its int8 grid (half a k step off)
+    # at most half a step of k if it were stored on an int8 grid of max|k| / 127
     assert np.abs(_run_tflite(data, x) - want).max() <= INT8_STEPS * step + bound / 254 + 1e-6
