@@ -753,3 +753,16 @@ def test_int8_float_constant_operand():
     step = qdq.output_steps(quantized)[0]
     # at most half a step of k if it were stored on an int8 grid of max|k| / 127
     assert np.abs(_run_tflite(data, x) - want).max() <= INT8_STEPS * step + bound / 254 + 1e-6
+
+
+def test_grouped_conv_declares_each_group_result_as_nhwc():
+    """Each group's CONV_2D result is declared (N, H, W, out / group) in the file: LiteRT
+    resizes intermediate tensors itself, but other readers take the declared shape."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    node, inits = _conv("x", "y", 4, 6, group=2, pads=[1, 1, 1, 1])
+    data, _ = _tflite(_model([node], inits, in_shape=(1, 4, 6, 6)))
+    graph = schema.Model.GetRootAs(data, 0).Subgraphs(0)
+    shapes = {graph.Tensors(i).Name().decode(): graph.Tensors(i).ShapeAsNumpy().tolist()
+              for i in range(graph.TensorsLength())}
+    assert shapes["y/g0"] == shapes["y/g1"] == [1, 6, 6, 3]
