@@ -1,4 +1,5 @@
-"""Mutation testing of the correctness-deciding code: the parity report and the latency statistics.
+"""Mutation testing of the correctness-deciding code: parity report, latency statistics, quantisation,
+lowering core, op lowerings and TFLite builder.
 
 A small, self-contained mutation runner (standard library only). It was written instead of using
 mutmut 3 because mutmut names mutants after the file path (``targets/runner.py`` ->
@@ -6,7 +7,8 @@ mutmut 3 because mutmut names mutants after the file path (``targets/runner.py``
 setuptools ``package-dir``, and because an editable install points every import at the original
 checkout rather than at mutmut's ``mutants/`` copy; see docs/testing.md.
 
-What it does, for each target below:
+What it does, for each target below (one file, or several: ``files`` maps each to its functions,
+``"*"`` meaning every function and method in it):
 
 1. copies the repository (tracked and untracked files, no .git/.venv) into a temporary folder and
    installs an import hook (a ``sitecustomize.py`` on ``PYTHONPATH``, also seen by subprocesses)
@@ -31,8 +33,15 @@ Run from the repository root, in the project's environment::
     python scripts/mutation_test.py --max-mutants 40 --seed 0   # a reproducible sample
     python scripts/mutation_test.py --json out.json      # also write every result
     python scripts/mutation_test.py --target runner --ids 5,9   # re-test chosen mutants
+    python scripts/mutation_test.py --target qdq --first-tests tests/test_mutants_qdq.py
+        # every mutant against the fast file first, the target's own tests on its survivors only
 
-Time: one test run takes about 25 s for validate (``tests/test_validate.py`` +
+``--first-tests`` gives the same score as the target's tests alone: those tests include the fast
+file, and pytest ``-x`` fails the run on any failing test, so a mutant the fast file kills the
+whole set kills too. It only saves time (the fast files run in 1-10 s, the target sets in 15-40 s).
+
+Time (before the quantisation, lowering, ops and builder targets were added; see
+docs/testing.md for theirs): one test run takes about 25 s for validate (``tests/test_validate.py`` +
 ``tests/test_int8_portable.py``) and about 12 s for runner (``tests/test_bench.py``, three tests)
 on a 2-core machine; a killed mutant is usually faster (``-x``). A full run of both targets
 (about 125 mutants) takes about 40 minutes on 2 cores; ``--jobs 2`` runs two mutants at a time.
@@ -48,6 +57,7 @@ import copy
 import json
 import os
 import random
+import shlex
 import shutil
 import subprocess
 import sys
@@ -76,6 +86,43 @@ TARGETS = {
                   "tests/test_bench.py::test_cpu_bench_reports_every_runtime_with_stats",
                   "tests/test_bench.py::test_latency_statistics_of_one_and_two_runs",
                   "tests/test_bench.py::test_measure_honours_min_time_and_times_each_run"],
+    },
+    "qdq": {
+        "file": "converters/qdq.py",
+        "functions": ["is_qdq", "check_quant_params", "check_pairs", "_constant",
+                      "eight_bit_tensors", "encoding", "reencode", "to_int8", "as_int8",
+                      "fingerprint", "output_steps"],
+        "tests": ["tests/test_mutants_qdq.py", "tests/test_int8_portable.py",
+                  "-k", "not haswell and not avx2"],
+    },
+    "quantize": {
+        "file": "converters/quantize.py",
+        "functions": ["QuantConfig.__post_init__", "quantize_onnx", "_op_coverage",
+                      "require_calibration", "refuse_test_images"],
+        "tests": ["tests/test_mutants_quantize.py", "tests/test_onnx_and_int8.py",
+                  "-k", "not fp32_onnx_matches_pytorch"],
+    },
+    "lowering": {
+        "files": {
+            "converters/lowering.py": "*",
+            "converters/onnx_graph.py": ["WeightQuant.params", "_with_static_batch",
+                                         "_fold_weight_dequantize", "_fold_activation_qdq",
+                                         "_fold_constant_nodes"],
+        },
+        "tests": ["tests/test_mutants_lowering.py", "tests/test_tflite.py",
+                  "-k", "not zoo and not tflite-runtime"],
+    },
+    "ops": {
+        "files": {f"converters/ops/{name}.py": "*" for name in
+                  ("activations", "conv", "dense", "elementwise", "pooling", "reduce", "shape")},
+        "tests": ["tests/test_mutants_ops.py", "tests/test_tflite.py",
+                  "-k", "not zoo and not tflite-runtime"],
+    },
+    "tflite_builder": {
+        "file": "converters/tflite_builder.py",
+        "functions": "*",
+        "tests": ["tests/test_mutants_tflite_builder.py", "tests/test_tflite.py",
+                  "-k", "not zoo and not tflite-runtime"],
     },
 }
 
@@ -120,6 +167,7 @@ class Mutant:
     node_index: int  # position of the node in ast.walk order of the module
     detail: int = 0  # which operator of a chained comparison
     status: str = ""  # killed / survived / timeout
+    stage: str = ""  # which tests decided it: "first" (--first-tests) or "target"
     seconds: float = 0.0
 
 
@@ -138,6 +186,18 @@ def _functions(tree: ast.Module, names: list[str]) -> dict[ast.AST, str]:
     if missing:
         raise SystemExit(f"functions not found: {sorted(missing)}")
     return found
+
+
+def _all_functions(tree: ast.Module) -> list[str]:
+    """Every top-level function and method of the module, as ``f`` or ``Class.f``."""
+    names = []
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef):
+            names.append(node.name)
+        if isinstance(node, ast.ClassDef):
+            names += [f"{node.name}.{item.name}" for item in node.body
+                      if isinstance(item, ast.FunctionDef)]
+    return names
 
 
 def _inside(tree: ast.Module, names: list[str]) -> dict[int, str]:
@@ -161,16 +221,34 @@ def _is_recording(stmt: ast.stmt) -> bool:
         isinstance(stmt, ast.Return) and stmt.value is None)
 
 
-def find_mutants(target: str) -> list[Mutant]:
+def target_files(target: str) -> dict[str, list[str] | str]:
+    """The files of ``target`` and, for each, the functions to mutate (``"*"``: all of them).
+
+    A target names one file (``file`` + ``functions``) or several (``files``: path -> functions),
+    so that a concern spread over a package (the op lowerings) is measured as one module.
+    """
     spec = TARGETS[target]
-    source = (ROOT / spec["file"]).read_text()
+    return spec["files"] if "files" in spec else {spec["file"]: spec["functions"]}
+
+
+def find_mutants(target: str) -> list[Mutant]:
+    """Every mutant of ``target``, numbered from 0 across its files in the order they are named."""
+    mutants: list[Mutant] = []
+    for path, functions in target_files(target).items():
+        mutants += _file_mutants(target, path, functions, len(mutants))
+    return mutants
+
+
+def _file_mutants(target: str, path: str, functions: list[str] | str, first_id: int
+                  ) -> list[Mutant]:
+    source = (ROOT / path).read_text()
     tree = ast.parse(source)
-    owner = _inside(tree, spec["functions"])
+    owner = _inside(tree, _all_functions(tree) if functions == "*" else list(functions))
     mutants: list[Mutant] = []
 
     def add(node, index, kind, before, after, detail=0):
-        mutants.append(Mutant(len(mutants), target, spec["file"], node.lineno, owner[id(node)],
-                              kind, f"{before}  ->  {after}", index, detail))
+        mutants.append(Mutant(first_id + len(mutants), target, path, node.lineno,
+                              owner[id(node)], kind, f"{before}  ->  {after}", index, detail))
 
     parent = {id(c): n for n in ast.walk(tree) for c in ast.iter_child_nodes(n)}
     for index, node in enumerate(ast.walk(tree)):
@@ -259,6 +337,19 @@ def make_copy(workdir: Path) -> Path:
     return repo
 
 
+def present_tests(repo: Path, tests: list[str]) -> list[str]:
+    """``tests`` without the test files that do not exist in ``repo``.
+
+    A target names its own ``tests/test_mutants_*.py`` file, written to kill the survivors; the
+    first measurement is taken before that file exists and must not fail on it.
+    """
+    kept = [t for t in tests if not t.startswith("tests/") or (repo / t.split("::")[0]).exists()]
+    for t in tests:
+        if t not in kept:
+            print(f"   (not there, left out: {t})", flush=True)
+    return kept
+
+
 def run_tests(workdir: Path, repo: Path, tests: list[str], timeout: float) -> tuple[str, float]:
     env = dict(os.environ, MUTATION_ROOT=str(repo), PYTHONDONTWRITEBYTECODE="1",
                PYTHONPATH=os.pathsep.join(filter(None, [str(workdir / "shim"),
@@ -276,6 +367,39 @@ def run_tests(workdir: Path, repo: Path, tests: list[str], timeout: float) -> tu
     return status, time.monotonic() - started
 
 
+def test_mutants(workers: list[tuple[Path, Path]], sources: dict[str, str],
+                 unparsed: dict[str, str], mutants: list[Mutant], tests: list[str],
+                 stage: str) -> bool:
+    """Run ``tests`` once unmutated (the baseline, which must pass), then once per mutant,
+    setting each mutant's status; False when the baseline fails."""
+    workdir, repo = workers[0]
+    tests = present_tests(repo, tests)
+    status, base_s = run_tests(workdir, repo, tests, timeout=1800)
+    print(f"   baseline (unparsed, unmutated): {status} in {base_s:.0f} s", flush=True)
+    if status != "survived":
+        print("   the tests fail without any mutation: fix that first", file=sys.stderr)
+        return False
+    timeout = 3 * base_s + 30
+    free = list(workers)
+
+    def one(m: Mutant) -> Mutant:
+        workdir, repo = free.pop()
+        try:
+            (repo / m.file).write_text(mutated_source(sources[m.file], m))
+            m.status, m.seconds = run_tests(workdir, repo, tests, timeout)
+            m.stage = stage
+        finally:
+            (repo / m.file).write_text(unparsed[m.file])
+            free.append((workdir, repo))
+        print(f"   #{m.id:3d} {m.status:8s} {m.seconds:5.0f} s  {m.file}:{m.line} "
+              f"[{m.function}] {m.kind}: {m.description}", flush=True)
+        return m
+
+    with ThreadPoolExecutor(max_workers=len(workers)) as pool:
+        list(pool.map(one, mutants))
+    return True
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", choices=[*TARGETS, "all"], default="all")
@@ -284,6 +408,14 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ids", help="comma-separated mutant ids (as --list numbers them) to test; "
                         "needs a single --target")
+    parser.add_argument("--tests", help="pytest arguments replacing the target's tests, e.g. "
+                        "'tests/test_mutants_qdq.py': a faster subset. A mutant a subset kills, "
+                        "the whole set kills too (-x stops at any failure), so the score is a "
+                        "lower bound; re-test its survivors with --ids and the target's own tests")
+    parser.add_argument("--first-tests", help="pytest arguments to try on every mutant first, "
+                        "e.g. 'tests/test_mutants_qdq.py'; only their survivors then run the "
+                        "target's tests. A mutant the first tests kill, the target's tests (which "
+                        "include them) kill too, so the score is the target's, in less time")
     parser.add_argument("--jobs", type=int, default=1, help="mutants tested at a time")
     parser.add_argument("--list", action="store_true", help="print the mutants and stop")
     parser.add_argument("--json", type=Path, help="write every mutant and its result here")
@@ -301,46 +433,42 @@ def main() -> int:
         if args.max_mutants and len(mutants) > args.max_mutants:
             mutants = sorted(random.Random(args.seed).sample(mutants, args.max_mutants),
                              key=lambda m: m.id)
-        print(f"== {target}: {spec['file']} {spec['functions']}: {total_found} mutants, "
-              f"testing {len(mutants)}", flush=True)
+        files = target_files(target)
+        print(f"== {target}: {', '.join(f'{f} {fns}' for f, fns in files.items())}: "
+              f"{total_found} mutants, testing {len(mutants)}", flush=True)
         if args.list:
             for m in mutants:
                 print(f"  #{m.id:3d} {m.file}:{m.line} [{m.function}] {m.kind}: {m.description}")
             continue
-        source = (ROOT / spec["file"]).read_text()
+        # the baseline of every file is its unparsed, unmutated form (see the module docstring)
+        sources = {f: (ROOT / f).read_text() for f in files}
+        unparsed = {f: mutated_source(text, None) for f, text in sources.items()}
+        stages = [("first", shlex.split(args.first_tests))] if args.first_tests else []
+        stages.append(("target", shlex.split(args.tests) if args.tests else spec["tests"]))
         with tempfile.TemporaryDirectory(prefix="mutation-") as tmp:
             workers = []
             for j in range(max(1, args.jobs)):
                 workdir = Path(tmp) / f"w{j}"
                 workdir.mkdir()
                 workers.append((workdir, make_copy(workdir)))
-            workdir, repo = workers[0]
-            (repo / spec["file"]).write_text(mutated_source(source, None))
-            status, base_s = run_tests(workdir, repo, spec["tests"], timeout=1800)
-            print(f"   baseline (unparsed, unmutated): {status} in {base_s:.0f} s", flush=True)
-            if status != "survived":
-                print("   the tests fail without any mutation: fix that first", file=sys.stderr)
-                return 2
-            timeout = 3 * base_s + 30
-            free = list(workers)
-
-            def one(m: Mutant) -> Mutant:
-                workdir, repo = free.pop()  # noqa: B023
-                try:
-                    (repo / spec["file"]).write_text(mutated_source(source, m))  # noqa: B023
-                    m.status, m.seconds = run_tests(workdir, repo, spec["tests"], timeout)  # noqa: B023
-                finally:
-                    free.append((workdir, repo))  # noqa: B023
-                print(f"   #{m.id:3d} {m.status:8s} {m.seconds:5.0f} s  {m.file}:{m.line} "
-                      f"[{m.function}] {m.kind}: {m.description}", flush=True)
-                return m
-
-            with ThreadPoolExecutor(max_workers=len(workers)) as pool:
-                done = list(pool.map(one, mutants))
+            for _, repo in workers:
+                for f, text in unparsed.items():
+                    (repo / f).write_text(text)
+            pending = mutants
+            for stage, stage_tests in stages:
+                if len(stages) > 1:
+                    print(f"   -- {stage} tests: {len(pending)} mutants", flush=True)
+                if not test_mutants(workers, sources, unparsed, pending, stage_tests, stage):
+                    return 2
+                pending = [m for m in pending if m.status == "survived"]
+        done = mutants
         results += done
         killed = sum(m.status != "survived" for m in done)
         print(f"== {target}: {killed}/{len(done)} killed "
               f"({100 * killed / max(1, len(done)):.0f} %)", flush=True)
+        if args.first_tests:
+            first = sum(m.status != "survived" and m.stage == "first" for m in done)
+            print(f"   ({first} by the first tests, {killed - first} by the target's)", flush=True)
         for m in done:
             if m.status == "survived":
                 print(f"   SURVIVED {m.file}:{m.line} [{m.function}] {m.kind}: {m.description}")

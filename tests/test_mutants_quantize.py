@@ -1,0 +1,214 @@
+"""converters/quantize.py: the settings it hands onnxruntime, read back from the QDQ model and
+compared with onnxruntime's published MinMax formula, and its calibration-data decisions.
+
+Written for the survivors of ``python scripts/mutation_test.py --target quantize``
+(docs/testing.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from edgecnn.converters.quantize import (
+    CALIBRATION_METHODS,
+    QuantConfig,
+    _op_coverage,
+    quantize_onnx,
+    refuse_test_images,
+    require_calibration,
+)
+from onnx import TensorProto, helper, numpy_helper
+
+from edgecnn.card import InputSpec, ModelCard
+from edgecnn.data import Dataset
+from edgecnn.errors import DataError
+
+MEAN, STD = 0.4, 0.25  # preprocessing: x = (pixel / 255 - MEAN) / STD, so x in [-1.6, 2.4]
+
+
+def _float_model(batch: int | str = "N", metadata: dict[str, str] | None = None
+                 ) -> onnx.ModelProto:
+    """Conv(3x3, 4 -> 3 channels) -> Relu -> Sigmoid: one op onnxruntime quantises, one it
+    passes through (Relu is folded into the Conv's output range) and one it quantises too."""
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array(rng.standard_normal((3, 2, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal(3).astype(np.float32), "b")]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Sigmoid", ["c"], ["y"])]
+    graph = helper.make_graph(nodes, "q", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, [batch, 2, 4, 4])], [helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT, [batch, 3, 4, 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    for key, value in (metadata or {}).items():
+        model.metadata_props.add(key=key, value=value)
+    return model
+
+
+def _card() -> ModelCard:
+    return ModelCard("q", 0, InputSpec((2, 4, 4), pixel_scale=1 / 255, mean=(MEAN,), std=(STD,)),
+                     tuple("0123456789"))
+
+
+def _data(n: int) -> Dataset:
+    images = np.random.default_rng(5).integers(1, 255, (n, 4, 4, 2), dtype=np.uint8)
+    images[0, 0, 0, 0], images[-1, 0, 0, 1] = 0, 255  # the full pixel range is seen
+    return Dataset(images, np.zeros(n, np.int64), "random")
+
+
+def _inits(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def _metadata(model: onnx.ModelProto) -> dict[str, str]:
+    return {p.key: p.value for p in model.metadata_props}
+
+
+# -- QuantConfig --------------------------------------------------------------------------
+def test_quant_config_checks_method_and_batch_size():
+    assert CALIBRATION_METHODS == ("minmax", "entropy", "percentile")
+    for method in CALIBRATION_METHODS:
+        QuantConfig(method=method)
+    QuantConfig(batch_size=1)  # the smallest batch
+    with pytest.raises(ValueError, match="calibration method 'mse'; choose from minmax, entropy, "
+                                         "percentile"):
+        QuantConfig(method="mse")
+    with pytest.raises(ValueError, match="calibration batch size must be at least 1"):
+        QuantConfig(batch_size=0)
+
+
+# -- what quantize_onnx writes --------------------------------------------------------------
+def test_minmax_activations_follow_onnxruntimes_formula():
+    """MinMax over [-1.6, 2.4] with asymmetric int8 (onnxruntime's compute_scale_zp):
+    scale = (rmax - rmin) / (127 - -128), zero point = round(-128 - rmin / scale)."""
+    report = quantize_onnx(_float_model(), _card(), _data(20))
+    inits = _inits(report.model)
+    rmin, rmax = (0 - 255 * MEAN) / (255 * STD), (255 - 255 * MEAN) / (255 * STD)
+    scale = (rmax - rmin) / 255
+    # the calibrator sees float32 inputs, so the range is exact to float32 precision
+    assert float(inits["x_scale"]) == pytest.approx(scale, rel=1e-6)
+    assert int(inits["x_zero_point"]) == round(-128 - rmin / scale)  # -26
+    assert inits["x_zero_point"].dtype == np.int8  # QInt8 activations, asymmetric
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_weights_are_symmetric_int8_per_channel_or_per_tensor(per_channel):
+    model = quantize_onnx(_float_model(), _card(), _data(10),
+                          QuantConfig(per_channel=per_channel)).model
+    inits = _inits(model)
+    assert inits["w_quantized"].dtype == np.int8
+    assert inits["w_zero_point"].dtype == np.int8 and not inits["w_zero_point"].any()
+    assert inits["w_scale"].size == (3 if per_channel else 1)
+    w = numpy_helper.to_array(next(t for t in _float_model().graph.initializer if t.name == "w"))
+    # symmetric: scale = max|w| / 127 over the channel (or the tensor); the largest weight
+    # of each channel becomes +-127
+    bound = np.abs(w).reshape(3, -1).max(1) if per_channel else np.abs(w).max().reshape(1)
+    np.testing.assert_allclose(inits["w_scale"].ravel(), bound / 127, rtol=1e-6)
+    # int32 bias at input scale x weight scale (the TFLite int8 spec)
+    np.testing.assert_allclose(inits["b_quantized_scale"].ravel(),
+                               float(inits["x_scale"]) * inits["w_scale"].ravel(), rtol=1e-6)
+
+
+def test_report_counts_ops_images_and_records_the_settings():
+    report = quantize_onnx(_float_model(metadata={"edgecnn.card": "{}", "mine": "kept"}), _card(),
+                           _data(30), QuantConfig(method="minmax", max_images=25))
+    assert report.calibration_images == 25  # max_images caps the set
+    assert report.quantized_ops == {"Conv": 1, "Sigmoid": 1} and report.float_ops == {}
+    meta = _metadata(report.model)
+    assert meta["edgecnn.quantization"] == ("int8 QDQ, minmax, per-channel weights, "
+                                            "25 calibration images")
+    assert meta["mine"] == "kept" and meta["edgecnn.card"] == "{}"
+    assert len(report.model.metadata_props) == len(meta)  # one entry per key
+    per_tensor = quantize_onnx(_float_model(), _card(), _data(7),
+                               QuantConfig(per_channel=False, max_images=None))
+    assert _metadata(per_tensor.model)["edgecnn.quantization"] == (
+        "int8 QDQ, minmax, per-tensor weights, 7 calibration images")
+
+
+@pytest.mark.parametrize("fixed,count,used", [(4, 10, 8), (4, 4, 4), (3, 11, 9), (1, 5, 5)])
+def test_a_fixed_batch_model_is_fed_whole_batches(fixed, count, used):
+    """A model exported at batch ``fixed`` gets the largest multiple of it."""
+    report = quantize_onnx(_float_model(batch=fixed), _card(), _data(count))
+    assert report.calibration_images == used
+
+
+def test_calibration_batch_is_bounded_by_image_size(monkeypatch):
+    """Batches hold at most CALIBRATION_BATCH_ELEMENTS (2**19) values: 3x64x64 images go 42 to
+    a batch (524288 // 12288), and every image is seen once. The reader is only observed: its
+    real ``get_next`` runs unchanged."""
+    import edgecnn.converters.quantize as quantize
+
+    seen: list[int] = []
+    real = quantize.DatasetCalibrationReader.get_next
+
+    def observed(self):
+        batch = real(self)
+        if batch is not None:
+            seen.append(len(next(iter(batch.values()))))
+        return batch
+
+    monkeypatch.setattr(quantize.DatasetCalibrationReader, "get_next", observed)
+    w = numpy_helper.from_array(np.full((1, 3, 1, 1), 0.5, np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "big",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                             ["N", 3, 64, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    card = ModelCard("big", 0, InputSpec((3, 64, 64)), tuple("0123456789"))
+    images = np.random.default_rng(0).integers(0, 256, (100, 64, 64, 3), dtype=np.uint8)
+    quantize_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), card,
+                  Dataset(images, np.zeros(100, np.int64), "random"))
+    assert quantize.CALIBRATION_BATCH_ELEMENTS == 1 << 19
+    assert seen == [42, 42, 16]
+
+
+def test_op_coverage_counts_ops_reading_dequantized_values():
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("Conv", ["xd", "w"], ["c"]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Add", ["r", "xd"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [], [])
+    done, left = _op_coverage(helper.make_model(graph))
+    assert done == {"Conv": 1, "Add": 1} and left == {"Relu": 1}
+
+
+# -- calibration data ----------------------------------------------------------------------
+def test_require_calibration_paths(tmp_path):
+    default = tmp_path / "calib.npz"
+    with pytest.raises(DataError, match="the default .*calib.npz is missing"):
+        require_calibration(None, default)
+    default.write_bytes(b"")
+    assert require_calibration(None, default) == default
+    assert require_calibration(str(tmp_path / "mine.npz"), default) == tmp_path / "mine.npz"
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte.gz: is a test set"):
+        require_calibration(tmp_path / "t10k-images-idx3-ubyte.gz", default)
+
+
+def test_test_images_in_calibration_data_are_refused(test_set):
+    mixed = Dataset(np.concatenate([test_set.images[:3],
+                                    np.zeros((2, 28, 28, 1), np.uint8) + 7]),
+                    np.zeros(5, np.int64), Path("mixed.npz"))
+    with pytest.raises(DataError, match="mixed.npz: 3 of its 5 images are MNIST test images"):
+        refuse_test_images(mixed)
+    refuse_test_images(Dataset(np.zeros((2, 28, 28, 1), np.uint8) + 7, np.zeros(2, np.int64),
+                               Path("clean.npz")))
+
+
+def test_calibration_batch_size_one_is_honoured(monkeypatch):
+    """``--calib-batch 1`` (the smallest valid size) feeds one image at a time."""
+    import edgecnn.converters.quantize as quantize
+
+    seen: list[int] = []
+    real = quantize.DatasetCalibrationReader.get_next
+
+    def observed(self):
+        batch = real(self)
+        if batch is not None:
+            seen.append(len(next(iter(batch.values()))))
+        return batch
+
+    monkeypatch.setattr(quantize.DatasetCalibrationReader, "get_next", observed)
+    report = quantize_onnx(_float_model(), _card(), _data(3), QuantConfig(batch_size=1))
+    assert seen == [1, 1, 1] and report.calibration_images == 3
