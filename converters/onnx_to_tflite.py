@@ -46,7 +46,7 @@ class TFLiteConfig:
 
 @dataclass(frozen=True)
 class TFLiteModel:
-    data: memoryview  # the serialised file, a view of the builder's buffer
+    data: bytes
     ops: list[tuple[str, int]]
     min_runtime: str | None
     quantized: bool

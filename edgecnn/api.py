@@ -286,7 +286,7 @@ def _self_check_images(calib: Path | None, card: ModelCard) -> Dataset | None:
 
 
 def _to_tflite(onnx_model: Any, source: Path, card: ModelCard, config: ConvertConfig,
-               checks: dict[str, Any], images: Dataset | None) -> bytes | memoryview:
+               checks: dict[str, Any], images: Dataset | None) -> bytes:
     from edgecnn.converters.onnx_to_tflite import TFLiteConfig, convert_onnx_to_tflite
 
     result = convert_onnx_to_tflite(onnx_model, source.name,
@@ -297,7 +297,7 @@ def _to_tflite(onnx_model: Any, source: Path, card: ModelCard, config: ConvertCo
     return result.data
 
 
-def self_check_tflite(data: bytes | memoryview, onnx_model: Any, card: ModelCard, output_quant: Any,
+def self_check_tflite(data: bytes, onnx_model: Any, card: ModelCard, output_quant: Any,
                       images: Dataset | None = None) -> dict[str, Any]:
     """Run the new TFLite model and its ONNX source on the same images; refuse a mismatch.
 

@@ -184,9 +184,6 @@ def test_conv_with_computed_weights_is_refused():
     _refused(_model(nodes, [], in_shape=(1, 1, 3, 3)), "Conv 'cv' weights are computed at run time")
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="lower_conv unpacks the input as (n, c, h, w) before its 2-D check: a "
-                   "1-D Conv after a Reshape raises ValueError instead of the ConversionError")
 def test_one_dimensional_conv_is_refused():
     nodes = [helper.make_node("Reshape", ["x", "s"], ["r"]),
              helper.make_node("Conv", ["r", "w"], ["y"], name="c1")]

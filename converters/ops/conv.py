@@ -54,7 +54,11 @@ def _bias(ctx: LoweringContext, node: onnx.NodeProto, channels: slice, input_ten
 
 @lower("Conv")
 def lower_conv(ctx: LoweringContext, node: onnx.NodeProto) -> None:
-    n, c, h, w = ctx.shape(node.input[0])
+    in_shape = ctx.shape(node.input[0])
+    if len(in_shape) != 4:
+        raise ConversionError(f"{ctx.graph.source}: Conv {node.name!r} is {len(in_shape) - 2}-D; "
+                              "only 2-D convolutions convert")
+    n, c, h, w = in_shape
     if not ctx.is_const(node.input[1]):
         raise ConversionError(f"{ctx.graph.source}: Conv {node.name!r} weights are computed at run "
                               "time; TFLite needs constant filters")
