@@ -224,10 +224,29 @@ class TFLiteSession:
         self.input = self.interpreter.get_input_details()[0]
         self.output_details = self.interpreter.get_output_details()  # the file's output order
         self.model_shape = tuple(int(d) for d in self.input["shape"])
+        signature = self.input.get("shape_signature")
+        # a file written for one batch size (onnx2tf's, most exporters'): fed in chunks of it
+        self.fixed_batch = (int(signature[0]) if signature is not None and len(signature)
+                            and int(signature[0]) > 0 else None)
         self.nhwc = True
         self._batch = -1
+        self._chunks: list[np.ndarray] = []
+        self._results: list[list[np.ndarray]] | None = None
 
     def bind(self, x: np.ndarray) -> None:
+        step = self.fixed_batch
+        if step and len(x) != step:
+            if len(x) % step:
+                raise BadInputError(f"{self.path}: takes batches of exactly {step}; {len(x)} "
+                                    "images do not split into them")
+            self._chunks = [x[i:i + step] for i in range(0, len(x), step)]
+            self._set(self._chunks[0])
+            return
+        self._chunks = []
+        self._set(x)
+
+    def _set(self, x: np.ndarray) -> None:
+        self._results = None
         if x.shape[0] != self._batch:
             self.nhwc = x.ndim == 4 and self.model_shape[1:] != tuple(x.shape[1:])
             shape = (x.shape[0], *x.shape[2:], x.shape[1]) if self.nhwc else x.shape
@@ -243,6 +262,17 @@ class TFLiteSession:
         self.interpreter.set_tensor(self.input["index"], quantize_input(data, self.input))
 
     def invoke(self) -> None:
+        if not self._chunks:
+            self._invoke()
+            return
+        results = []
+        for chunk in self._chunks:
+            self._set(chunk)
+            self._invoke()
+            results.append([self._read(detail) for detail in self.output_details])
+        self._results = results
+
+    def _invoke(self) -> None:
         try:
             self.interpreter.invoke()
         except (RuntimeError, ValueError) as exc:
@@ -250,9 +280,11 @@ class TFLiteSession:
                                 f"({str(exc).splitlines()[0][:200]})") from None
 
     def output(self) -> np.ndarray:
-        return self._read(self.output_details[0])
+        return self.outputs()[0]
 
     def outputs(self) -> list[np.ndarray]:
+        if self._results is not None:
+            return [np.concatenate(parts) for parts in zip(*self._results, strict=True)]
         return [self._read(detail) for detail in self.output_details]
 
     def _read(self, detail: dict) -> np.ndarray:

@@ -678,3 +678,24 @@ def test_int8_requantisation_is_the_qdq_arithmetic(tmp_path):
     # x / s rounded by onnxruntime and x * (1 / s) rounded by LiteRT part only where x / s lies
     # within one float ulp of a tie: none of these 384 values
     assert layers["z"].max_steps == 0
+
+
+def test_fixed_batch_tflite_runs_any_batch_in_chunks(tmp_path, artefacts, test_set):
+    """A TFLite file written for batch 1 (onnx2tf's, most exporters') is fed image by image;
+    its outputs equal those of the same model with a dynamic batch."""
+    import flatbuffers
+    from edgecnn.converters.tflite_schema import schema
+
+    fb = schema()
+    model = fb.ModelT.InitFromPackedBuf(bytearray(artefacts["tflite"].read_bytes()), 0)
+    for tensor in model.subgraphs[0].tensors:
+        tensor.shapeSignature = None  # every shape fixed, the batch at 1
+    builder = flatbuffers.Builder(1 << 20)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    fixed = tmp_path / "fixed.tflite"
+    fixed.write_bytes(bytes(builder.Output()))
+    x = default_card("lenet5").input.preprocess(test_set.images[:5])
+    session = open_session(fixed, "litert")
+    assert session.fixed_batch == 1
+    np.testing.assert_array_equal(predict(session, x),
+                                  predict(open_session(artefacts["tflite"], "litert"), x))
