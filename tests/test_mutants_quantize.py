@@ -134,10 +134,8 @@ def test_a_fixed_batch_model_is_fed_whole_batches(fixed, count, used):
     assert report.calibration_images == used
 
 
-def test_calibration_batch_is_bounded_by_image_size(monkeypatch):
-    """Batches hold at most CALIBRATION_BATCH_ELEMENTS (2**19) values: 3x64x64 images go 42 to
-    a batch (524288 // 12288), and every image is seen once. The reader is only observed: its
-    real ``get_next`` runs unchanged."""
+def _observe_batch_sizes(monkeypatch) -> list[int]:
+    """The size of every calibration batch, appended as the reader's real ``get_next`` runs."""
     import edgecnn.converters.quantize as quantize
 
     seen: list[int] = []
@@ -150,6 +148,14 @@ def test_calibration_batch_is_bounded_by_image_size(monkeypatch):
         return batch
 
     monkeypatch.setattr(quantize.DatasetCalibrationReader, "get_next", observed)
+    return seen
+
+
+def test_calibration_batch_is_bounded_by_image_size(monkeypatch):
+    """Batches hold at most CALIBRATION_BATCH_ELEMENTS (2**19) values: 3x64x64 images go 42 to
+    a batch (524288 // 12288), and every image is seen once. The reader is only observed: its
+    real ``get_next`` runs unchanged."""
+    seen = _observe_batch_sizes(monkeypatch)
     w = numpy_helper.from_array(np.full((1, 3, 1, 1), 0.5, np.float32), "w")
     graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "big",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT,
@@ -159,7 +165,9 @@ def test_calibration_batch_is_bounded_by_image_size(monkeypatch):
     images = np.random.default_rng(0).integers(0, 256, (100, 64, 64, 3), dtype=np.uint8)
     quantize_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), card,
                   Dataset(images, np.zeros(100, np.int64), "random"))
-    assert quantize.CALIBRATION_BATCH_ELEMENTS == 1 << 19
+    from edgecnn.converters.quantize import CALIBRATION_BATCH_ELEMENTS
+
+    assert CALIBRATION_BATCH_ELEMENTS == 1 << 19
     assert seen == [42, 42, 16]
 
 
@@ -198,17 +206,6 @@ def test_test_images_in_calibration_data_are_refused(test_set):
 
 def test_calibration_batch_size_one_is_honoured(monkeypatch):
     """``--calib-batch 1`` (the smallest valid size) feeds one image at a time."""
-    import edgecnn.converters.quantize as quantize
-
-    seen: list[int] = []
-    real = quantize.DatasetCalibrationReader.get_next
-
-    def observed(self):
-        batch = real(self)
-        if batch is not None:
-            seen.append(len(next(iter(batch.values()))))
-        return batch
-
-    monkeypatch.setattr(quantize.DatasetCalibrationReader, "get_next", observed)
+    seen = _observe_batch_sizes(monkeypatch)
     report = quantize_onnx(_float_model(), _card(), _data(3), QuantConfig(batch_size=1))
     assert seen == [1, 1, 1] and report.calibration_images == 3

@@ -95,28 +95,24 @@ def lower_softmax(ctx: LoweringContext, node: onnx.NodeProto) -> None:
                      options=ctx.options("SoftmaxOptions", beta=1.0), perm=source.perm)
 
 
-def _float_unary(ctx: LoweringContext, node: onnx.NodeProto, op: str) -> None:
-    _unary(ctx, node, op, int8_version=1)
-
-
 @lower("Neg")
 def lower_neg(ctx: LoweringContext, node: onnx.NodeProto) -> None:
-    _float_unary(ctx, node, "NEG")
+    _unary(ctx, node, "NEG")  # float: an island in int8 graphs
 
 
 @lower("Abs")
 def lower_abs(ctx: LoweringContext, node: onnx.NodeProto) -> None:
-    _float_unary(ctx, node, "ABS")
+    _unary(ctx, node, "ABS")  # float: an island in int8 graphs
 
 
 @lower("Sqrt")
 def lower_sqrt(ctx: LoweringContext, node: onnx.NodeProto) -> None:
-    _float_unary(ctx, node, "SQRT")
+    _unary(ctx, node, "SQRT")  # float: an island in int8 graphs
 
 
 @lower("Exp")
 def lower_exp(ctx: LoweringContext, node: onnx.NodeProto) -> None:
-    _float_unary(ctx, node, "EXP")
+    _unary(ctx, node, "EXP")  # float: an island in int8 graphs
 
 
 @lower("HardSigmoid")
