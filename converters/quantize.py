@@ -80,7 +80,10 @@ def quantize_onnx(model: onnx.ModelProto | Path, card: ModelCard, calibration: D
                   config: QuantConfig = QuantConfig()) -> QuantReport:
     """Quantise a float ONNX model (in memory, or a file: cheaper for big models) to int8 QDQ,
     calibrated on ``calibration``."""
+    import onnxruntime
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    onnxruntime.set_default_logger_severity(4)  # its errors reach the user as one line, below
 
     calibration = calibration.take(config.max_images)
     calibration.check_fits(card.input)
@@ -99,6 +102,7 @@ def quantize_onnx(model: onnx.ModelProto | Path, card: ModelCard, calibration: D
         input_name = model.graph.input[0].name
         # every activation of a batch is held at once: keep batch x image size bounded
         batch = max(1, min(config.batch_size, CALIBRATION_BATCH_ELEMENTS // calibration.images[0].size))
+        _refuse_unquantisable_input(model, len(calibration))
         fixed = model.graph.input[0].type.tensor_type.shape.dim[0].dim_value
         if fixed:  # a model exported at a fixed batch (often 1) is fed exactly that batch
             batch = fixed
@@ -116,8 +120,9 @@ def quantize_onnx(model: onnx.ModelProto | Path, card: ModelCard, calibration: D
                     extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
                                    "CalibMovingAverage": False},
                 )
-        except (ValueError, RuntimeError) as exc:
-            raise ConversionError(f"int8 quantisation failed: {str(exc).splitlines()[0]}") from None
+        except _onnxruntime_errors() as exc:
+            detail = " ".join(str(exc).split())[:300]
+            raise ConversionError(f"int8 quantisation failed: {detail}") from None
         quantized = onnx.load(dst)  # external data, if any, is read back in here
     metadata = {p.key: p.value for p in quantized.metadata_props}  # one value per key
     metadata.update({p.key: p.value for p in model.metadata_props})
@@ -129,6 +134,30 @@ def quantize_onnx(model: onnx.ModelProto | Path, card: ModelCard, calibration: D
         quantized.metadata_props.add(key=key, value=value)
     done, left = _op_coverage(quantized)
     return QuantReport(quantized, done, left, len(calibration))
+
+
+def _refuse_unquantisable_input(model: onnx.ModelProto, images: int) -> None:
+    """Say up front what onnxruntime would otherwise report deep inside calibration."""
+    tensor_type = model.graph.input[0].type.tensor_type
+    name = model.graph.input[0].name
+    if tensor_type.elem_type != onnx.TensorProto.FLOAT:
+        kind = onnx.TensorProto.DataType.Name(tensor_type.elem_type).lower()
+        raise ConversionError(f"input {name!r} is {kind}; int8 quantisation starts from a float32 "
+                              f"model: export it in float32")
+    fixed = tensor_type.shape.dim[0].dim_value
+    if fixed > images:
+        raise DataError(f"{images} calibration images, but the model takes a fixed batch of "
+                        f"{fixed}: give at least {fixed} with --calib")
+
+
+def _onnxruntime_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions quantize_static raises: Python's, and onnxruntime's own (Fail,
+    InvalidArgument, ...), which derive from Exception directly."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    own = tuple(e for e in vars(state).values()
+                if isinstance(e, type) and issubclass(e, Exception))
+    return (ValueError, RuntimeError, *own)
 
 
 def _calibrate_apart(src: Path, reader: DatasetCalibrationReader, method: object, big: bool,

@@ -98,7 +98,8 @@ TARGETS = {
     "quantize": {
         "file": "converters/quantize.py",
         "functions": ["QuantConfig.__post_init__", "quantize_onnx", "_op_coverage",
-                      "require_calibration", "refuse_test_images"],
+                      "require_calibration", "refuse_test_images",
+                      "_refuse_unquantisable_input", "_onnxruntime_errors"],
         "tests": ["tests/test_mutants_quantize.py", "tests/test_onnx_and_int8.py",
                   "-k", "not fp32_onnx_matches_pytorch"],
     },
@@ -114,7 +115,8 @@ TARGETS = {
     },
     "ops": {
         "files": {f"converters/ops/{name}.py": "*" for name in
-                  ("activations", "conv", "dense", "elementwise", "pooling", "reduce", "shape")},
+                  ("activations", "conv", "dense", "elementwise", "normalization", "pooling",
+                   "reduce", "resize", "shape")},
         "tests": ["tests/test_mutants_ops.py", "tests/test_tflite.py",
                   "-k", "not zoo and not tflite-runtime"],
     },

@@ -24,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgecnn.card import InputSpec, ModelCard
 from edgecnn.data import Dataset
-from edgecnn.errors import DataError
+from edgecnn.errors import ConversionError, DataError
 
 MEAN, STD = 0.4, 0.25  # preprocessing: x = (pixel / 255 - MEAN) / STD, so x in [-1.6, 2.4]
 
@@ -209,3 +209,63 @@ def test_calibration_batch_size_one_is_honoured(monkeypatch):
     seen = _observe_batch_sizes(monkeypatch)
     report = quantize_onnx(_float_model(), _card(), _data(3), QuantConfig(batch_size=1))
     assert seen == [1, 1, 1] and report.calibration_images == 3
+
+
+# -- refusals and onnxruntime's own errors ---------------------------------------------------
+def test_a_fixed_batch_larger_than_the_calibration_set_is_refused_up_front():
+    """onnxruntime would fail inside calibration ("Got invalid dimensions ... Expected: 4")."""
+    with pytest.raises(DataError, match=r"^3 calibration images, but the model takes a fixed "
+                                        r"batch of 4: give at least 4 with --calib$"):
+        quantize_onnx(_float_model(batch=4), _card(), _data(3))
+
+
+def test_a_double_input_is_refused_up_front():
+    model = _float_model()
+    model.graph.input[0].type.tensor_type.elem_type = TensorProto.DOUBLE
+    with pytest.raises(ConversionError, match=r"^input 'x' is double; int8 quantisation starts "
+                                              r"from a float32 model: export it in float32$"):
+        quantize_onnx(model, _card(), _data(5))
+
+
+def test_onnxruntimes_own_errors_become_one_line():
+    """A Conv whose kernel has 5 input channels for a 2-channel input passes the ONNX checks
+    quantize_static makes and fails when calibration runs it: onnxruntime raises its own
+    ``Fail``, which is neither ValueError nor RuntimeError."""
+    model = _float_model()
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(
+        np.ones((3, 5, 3, 3), np.float32), "w"))
+    with pytest.raises(ConversionError) as caught:
+        quantize_onnx(model, _card(), _data(5))
+    message = str(caught.value)
+    assert message.startswith("int8 quantisation failed: [ONNXRuntimeError] : 1 : FAIL")
+    assert "Input channels C is not equal to kernel channels * group. C: 2 kernel channels: 5" \
+        in message and "\n" not in message
+
+
+def test_weights_stored_apart_count_towards_the_external_data_threshold(tmp_path, monkeypatch):
+    """A model file whose weights live in ``<name>.data`` is big by the sum of both files; the
+    quantiser then streams weights through files (``use_external_data_format``). quantize_static
+    is only observed: the real one runs."""
+    import edgecnn.converters.quantize as quantize
+    import onnxruntime.quantization
+
+    model = _float_model()
+    path = tmp_path / "float.onnx"
+    onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
+              location="float.onnx.data", size_threshold=0)
+    graph_bytes = path.stat().st_size
+    data_bytes = (tmp_path / "float.onnx.data").stat().st_size
+    assert data_bytes == (3 * 2 * 3 * 3 + 3) * 4  # the Conv's weights and bias, float32
+    seen: list[bool] = []
+    real = onnxruntime.quantization.quantize_static
+
+    def observed(*args, **kwargs):
+        seen.append(kwargs["use_external_data_format"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(onnxruntime.quantization, "quantize_static", observed)
+    for threshold, big in ((graph_bytes + data_bytes - 1, True), (graph_bytes + data_bytes, False)):
+        monkeypatch.setattr(quantize, "EXTERNAL_DATA_BYTES", threshold)
+        report = quantize_onnx(path, _card(), _data(5))
+        assert seen[-1] is big
+        assert report.quantized_ops == {"Conv": 1, "Sigmoid": 1}
