@@ -69,7 +69,10 @@ def convert_onnx_to_tflite(model: onnx.ModelProto, source: str,
                            for op, names in sorted(missing.items()))
         raise UnsupportedOpsError(f"{source}: no TFLite lowering for {listed}; supported: "
                                   f"{', '.join(supported_ops())}")
-    io_dtype = config.io_dtype or ("int8" if graph.quantized else "float32")
+    # an int8 graph whose first or last layer was kept float (an accuracy budget) has float I/O
+    float_io = graph.quantized and any(name not in graph.act_quant
+                                       for name in [graph.input_name, *graph.output_names])
+    io_dtype = config.io_dtype or ("int8" if graph.quantized and not float_io else "float32")
     if not graph.quantized and io_dtype != "float32":
         raise ConversionError(f"{source}: --io-dtype {io_dtype} needs an int8 model; add --int8")
     builder = TFLiteBuilder(f"edgecnn: {source}")
@@ -107,7 +110,10 @@ def _add_input(ctx: LoweringContext, io_dtype: str, nchw: bool) -> QuantParams |
     name = ctx.graph.input_name
     nchw_shape = ctx.shape(name)
     nhwc_shape = to_tflite_shape(nchw_shape)
-    quant = ctx.quant(name)
+    quant = ctx.quant(name) if name in ctx.graph.act_quant or not ctx.int8 else None
+    if ctx.int8 and quant is None and io_dtype != "float32":
+        raise ConversionError(f"{ctx.graph.source}: input {name!r} is float in the QDQ graph "
+                              f"(its first layer is kept float); drop --io-dtype {io_dtype}")
     io_quant = _io_params(quant, io_dtype) if quant is not None else None
     outer_shape = nchw_shape if nchw else nhwc_shape
     outer_quant = io_quant if io_dtype != "float32" else None  # float input: quantised inside
@@ -120,7 +126,7 @@ def _add_input(ctx: LoweringContext, io_dtype: str, nchw: bool) -> QuantParams |
                                        quant=outer_quant, dynamic_batch=True)
         ctx.add_op("TRANSPOSE", [tensor, perm], [moved], version=2 if outer_quant else 1)
         tensor = moved
-    if ctx.int8 and io_dtype != "int8":
+    if ctx.int8 and io_dtype != "int8" and quant is not None:
         inner = ctx.scratch(name + "/int8", nhwc_shape, quant)
         ctx.add_op("QUANTIZE", [tensor], [inner], version=2)
         tensor = inner

@@ -38,6 +38,7 @@ class QuantConfig:
     per_channel: bool = True
     batch_size: int = 100
     max_images: int | None = 1000
+    float_nodes: tuple[str, ...] = ()  # node names kept in float (an accuracy budget's choice)
 
     def __post_init__(self) -> None:
         if self.method not in CALIBRATION_METHODS:
@@ -115,7 +116,7 @@ def quantize_onnx(model: onnx.ModelProto | Path, card: ModelCard, calibration: D
                     str(src), str(dst), None if cache else reader, quant_format=QuantFormat.QDQ,
                     per_channel=config.per_channel, activation_type=QuantType.QInt8,
                     weight_type=QuantType.QInt8, calibrate_method=method,
-                    use_external_data_format=big,
+                    use_external_data_format=big, nodes_to_exclude=list(config.float_nodes),
                     **({"calibration_cache_path": str(cache)} if cache else {}),
                     extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
                                    "CalibMovingAverage": False},
@@ -128,7 +129,8 @@ def quantize_onnx(model: onnx.ModelProto | Path, card: ModelCard, calibration: D
     metadata.update({p.key: p.value for p in model.metadata_props})
     metadata["edgecnn.quantization"] = (
         f"int8 QDQ, {config.method}, {'per-channel' if config.per_channel else 'per-tensor'} "
-        f"weights, {len(calibration)} calibration images")
+        f"weights, {len(calibration)} calibration images"
+        + (f", kept in float: {', '.join(config.float_nodes)}" if config.float_nodes else ""))
     del quantized.metadata_props[:]
     for key, value in metadata.items():
         quantized.metadata_props.add(key=key, value=value)

@@ -20,7 +20,9 @@ from edgecnn.data import SHIPPED_CALIBRATION_SET, Dataset, load_dataset
 from edgecnn.errors import BadInputError, ConversionError
 from edgecnn.fileio import atomic_path, check_output_path
 from edgecnn.inspection import ModelInfo, card_or_default, inspect_model, load_onnx
+from edgecnn.int8_budget import Budget, BudgetResult
 from edgecnn.memory import release_memory
+from edgecnn.quant_error import LayerReport
 from edgecnn.validate import ParityReport, Thresholds
 from edgecnn.validate import validate as _validate
 
@@ -55,9 +57,18 @@ class ConvertConfig:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     pixel_scale: float | None = None
+    budget: Budget | None = None  # keep the fewest layers float so int8 meets it
+    budget_data: Path | None = None  # labelled images the budget is measured on
 
     def __post_init__(self) -> None:
         from edgecnn.converters.qdq import ONNX_INT8_ENCODINGS
+
+        if (self.budget is not None or self.budget_data is not None) and not self.int8:
+            raise BadInputError("--max-drop, --min-agreement and --data choose which layers of an "
+                                "int8 model stay float; add --int8")
+        if self.budget_data is not None and self.budget is None:
+            raise BadInputError("--data is what an accuracy budget is measured on; add --max-drop "
+                                "PP or --min-agreement PCT, or drop --data")
 
         if self.to not in TARGET_FORMATS:
             raise BadInputError(f"--to {self.to!r}; choose from {', '.join(TARGET_FORMATS)}")
@@ -96,6 +107,7 @@ class ConvertResult:
     size_bytes: int
     seconds: float
     checks: dict[str, Any] = field(default_factory=dict)
+    budget: BudgetResult | None = None  # what an accuracy budget chose, when one was given
 
     def rows(self) -> list[dict[str, Any]]:
         return [{"output": str(self.path), "format": self.format + (" int8" if self.int8 else ""),
@@ -130,6 +142,7 @@ def convert(model: str | Path, output: str | Path | None = None,
     out = check_output_path(Path(output) if output else default_output(source, config),
                             inputs=(source, config.calib))
     checks: dict[str, Any] = {}
+    budget: BudgetResult | None = None
     onnx_model, card = _onnx_of(source, config, checks)
     release_memory()  # the PyTorch model is gone: give its memory back before the next step
     already_int8 = qdq.is_qdq(onnx_model)
@@ -143,12 +156,19 @@ def convert(model: str | Path, output: str | Path | None = None,
             save_external(onnx_model, float_path)
             del onnx_model  # the float model is on disk: keep peak memory at one copy
             release_memory()
-            report = quantize_onnx(float_path, card, calib,
-                                   QuantConfig(config.calib_method, config.per_channel))
+            quant_config = QuantConfig(config.calib_method, config.per_channel)
+            if config.budget is not None:
+                budget = _search_budget(float_path, card, calib, config, quant_config)
+                report = budget.report
+                checks["int8 budget"] = budget.summary()
+            else:
+                report = quantize_onnx(float_path, card, calib, quant_config)
         onnx_model = report.model
         checks["calibration images"] = report.calibration_images
         if report.float_ops:
             checks["float ops"] = ", ".join(f"{k} x{v}" for k, v in report.float_ops.items())
+    elif already_int8 and config.budget is not None:
+        raise BadInputError(f"{source}: is already int8; an accuracy budget needs the float model")
     elif already_int8 and not config.int8 and config.to == "tflite":
         raise BadInputError(f"{source}: is an int8 QDQ model; add --int8 to write int8 TFLite")
     if config.to == "onnx":
@@ -165,7 +185,22 @@ def convert(model: str | Path, output: str | Path | None = None,
     with atomic_path(out) as tmp:
         tmp.write_bytes(data)
     return ConvertResult(out, config.to, config.int8, len(data), time.perf_counter() - started,
-                         checks)
+                         checks, budget)
+
+
+def _search_budget(float_path: Path, card: ModelCard, calib: Dataset, config: ConvertConfig,
+                   quant_config: Any) -> BudgetResult:
+    """Quantise keeping the fewest layers float that meet ``config.budget`` (see
+    :mod:`edgecnn.int8_budget`), measured on ``--data`` (default: the shipped MNIST test set)."""
+    from tqdm import tqdm
+
+    from edgecnn.data import SHIPPED_TEST_SET
+    from edgecnn.int8_budget import search
+
+    assert config.budget is not None
+    images = load_dataset(config.budget_data or SHIPPED_TEST_SET, split="test")
+    with tqdm(desc="int8 budget", unit="candidate", leave=False) as bar:
+        return search(float_path, card, calib, images, config.budget, quant_config, bar)
 
 
 def _check_onnx_input(model: Any, source: Path) -> None:
@@ -372,6 +407,36 @@ def validate(models: list[str | Path], data: str | Path | Dataset, *,
     return _validate(paths, dataset.take(limit), card, reference=ref, thresholds=thresholds,
                      runtime=runtime, batch_size=batch_size, trust_pickle=trust_pickle,
                      arch=arch)
+
+
+def layers(float_model: str | Path, int8_model: str | Path, data: str | Path | Dataset, *,
+           limit: int | None = 300, batch_size: int = 32, trust_pickle: bool = False,
+           arch: str | None = None) -> LayerReport:
+    """Own and total int8 error of every quantised tensor (see :mod:`edgecnn.quant_error`)."""
+    from tqdm import tqdm
+
+    from edgecnn.converters import qdq
+    from edgecnn.quant_error import LayerReport, layer_errors
+
+    float_path, int8_path = Path(float_model), Path(int8_model)
+    if int8_path.suffix.lower() != ".onnx":
+        raise BadInputError(f"{int8_path}: give the int8 ONNX (QDQ) file; a .tflite is compared "
+                            "with it by `edgecnn validate`")
+    quantised = load_onnx(int8_path)
+    if not qdq.is_qdq(quantised):
+        raise BadInputError(f"{int8_path}: is not an int8 (QDQ) model; give the file written by "
+                            "`edgecnn convert --to onnx --int8`")
+    reference, card = _onnx_of(float_path, ConvertConfig("onnx", trust_pickle=trust_pickle,
+                                                         arch=arch), {})
+    if qdq.is_qdq(reference):
+        raise BadInputError(f"{float_path}: is an int8 model; give the float model first")
+    dataset = data if isinstance(data, Dataset) else load_dataset(data, split="test")
+    dataset = dataset.take(limit)
+    dataset.check_fits(card.input)
+    x = card.input.preprocess(dataset.images)
+    with tqdm(total=len(x), desc="layers", unit="img", leave=False) as bar:
+        errors = layer_errors(reference, quantised, x, batch_size, bar)
+    return LayerReport(str(float_path), str(int8_path), str(dataset.source), len(x), errors)
 
 
 def inspect(model: str | Path, *, trust_pickle: bool = False, arch: str | None = None) -> ModelInfo:

@@ -204,24 +204,46 @@ def _numbers(kind: type, count: int | None = None) -> Any:
               help="Preprocessing std per channel (recorded in the model card).")
 @click.option("--pixel-scale", type=float,
               help="Pixel scale before mean/std: x = (pixels * scale - mean) / std [1/255].")
+@click.option("--max-drop", type=float, metavar="PP", help="int8 accuracy budget: keep the "
+              "fewest layers float so accuracy on --data drops at most PP points.")
+@click.option("--min-agreement", type=float, metavar="PCT", help="int8 budget: ... so argmax "
+              "agreement with the float model on --data is at least PCT %.")
+@click.option("--data", type=PathArg, help="Labelled images the budget is measured on; default: "
+              "the shipped MNIST test set.")
+@click.option("--max-float-layers", type=int, metavar="N",
+              help="int8 budget: keep at most N layers float.")
 @torch_loading_options
 @click.option("-o", "--output", type=PathArg, help="Output file (default: beside MODEL).")
 def convert(model: Path, to: str, int8: bool, calib: Path | None, calib_method: str,
             per_tensor: bool, io_dtype: str | None, nchw_input: bool, onnx_int8_encoding: str,
             opset: int, input_shape: tuple[int, ...] | None, mean: tuple[float, ...] | None,
-            std: tuple[float, ...] | None, pixel_scale: float | None, arch: str | None,
+            std: tuple[float, ...] | None, pixel_scale: float | None, max_drop: float | None,
+            min_agreement: float | None, data: Path | None, max_float_layers: int | None,
+            arch: str | None,
             trust_pickle: bool, output: Path | None) -> None:
-    """Convert MODEL (.pt, .pt2 or .onnx) to ONNX or TFLite, optionally int8."""
+    """Convert MODEL (.pt, .pt2 or .onnx) to ONNX or TFLite, optionally int8; with --max-drop
+    or --min-agreement, exit 1 when no choice of float layers meets the budget (the best found
+    is written)."""
     from edgecnn.api import ConvertConfig
     from edgecnn.api import convert as run_convert
+    from edgecnn.int8_budget import Budget
     if calib is not None and not int8:
         raise BadInputError("--calib only applies with --int8; add --int8 or drop --calib")
+    if max_float_layers is not None and max_drop is None and min_agreement is None:
+        raise BadInputError("--max-float-layers limits an accuracy budget; add --max-drop PP or "
+                            "--min-agreement PCT")
+    budget = (Budget(max_drop, min_agreement, max_float_layers)
+              if max_drop is not None or min_agreement is not None else None)
     config = ConvertConfig(to, int8, calib, calib_method, not per_tensor, io_dtype, nchw_input,
                            opset, trust_pickle, arch, onnx_int8_encoding, input_shape, mean, std,
-                           pixel_scale)
+                           pixel_scale, budget, data)
     result = run_convert(model, output, config)
     for key, value in result.rows()[0].items():
         click.echo(f"{key:>28}: {value}")
+    if result.budget is not None and not result.budget.met:
+        click.echo("edgecnn: the int8 accuracy budget was not met; the best found was written",
+                   err=True)
+        sys.exit(int(ExitStatus.CHECK_FAILED))
 
 
 @cli.command()
@@ -267,6 +289,50 @@ def validate(models: tuple[Path, ...], data: Path | None, reference: Path | None
     if not report.passed:
         click.echo("edgecnn: parity check failed", err=True)
         sys.exit(int(ExitStatus.CHECK_FAILED))
+
+
+@cli.command()
+@click.argument("float_model", type=PathArg)
+@click.argument("int8_model", type=PathArg)
+@click.option("--data", type=PathArg, default=None,
+              help="Images (IDX folder/file, .npz, image folder); default: the shipped MNIST "
+                   "test set.")
+@click.option("--limit", default=300, show_default=True, help="Use only the first N images.")
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--top", type=int, help="Print only the N worst layers (files get all).")
+@click.option("--json", "json_path", type=PathArg, help="Write every layer as JSON.")
+@click.option("--csv", "csv_path", type=PathArg, help="Write the table as CSV.")
+@click.option("--markdown", "md_path", type=PathArg, help="Write the table as Markdown.")
+@click.option("--plot", "plot_path", type=PathArg, help="PNG of SQNR along the network's depth.")
+@torch_loading_options
+def layers(float_model: Path, int8_model: Path, data: Path | None, limit: int, batch_size: int,
+           top: int | None, json_path: Path | None, csv_path: Path | None, md_path: Path | None,
+           plot_path: Path | None, arch: str | None, trust_pickle: bool) -> None:
+    """Where int8 loses accuracy: every quantised layer of INT8_MODEL (QDQ ONNX) against
+    FLOAT_MODEL, worst own error first. "own": the layer fed float inputs; "total": int8 end to
+    end. SQNR in dB (higher is better), max error in quantisation steps."""
+    from edgecnn.api import layers as run_layers
+    from edgecnn.data import SHIPPED_TEST_SET
+    from edgecnn.quant_error import plot_sqnr
+    from edgecnn.report import write_reports
+    if limit < 1 or batch_size < 1 or (top is not None and top < 1):
+        raise BadInputError("--limit, --batch-size and --top take numbers >= 1")
+    if plot_path and importlib.util.find_spec("matplotlib") is None:
+        raise BadInputError("--plot needs matplotlib: pip install 'edgecnn[plot]' (or "
+                            "pip install matplotlib), or drop --plot")
+    check_outputs(json_path, csv_path, md_path, plot_path, inputs=(float_model, int8_model, data))
+    report = run_layers(float_model, int8_model, data or SHIPPED_TEST_SET, limit=limit,
+                        batch_size=batch_size, trust_pickle=trust_pickle, arch=arch)
+    rows = report.rows()
+    click.echo(f"{report.int8_model} against {report.float_model}, {report.images:,} images from "
+               f"{report.data}; worst own error first")
+    emit_table(rows[:top], ["depth", "layer", "op", "own SQNR dB", "total SQNR dB",
+                            "own max steps", "total max steps", "scale", "float min",
+                            "float max", "clipped %"])
+    write_reports(report.to_dict(), rows, list(rows[0]), json_path=json_path, csv_path=csv_path,
+                  markdown_path=md_path, title="edgecnn int8 layer report")
+    if plot_path:
+        plot_sqnr(report.errors, plot_path, f"{Path(report.int8_model).name}: int8 error by layer")
 
 
 @cli.command()

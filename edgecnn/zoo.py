@@ -133,6 +133,60 @@ class CNNFC1024(nn.Module):
         return self.classifier(self.features(x))
 
 
+class _SqueezeExcite(nn.Module):
+    """Channel attention as MobileNetV3 has it: x * hardsigmoid(fc(relu(fc(pool(x)))))."""
+
+    def __init__(self, channels: int, hidden: int) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.reduce = nn.Conv2d(channels, hidden, 1)
+        self.expand = nn.Conv2d(hidden, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = nn.functional.hardsigmoid(self.expand(torch.relu(self.reduce(self.pool(x)))))
+        return x * scale
+
+
+class _InvertedResidual(nn.Module):
+    """Expand 1x1, depthwise 3x3, squeeze-excite, project 1x1 (MobileNetV3's block)."""
+
+    def __init__(self, inputs: int, expanded: int, outputs: int, stride: int) -> None:
+        super().__init__()
+        self.expand = nn.Sequential(nn.Conv2d(inputs, expanded, 1, bias=False),
+                                    nn.BatchNorm2d(expanded), nn.Hardswish())
+        self.depthwise = nn.Sequential(
+            nn.Conv2d(expanded, expanded, 3, stride, 1, groups=expanded, bias=False),
+            nn.BatchNorm2d(expanded), nn.Hardswish())
+        self.se = _SqueezeExcite(expanded, max(8, expanded // 4))
+        self.project = nn.Sequential(nn.Conv2d(expanded, outputs, 1, bias=False),
+                                     nn.BatchNorm2d(outputs))
+        self.residual = stride == 1 and inputs == outputs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.project(self.se(self.depthwise(self.expand(x))))
+        return x + y if self.residual else y
+
+
+@register("mobile-se", (1, 28, 28), 10, "mnist")
+class MobileSE(nn.Module):
+    """A small MobileNetV3 for MNIST: depthwise convs, hard-swish and squeeze-excite blocks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16),
+                                  nn.Hardswish())
+        self.blocks = nn.Sequential(_InvertedResidual(16, 32, 16, 1),
+                                    _InvertedResidual(16, 64, 24, 2),
+                                    _InvertedResidual(24, 72, 24, 1),
+                                    _InvertedResidual(24, 96, 40, 2))
+        self.head = nn.Sequential(nn.Conv2d(40, 128, 1, bias=False), nn.BatchNorm2d(128),
+                                  nn.Hardswish(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Linear(128, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(x)))
+
+
 VGG19_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
                 512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
 

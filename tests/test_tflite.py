@@ -501,7 +501,7 @@ def test_int8_lowering_matches_the_qdq_model(tmp_path, op, name):
         assert islands and "DEQUANTIZE" in _tflite_ops(out)
 
 
-ZOO_MNIST = ["lenet5", "lenet5-3x3", "cnn4", "cnn-fc1024"]
+ZOO_MNIST = ["lenet5", "lenet5-3x3", "cnn4", "cnn-fc1024", "mobile-se"]
 
 
 @pytest.mark.parametrize("arch", ZOO_MNIST)

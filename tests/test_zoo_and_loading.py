@@ -17,7 +17,8 @@ from edgecnn.loading import load_torch_model
 from tests.conftest import LENET
 
 EXPECTED_PARAMETERS = {"lenet5": 61_706, "lenet5-3x3": 60_074, "cnn4": 121_514,
-                       "cnn-fc1024": 3_274_634, "vgg19": 143_667_240}
+                       "cnn-fc1024": 3_274_634, "vgg19": 143_667_240,
+                       "mobile-se": 33_756}  # summed by hand per layer in docs/int8-debugging.md
 
 
 @pytest.mark.parametrize("name", list(zoo.ARCHITECTURES))

@@ -1,0 +1,168 @@
+"""An accuracy budget for int8: keep the fewest layers in float so the budget holds.
+
+The search is guided by the layer table of :mod:`edgecnn.quant_error`: layers are tried in the
+order of their own error (the worst first), one more each round, until the QDQ model meets the
+budget on the given images; then each kept layer is dropped again if the budget still holds
+without it, so the set that remains is minimal. Every candidate is quantised by onnxruntime
+with those nodes excluded and measured as its QDQ reference, the arithmetic the ONNX and TFLite
+files share; the TFLite file then carries the same layers as float islands.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from edgecnn.card import ModelCard
+from edgecnn.converters.quantize import QuantConfig, QuantReport, quantize_onnx
+from edgecnn.data import Dataset
+from edgecnn.errors import BadInputError
+
+# Ops whose int8 form only moves or selects values already on a grid: keeping them float saves
+# nothing, so they are never candidates.
+PASS_THROUGH = {"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze",
+                "Identity", "Concat", "Split", "Slice", "Gather", "Relu", "input"}
+LAYER_IMAGES = 100  # images for the layer table that orders the candidates
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The accuracy an int8 model may give up against its float model: accuracy points on
+    labelled images, or argmax agreement in percent."""
+
+    max_drop: float | None = None
+    min_agreement: float | None = None
+    max_float_layers: int | None = None  # keep at most this many layers float (latency, size)
+
+    def __post_init__(self) -> None:
+        if self.max_float_layers is not None and self.max_float_layers < 0:
+            raise BadInputError(f"--max-float-layers {self.max_float_layers}: give a count >= 0")
+        if (self.max_drop is None) == (self.min_agreement is None):
+            raise BadInputError("give one budget: --max-drop PP or --min-agreement PCT")
+        if self.max_drop is not None and not (math.isfinite(self.max_drop)
+                                              and 0 <= self.max_drop <= 100):
+            raise BadInputError(f"--max-drop {self.max_drop}: give accuracy points, 0..100")
+        if self.min_agreement is not None and not (math.isfinite(self.min_agreement)
+                                                   and 0 <= self.min_agreement <= 100):
+            raise BadInputError(f"--min-agreement {self.min_agreement}: give a percentage, "
+                                "0..100")
+
+    def met(self, trial: Trial) -> bool:
+        if self.max_drop is not None:
+            return trial.drop_pp <= self.max_drop
+        return trial.agreement_pct >= (self.min_agreement or 0.0)
+
+    def describe(self) -> str:
+        return (f"accuracy drop <= {self.max_drop} pp" if self.max_drop is not None
+                else f"argmax agreement >= {self.min_agreement} %")
+
+
+@dataclass(frozen=True)
+class Trial:
+    float_nodes: tuple[str, ...]
+    accuracy_pct: float
+    drop_pp: float  # float accuracy minus this one
+    agreement_pct: float  # argmax agreement with the float model
+    met: bool
+
+
+@dataclass
+class BudgetResult:
+    budget: Budget
+    float_accuracy_pct: float
+    report: QuantReport  # the chosen model (the best found when the budget is not met)
+    chosen: Trial
+    trials: list[Trial] = field(default_factory=list)
+    layers: dict[str, str] = field(default_factory=dict)  # node -> layer name, for reports
+
+    @property
+    def met(self) -> bool:
+        return self.chosen.met
+
+    def summary(self) -> str:
+        kept = ", ".join(self.layers.get(n, n) for n in self.chosen.float_nodes) or "none"
+        verdict = "met" if self.met else "NOT met (best found)"
+        return (f"{self.budget.describe()} {verdict}: int8 {self.chosen.accuracy_pct:.2f} % vs "
+                f"float {self.float_accuracy_pct:.2f} % ({-self.chosen.drop_pp:+.2f} pp, "
+                f"agreement {self.chosen.agreement_pct:.2f} %); kept in float: {kept}; "
+                f"{len(self.trials)} candidates tried")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"budget": self.budget.describe(), "met": self.met,
+                "float accuracy %": self.float_accuracy_pct,
+                "kept in float": [{"node": n, "layer": self.layers.get(n, n)}
+                                  for n in self.chosen.float_nodes],
+                "trials": [vars(t) for t in self.trials]}
+
+
+def _predictions(model: onnx.ModelProto | Path, x: np.ndarray) -> np.ndarray:
+    from edgecnn.runtimes import predict, reference_session
+
+    with tempfile.TemporaryDirectory(prefix="edgecnn-budget-") as tmp:
+        path = Path(tmp) / "m.onnx"
+        if isinstance(model, Path):
+            path = model
+        else:
+            onnx.save(model, path)
+        session = reference_session(path)
+        return np.argmax(predict(session, x), axis=1)
+
+
+def search(float_path: Path, card: ModelCard, calibration: Dataset, images: Dataset,
+           budget: Budget, config: QuantConfig = QuantConfig(), progress: Any = None
+           ) -> BudgetResult:
+    """Quantise ``float_path`` with the fewest float layers that meet ``budget`` on ``images``."""
+    from edgecnn.quant_error import layer_errors, worst_first
+
+    images.check_fits(card.input)
+    x = card.input.preprocess(images.images)
+    labels = images.labels
+    reference = _predictions(float_path, x)
+    float_accuracy = 100 * float(np.mean(reference == labels))
+    trials: list[Trial] = []
+    chosen: dict[str, Any] = {}  # only the best model is held: each one is a whole network
+
+    def trial(nodes: tuple[str, ...], keep_if: Any) -> Trial:
+        report = quantize_onnx(float_path, card, calibration, replace(config, float_nodes=nodes))
+        predicted = _predictions(report.model, x)
+        accuracy = 100 * float(np.mean(predicted == labels))
+        result = Trial(nodes, accuracy, float_accuracy - accuracy,
+                       100 * float(np.mean(predicted == reference)), False)
+        result = replace(result, met=budget.met(result))
+        trials.append(result)
+        if not chosen or keep_if(result):
+            chosen.update(trial=result, report=report)
+        if progress is not None:
+            progress.update(1)
+        return result
+
+    trial((), None)
+    errors = layer_errors(onnx.load(float_path), chosen["report"].model, x[:LAYER_IMAGES])
+    names = {e.tensor.node: e.layer for e in errors if e.tensor.node}
+    ranked = list(dict.fromkeys(e.tensor.node for e in worst_first(errors)
+                                if e.tensor.node and e.tensor.op not in PASS_THROUGH))
+    kept: tuple[str, ...] = ()
+    for node in ranked[:budget.max_float_layers]:
+        if chosen["trial"].met:
+            break
+        kept = (*kept, node)
+        trial(kept, lambda t: t.met or _better(t, chosen["trial"], budget))
+    if chosen["trial"].met:  # drop what the budget does not need, the last added first
+        tried = {t.float_nodes for t in trials}
+        for node in reversed(chosen["trial"].float_nodes):
+            fewer = tuple(n for n in chosen["trial"].float_nodes if n != node)
+            if fewer not in tried:
+                trial(fewer, lambda t: t.met)
+    return BudgetResult(budget, float_accuracy, chosen["report"], chosen["trial"], trials, names)
+
+
+def _better(new: Trial, old: Trial, budget: Budget) -> bool:
+    if budget.max_drop is not None:
+        return new.drop_pp < old.drop_pp
+    return new.agreement_pct > old.agreement_pct

@@ -1,0 +1,309 @@
+"""The int8 layer table (``edgecnn layers``) and the accuracy budget (``convert --max-drop``).
+
+References: onnxruntime's own ``qdq_loss_debug`` for the total error, numpy for the own error
+of a hand-built QDQ graph, and real MNIST on the shipped outlier model for the budget.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgecnn.api import ConvertConfig, convert, layers
+from edgecnn.cli import cli
+from edgecnn.data import Dataset
+from edgecnn.errors import BadInputError
+from edgecnn.int8_budget import Budget
+from edgecnn.quant_error import layer_errors
+
+ROOT = Path(__file__).resolve().parent.parent
+OUTLIER = ROOT / "models" / "mobile_se_outlier.pt"
+
+
+@pytest.fixture(scope="module")
+def lenet_onnx(artefacts, tmp_path_factory) -> tuple[Path, Path]:
+    """LeNet-5 as float ONNX and as int8 QDQ ONNX (uint8-encoded, as `convert` writes it)."""
+    return artefacts["onnx"], artefacts["onnx_int8"]
+
+
+# -- the layer table ------------------------------------------------------------------------
+def test_total_error_is_onnxruntimes_cross_model_sqnr(lenet_onnx, test_set):
+    """Our "total" SQNR of each tensor equals qdq_loss_debug's ``xmodel_err`` (float tensor vs
+    the QDQ graph's dequantised tensor), computed by onnxruntime's own code from activations
+    it collects itself (with the reference session options: no fused integer kernels)."""
+    from edgecnn.converters.qdq import reference_session_options
+    from onnxruntime.quantization.calibrate import CalibrationDataReader
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        compute_activation_error,
+        create_activation_matching,
+        modify_model_output_intermediate_tensors,
+    )
+
+    from edgecnn.card import read_sidecar
+
+    float_path, int8_path = lenet_onnx
+    card = read_sidecar(ROOT / "models" / "lenet5.pt")
+    x = card.input.preprocess(test_set.images[:64])
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"input": x[i:i + 16]} for i in range(0, len(x), 16)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    tmp = float_path.parent
+    modify_model_output_intermediate_tensors(float_path, tmp / "float_aug.onnx")
+    modify_model_output_intermediate_tensors(int8_path, tmp / "qdq_aug.onnx")
+    float_acts = collect_activations(str(tmp / "float_aug.onnx"), Reader())
+    qdq_acts = collect_activations(str(tmp / "qdq_aug.onnx"), Reader(),
+                                   session_options=reference_session_options())
+    theirs = compute_activation_error(create_activation_matching(qdq_acts, float_acts))
+
+    ours = {e.tensor.tensor: e for e in layer_errors(onnx.load(float_path),
+                                                     onnx.load(int8_path), x, batch_size=16)}
+    compared = 0
+    for name, error in ours.items():
+        if name not in theirs or "xmodel_err" not in theirs[name]:
+            continue  # qdq_loss_debug pairs only the outputs of ops it saved (not the input)
+        if math.isinf(error.total.sqnr_db()):  # exact (MNIST pixels lie on the input grid):
+            assert theirs[name]["xmodel_err"] > 300  # onnxruntime floors the noise at float eps
+        else:
+            assert error.total.sqnr_db() == pytest.approx(theirs[name]["xmodel_err"], abs=1e-3)
+        compared += 1
+    assert compared >= 5  # every conv, pool and linear output of LeNet-5
+
+
+def _two_conv_models() -> tuple[onnx.ModelProto, onnx.ModelProto, dict[str, float]]:
+    """x -> Conv(w1) -> t1 -> Conv(w2) -> t2, float and hand-quantised (int8 zero points 0).
+
+    The float weights are exactly the int8 weights' dequantised values, so only activation
+    rounding differs between the two."""
+    rng = np.random.default_rng(0)
+    w1q = rng.integers(-127, 128, (4, 2, 1, 1)).astype(np.int8)
+    w2q = rng.integers(-127, 128, (3, 4, 1, 1)).astype(np.int8)
+    ws1, ws2 = 0.01, 0.02
+    scales = {"x": 0.05, "t1": 0.11, "t2": 0.37}
+    inits = [numpy_helper.from_array(w1q.astype(np.float32) * np.float32(ws1), "w1"),
+             numpy_helper.from_array(w2q.astype(np.float32) * np.float32(ws2), "w2")]
+    float_graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w1"], ["t1"], name="conv1"),
+         helper.make_node("Conv", ["t1", "w2"], ["t2"], name="conv2")], "f",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 3, 3])],
+        [helper.make_tensor_value_info("t2", TensorProto.FLOAT, ["N", 3, 3, 3])], inits)
+    q_inits = [numpy_helper.from_array(w1q, "w1_q"), numpy_helper.from_array(w2q, "w2_q"),
+               numpy_helper.from_array(np.array(ws1, np.float32), "ws1"),
+               numpy_helper.from_array(np.array(ws2, np.float32), "ws2"),
+               numpy_helper.from_array(np.array(0, np.int8), "zero")]
+    q_inits += [numpy_helper.from_array(np.array(s, np.float32), f"s_{n}")
+                for n, s in scales.items()]
+    nodes = [helper.make_node("DequantizeLinear", ["w1_q", "ws1", "zero"], ["w1"]),
+             helper.make_node("DequantizeLinear", ["w2_q", "ws2", "zero"], ["w2"])]
+    for name, conv, weight, out in (("x", "conv1", "w1", "t1"), ("t1", "conv2", "w2", "t2")):
+        nodes += [helper.make_node("QuantizeLinear", [name, f"s_{name}", "zero"], [f"{name}_q"]),
+                  helper.make_node("DequantizeLinear", [f"{name}_q", f"s_{name}", "zero"],
+                                   [f"{name}_dq"]),
+                  helper.make_node("Conv", [f"{name}_dq", weight], [out], name=conv)]
+    nodes += [helper.make_node("QuantizeLinear", ["t2", "s_t2", "zero"], ["t2_q"]),
+              helper.make_node("DequantizeLinear", ["t2_q", "s_t2", "zero"], ["y"])]
+    qdq_graph = helper.make_graph(
+        nodes, "q", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 3, 3])], q_inits)
+    opset = [helper.make_opsetid("", 17)]
+    return (helper.make_model(float_graph, opset_imports=opset),
+            helper.make_model(qdq_graph, opset_imports=opset), scales)
+
+
+def test_own_and_total_error_by_numpy():
+    """own(t2) = round(conv2(round(float t1))); total(t2) = round(conv2(round(conv1(round(x))))),
+    with round() the ONNX QuantizeLinear/DequantizeLinear pair (half to even, int8 saturation)."""
+    float_model, qdq_model, scales = _two_conv_models()
+    x = np.random.default_rng(1).normal(0, 2, (8, 2, 3, 3)).astype(np.float32)
+    w1 = numpy_helper.to_array(float_model.graph.initializer[0])[:, :, 0, 0]
+    w2 = numpy_helper.to_array(float_model.graph.initializer[1])[:, :, 0, 0]
+
+    def conv(a, w):
+        return np.einsum("nchw,oc->nohw", a, w)
+
+    def rounded(a, name):
+        s = np.float32(scales[name])
+        return (np.clip(np.rint(a / s), -128, 127) * s).astype(np.float32)
+
+    def sqnr(f, q):
+        return 10 * math.log10(float(np.sum(f.astype(np.float64) ** 2))
+                               / float(np.sum((f.astype(np.float64) - q) ** 2)))
+
+    t1, t2 = conv(x, w1), conv(conv(x, w1), w2)
+    total_t1 = rounded(conv(rounded(x, "x"), w1), "t1")
+    expected = {"t1": (sqnr(t1, total_t1), sqnr(t1, total_t1)),
+                "t2": (sqnr(t2, rounded(conv(rounded(t1, "t1"), w2), "t2")),
+                       sqnr(t2, rounded(conv(total_t1, w2), "t2")))}
+    errors = {e.tensor.tensor: e for e in layer_errors(float_model, qdq_model, x, batch_size=3)}
+    assert set(errors) == {"x", "t1", "t2"}
+    for name, (own, total) in expected.items():
+        assert errors[name].own.sqnr_db() == pytest.approx(own, abs=1e-4), name
+        assert errors[name].total.sqnr_db() == pytest.approx(total, abs=1e-4), name
+    assert errors["t2"].own.sqnr_db() > errors["t2"].total.sqnr_db()  # less error fed in
+    assert errors["t1"].tensor.node == "conv1" and errors["t2"].tensor.op == "Conv"
+    # the worst step: |float - rounded| / scale, from numpy too
+    worst = float(np.max(np.abs(t2 - rounded(conv(total_t1, w2), "t2")))) / scales["t2"]
+    assert errors["t2"].total.max_steps == pytest.approx(worst, rel=1e-5)
+    # int8 with zero point 0 covers [-128 s, 127 s]
+    assert errors["x"].clipped == int(np.count_nonzero((x < -128 * 0.05) | (x > 127 * 0.05)))
+    assert errors["x"].float_max == pytest.approx(float(x.max()))
+
+
+def test_layer_table_names_the_outlier_consumer_first(tmp_path):
+    """On the shipped outlier model the worst own error is the head convolution that reads the
+    x128 channel, named by its PyTorch module path."""
+    int8 = convert(OUTLIER, tmp_path / "m_int8.onnx",
+                   ConvertConfig("onnx", int8=True, per_channel=False)).path
+    report = layers(OUTLIER, int8, ROOT / "models" / "data" / "mnist", limit=64)
+    rows = report.rows()
+    assert rows[0]["layer"].startswith("head.") and rows[0]["op"] == "Conv"
+    assert rows[0]["own SQNR dB"] < 10  # the other 39 channels keep a few steps
+    own = [r["own SQNR dB"] for r in rows if r["own SQNR dB"] is not None]
+    assert own == sorted(own)
+    # module paths, not node names; the exporter fuses Conv+BatchNorm into a Conv that carries
+    # the BatchNorm's path
+    assert any(r["layer"] == "blocks.3.depthwise.1" and r["op"] == "Conv" for r in rows)
+
+
+def test_layers_cli_refusals_and_files(cli_runner, lenet_onnx, tmp_path):
+    float_path, int8_path = lenet_onnx
+    for args, message in (([str(int8_path), str(int8_path)], "is an int8 model; give the float"),
+                          ([str(float_path), str(float_path)], "is not an int8 (QDQ) model"),
+                          ([str(float_path), str(tmp_path / "m.tflite")],
+                           "give the int8 ONNX (QDQ) file"),
+                          ([str(float_path), str(int8_path), "--limit", "0"], ">= 1")):
+        result = cli_runner.invoke(cli, ["layers", *args])
+        assert result.exit_code == 2, result.output
+        assert message in result.output and len(result.output.strip().splitlines()) == 1
+    out = tmp_path / "layers.json"
+    plot = tmp_path / "layers.png"
+    result = cli_runner.invoke(cli, ["layers", str(float_path), str(int8_path), "--limit", "32",
+                                     "--json", str(out), "--plot", str(plot)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["images"] == 32 and len(data["layers"]) == 8
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- the budget ------------------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs,message", [
+    ({"max_drop": -1.0}, "--max-drop -1.0: give accuracy points"),
+    ({"max_drop": float("nan")}, "--max-drop nan"),
+    ({"min_agreement": 100.5}, "--min-agreement 100.5: give a percentage"),
+    ({"max_drop": 1.0, "min_agreement": 99.0}, "give one budget"),
+    ({}, "give one budget"),
+    ({"max_drop": 1.0, "max_float_layers": -1}, "--max-float-layers -1"),
+])
+def test_budgets_that_cannot_be_expressed_are_refused(kwargs, message):
+    with pytest.raises(BadInputError, match=message.replace("(", r"\(")):
+        Budget(**kwargs)
+
+
+def test_budget_cli_refusals(cli_runner):
+    lenet = str(ROOT / "models" / "lenet5.pt")
+    for args, message in (
+            (["--max-drop", "0.5"], "add --int8"),
+            (["--int8", "--max-drop", "nan"], "--max-drop nan"),
+            (["--int8", "--min-agreement", "101"], "--min-agreement 101.0"),
+            (["--int8", "--data", "x.npz"], "add --max-drop PP or --min-agreement PCT"),
+            (["--int8", "--max-float-layers", "2"], "limits an accuracy budget")):
+        result = cli_runner.invoke(cli, ["convert", lenet, "--to", "tflite", *args])
+        assert result.exit_code == 2, result.output
+        assert message in result.output and len(result.output.strip().splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def budget_images(test_set) -> Dataset:
+    """2,000 labelled MNIST test images: the budget's data and the check's."""
+    return test_set.take(2000)
+
+
+def _accuracy(path: Path, images: Dataset, runtime: str) -> float:
+    from edgecnn.card import read_sidecar
+    from edgecnn.runtimes import open_session, predict
+
+    card = read_sidecar(OUTLIER)
+    session = open_session(path, runtime)
+    return 100 * float(np.mean(np.argmax(predict(session, card.input.preprocess(images.images)),
+                                         axis=1) == images.labels))
+
+
+def test_max_drop_keeps_the_outlier_layers_float(cli_runner, budget_images, tmp_path):
+    """Per-tensor int8 of the outlier model loses >= 2 points; --max-drop 0.5 keeps the fewest
+    layers float that bring it within 0.5 points of float, and the TFLite file meets it on
+    LiteRT and tflite-runtime (one quantisation: the same islands as the QDQ graph)."""
+    data = tmp_path / "budget.npz"
+    np.savez(data, x=budget_images.images, y=budget_images.labels)
+    plain = convert(OUTLIER, tmp_path / "plain.onnx",
+                    ConvertConfig("onnx", int8=True, per_channel=False)).path
+    float_accuracy = _accuracy(OUTLIER, budget_images, "torch")
+    assert float_accuracy - _accuracy(plain, budget_images, "onnxruntime") >= 2.0
+    out = tmp_path / "budget.tflite"
+    result = cli_runner.invoke(cli, ["convert", str(OUTLIER), "--to", "tflite", "--int8",
+                                     "--per-tensor", "--max-drop", "0.5", "--data", str(data),
+                                     "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "accuracy drop <= 0.5 pp met" in result.output
+    assert "kept in float: head.1" in result.output  # the worst own error, named first
+    for runtime in ("litert", "tflite-runtime"):
+        assert float_accuracy - _accuracy(out, budget_images, runtime) <= 0.5, runtime
+    from edgecnn.api import inspect
+    assert "CONV_2D" in inspect(out).details["float islands"]
+
+
+def test_an_unmet_budget_writes_the_best_found_and_exits_1(cli_runner, budget_images, tmp_path):
+    """With no layer allowed to stay float, the 2-point loss cannot be mended: exit 1, and the
+    best model found (here the plain int8 one) is still written."""
+    data = tmp_path / "budget.npz"
+    np.savez(data, x=budget_images.images[:500], y=budget_images.labels[:500])
+    out = tmp_path / "unmet.onnx"
+    result = cli_runner.invoke(cli, ["convert", str(OUTLIER), "--to", "onnx", "--int8",
+                                     "--per-tensor", "--max-drop", "0.5", "--max-float-layers",
+                                     "0", "--data", str(data), "-o", str(out)])
+    assert result.exit_code == 1, result.output
+    assert "NOT met (best found)" in result.output and "kept in float: none" in result.output
+    assert "the int8 accuracy budget was not met" in result.output
+    assert out.exists()
+
+
+def test_first_and_last_layers_kept_float_give_float_io(tmp_path, artefacts):
+    """A first layer kept float leaves the input unquantised, a last one the output: the TFLite
+    file then takes and gives float32, and matches its QDQ graph."""
+    from edgecnn.converters.onnx_to_tflite import TFLiteConfig, convert_onnx_to_tflite
+    from edgecnn.converters.quantize import QuantConfig, quantize_onnx
+
+    from edgecnn.card import read_sidecar
+    from edgecnn.data import SHIPPED_CALIBRATION_SET, load_dataset
+    from edgecnn.errors import ConversionError
+    from edgecnn.runtimes import open_session, predict, reference_session
+
+    card = read_sidecar(ROOT / "models" / "lenet5.pt")
+    calib = load_dataset(SHIPPED_CALIBRATION_SET, split="train")
+    report = quantize_onnx(artefacts["onnx"], card, calib,
+                           QuantConfig(float_nodes=("node_conv2d", "node_linear_2")))
+    qdq_path = tmp_path / "islands.onnx"
+    onnx.save(report.model, qdq_path)
+    result = convert_onnx_to_tflite(report.model, "islands")
+    assert result.input_quant is None and result.output_quant is None
+    tfl = tmp_path / "islands.tflite"
+    tfl.write_bytes(result.data)
+    x = card.input.preprocess(calib.images[:64])
+    want = predict(reference_session(qdq_path), x)
+    got = predict(open_session(tfl, "litert"), x)
+    # float in and out. LiteRT requantises in float like the reference, so the int8 tensors
+    # in between are identical (but for a value within float error of a tie) and the float
+    # ends differ by summation order only: convert's float self-check bound
+    assert np.max(np.abs(got - want)) <= 1e-4 * max(1.0, float(np.max(np.abs(want))))
+    with pytest.raises(ConversionError, match="drop --io-dtype int8"):
+        convert_onnx_to_tflite(report.model, "islands", TFLiteConfig("int8"))
