@@ -143,6 +143,8 @@ def spatial_mean_to_global_pool(model: onnx.ModelProto) -> int:
         if not keep:
             replacement.append(onnx.helper.make_node("Flatten", [pooled], [node.output[0]],
                                                      name=node.name + "/flatten", axis=1))
+        for new in replacement:  # the exporter's record of the module it came from stays
+            new.metadata_props.extend(node.metadata_props)
         model.graph.node.remove(node)
         for offset, new in enumerate(replacement):
             model.graph.node.insert(position + offset, new)

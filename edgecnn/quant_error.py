@@ -217,6 +217,8 @@ def layer_errors(float_model: onnx.ModelProto, qdq: onnx.ModelProto, images: np.
                             "float ONNX it was quantised from")
     names = [t.tensor for t in tensors]
     inputs = {i.name for i in float_model.graph.input}
+    fixed = float_model.graph.input[0].type.tensor_type.shape.dim[0].dim_value
+    batch_size = fixed or batch_size  # an export at a fixed batch (often 1) runs in its chunks
     float_session = _session(_with_outputs(float_model, names))
     total_session = _session(_with_outputs(qdq, names))
     own_session = _session(_fed_float(qdq, names))

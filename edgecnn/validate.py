@@ -183,6 +183,10 @@ def validate(artefacts: list[Path], data: Dataset, card: ModelCard, *,
         raise BadInputError(f"{data.source}: labels run {data.labels.min()}..{data.labels.max()} "
                             f"but the model has {len(card.labels)} classes (0.."
                             f"{len(card.labels) - 1}); use data labelled for this model")
+    if runtime and runtime not in RUNTIMES:
+        extra = (f"; the {QDQ_REFERENCE} row comes with every int8 ONNX file"
+                 if runtime == QDQ_REFERENCE else "")
+        raise BadInputError(f"--runtime {runtime!r}: choose from {', '.join(RUNTIMES)}{extra}")
     reference = reference or artefacts[0]
     paths = list(dict.fromkeys([reference, *artefacts]))
     int8 = Int8References(paths, data, card, batch_size)

@@ -81,7 +81,8 @@ def test_total_error_is_onnxruntimes_cross_model_sqnr(lenet_onnx, test_set):
     assert compared >= 5  # every conv, pool and linear output of LeNet-5
 
 
-def _two_conv_models() -> tuple[onnx.ModelProto, onnx.ModelProto, dict[str, float]]:
+def _two_conv_models(batch: int | str = "N"
+                     ) -> tuple[onnx.ModelProto, onnx.ModelProto, dict[str, float]]:
     """x -> Conv(w1) -> t1 -> Conv(w2) -> t2, float and hand-quantised (int8 zero points 0).
 
     The float weights are exactly the int8 weights' dequantised values, so only activation
@@ -96,8 +97,8 @@ def _two_conv_models() -> tuple[onnx.ModelProto, onnx.ModelProto, dict[str, floa
     float_graph = helper.make_graph(
         [helper.make_node("Conv", ["x", "w1"], ["t1"], name="conv1"),
          helper.make_node("Conv", ["t1", "w2"], ["t2"], name="conv2")], "f",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 3, 3])],
-        [helper.make_tensor_value_info("t2", TensorProto.FLOAT, ["N", 3, 3, 3])], inits)
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 2, 3, 3])],
+        [helper.make_tensor_value_info("t2", TensorProto.FLOAT, [batch, 3, 3, 3])], inits)
     q_inits = [numpy_helper.from_array(w1q, "w1_q"), numpy_helper.from_array(w2q, "w2_q"),
                numpy_helper.from_array(np.array(ws1, np.float32), "ws1"),
                numpy_helper.from_array(np.array(ws2, np.float32), "ws2"),
@@ -114,17 +115,19 @@ def _two_conv_models() -> tuple[onnx.ModelProto, onnx.ModelProto, dict[str, floa
     nodes += [helper.make_node("QuantizeLinear", ["t2", "s_t2", "zero"], ["t2_q"]),
               helper.make_node("DequantizeLinear", ["t2_q", "s_t2", "zero"], ["y"])]
     qdq_graph = helper.make_graph(
-        nodes, "q", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 3, 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 3, 3])], q_inits)
+        nodes, "q", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 2, 3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 3, 3, 3])], q_inits)
     opset = [helper.make_opsetid("", 17)]
     return (helper.make_model(float_graph, opset_imports=opset),
             helper.make_model(qdq_graph, opset_imports=opset), scales)
 
 
-def test_own_and_total_error_by_numpy():
+@pytest.mark.parametrize("batch", ["N", 1])
+def test_own_and_total_error_by_numpy(batch):
     """own(t2) = round(conv2(round(float t1))); total(t2) = round(conv2(round(conv1(round(x))))),
-    with round() the ONNX QuantizeLinear/DequantizeLinear pair (half to even, int8 saturation)."""
-    float_model, qdq_model, scales = _two_conv_models()
+    with round() the ONNX QuantizeLinear/DequantizeLinear pair (half to even, int8 saturation).
+    A model exported at batch 1 is run one image at a time."""
+    float_model, qdq_model, scales = _two_conv_models(batch)
     x = np.random.default_rng(1).normal(0, 2, (8, 2, 3, 3)).astype(np.float32)
     w1 = numpy_helper.to_array(float_model.graph.initializer[0])[:, :, 0, 0]
     w2 = numpy_helper.to_array(float_model.graph.initializer[1])[:, :, 0, 0]

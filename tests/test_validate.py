@@ -173,3 +173,14 @@ def test_identical_pct_counts_whole_logit_vectors():
     new[:5, 3] += 1e-3  # five images differ in one logit each
     row = compare("m", "rt", new, ref, labels, default_card("lenet5"), Thresholds())
     assert row.identical_pct == pytest.approx(95.0)
+
+
+@pytest.mark.parametrize("runtime,hint", [("qdq-reference", "comes with every int8 ONNX file"),
+                                          ("tensorrt", "")])
+def test_an_unknown_runtime_is_refused_in_one_line(cli_runner, artefacts, runtime, hint):
+    result = cli_runner.invoke(cli, ["validate", str(artefacts["onnx_int8"]), "--runtime",
+                                     runtime, "--limit", "10"])
+    assert result.exit_code == 2, result.output
+    assert f"--runtime {runtime!r}: choose from litert, onnxruntime, tflite-runtime, torch" \
+        in result.output
+    assert hint in result.output and len(result.output.strip().splitlines()) == 1
