@@ -252,7 +252,7 @@ def test_with_params_requantises_only_when_the_parameters_differ():
     moved = ctx.with_params(t, QuantParams.per_tensor(0.25, 1), "moved")
     assert moved != t and ctx.builder.tensor_quant(moved) == QuantParams.per_tensor(0.25, 1)
     # requantised as the QDQ graph does it: DEQUANTIZE to float, QUANTIZE to the new grid
-    assert ctx.builder.used_ops() == [("DEQUANTIZE", 2), ("QUANTIZE", 2)]
+    assert _operators(ctx) == [("DEQUANTIZE", 2), ("QUANTIZE", 2)]
     dequantize, quantize = ctx.builder.operators
     assert dequantize.inputs == [t] and quantize.outputs == [moved]
     assert quantize.inputs == dequantize.outputs
@@ -485,3 +485,96 @@ def test_same_params_output_keeps_the_input_grid_then_requantises():
     float_ctx.same_params_output(float_ctx.graph.nodes[0], "MAX_POOL_2D", [xf], 1)
     assert float_ctx.builder.used_ops() == [("MAX_POOL_2D", 1)]
     assert float_ctx.builder.operators[0].outputs == [float_ctx.value("c").tensor]
+
+
+# -- transposes at the lowest rank, values in their layouts -----------------------------------
+def _run_transpose(shape: tuple[int, ...], perm: tuple[int, ...], run_batch: int
+                   ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, int]], list[list[int]]]:
+    """TRANSPOSE a float tensor of ``shape`` (built at that batch) by ``perm`` with
+    transpose_tensor, run it in LiteRT at ``run_batch``; (got, numpy's, ops, TRANSPOSE perms)."""
+    from ai_edge_litert.interpreter import Interpreter
+    from edgecnn.converters.lowering import transpose_tensor
+
+    ctx = _ctx(_relu_model())
+    source = ctx.builder.add_tensor("in", shape, np.float32, dynamic_batch=True)
+    ctx.builder.inputs.append(source)
+    out = transpose_tensor(ctx, source, shape, perm, "t")
+    ctx.builder.outputs.append(out)
+    perms = [_data(ctx, op.inputs[1]).tolist() for op in ctx.builder.operators
+             if ctx.builder.used_ops()[op.opcodeIndex][0] == "TRANSPOSE"]
+    interpreter = Interpreter(model_content=ctx.builder.serialize())
+    x = np.random.default_rng(0).standard_normal((run_batch, *shape[1:])).astype(np.float32)
+    interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], list(x.shape))
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+    interpreter.invoke()
+    got = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    return got, x.transpose(perm), _operators(ctx), perms
+
+
+def _operators(ctx: LoweringContext) -> list[tuple[str, int]]:
+    """(op, version) of every operator written, in order."""
+    return [ctx.builder.used_ops()[op.opcodeIndex] for op in ctx.builder.operators]
+
+
+@pytest.mark.parametrize("shape,perm,build_batch,want_perms,reshapes", [
+    # nothing to merge: one 3-D TRANSPOSE, no RESHAPE
+    ((2, 3, 4), (0, 2, 1), 2, [[0, 2, 1]], 0),
+    # ShuffleNet's channel shuffle (N, g, C/g, H, W) -> (N, C/g, g, H, W): H and W stay
+    # neighbours and merge, so a 4-D TRANSPOSE runs it, between two RESHAPEs
+    ((2, 2, 3, 4, 5), (0, 2, 1, 3, 4), 2, [[0, 2, 1, 3]], 2),
+    # axis 1 follows the batch but is not merged into it: the batch changes at run time
+    ((2, 3, 4, 5), (0, 1, 3, 2), 2, [[0, 1, 3, 2]], 0),
+    # a size-1 batch is kept as an axis (built at batch 1, run at batch 3); size-1 axis 1 goes
+    ((1, 1, 3, 4), (0, 3, 1, 2), 1, [[0, 2, 1]], 2),
+])
+def test_transpose_tensor_merges_axes_and_keeps_the_batch(shape, perm, build_batch, want_perms,
+                                                          reshapes):
+    got, want, ops, perms = _run_transpose(shape, perm, run_batch=3)
+    np.testing.assert_array_equal(got, want)  # a transpose moves values, exactly
+    assert perms == want_perms
+    assert [name for name, _ in ops].count("RESHAPE") == reshapes
+    assert ("TRANSPOSE", 1) in ops  # float: version 1, readable by every runtime
+
+
+@pytest.mark.parametrize("perm,needle", [
+    ((1, 0, 2, 3, 4), "would move the batch axis; TFLite models keep the batch first"),
+    ((0, 4, 3, 2, 1), "needs a 5-D transpose; TFLite's TRANSPOSE takes at most 4 axes"),
+])
+def test_transposes_tflite_cannot_run_are_refused(perm, needle):
+    from edgecnn.converters.lowering import transpose_tensor
+
+    ctx = _ctx(_relu_model())
+    source = ctx.builder.add_tensor("in", (2, 2, 3, 4, 5), np.float32, dynamic_batch=True)
+    with pytest.raises(ConversionError, match=f"m.onnx: 't' {needle}"):
+        transpose_tensor(ctx, source, (2, 2, 3, 4, 5), perm, "t")
+
+
+def test_value_moves_a_map_to_nhwc_once_and_keeps_flattened_columns():
+    from edgecnn.converters.lowering import Value
+
+    ctx = _ctx(_relu_model())
+    stored = ctx.builder.add_tensor("x/nchw", (1, 2, 4, 4), np.float32, dynamic_batch=True)
+    ctx.values["x"] = Value(stored, (0, 1, 2, 3))  # stored NCHW (after a free Transpose)
+    nhwc = ctx.value("x")
+    assert nhwc.perm == (0, 2, 3, 1) and nhwc.tensor != stored
+    assert ctx.builder.tensor_shape(nhwc.tensor) == (1, 4, 4, 2)
+    # (1, 2, 4, 4) -> (1, 4, 4, 2): H and W merge; one TRANSPOSE, cached for the next reader
+    assert ctx.value("x") == nhwc
+    assert _operators(ctx) == [("RESHAPE", 1), ("TRANSPOSE", 1), ("RESHAPE", 1)]
+    flat = Value(stored, (0, 1), column_order=np.arange(32))
+    ctx.values["f"] = flat
+    assert ctx.value("f") is flat  # a dense layer permutes its columns instead
+    relu = ctx.graph.nodes[0]
+    with pytest.raises(ConversionError, match="Relu '' reads a flattened feature map; apply it "
+                                              "before flattening"):
+        ctx.feature_map(relu, "f")
+
+
+def test_requantisation_keeps_the_batch_dynamic():
+    ctx, x, _ = _int8_ctx_with_input()
+    out = ctx.requantize(x, "r", QuantParams.per_tensor(np.float32(0.05), -10))
+    real = out + 1  # the float tensor between DEQUANTIZE and QUANTIZE, written after out
+    assert ctx.builder.tensors[real].name == "r/float"
+    assert [ctx.builder.tensors[t].shapeSignature[0] for t in (out, real)] == [-1, -1]
+    assert _operators(ctx) == [("DEQUANTIZE", 2), ("QUANTIZE", 2)]
