@@ -20,6 +20,7 @@ from edgecnn.converters.lowering import LoweringContext, Value
 FLOAT_OPS = {"Abs", "BatchNormalization", "Div", "Exp", "Gelu", "HardSigmoid", "HardSwish",
              "LayerNormalization", "Max", "Min", "Neg", "Pow", "PRelu", "Sqrt"}
 ELEMENTWISE = {"Add", "Sub", "Mul"}
+WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 
 
 def needs_float(ctx: LoweringContext, node: onnx.NodeProto) -> bool:
@@ -31,6 +32,9 @@ def needs_float(ctx: LoweringContext, node: onnx.NodeProto) -> bool:
     if node.op_type in ELEMENTWISE and any(
             ctx.is_const(n) and not _int8_per_tensor(ctx, n) for n in node.input if n):
         return True  # a float (or per-channel) constant: no int8 ADD/MUL operand expresses it
+    if node.op_type in WEIGHTED and len(node.input) > 1 and ctx.is_const(node.input[1]) and (
+            ctx.weight_quant(node.input[1]) is None):
+        return True  # float weights: the quantiser was told to leave it (an accuracy budget)
     activations = [n for n in [*node.input, *node.output] if n and not ctx.is_const(n)]
     return any(n not in ctx.graph.act_quant for n in activations)
 

@@ -310,3 +310,24 @@ def test_first_and_last_layers_kept_float_give_float_io(tmp_path, artefacts):
     assert np.max(np.abs(got - want)) <= 1e-4 * max(1.0, float(np.max(np.abs(want))))
     with pytest.raises(ConversionError, match="drop --io-dtype int8"):
         convert_onnx_to_tflite(report.model, "islands", TFLiteConfig("int8"))
+
+
+def test_a_layer_kept_float_between_int8_layers_is_a_float_island(tmp_path):
+    """The projection of the last block kept float while its input (the SE product) and its
+    output (read by the int8 head) stay quantised: the QDQ graph dequantises, convolves with
+    float weights and quantises, and so must the TFLite file."""
+    from edgecnn.api import _onnx_of, self_check_tflite
+    from edgecnn.converters.onnx_to_tflite import convert_onnx_to_tflite
+    from edgecnn.converters.quantize import QuantConfig, quantize_onnx
+    from edgecnn.data import SHIPPED_CALIBRATION_SET, load_dataset
+    from edgecnn.quant_error import module_path
+
+    model, card = _onnx_of(OUTLIER, ConvertConfig("onnx"), {})
+    node = next(n.name for n in model.graph.node if module_path(n) == "blocks.3.project.1")
+    calib = load_dataset(SHIPPED_CALIBRATION_SET, split="train")
+    report = quantize_onnx(model, card, calib, QuantConfig(per_channel=False, float_nodes=(node,)))
+    result = convert_onnx_to_tflite(report.model, "island")
+    checks = self_check_tflite(result.data, report.model, card, result.output_quant, calib)
+    assert checks["tflite max|Δ| vs qdq reference (steps)"] <= 1  # one rounding tie at most
+    ops = [name for name, _ in result.ops]
+    assert "DEQUANTIZE" in ops and "QUANTIZE" in ops
