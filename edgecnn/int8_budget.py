@@ -80,6 +80,7 @@ class BudgetResult:
     chosen: Trial
     trials: list[Trial] = field(default_factory=list)
     layers: dict[str, str] = field(default_factory=dict)  # node -> layer name, for reports
+    float_weights: int = 0  # weights the kept layers hold in float32 instead of int8
 
     @property
     def met(self) -> bool:
@@ -87,10 +88,14 @@ class BudgetResult:
 
     def summary(self) -> str:
         kept = ", ".join(self.layers.get(n, n) for n in self.chosen.float_nodes) or "none"
+        if self.float_weights:  # float32 instead of int8: 3 more bytes each
+            kept += f" ({self.float_weights:,} weights, +{3 * self.float_weights / 1024:.1f} KiB)"
         verdict = "met" if self.met else "NOT met (best found)"
-        return (f"{self.budget.describe()} {verdict}: int8 {self.chosen.accuracy_pct:.2f} % vs "
-                f"float {self.float_accuracy_pct:.2f} % ({-self.chosen.drop_pp:+.2f} pp, "
-                f"agreement {self.chosen.agreement_pct:.2f} %); kept in float: {kept}; "
+        measured = (f"int8 {self.chosen.accuracy_pct:.2f} % vs float "
+                    f"{self.float_accuracy_pct:.2f} % ({-self.chosen.drop_pp:+.2f} pp), "
+                    if self.budget.max_drop is not None else "")  # labels unused otherwise
+        return (f"{self.budget.describe()} {verdict}: {measured}agreement "
+                f"{self.chosen.agreement_pct:.2f} %; kept in float: {kept}; "
                 f"{len(self.trials)} candidates tried")
 
     def to_dict(self) -> dict[str, Any]:
@@ -98,6 +103,7 @@ class BudgetResult:
                 "float accuracy %": self.float_accuracy_pct,
                 "kept in float": [{"node": n, "layer": self.layers.get(n, n)}
                                   for n in self.chosen.float_nodes],
+                "float weights": self.float_weights,
                 "trials": [vars(t) for t in self.trials]}
 
 
@@ -159,7 +165,16 @@ def search(float_path: Path, card: ModelCard, calibration: Dataset, images: Data
             fewer = tuple(n for n in chosen["trial"].float_nodes if n != node)
             if fewer not in tried:
                 trial(fewer, lambda t: t.met)
-    return BudgetResult(budget, float_accuracy, chosen["report"], chosen["trial"], trials, names)
+    return BudgetResult(budget, float_accuracy, chosen["report"], chosen["trial"], trials, names,
+                        _float_weights(chosen["report"].model, chosen["trial"].float_nodes))
+
+
+def _float_weights(model: onnx.ModelProto, nodes: tuple[str, ...]) -> int:
+    """How many float weights the kept nodes read (their initializers, left float)."""
+    floats = {t.name: int(np.prod(t.dims)) for t in model.graph.initializer
+              if t.data_type == onnx.TensorProto.FLOAT}
+    kept = set(nodes)
+    return sum(floats.get(i, 0) for n in model.graph.node if n.name in kept for i in n.input)
 
 
 def _better(new: Trial, old: Trial, budget: Budget) -> bool:
