@@ -334,3 +334,14 @@ def test_a_layer_kept_float_between_int8_layers_is_a_float_island(tmp_path):
     assert checks["tflite max|Δ| vs qdq reference (steps)"] <= 1  # one rounding tie at most
     ops = [name for name, _ in result.ops]
     assert "DEQUANTIZE" in ops and "QUANTIZE" in ops
+
+
+def test_layers_refuses_data_of_the_wrong_shape(cli_runner, lenet_onnx, tmp_path):
+    data = tmp_path / "rgb.npz"
+    np.savez(data, x=np.zeros((4, 32, 32, 3), np.uint8), y=np.zeros(4, np.int64))
+    float_path, int8_path = lenet_onnx
+    result = cli_runner.invoke(cli, ["layers", str(float_path), str(int8_path), "--data",
+                                     str(data)])
+    assert result.exit_code == 2, result.output
+    assert "rgb.npz" in result.output and "28" in result.output
+    assert len(result.output.strip().splitlines()) == 1
