@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -103,11 +104,15 @@ def node_label(node: onnx.NodeProto) -> str:
     return f"{node.op_type} node {node.name or node.output[0]!r}"
 
 
-def load_graph(model: onnx.ModelProto, source: str, batch: int = 1) -> Graph:
-    """Fix the batch size, fold Q/DQ into annotations, fold constants and infer static shapes."""
+def load_graph(model: onnx.ModelProto, source: str, batch: int = 1,
+               weights_dir: Path | None = None) -> Graph:
+    """Fix the batch size, fold Q/DQ into annotations, fold constants and infer static shapes.
+
+    ``weights_dir`` holds the side files of a model saved with external data: its weights are
+    read from there, so they are in memory once, not in the proto and as arrays."""
     constants = Constants()
     for tensor in model.graph.initializer:
-        constants[tensor.name] = numpy_helper.to_array(tensor)
+        constants[tensor.name] = numpy_helper.to_array(tensor, str(weights_dir or ""))
     model = _with_static_batch(model, source, batch)
     nodes = list(model.graph.node)
     graph = Graph(source, nodes, constants, {}, model.graph.input[0].name,

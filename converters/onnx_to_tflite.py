@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -60,9 +61,11 @@ def supported_ops() -> list[str]:
 
 
 def convert_onnx_to_tflite(model: onnx.ModelProto, source: str,
-                           config: TFLiteConfig = TFLiteConfig()) -> TFLiteModel:
-    """Lower ``model`` to TFLite bytes; raises ConversionError naming what cannot convert."""
-    graph = load_graph(model, source)
+                           config: TFLiteConfig = TFLiteConfig(),
+                           weights_dir: Path | None = None) -> TFLiteModel:
+    """Lower ``model`` to TFLite bytes; raises ConversionError naming what cannot convert.
+    ``weights_dir``: where the side files of a model saved with external data are."""
+    graph = load_graph(model, source, weights_dir=weights_dir)
     missing = unsupported(graph, LOWERINGS)
     if missing:
         listed = "; ".join(f"{op} ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})"
@@ -91,11 +94,13 @@ def convert_onnx_to_tflite(model: onnx.ModelProto, source: str,
     if card:
         builder.metadata["edgecnn_card"] = card.encode()
     if graph.quantized:  # validate finds this file's QDQ reference by the fingerprint
-        builder.metadata["edgecnn_qdq_fingerprint"] = qdq.fingerprint(model).encode()
+        builder.metadata["edgecnn_qdq_fingerprint"] = qdq.fingerprint(model, str(weights_dir or "")).encode()
         builder.metadata["edgecnn_input_quantization"] = json.dumps(
             {"dtype": io_dtype, "scale": input_quant.scale[0] if input_quant else None,
              "zero_point": input_quant.zero_point[0] if input_quant else None}).encode()
-    data = builder.serialize()
+    graph.constants.clear()  # the weights the lowering read: the builder holds what it wrote
+    graph.constants.lazy.clear()
+    data = builder.serialize(release=True)
     return TFLiteModel(data, builder.used_ops(), min_runtime_for(builder.used_ops()),
                        graph.quantized, input_quant, output_quant)
 

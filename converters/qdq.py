@@ -187,9 +187,10 @@ def as_int8(values: np.ndarray, zero_point: np.ndarray) -> tuple[np.ndarray, np.
     return to_int8(values), to_int8(zero_point)
 
 
-def fingerprint(model: onnx.ModelProto) -> str:
+def fingerprint(model: onnx.ModelProto, weights_dir: str = "") -> str:
     """A digest of the quantisation itself (scales, zero points, integer weights in int8 form),
-    the same for both encodings: a TFLite file records it so validate finds its QDQ reference."""
+    the same for both encodings: a TFLite file records it so validate finds its QDQ reference.
+    ``weights_dir``: where a model saved with external data keeps its weights."""
     inits = _initializers(model)
     digest = hashlib.sha256()
 
@@ -197,7 +198,7 @@ def fingerprint(model: onnx.ModelProto) -> str:
         tensor = inits.get(name)
         if tensor is None:
             return None
-        values = to_int8(numpy_helper.to_array(tensor))
+        values = to_int8(numpy_helper.to_array(tensor, weights_dir))
         return values.astype(np.int64) if tensor.data_type in EIGHT_BIT_RANGE else values
 
     for node in sorted((n for n in model.graph.node if n.op_type in QDQ_OPS),

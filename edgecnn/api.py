@@ -178,13 +178,23 @@ def convert(model: str | Path, output: str | Path | None = None,
         data = onnx_model.SerializeToString()
         if source.suffix.lower() == ".onnx":  # exports were checked against PyTorch already
             _check_onnx_bytes(data, source)
+        with atomic_path(out) as tmp:
+            tmp.write_bytes(data)
+        size = len(data)
     else:
         if calib is None and config.int8:
             calib = _self_check_images(config.calib, card)
-        data = _to_tflite(onnx_model, source, card, config, checks, calib)
-    with atomic_path(out) as tmp:
-        tmp.write_bytes(data)
-    return ConvertResult(out, config.to, config.int8, len(data), time.perf_counter() - started,
+        with tempfile.TemporaryDirectory(prefix="edgecnn-tflite-") as weights, \
+                atomic_path(out) as tmp:  # checked from the file: its bytes are not held twice
+            # the weights go to a side file and the proto holding them is freed (protobuf keeps
+            # its arena until then): the lowering reads each weight from the file once, and
+            # the self-check's reference runs the same file
+            onnx_path = Path(weights) / "m.onnx"
+            save_external(onnx_model, onnx_path)
+            del onnx_model
+            release_memory()
+            size = _to_tflite(onnx_path, source, card, config, checks, calib, tmp)
+    return ConvertResult(out, config.to, config.int8, size, time.perf_counter() - started,
                          checks, budget)
 
 
@@ -320,19 +330,28 @@ def _self_check_images(calib: Path | None, card: ModelCard) -> Dataset | None:
     return data
 
 
-def _to_tflite(onnx_model: Any, source: Path, card: ModelCard, config: ConvertConfig,
-               checks: dict[str, Any], images: Dataset | None) -> bytes:
+def _to_tflite(onnx_path: Path, source: Path, card: ModelCard, config: ConvertConfig,
+               checks: dict[str, Any], images: Dataset | None, out: Path) -> int:
+    """Lower ``onnx_path`` (saved with external data) into ``out``, self-check it from there;
+    the file's size in bytes."""
+    import onnx
+
     from edgecnn.converters.onnx_to_tflite import TFLiteConfig, convert_onnx_to_tflite
 
-    result = convert_onnx_to_tflite(onnx_model, source.name,
-                                    TFLiteConfig(config.io_dtype, config.nchw_input))
-    checks.update(self_check_tflite(result.data, onnx_model, card, result.output_quant, images))
+    graph = onnx.load(str(onnx_path), load_external_data=False)
+    result = convert_onnx_to_tflite(graph, source.name,
+                                    TFLiteConfig(config.io_dtype, config.nchw_input),
+                                    onnx_path.parent)
+    out.write_bytes(result.data)
+    size = len(result.data)
+    result = replace(result, data=b"")  # the bytes are on disk
+    checks.update(self_check_tflite(out, onnx_path, card, result.output_quant, images))
     checks["ops"] = ", ".join(f"{op} v{v}" for op, v in result.ops)
     checks["oldest runtime"] = result.min_runtime
-    return result.data
+    return size
 
 
-def self_check_tflite(data: bytes, onnx_model: Any, card: ModelCard, output_quant: Any,
+def self_check_tflite(data: bytes | Path, onnx_model: Any, card: ModelCard, output_quant: Any,
                       images: Dataset | None = None) -> dict[str, Any]:
     """Run the new TFLite model and its ONNX source on the same images; refuse a mismatch.
 
@@ -348,8 +367,14 @@ def self_check_tflite(data: bytes, onnx_model: Any, card: ModelCard, output_quan
         x = np.concatenate([card.input.preprocess(images.images[:SELF_CHECK_IMAGES]), x])
     with tempfile.TemporaryDirectory(prefix="edgecnn-check-") as tmp:
         onnx_path, tfl_path = Path(tmp) / "m.onnx", Path(tmp) / "m.tflite"
-        save_external(onnx_model, onnx_path)  # moves the weights out: the proto is done with
-        tfl_path.write_bytes(data)
+        if isinstance(onnx_model, Path):
+            onnx_path = onnx_model  # saved already
+        else:
+            save_external(onnx_model, onnx_path)  # moves the weights out: the proto is done with
+        if isinstance(data, Path):  # a temporary output (.part): read it through a link
+            tfl_path.symlink_to(data.resolve())
+        else:
+            tfl_path.write_bytes(data)
         wants = predict_all(reference_session(onnx_path), x)
         runtime = runtimes_for(tfl_path)[0]
         gots = predict_all(open_session(tfl_path, runtime), x)
