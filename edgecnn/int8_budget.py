@@ -81,6 +81,7 @@ class BudgetResult:
     trials: list[Trial] = field(default_factory=list)
     layers: dict[str, str] = field(default_factory=dict)  # node -> layer name, for reports
     float_weights: int = 0  # weights the kept layers hold in float32 instead of int8
+    latency_us: tuple[float, float] | None = None  # host p50, all int8 -> chosen (onnxruntime)
 
     @property
     def met(self) -> bool:
@@ -89,7 +90,11 @@ class BudgetResult:
     def summary(self) -> str:
         kept = ", ".join(self.layers.get(n, n) for n in self.chosen.float_nodes) or "none"
         if self.float_weights:  # float32 instead of int8: 3 more bytes each
-            kept += f" ({self.float_weights:,} weights, +{3 * self.float_weights / 1024:.1f} KiB)"
+            kept += f" ({self.float_weights:,} weights, +{3 * self.float_weights / 1024:.1f} KiB"
+            if self.latency_us is not None:
+                kept += (f"; host p50 {self.latency_us[0]:,.0f} -> {self.latency_us[1]:,.0f} µs, "
+                         "onnxruntime, 1 thread, batch 1")
+            kept += ")"
         verdict = "met" if self.met else "NOT met (best found)"
         measured = (f"int8 {self.chosen.accuracy_pct:.2f} % vs float "
                     f"{self.float_accuracy_pct:.2f} % ({-self.chosen.drop_pp:+.2f} pp), "
@@ -104,6 +109,7 @@ class BudgetResult:
                 "kept in float": [{"node": n, "layer": self.layers.get(n, n)}
                                   for n in self.chosen.float_nodes],
                 "float weights": self.float_weights,
+                "host p50 µs (all int8, chosen)": self.latency_us,
                 "trials": [vars(t) for t in self.trials]}
 
 
@@ -149,6 +155,7 @@ def search(float_path: Path, card: ModelCard, calibration: Dataset, images: Data
         return result
 
     trial((), None)
+    all_int8 = chosen["report"].model  # its host latency is the baseline of the cost
     errors = layer_errors(onnx.load(float_path), chosen["report"].model, x[:LAYER_IMAGES])
     names = {e.tensor.node: e.layer for e in errors if e.tensor.node}
     ranked = list(dict.fromkeys(e.tensor.node for e in worst_first(errors)
@@ -165,8 +172,29 @@ def search(float_path: Path, card: ModelCard, calibration: Dataset, images: Data
             fewer = tuple(n for n in chosen["trial"].float_nodes if n != node)
             if fewer not in tried:
                 trial(fewer, lambda t: t.met)
+    kept_nodes = chosen["trial"].float_nodes
+    latency = ((_host_latency_us(all_int8, x[:1]), _host_latency_us(chosen["report"].model, x[:1]))
+               if kept_nodes else None)
     return BudgetResult(budget, float_accuracy, chosen["report"], chosen["trial"], trials, names,
-                        _float_weights(chosen["report"].model, chosen["trial"].float_nodes))
+                        _float_weights(chosen["report"].model, kept_nodes), latency)
+
+
+def _host_latency_us(model: onnx.ModelProto, x: np.ndarray) -> float:
+    """Median single-image latency in onnxruntime (its fused int8 kernels, one thread): what
+    keeping layers float costs on this host, measured in about a second."""
+    import onnxruntime as ort
+
+    from edgecnn.targets.runner import measure
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: np.ascontiguousarray(x, np.float32)}
+    samples = measure(lambda: session.run(None, feed), warmup=5, runs=50, min_time=0.5,
+                      max_time=5.0)
+    return 1e6 * float(np.median(samples))
 
 
 def _float_weights(model: onnx.ModelProto, nodes: tuple[str, ...]) -> int:
