@@ -10,6 +10,7 @@ activations, int32 biases at input scale x weight scale.
 from __future__ import annotations
 
 import inspect
+import shutil
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
@@ -39,6 +40,9 @@ class QuantConfig:
     batch_size: int = 100
     max_images: int | None = 1000
     float_nodes: tuple[str, ...] = ()  # node names kept in float (an accuracy budget's choice)
+    # calibrated ranges: read when the file exists, written when it does not. They do not depend
+    # on which nodes stay float, so an accuracy budget calibrates once for all its candidates
+    calibration_cache: Path | None = None
 
     def __post_init__(self) -> None:
         if self.method not in CALIBRATION_METHODS:
@@ -111,7 +115,11 @@ def quantize_onnx(model: onnx.ModelProto | Path, card: ModelCard, calibration: D
         reader = DatasetCalibrationReader(calibration, card, input_name, batch)
         try:
             with quiet(""):  # onnxruntime logs advice on the root logger
-                cache = _calibrate_apart(src, reader, method, big, Path(tmp))
+                cache = config.calibration_cache
+                if cache is None or not cache.exists():
+                    cache = _calibrate_apart(src, reader, method, big, Path(tmp))
+                    if cache is not None and config.calibration_cache is not None:
+                        shutil.copyfile(cache, config.calibration_cache)
                 quantize_static(
                     str(src), str(dst), None if cache else reader, quant_format=QuantFormat.QDQ,
                     per_channel=config.per_channel, activation_type=QuantType.QInt8,

@@ -130,6 +130,14 @@ def search(float_path: Path, card: ModelCard, calibration: Dataset, images: Data
            budget: Budget, config: QuantConfig = QuantConfig(), progress: Any = None
            ) -> BudgetResult:
     """Quantise ``float_path`` with the fewest float layers that meet ``budget`` on ``images``."""
+
+    with tempfile.TemporaryDirectory(prefix="edgecnn-budget-") as tmp:
+        config = replace(config, calibration_cache=Path(tmp) / "ranges.json")
+        return _search(float_path, card, calibration, images, budget, config, progress)
+
+
+def _search(float_path: Path, card: ModelCard, calibration: Dataset, images: Dataset,
+            budget: Budget, config: QuantConfig, progress: Any) -> BudgetResult:
     from edgecnn.quant_error import layer_errors, worst_first
 
     images.check_fits(card.input)

@@ -36,7 +36,7 @@ def _float_model(batch: int | str = "N", metadata: dict[str, str] | None = None
     rng = np.random.default_rng(3)
     inits = [numpy_helper.from_array(rng.standard_normal((3, 2, 3, 3)).astype(np.float32), "w"),
              numpy_helper.from_array(rng.standard_normal(3).astype(np.float32), "b")]
-    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], name="conv"),
              helper.make_node("Sigmoid", ["c"], ["y"])]
     graph = helper.make_graph(nodes, "q", [helper.make_tensor_value_info(
         "x", TensorProto.FLOAT, [batch, 2, 4, 4])], [helper.make_tensor_value_info(
@@ -269,3 +269,22 @@ def test_weights_stored_apart_count_towards_the_external_data_threshold(tmp_path
         report = quantize_onnx(path, _card(), _data(5))
         assert seen[-1] is big
         assert report.quantized_ops == {"Conv": 1, "Sigmoid": 1}
+
+
+def test_a_calibration_cache_is_written_once_and_reused(tmp_path, monkeypatch):
+    """The first quantisation writes the ranges; the next one (other nodes kept float) reads
+    them without running a single calibration batch, and quantises exactly the same."""
+    seen = _observe_batch_sizes(monkeypatch)
+    cache = tmp_path / "ranges.json"
+    first = quantize_onnx(_float_model(), _card(), _data(6),
+                          QuantConfig(calibration_cache=cache))
+    assert cache.exists() and seen == [6]
+    again = quantize_onnx(_float_model(), _card(), _data(6),
+                          QuantConfig(calibration_cache=cache))
+    assert seen == [6]  # no batch read the second time
+    assert _inits(again.model).keys() == _inits(first.model).keys()
+    for name, value in _inits(first.model).items():
+        np.testing.assert_array_equal(_inits(again.model)[name], value)
+    kept = quantize_onnx(_float_model(), _card(), _data(6),
+                         QuantConfig(calibration_cache=cache, float_nodes=("conv",)))
+    assert seen == [6] and kept.quantized_ops == {"Sigmoid": 1}
