@@ -173,3 +173,25 @@ def test_a_users_own_export_converts_without_a_card(tmp_path, cli_runner, batch)
         np.testing.assert_allclose(got, module(x).numpy(), atol=1e-5)  # fp32: reassociation only
     info = cli_runner.invoke(cli, ["inspect", str(path), "--json"])
     assert json.loads(info.output)["parameters"] == sum(p.numel() for p in module.parameters())
+
+
+def test_python_m_edgecnn_runs_from_the_checkout_whatever_the_install():
+    """At the repository root the checkout's edgecnn/ shadows an installed edgecnn, whose
+    converters and targets come from package-dir; without an editable finder (a regular
+    install) edgecnn.targets used to be missing. The editable finder is removed here to be
+    that install."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    script = ("import runpy, sys\n"
+              f"sys.path.insert(0, {str(ROOT)!r})\n"
+              "sys.meta_path[:] = [m for m in sys.meta_path if 'editable' not in repr(m).lower()]\n"
+              "import edgecnn.targets.runner, edgecnn.converters.quantize\n"
+              "sys.argv = ['edgecnn', 'zoo', '--json']\n"
+              "runpy.run_module('edgecnn', run_name='__main__')\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert {r["name"] for r in json.loads(result.stdout)} == set(EXPECTED_PARAMETERS)
