@@ -763,3 +763,94 @@ def test_grouped_conv_declares_each_group_result_as_nhwc():
     shapes = {graph.Tensors(i).Name().decode(): graph.Tensors(i).ShapeAsNumpy().tolist()
               for i in range(graph.TensorsLength())}
     assert shapes["y/g0"] == shapes["y/g1"] == [1, 6, 6, 3]
+
+
+# -- the new lowerings: ConvTranspose, LayerNormalization, Slice, Gather -----------------------
+def _conv_transpose(k: int, stride: int, **attrs) -> onnx.ModelProto:
+    inits = [_init("w", _w(3, 2, k, k)), _init("b", _w(2))]
+    node = helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], kernel_shape=[k, k],
+                            strides=[stride, stride], **attrs)
+    return _model([node], inits)
+
+
+# SAME_* output = input x stride (10); the full transposed conv is (5 - 1) x 2 + k wide, so k = 4
+# crops 2 (1 before for both), k = 5 crops 3 (1 before for SAME_UPPER, 2 for SAME_LOWER)
+@pytest.mark.parametrize("k,auto_pad", [(4, "SAME_UPPER"), (5, "SAME_UPPER"), (5, "SAME_LOWER")])
+def test_conv_transpose_with_auto_pad(k, auto_pad):
+    _check(_conv_transpose(k, 2, auto_pad=auto_pad))
+
+
+def test_conv_transpose_with_an_output_shape():
+    # crops 1 row and column, before: without SAME_UPPER, ONNX puts the odd one first
+    _check(_conv_transpose(4, 2, output_shape=[11, 11]))
+
+
+@pytest.mark.parametrize("attrs", [{"dilations": [2, 2]}, {"group": 3}])
+def test_dilated_or_grouped_conv_transpose_is_refused(attrs):
+    k = 3
+    inits = [_init("w", _w(3, 1 if "group" in attrs else 2, k, k))]
+    node = helper.make_node("ConvTranspose", ["x", "w"], ["y"], kernel_shape=[k, k], **attrs)
+    _refused(_model([node], inits), "m.onnx: ConvTranspose '' is grouped or dilated; TFLite's "
+                                    "TRANSPOSE_CONV is neither")
+
+
+@pytest.mark.parametrize("attrs,gamma_shape", [({}, (5,)), ({"axis": 1}, (3, 5, 5)),
+                                               ({"axis": 2, "epsilon": 0.1}, (5, 5))])
+def test_layer_norm_defaults_and_axes(attrs, gamma_shape):
+    """No axis: the last (-1); no epsilon: 1e-5 (the input's variance is 1e-4, so a wrong
+    epsilon shows); axis 1 normalises C, H and W of an NHWC-stored map."""
+    inits = [_init("g", _w(*gamma_shape) + 1), _init("bt", _w(*gamma_shape))]
+    node = helper.make_node("LayerNormalization", ["x", "g", "bt"], ["y"], **attrs)
+    x = (RNG.standard_normal((1, 3, 5, 5)) * 0.01).astype(np.float32)
+    _check(_model([node], inits), x)
+
+
+ALL = 2**63 - 1  # ONNX's "to the end", as exporters write it
+
+
+@pytest.mark.parametrize("inputs,values", [
+    # no axes: the first len(starts) axes, the batch among them (kept whole)
+    (["x", "s", "e"], {"s": [0, 1, 0], "e": [ALL, 3, 4]}),
+    (["x", "s", "e", "a"], {"s": [1], "e": [4], "a": [3]}),  # axes given: W only
+    (["x", "s", "e", "", "st"], {"s": [0, 0, 0], "e": [ALL, 2, 5], "st": [1, 1, 2]}),
+])
+def test_slice_with_and_without_axes(inputs, values):
+    inits = [_init(k, np.array(v, np.int64)) for k, v in values.items()]
+    _check(_model([helper.make_node("Slice", inputs, ["y"])], inits))
+
+
+@pytest.mark.parametrize("axes,steps,needle", [
+    ([0], [1], "Slice '' slices the batch axis; TFLite models keep the batch"),
+    ([2], [0], "Slice '' has step 0"),
+])
+def test_slice_refusals(axes, steps, needle):
+    inits = [_init("s", np.array([0], np.int64)), _init("e", np.array([1], np.int64)),
+             _init("a", np.array(axes, np.int64)), _init("st", np.array(steps, np.int64))]
+    _refused(_model([helper.make_node("Slice", ["x", "s", "e", "a", "st"], ["y"])], inits),
+             f"m.onnx: {needle}")
+
+
+def test_float_ops_are_written_at_version_1():
+    """Float kernels at their first version, readable by every runtime (int8 ones need 2)."""
+    add = helper.make_node("Add", ["x", "c"], ["y"])
+    assert _check(_model([add], [_init("c", _w(3, 1, 1))])) == [("ADD", 1)]
+    gather = helper.make_node("Gather", ["x", "i"], ["y"], axis=3)
+    assert ("GATHER", 1) in _check(_model([gather], [_init("i", np.array([4, 0], np.int64))]))
+
+
+def test_int8_relu6_is_version_2():
+    clip = helper.make_node("Clip", ["c", "lo", "hi"], ["y"])
+    conv, inits = _conv("x", "c", 3, 4, pads=[1, 1, 1, 1])
+    inits += [_init("lo", np.float32(0.0)), _init("hi", np.float32(6.0))]
+    relu6 = helper.make_node("Relu", ["y"], ["z"])  # keeps the Clip apart from the Conv
+    model = _model([conv, clip, relu6], inits)
+    model.graph.output[0].name = "z"
+    ops, _ = _check_int8(model)
+    assert ("RELU6", 2) in ops or ("CONV_2D", 3) in ops  # fused into the conv when it may be
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_int8_grouped_conv_with_two_output_channels(per_channel):
+    """Two groups of one output channel each: per-channel scales have exactly 2 entries."""
+    node, inits = _conv("x", "y", 4, 2, group=2, pads=[1, 1, 1, 1])
+    _check_int8(_model([node], inits, in_shape=(1, 4, 5, 5)), per_channel)

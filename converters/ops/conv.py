@@ -140,7 +140,7 @@ def _transpose_conv_begin_pads(ctx: LoweringContext, node: onnx.NodeProto,
     output_padding = list(ctx.attr(node, "output_padding", [0, 0]))
     if auto_pad != "NOTSET" or ctx.attr(node, "output_shape") is not None:
         totals = [f + op - o for f, op, o in zip(full, output_padding, out, strict=True)]
-        upper = auto_pad != "SAME_LOWER"
+        upper = auto_pad == "SAME_UPPER"  # the ONNX rule: otherwise the odd row goes first
         return [t // 2 if upper else t - t // 2 for t in totals]
     pads = list(ctx.attr(node, "pads", [0, 0, 0, 0]))
     return pads[:2]
@@ -165,13 +165,17 @@ def lower_conv_transpose(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     begin = _transpose_conv_begin_pads(ctx, node, full, (oh, ow))
     if any(b < 0 for b in begin):
         raise ConversionError(f"{ctx.graph.source}: ConvTranspose {node.name!r} has negative pads")
+    # TFLite derives the input size back from the output shape: VALID takes exactly the full
+    # transposed convolution, SAME an output of ceil(output / stride) == input rows, cropping
+    # half the excess before and the rest after. Anything else is the full VALID output cropped.
     same_begin = [max(f - o, 0) // 2 for f, o in zip(full, (oh, ow), strict=True)]
-    if begin == [0, 0]:
-        padding, made = 1, (oh, ow)  # VALID: crops the end only
-    elif begin == same_begin and all(f >= o for f, o in zip(full, (oh, ow), strict=True)):
-        padding, made = 0, (oh, ow)  # SAME: crops half the excess before, the rest after
+    fits_same = all(-(-o // s) == i for o, s, i in zip((oh, ow), (sh, sw), (h, w), strict=True))
+    if begin == [0, 0] and (oh, ow) == full:
+        padding, made = 1, (oh, ow)  # VALID, nothing cropped
+    elif begin == same_begin and fits_same:
+        padding, made = 0, (oh, ow)  # SAME
     else:
-        padding, made = 1, (oh + begin[0], ow + begin[1])  # VALID, then slice the start off
+        padding, made = 1, full  # VALID, then slice [begin, begin + output)
     x = ctx.value(node.input[0]).tensor
     weights = _weights(ctx, node, (1, 2, 3, 0), 0, node.input[1])
     name = node.output[0]

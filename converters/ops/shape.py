@@ -279,6 +279,8 @@ def lower_slice(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     end_mask = (1 << rank) - 1  # unsliced axes (the batch among them) run to their end
     for axis, start, stop, step in _slice_spec(ctx, node, rank):
         if axis == 0:
+            if start == 0 and step == 1 and stop >= 2**31 - 1:
+                continue  # the whole batch (a Slice without axes lists every leading axis)
             raise ConversionError(f"{ctx.graph.source}: Slice {node.name!r} slices the batch "
                                   "axis; TFLite models keep the batch")
         if step == 0:
