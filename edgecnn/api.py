@@ -354,6 +354,7 @@ def _to_tflite(onnx_path: Path, source: Path, card: ModelCard, config: ConvertCo
 def self_check_tflite(data: bytes | Path, onnx_model: Any, card: ModelCard, output_quant: Any,
                       images: Dataset | None = None) -> dict[str, Any]:
     """Run the new TFLite model and its ONNX source on the same images; refuse a mismatch.
+    ``data`` is the TFLite bytes or file; ``onnx_model`` a proto or a saved ONNX file.
 
     int8 is compared with the QDQ reference (never with onnxruntime's fused integer kernels,
     which differ by CPU), on real ``images`` where given: uniform noise alone keeps most
