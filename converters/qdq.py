@@ -54,6 +54,15 @@ def reference_session_options() -> Any:
     return options
 
 
+def reference_inference_session(model: onnx.ModelProto) -> Any:
+    """An in-memory onnxruntime session with :func:`reference_session_options`: the QDQ reading
+    of an int8 model, the plain float reading of a float one."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(model.SerializeToString(), reference_session_options(),
+                                providers=["CPUExecutionProvider"])
+
+
 def _initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     return {t.name: t for t in model.graph.initializer}
 

@@ -75,6 +75,13 @@ def emit_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> 
     click.echo(text_table(rows, columns))
 
 
+def require_matplotlib(plot_path: Path | None) -> None:
+    """Refuse --plot up front, before any work, when the [plot] extra is missing."""
+    if plot_path and importlib.util.find_spec("matplotlib") is None:
+        raise BadInputError("--plot needs matplotlib: pip install 'edgecnn[plot]' (or "
+                            "pip install matplotlib), or drop --plot")
+
+
 def check_outputs(*paths: Path | None, inputs: tuple[Path | None, ...] = ()) -> None:
     """Refuse unwritable report paths, and any that is one of ``inputs`` or another output,
     before any work starts."""
@@ -317,9 +324,7 @@ def layers(float_model: Path, int8_model: Path, data: Path | None, limit: int, b
     from edgecnn.report import write_reports
     if limit < 1 or batch_size < 1 or (top is not None and top < 1):
         raise BadInputError("--limit, --batch-size and --top take numbers >= 1")
-    if plot_path and importlib.util.find_spec("matplotlib") is None:
-        raise BadInputError("--plot needs matplotlib: pip install 'edgecnn[plot]' (or "
-                            "pip install matplotlib), or drop --plot")
+    require_matplotlib(plot_path)
     check_outputs(json_path, csv_path, md_path, plot_path, inputs=(float_model, int8_model, data))
     report = run_layers(float_model, int8_model, data or SHIPPED_TEST_SET, limit=limit,
                         batch_size=batch_size, trust_pickle=trust_pickle, arch=arch)
@@ -372,9 +377,7 @@ def bench(models: tuple[Path, ...], target: str, runtime: str | None, threads: i
     from edgecnn.bench import plot_latencies
     from edgecnn.report import write_reports
     from edgecnn.targets.base import BenchConfig
-    if plot_path and importlib.util.find_spec("matplotlib") is None:
-        raise BadInputError("--plot needs matplotlib: pip install 'edgecnn[plot]' (or "
-                            "pip install matplotlib), or drop --plot")
+    require_matplotlib(plot_path)
     check_outputs(json_path, csv_path, md_path, plot_path, inputs=(*models, identity,
                                                                   known_hosts, ssh_config))
     options: dict[str, Any] = {}

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from edgecnn.converters.qdq import reference_session_options
+from edgecnn.converters.qdq import reference_inference_session
 
 TIE_STEPS = 1  # one rounding tie: the most a layer with identical inputs may differ
 
@@ -79,8 +79,6 @@ def _canonical_inputs(model: onnx.ModelProto) -> dict[str, list[str] | None]:
 def compare_layers(qdq_path: Path, tflite_path: Path, x: np.ndarray,
                    interpreter_module: str = "ai_edge_litert.interpreter") -> list[LayerDiff]:
     """Every quantised activation of the TFLite file against the QDQ reference, in order."""
-    import onnxruntime as ort
-
     model = onnx.load(str(qdq_path))
     weights = {t.name for t in model.graph.initializer}
     quantize = [n for n in model.graph.node
@@ -92,8 +90,7 @@ def compare_layers(qdq_path: Path, tflite_path: Path, x: np.ndarray,
     known = {o.name for o in model.graph.output}
     model.graph.output.extend(onnx.helper.make_tensor_value_info(name, kind, None)
                               for name, kind in encoding.items() if name not in known)
-    session = ort.InferenceSession(model.SerializeToString(), reference_session_options(),
-                                   providers=["CPUExecutionProvider"])
+    session = reference_inference_session(model)
     del model
     reference = dict(zip([o.name for o in session.get_outputs()],
                          session.run(None, {session.get_inputs()[0].name: x}), strict=True))

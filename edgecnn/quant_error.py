@@ -188,15 +188,6 @@ def _fed_float(qdq: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     return model
 
 
-def _session(model: onnx.ModelProto) -> Any:
-    import onnxruntime as ort
-
-    from edgecnn.converters.qdq import reference_session_options
-
-    return ort.InferenceSession(model.SerializeToString(), reference_session_options(),
-                                providers=["CPUExecutionProvider"])
-
-
 def _rounded(x: np.ndarray, t: QuantisedTensor) -> np.ndarray:
     """QuantizeLinear then DequantizeLinear, by the ONNX definition (round half to even)."""
     q = np.clip(np.rint(x / np.float32(t.scale)) + t.zero_point, t.low, t.high)
@@ -219,9 +210,11 @@ def layer_errors(float_model: onnx.ModelProto, qdq: onnx.ModelProto, images: np.
     inputs = {i.name for i in float_model.graph.input}
     fixed = float_model.graph.input[0].type.tensor_type.shape.dim[0].dim_value
     batch_size = fixed or batch_size  # an export at a fixed batch (often 1) runs in its chunks
-    float_session = _session(_with_outputs(float_model, names))
-    total_session = _session(_with_outputs(qdq, names))
-    own_session = _session(_fed_float(qdq, names))
+    from edgecnn.converters.qdq import reference_inference_session
+
+    float_session = reference_inference_session(_with_outputs(float_model, names))
+    total_session = reference_inference_session(_with_outputs(qdq, names))
+    own_session = reference_inference_session(_fed_float(qdq, names))
     float_in = float_session.get_inputs()[0].name
     qdq_in = total_session.get_inputs()[0].name
     own_outputs = [o.name for o in own_session.get_outputs()]

@@ -500,17 +500,19 @@ def _int8(model: onnx.ModelProto, per_channel: bool = True
     return quantized, converted.data, converted.ops, card.input.preprocess(images[40:])
 
 
-def _check_int8(model: onnx.ModelProto, per_channel: bool = True
-                ) -> tuple[list[tuple[str, int]], bytes]:
-    quantized, data, ops, x = _int8(model, per_channel)
-    session = ort.InferenceSession(quantized.SerializeToString(),
-                                   qdq.reference_session_options(),
-                                   providers=["CPUExecutionProvider"])
-    want = session.run(None, {"x": x})[0]
+def _matches_qdq(quantized: onnx.ModelProto, data: bytes, x: np.ndarray) -> None:
+    """The TFLite file (float I/O) within INT8_STEPS output steps of its QDQ reference."""
+    want = qdq.reference_inference_session(quantized).run(None, {"x": x})[0]
     got = _run_tflite(data, x)
     step = qdq.output_steps(quantized)[0]
     assert step is not None and got.shape == want.shape
     assert np.abs(got - want).max() <= INT8_STEPS * step + 1e-6
+
+
+def _check_int8(model: onnx.ModelProto, per_channel: bool = True
+                ) -> tuple[list[tuple[str, int]], bytes]:
+    quantized, data, ops, x = _int8(model, per_channel)
+    _matches_qdq(quantized, data, x)
     return ops, data
 
 
@@ -671,13 +673,7 @@ def _float_weights_match_the_qdq_graph(quantized: onnx.ModelProto, x: np.ndarray
     """Converted with float I/O: within the int8 steps of the QDQ reference, the layer a float
     island (DEQUANTIZE, the float op, QUANTIZE)."""
     converted = convert_onnx_to_tflite(quantized, "q.onnx", TFLiteConfig(io_dtype="float32"))
-    session = ort.InferenceSession(quantized.SerializeToString(),
-                                   qdq.reference_session_options(),
-                                   providers=["CPUExecutionProvider"])
-    want = session.run(None, {"x": x})[0]
-    step = qdq.output_steps(quantized)[0]
-    assert step is not None
-    assert np.abs(_run_tflite(converted.data, x) - want).max() <= INT8_STEPS * step + 1e-6
+    _matches_qdq(quantized, converted.data, x)
     assert ("DEQUANTIZE", 2) in converted.ops and ("QUANTIZE", 2) in converted.ops
 
 
