@@ -14,6 +14,8 @@ from collections.abc import Callable
 import numpy as np
 import onnx
 from edgecnn.converters.lowering import LoweringContext, Value
+from edgecnn.converters.quantize import FIXED_OUTPUT_PARAMS
+from edgecnn.converters.tflite_builder import QuantParams
 
 # Lowerings written for float only: no int8 TFLite kernel, or none that computes the QDQ
 # arithmetic (dequantise, float op, round) bit for bit on every runtime edgecnn targets.
@@ -23,9 +25,58 @@ ELEMENTWISE = {"Add", "Sub", "Mul"}
 WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 
 
+# Ops whose int8 file runs them as an island only in some forms (docs/ops.md lists these).
+CONDITIONAL_ISLANDS = {
+    "AveragePool": "int8 kernel for odd windows of counted cells; float island for even windows "
+                   "(2x2), uncounted padding or ceil mode, where halves are common",
+    "ConvTranspose": "float island (TRANSPOSE_CONV's int8 requantisation is coarse)",
+    "LeakyRelu": "float island (LEAKY_RELU's int8 multiplier is coarse)",
+    "MatMul": "int8 kernel with constant weights; float island for two activations "
+              "(BATCH_MATMUL's int8 requantisation is coarse)",
+    "Resize": "int8 kernel for nearest; float island for linear",
+    "Upsample": "int8 kernel for nearest; float island for linear",
+    "Sigmoid": "int8 kernel (the quantiser gives its output LOGISTIC's 1/256, -128); float "
+               "island in QDQ files with other output parameters",
+    "Softmax": "int8 kernel (the quantiser gives its output SOFTMAX's 1/256, -128); float "
+               "island in QDQ files with other output parameters",
+}
+
+
+def inexact_int8_kernel(ctx: LoweringContext, node: onnx.NodeProto) -> bool:
+    """Ops TFLite has an int8 kernel for that does not round as the QDQ graph does, measured
+    layer by layer against the reference (tests/test_tflite.py, pinned inputs):
+
+    * LEAKY_RELU, bilinear RESIZE, TRANSPOSE_CONV and BATCH_MATMUL requantise with fixed-point
+      multipliers coarse enough that LiteRT lands one step off on 0.4-5 % of values;
+    * AVERAGE_POOL_2D divides the integer sum and rounds halves away from zero, the reference
+      to even: with an even divisor (2x2 windows, or windows cut by uncounted padding or
+      ceil mode) exact halves are common and 12 % of values differ.
+    """
+    if node.op_type in ("LeakyRelu", "ConvTranspose"):
+        return True
+    if node.op_type == "MatMul" and not ctx.is_const(node.input[1]):
+        return True  # BATCH_MATMUL of two int8 activations: 0.4 % of values a step off
+    if node.op_type in ("Resize", "Upsample"):
+        return ctx.attr(node, "mode", "nearest") != "nearest"
+    if node.op_type == "AveragePool":
+        kernel = ctx.attr(node, "kernel_shape")
+        padded = any(ctx.attr(node, "pads", [0, 0, 0, 0])) or ctx.attr(
+            node, "auto_pad", "NOTSET") not in ("NOTSET", "VALID")
+        whole_windows = not int(ctx.attr(node, "ceil_mode", 0)) and (
+            not padded or int(ctx.attr(node, "count_include_pad", 0)))
+        return int(np.prod(kernel)) % 2 == 0 or not whole_windows
+    return False
+
+
 def needs_float(ctx: LoweringContext, node: onnx.NodeProto) -> bool:
     """Whether ``node`` of an int8 graph runs as a float island."""
-    if node.op_type in FLOAT_OPS:
+    if node.op_type in FLOAT_OPS or inexact_int8_kernel(ctx, node):
+        return True
+    if node.op_type in FIXED_OUTPUT_PARAMS and node.output[0] in ctx.graph.act_quant and not (
+            QuantParams.per_tensor(*FIXED_OUTPUT_PARAMS[node.op_type]).same_as(
+                ctx.quant(node.output[0]))):
+        # a QDQ graph from elsewhere: the int8 kernel would round to its own fixed parameters
+        # and again to the graph's, one step off on many values; the island rounds once
         return True
     if node.op_type == "Clip" and ctx.activation_code(node) is None:
         return True  # an arbitrary clip: no int8 activation expresses it
@@ -67,6 +118,8 @@ def lower_float_island(ctx: LoweringContext, node: onnx.NodeProto,
     produced = [k for k in ctx.values if k not in before and k in ctx.graph.shapes]
     for name, value in shadowed.items():
         ctx.values[name] = value
+        for moved in [k for k in ctx.values if k not in before and k.startswith(name + "@")]:
+            del ctx.values[moved]  # a float copy in another layout: int8 ops must not reuse it
     for name in produced:
         params = ctx.graph.act_quant.get(name)
         if params is None:

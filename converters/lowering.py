@@ -343,6 +343,16 @@ def spatial_padding(ctx: LoweringContext, node: onnx.NodeProto, in_hw: tuple[int
     return "VALID", pads
 
 
+class BatchAxisMoved(ConversionError):
+    """The graph moves or merges its batch axis (ViT's attention: a batch-1 export transposes
+    (1, L, E) to (L, 1, E)): it converts for its own fixed batch instead (a second pass)."""
+
+
+def batch_free(ctx: LoweringContext, shape: tuple[int, ...]) -> list[int]:
+    """A RESHAPE target that leaves the batch free (-1), unless the file has a fixed batch."""
+    return [int(d) for d in shape] if ctx.builder.fixed_batch else [-1, *map(int, shape[1:])]
+
+
 def transpose_tensor(ctx: LoweringContext, tensor: int, shape: tuple[int, ...],
                      perm: tuple[int, ...], name: str) -> int:
     """TRANSPOSE ``tensor`` (of ``shape``) by ``perm``, at the lowest rank that expresses it.
@@ -351,14 +361,14 @@ def transpose_tensor(ctx: LoweringContext, tensor: int, shape: tuple[int, ...],
     shuffle's 5-D transpose becomes a 3-D one that TRANSPOSE v1/v2 (rank <= 4) runs on every
     runtime; RESHAPEs around it cost no arithmetic.
     """
-    if perm[0] != 0:
-        raise ConversionError(f"{ctx.graph.source}: {name!r} would move the batch axis; "
-                              "TFLite models keep the batch first")
+    if perm[0] != 0 and not ctx.builder.fixed_batch:
+        raise BatchAxisMoved(f"{ctx.graph.source}: {name!r} would move the batch axis; "
+                             "TFLite models keep the batch first")
     out_shape = permuted(shape, perm)
-    kept = [a for a in perm if shape[a] != 1 or a == 0]
+    kept = [a for a in perm if shape[a] != 1 or (a == 0 and not ctx.builder.fixed_batch)]
     runs: list[list[int]] = []
     for axis in kept:  # the batch stays an axis of its own: it may change at run time
-        if runs and axis == runs[-1][-1] + 1 and runs[-1][0] != 0:
+        if runs and axis == runs[-1][-1] + 1 and (runs[-1][0] != 0 or ctx.builder.fixed_batch):
             runs[-1].append(axis)
         else:
             runs.append([axis])
@@ -367,6 +377,10 @@ def transpose_tensor(ctx: LoweringContext, tensor: int, shape: tuple[int, ...],
     merged_perm = tuple(by_start.index(run) for run in runs)
     quant = ctx.builder.tensor_quant(tensor)
     version = ctx.op_version(1, 2)
+    if merged_perm == tuple(range(len(merged_perm))):  # only unit axes move: the data does not
+        out = ctx.scratch(name, out_shape, quant)
+        reshape(ctx, tensor, out_shape, out, name + "/shape")
+        return out
     if len(merged_shape) > 4:
         raise ConversionError(f"{ctx.graph.source}: {name!r} needs a {len(merged_shape)}-D "
                               "transpose; TFLite's TRANSPOSE takes at most 4 axes")
@@ -388,6 +402,6 @@ def transpose_tensor(ctx: LoweringContext, tensor: int, shape: tuple[int, ...],
 def reshape(ctx: LoweringContext, source: int, shape: tuple[int, ...], out: int,
             name: str) -> None:
     """RESHAPE ``source`` into the existing tensor ``out``; the batch stays free (-1)."""
-    new_shape = [-1, *shape[1:]]
+    new_shape = batch_free(ctx, shape)
     ctx.add_op("RESHAPE", [source, ctx.int_const(name, new_shape)], [out],
                options=ctx.options("ReshapeOptions", newShape=new_shape))

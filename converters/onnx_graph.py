@@ -80,6 +80,8 @@ class Graph:
     weight_quant: dict[str, WeightQuant] = field(default_factory=dict)
     act_quant: dict[str, QuantParams] = field(default_factory=dict)
     opset: int = 13
+    # the model itself declares this batch size (a batch-1 export), rather than a symbolic one
+    declared_batch: int | None = None
 
     @property
     def quantized(self) -> bool:
@@ -113,12 +115,15 @@ def load_graph(model: onnx.ModelProto, source: str, batch: int = 1,
     constants = Constants()
     for tensor in model.graph.initializer:
         constants[tensor.name] = numpy_helper.to_array(tensor, str(weights_dir or ""))
+    inputs = [i for i in model.graph.input if i.name not in constants]
+    first = inputs[0].type.tensor_type.shape.dim if inputs else []
+    declared = first[0].dim_value if len(first) and first[0].HasField("dim_value") else None
     model = _with_static_batch(model, source, batch)
     nodes = list(model.graph.node)
     graph = Graph(source, nodes, constants, {}, model.graph.input[0].name,
                   [o.name for o in model.graph.output],
                   opset=next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
-                             13))
+                             13), declared_batch=declared)
     for node in [n for n in nodes if n.op_type == "Constant"]:
         graph.constants[node.output[0]] = numpy_helper.to_array(attr(node, "value"))
         nodes.remove(node)

@@ -8,7 +8,9 @@ every feature map is NHWC; the only TRANSPOSE ever written is the optional one f
 
 from __future__ import annotations
 
+import base64
 import json
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,13 +19,14 @@ import onnx
 from edgecnn.converters import qdq
 from edgecnn.converters.islands import lower_float_island, needs_float
 from edgecnn.converters.lowering import (
+    BatchAxisMoved,
     LoweringContext,
     Value,
     default_perm,
     reshape,
     to_tflite_shape,
 )
-from edgecnn.converters.onnx_graph import load_graph, unsupported
+from edgecnn.converters.onnx_graph import Graph, load_graph, unsupported
 from edgecnn.converters.ops import LOWERINGS
 from edgecnn.converters.tflite_builder import QuantParams, TFLiteBuilder
 from edgecnn.converters.tflite_schema import min_runtime_for
@@ -78,7 +81,36 @@ def convert_onnx_to_tflite(model: onnx.ModelProto, source: str,
     io_dtype = config.io_dtype or ("int8" if graph.quantized and not float_io else "float32")
     if not graph.quantized and io_dtype != "float32":
         raise ConversionError(f"{source}: --io-dtype {io_dtype} needs an int8 model; add --int8")
+    try:
+        ctx, input_quant, output_quant = _lower(graph, source, config, io_dtype, fixed_batch=False)
+    except BatchAxisMoved as exc:
+        if graph.declared_batch != 1:  # a free batch: a fixed-batch file would mean another model
+            raise ConversionError(f"{exc}; export the model with a fixed batch of 1 (torch.export "
+                                  "with a batch-1 example) to convert it for that batch") from None
+        # a batch-1 export: written for batch 1, where no axis is special (ViT's attention)
+        ctx, input_quant, output_quant = _lower(graph, source, config, io_dtype, fixed_batch=True)
+    builder = ctx.builder
+    card = next((p.value for p in model.metadata_props if p.key == "edgecnn.card"), None)
+    if card:
+        builder.metadata["edgecnn_card"] = card.encode()
+    if graph.quantized:  # validate finds this file's QDQ reference by the fingerprint
+        builder.metadata["edgecnn_qdq_fingerprint"] = qdq.fingerprint(model, str(weights_dir or "")).encode()
+        builder.metadata["edgecnn_input_quantization"] = json.dumps(
+            {"dtype": io_dtype, "scale": input_quant.scale[0] if input_quant else None,
+             "zero_point": input_quant.zero_point[0] if input_quant else None}).encode()
+        builder.metadata["edgecnn_layouts"] = _stored_layouts(ctx)
+    graph.constants.clear()  # the weights the lowering read: the builder holds what it wrote
+    graph.constants.lazy.clear()
+    data = builder.serialize(release=True)
+    return TFLiteModel(data, builder.used_ops(), min_runtime_for(builder.used_ops()),
+                       graph.quantized, input_quant, output_quant)
+
+
+def _lower(graph: Graph, source: str, config: TFLiteConfig, io_dtype: str, *,
+           fixed_batch: bool) -> tuple[LoweringContext, QuantParams | None, QuantParams | None]:
+    """Write every node of ``graph`` into a new builder: the lowering pass itself."""
     builder = TFLiteBuilder(f"edgecnn: {source}")
+    builder.fixed_batch = fixed_batch
     ctx = LoweringContext(graph, builder)
     input_quant = _add_input(ctx, io_dtype, config.nchw_input)
     for node in graph.nodes:
@@ -89,20 +121,26 @@ def convert_onnx_to_tflite(model: onnx.ModelProto, source: str,
             lower_float_island(ctx, node, lowering)
         else:
             lowering(ctx, node)
-    output_quant = _add_outputs(ctx, io_dtype)
-    card = next((p.value for p in model.metadata_props if p.key == "edgecnn.card"), None)
-    if card:
-        builder.metadata["edgecnn_card"] = card.encode()
-    if graph.quantized:  # validate finds this file's QDQ reference by the fingerprint
-        builder.metadata["edgecnn_qdq_fingerprint"] = qdq.fingerprint(model, str(weights_dir or "")).encode()
-        builder.metadata["edgecnn_input_quantization"] = json.dumps(
-            {"dtype": io_dtype, "scale": input_quant.scale[0] if input_quant else None,
-             "zero_point": input_quant.zero_point[0] if input_quant else None}).encode()
-    graph.constants.clear()  # the weights the lowering read: the builder holds what it wrote
-    graph.constants.lazy.clear()
-    data = builder.serialize(release=True)
-    return TFLiteModel(data, builder.used_ops(), min_runtime_for(builder.used_ops()),
-                       graph.quantized, input_quant, output_quant)
+    return ctx, input_quant, _add_outputs(ctx, io_dtype)
+
+
+def _stored_layouts(ctx: LoweringContext) -> bytes:
+    """How each activation whose TFLite tensor keeps its ONNX name is stored, where that is not
+    the default (NHWC at rank 4, the ONNX order otherwise): the layer check
+    (:mod:`edgecnn.int8_layers`) reads it to compare and feed integers in the same order. A
+    flattened value's column order is zlib-compressed (it is a few regular runs)."""
+    layouts: dict[str, dict[str, object]] = {}
+    for name, value in ctx.values.items():
+        if value.tensor >= len(ctx.builder.tensors) or ctx.builder.tensors[value.tensor].name != name:
+            continue
+        if value.perm == default_perm(len(value.perm)) and value.column_order is None:
+            continue
+        entry: dict[str, object] = {"perm": list(value.perm)}
+        if value.column_order is not None:
+            packed = zlib.compress(np.asarray(value.column_order, "<u4").tobytes(), 9)
+            entry["columns"] = base64.b64encode(packed).decode()
+        layouts[name] = entry
+    return json.dumps(layouts, separators=(",", ":")).encode()
 
 
 def _io_params(params: QuantParams, dtype: str) -> QuantParams:

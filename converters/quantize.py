@@ -27,6 +27,11 @@ from edgecnn.memory import release_memory
 from edgecnn.quiet import quiet
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+# Outputs whose TFLite int8 kernel fixes scale and zero point (the TFLite 8-bit spec). The QDQ
+# graph gets them too, so the TFLite file computes these ops in one rounding, exactly as the
+# reference does, instead of rounding to the kernel's parameters and again to calibrated ones.
+FIXED_OUTPUT_PARAMS: dict[str, tuple[float, int]] = {
+    "Sigmoid": (1.0 / 256.0, -128), "Softmax": (1.0 / 256.0, -128), "Tanh": (1.0 / 128.0, 0)}
 EXTERNAL_DATA_BYTES = 64 << 20
 CALIBRATION_BATCH_ELEMENTS = 1 << 19  # MNIST: batches of 100; 224x224x3: batches of 3
 
@@ -101,6 +106,7 @@ def quantize_onnx(model: onnx.ModelProto | Path, card: ModelCard, calibration: D
             model = onnx.load(src, load_external_data=False)
             del model.graph.initializer[:]  # only the graph and metadata are needed from here
         else:
+            _name_unnamed_nodes(model)  # onnxruntime excludes nodes by name
             onnx.save(model, src)
         big = src.stat().st_size + sum(p.stat().st_size for p in src.parent.glob(
             src.name + ".data")) > EXTERNAL_DATA_BYTES  # stream weights through files
@@ -124,10 +130,12 @@ def quantize_onnx(model: onnx.ModelProto | Path, card: ModelCard, calibration: D
                     str(src), str(dst), None if cache else reader, quant_format=QuantFormat.QDQ,
                     per_channel=config.per_channel, activation_type=QuantType.QInt8,
                     weight_type=QuantType.QInt8, calibrate_method=method,
-                    use_external_data_format=big, nodes_to_exclude=list(config.float_nodes),
+                    use_external_data_format=big, nodes_to_exclude=[*config.float_nodes, *_gelu_chains(model)],
                     **({"calibration_cache_path": str(cache)} if cache else {}),
                     extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
-                                   "CalibMovingAverage": False},
+                                   "CalibMovingAverage": False,
+                                   "TensorQuantOverrides": _fixed_output_overrides(
+                                       model, config.float_nodes)},
                 )
         except _onnxruntime_errors() as exc:
             detail = " ".join(str(exc).split())[:300]
@@ -144,6 +152,61 @@ def quantize_onnx(model: onnx.ModelProto | Path, card: ModelCard, calibration: D
         quantized.metadata_props.add(key=key, value=value)
     done, left = _op_coverage(quantized)
     return QuantReport(quantized, done, left, len(calibration))
+
+
+def _name_unnamed_nodes(model: onnx.ModelProto) -> None:
+    taken = {n.name for n in model.graph.node}
+    for index, node in enumerate(model.graph.node):
+        if not node.name:
+            name, copy = f"{node.op_type}_{index}", 0
+            while name in taken:
+                copy += 1
+                name = f"{node.op_type}_{index}_{copy}"
+            node.name = name
+            taken.add(name)
+
+
+def _gelu_chains(model: onnx.ModelProto) -> list[str]:
+    """The nodes of each exact GELU, x * 0.5 * (1 + erf(x / sqrt(2))), as exporters decompose it.
+
+    TFLite computes GELU as one op (converters/fusions.py), rounding once; quantised node by
+    node, the QDQ graph would round four intermediate values too, and the two would part by a
+    step on a few percent of values. Left float, the chain rounds once in both."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def only_user(node: onnx.NodeProto, op: str) -> onnx.NodeProto | None:
+        users = consumers.get(node.output[0], [])
+        return users[0] if len(users) == 1 and users[0].op_type == op else None
+
+    names = []
+    for erf in (n for n in model.graph.node if n.op_type == "Erf"):
+        scaled = producer.get(erf.input[0])
+        add = only_user(erf, "Add")
+        first = only_user(add, "Mul") if add is not None else None
+        second = only_user(first, "Mul") if first is not None else None
+        chain = [scaled, erf, add, first, second]
+        if scaled is None or scaled.op_type not in ("Div", "Mul") or not all(
+                node is not None and node.name for node in chain):
+            continue
+        names += [node.name for node in chain if node is not None]
+    return names
+
+
+def _fixed_output_overrides(model: onnx.ModelProto,
+                             float_nodes: tuple[str, ...]) -> dict[str, list[dict[str, object]]]:
+    """onnxruntime's per-tensor overrides that give each op of :data:`FIXED_OUTPUT_PARAMS` the
+    output parameters its TFLite int8 kernel demands."""
+    overrides = {}
+    for node in model.graph.node:
+        if node.op_type in FIXED_OUTPUT_PARAMS and node.name not in float_nodes:
+            scale, zero_point = FIXED_OUTPUT_PARAMS[node.op_type]
+            overrides[node.output[0]] = [{"scale": np.array(scale, np.float32),
+                                          "zero_point": np.array(zero_point, np.int8)}]
+    return overrides
 
 
 def _refuse_unquantisable_input(model: onnx.ModelProto, images: int) -> None:

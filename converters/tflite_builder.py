@@ -52,6 +52,8 @@ class TFLiteBuilder:
         self.inputs: list[int] = []
         self.outputs: list[int] = []
         self.metadata: dict[str, bytes] = {}
+        # a graph that moves its batch axis (ViT's attention) is written for its own batch only
+        self.fixed_batch = False
 
     # -- tensors -------------------------------------------------------------------------
     def add_tensor(self, name: str, shape: tuple[int, ...], dtype: np.dtype | type,
@@ -60,7 +62,7 @@ class TFLiteBuilder:
         tensor = self.fb.TensorT()
         tensor.name = name
         tensor.shape = [int(d) for d in shape]
-        if dynamic_batch and shape:
+        if dynamic_batch and shape and not self.fixed_batch:
             tensor.shapeSignature = [-1, *tensor.shape[1:]]
         tensor.type = getattr(self.fb.TensorType, TENSOR_TYPES[np.dtype(dtype)])
         tensor.buffer = 0

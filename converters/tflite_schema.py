@@ -72,7 +72,7 @@ MIN_RUNTIME = {
     ("RSQRT", 1): "1.10.0",
     ("SHAPE", 1): "1.13.1",
     ("SQUARED_DIFFERENCE", 1): "1.13.1",
-    ("BATCH_MATMUL", 1): "2.3.0",
+    ("BATCH_MATMUL", 1): "2.3.0", ("BATCH_MATMUL", 2): "2.3.0",
     ("GELU", 1): "2.9.0", ("GELU", 2): "2.9.0",
 }
 

@@ -404,7 +404,12 @@ def self_check_tflite(data: bytes | Path, onnx_model: Any, card: ModelCard, outp
 def _check_layers(onnx_path: Path, tfl_path: Path, x: np.ndarray, runtime: str) -> str:
     """Tell tie noise from a wrong lowering (see :mod:`edgecnn.int8_layers`): every layer whose
     inputs match the QDQ reference exactly must match it within one step."""
-    from edgecnn.int8_layers import TIE_STEPS, compare_layers, first_unexplained
+    from edgecnn.int8_layers import (
+        TIE_STEPS,
+        compare_layers,
+        first_unexplained,
+        pinned_identical_share,
+    )
 
     module = {"litert": "ai_edge_litert.interpreter",
               "tflite-runtime": "tflite_runtime.interpreter"}[runtime]
@@ -414,9 +419,14 @@ def _check_layers(onnx_path: Path, tfl_path: Path, x: np.ndarray, runtime: str) 
         raise ConversionError(f"int8 TFLite layer {culprit.tensor!r} differs from the QDQ "
                               f"reference by {culprit.max_steps} steps although its inputs are "
                               "identical; please report this model")
-    exact = sum(d.inputs_identical for d in diffs)
-    return (f"{exact} of {len(diffs)} layers had identical inputs; all within {TIE_STEPS} step "
-            "(output differences are rounding ties carried through depth)")
+    share = pinned_identical_share(diffs)
+    if share is None:
+        exact = sum(d.inputs_identical for d in diffs)
+        return (f"{exact} of {len(diffs)} layers had identical inputs; all within {TIE_STEPS} "
+                "step (output differences are rounding ties carried through depth)")
+    return (f"{len(diffs)} layers, each fed TFLite's own inputs: {100 * share:.3f} % identical, "
+            f"all within {TIE_STEPS} step (output differences are rounding ties carried "
+            "through depth)")
 
 
 def validate(models: list[str | Path], data: str | Path | Dataset, *,

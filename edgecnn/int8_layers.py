@@ -10,16 +10,28 @@ tie noise from a wrong lowering.
 The layer check can: a layer whose inputs are identical integers on both sides must produce
 outputs within one step of the reference (one tie), whatever its depth. A wrong scale, layout or
 zero point breaks that at the first layer it touches, and that layer is named.
+
+Two readings make every layer such a layer:
+
+* *end to end*: the reference runs on the image alone, as a user would compare outputs;
+* *pinned*: every quantised activation of the reference graph is fed the integers LiteRT
+  computed for it, so each layer of the reference starts from exactly the inputs its TFLite
+  counterpart had. The pinned reading judges each layer on its own, at any depth, and is the
+  share of identical integers the lowering itself is responsible for.
 """
 
 from __future__ import annotations
 
+import base64
 import importlib
+import json
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 
 from edgecnn.converters.qdq import reference_inference_session
 
@@ -32,6 +44,10 @@ class LayerDiff:
     max_steps: int
     differing: float  # share of values not identical
     inputs_identical: bool  # every int8 input of the producing op matched exactly
+    pinned_max_steps: int | None = None  # fed TFLite's own input integers (None: not pinned)
+    pinned_differing: float | None = None
+    values: int = 0  # integers compared
+    pinned_off_tie: int | None = None  # pinned values that differ where no rounding tie was
 
 
 def _canonical_inputs(model: onnx.ModelProto) -> dict[str, list[str] | None]:
@@ -76,24 +92,10 @@ def _canonical_inputs(model: onnx.ModelProto) -> dict[str, list[str] | None]:
     return result
 
 
-def compare_layers(qdq_path: Path, tflite_path: Path, x: np.ndarray,
-                   interpreter_module: str = "ai_edge_litert.interpreter") -> list[LayerDiff]:
-    """Every quantised activation of the TFLite file against the QDQ reference, in order."""
-    model = onnx.load(str(qdq_path))
-    weights = {t.name for t in model.graph.initializer}
-    quantize = [n for n in model.graph.node
-                if n.op_type == "QuantizeLinear" and n.input[0] not in weights]
-    zero_types = {t.name: t.data_type for t in model.graph.initializer}
-    encoding = {n.output[0]: zero_types.get(n.input[2], onnx.TensorProto.UINT8)
-                for n in quantize}  # int8, or the uint8 (+128) encoding of converters/qdq.py
-    inputs = _canonical_inputs(model)
-    known = {o.name for o in model.graph.output}
-    model.graph.output.extend(onnx.helper.make_tensor_value_info(name, kind, None)
-                              for name, kind in encoding.items() if name not in known)
-    session = reference_inference_session(model)
-    del model
-    reference = dict(zip([o.name for o in session.get_outputs()],
-                         session.run(None, {session.get_inputs()[0].name: x}), strict=True))
+def _tflite_activations(tflite_path: Path, x: np.ndarray,
+                        interpreter_module: str) -> tuple[dict[str, np.ndarray], str]:
+    """Every int8 tensor LiteRT (or tflite-runtime) computes for ``x`` (NCHW), by name, and the
+    name its quantised input carries."""
     interpreter = importlib.import_module(interpreter_module).Interpreter(
         model_path=str(tflite_path), experimental_preserve_all_tensors=True)
     detail = interpreter.get_input_details()[0]
@@ -105,32 +107,222 @@ def compare_layers(qdq_path: Path, tflite_path: Path, x: np.ndarray,
         data = np.clip(np.round(data / scale) + zero, -128, 127).astype(detail["dtype"])
     interpreter.set_tensor(detail["index"], data)
     interpreter.invoke()
-    tensors = {t["name"]: t["index"] for t in interpreter.get_tensor_details()}
-    steps: dict[str, np.ndarray] = {}
-    diffs = []
+    found = {}
+    for tensor in interpreter.get_tensor_details():
+        if tensor["dtype"] != np.int8:
+            continue
+        try:
+            found[tensor["name"]] = interpreter.get_tensor(tensor["index"])
+        except ValueError:  # a tensor no op wrote (the interpreter kept no buffer for it)
+            continue
+    return found, detail["name"]
+
+
+def _stored_layouts(tflite_path: Path) -> dict[str, dict]:
+    """The converter's record of activations stored in a non-default order (empty for files
+    written by other tools, whose rank-4 tensors are taken as NHWC)."""
+    from edgecnn.inspection import tflite_metadata
+
+    recorded = tflite_metadata(Path(tflite_path), "edgecnn_layouts")
+    return json.loads(recorded) if recorded else {}
+
+
+def _onnx_order(stored: np.ndarray, layout: dict | None) -> np.ndarray:
+    """A TFLite tensor back in the ONNX value's axis (and, for a flatten, column) order."""
+    if layout is None:
+        return stored.transpose(0, 3, 1, 2) if stored.ndim == 4 else stored
+    value = stored.transpose(np.argsort(layout["perm"])) if stored.ndim == len(
+        layout["perm"]) else stored
+    if "columns" in layout:
+        order = np.frombuffer(zlib.decompress(base64.b64decode(layout["columns"])), "<u4")
+        if value.ndim != 2 or value.shape[1] != order.size:
+            return value
+        restored = np.empty_like(value)
+        restored[:, order] = value
+        value = restored
+    return value
+
+
+def _pinned_reference(model: onnx.ModelProto, x: np.ndarray, pins: dict[str, np.ndarray]
+                      ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Run the QDQ graph with each QuantizeLinear output in ``pins`` replaced by the given
+    integers (already in the reference's encoding and layout); return what each of those
+    QuantizeLinear nodes computed itself, with the real value it rounded (in steps)."""
+    outputs = {o.name for o in model.graph.output}
+    constants = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    fed: dict[str, tuple[str, str]] = {}
+    quantizers = {}
+    for node in model.graph.node:
+        name = node.output[0] if node.op_type == "QuantizeLinear" else None
+        if name in pins and name not in outputs and node.input[1] in constants:
+            quantizers[name] = node
+            node.output[0] = name + "/reference"
+            fed[name] = (node.output[0], node.input[0])
+    del model.graph.output[:]
+    for name, (ours, real) in fed.items():
+        kind = onnx.TensorProto.UINT8 if pins[name].dtype == np.uint8 else onnx.TensorProto.INT8
+        model.graph.output.extend([onnx.helper.make_tensor_value_info(ours, kind, None),
+                                   onnx.helper.make_tensor_value_info(
+                                       real, onnx.TensorProto.FLOAT, None)])
+        model.graph.input.append(onnx.helper.make_tensor_value_info(name, kind,
+                                                                    pins[name].shape))
+    session = reference_inference_session(model)
+    feeds = {session.get_inputs()[0].name: x, **{name: pins[name] for name in fed}}
+    names = [n for pair in fed.values() for n in pair]
+    values = dict(zip(names, session.run(names, feeds), strict=True))
+    result = {}
+    for name, (ours, real) in fed.items():
+        node = quantizers[name]
+        scale = constants[node.input[1]].astype(np.float64)
+        zero = constants[node.input[2]].astype(np.float64) if len(node.input) > 2 else 0.0
+        if scale.ndim == 1 and values[real].ndim > 1:  # per-axis: along the node's axis
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+            shape = [1] * values[real].ndim
+            shape[axis] = -1
+            scale, zero = scale.reshape(shape), np.reshape(zero, shape) if np.ndim(zero) else zero
+        result[name] = (values[ours], values[real] / scale + zero)
+    return result
+
+
+TIE_TOLERANCE = 1e-4  # steps: a real value this close to a half is a tie float error decides
+
+
+def compare_layers(qdq_path: Path, tflite_path: Path, x: np.ndarray,
+                   interpreter_module: str = "ai_edge_litert.interpreter",
+                   pinned: bool = True) -> list[LayerDiff]:
+    """Every quantised activation of the TFLite file against the QDQ reference, in order, end
+    to end and (``pinned``) with each reference layer fed TFLite's own input integers. A model
+    exported for a fixed batch is compared batch by batch."""
+    header = onnx.load(str(qdq_path), load_external_data=False)
+    dims = header.graph.input[0].type.tensor_type.shape.dim
+    fixed = dims[0].dim_value if len(dims) and dims[0].HasField("dim_value") else 0
+    del header
+    if not fixed or fixed == len(x):
+        return _compare_batch(qdq_path, tflite_path, x, interpreter_module, pinned)
+    if len(x) < fixed:
+        raise ValueError(f"{qdq_path} takes a fixed batch of {fixed}; got {len(x)} images")
+    chunks = [_compare_batch(qdq_path, tflite_path, x[i:i + fixed], interpreter_module, pinned)
+              for i in range(0, len(x) - fixed + 1, fixed)]
+    return [_merged(parts) for parts in zip(*chunks, strict=True)]
+
+
+def _merged(parts: tuple[LayerDiff, ...]) -> LayerDiff:
+    """One layer's readings over several batches."""
+    total = sum(p.values for p in parts)
+
+    def mean(values: list[float | None]) -> float | None:
+        known = [v for v in values if v is not None]
+        if len(known) != len(values):
+            return None
+        return float(sum(v * p.values for v, p in zip(known, parts, strict=True))) / max(total, 1)
+
+    pinned_steps = [p.pinned_max_steps for p in parts]
+    off_ties = [p.pinned_off_tie for p in parts]
+    return LayerDiff(
+        parts[0].tensor, max(p.max_steps for p in parts),
+        mean([p.differing for p in parts]) or 0.0, all(p.inputs_identical for p in parts),
+        None if None in pinned_steps else max(s for s in pinned_steps if s is not None),
+        mean([p.pinned_differing for p in parts]), total,
+        None if None in off_ties else sum(o for o in off_ties if o is not None))
+
+
+def _compare_batch(qdq_path: Path, tflite_path: Path, x: np.ndarray, interpreter_module: str,
+                   pinned: bool) -> list[LayerDiff]:
+    model = onnx.load(str(qdq_path))
+    weights = {t.name for t in model.graph.initializer}
+    quantize = [n for n in model.graph.node
+                if n.op_type == "QuantizeLinear" and n.input[0] not in weights]
+    zero_types = {t.name: t.data_type for t in model.graph.initializer}
+    encoding = {n.output[0]: zero_types.get(n.input[2], onnx.TensorProto.UINT8)
+                for n in quantize}  # int8, or the uint8 (+128) encoding of converters/qdq.py
+    inputs = _canonical_inputs(model)
+    pristine = onnx.ModelProto()
+    if pinned:
+        pristine.CopyFrom(model)
+    known = {o.name for o in model.graph.output}
+    model.graph.output.extend(onnx.helper.make_tensor_value_info(name, kind, None)
+                              for name, kind in encoding.items() if name not in known)
+    session = reference_inference_session(model)
+    del model
+    reference = dict(zip([o.name for o in session.get_outputs()],
+                         session.run(None, {session.get_inputs()[0].name: x}), strict=True))
+    del session
+    tensors, _ = _tflite_activations(tflite_path, x, interpreter_module)
+
+    layouts = _stored_layouts(tflite_path)
+
+    def as_reference(ours: np.ndarray, node: onnx.NodeProto) -> np.ndarray:
+        """TFLite's integers for ``node``'s input in the reference's encoding and ONNX layout."""
+        value = _onnx_order(ours, layouts.get(node.input[0]))
+        if encoding[node.output[0]] == onnx.TensorProto.UINT8:
+            return (value.astype(np.int16) + 128).astype(np.uint8)
+        return value
+
+    matched: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # Q output -> (ours, theirs), NCHW
     for node in quantize:
         name = node.input[0]
         # a float graph input is quantised by the file's first op, into "<name>/int8"
-        index = next((tensors[n] for n in (name, name + "/int8") if n in tensors
-                      and interpreter.get_tensor(tensors[n]).dtype == np.int8), None)
-        if index is None:
+        ours = next((tensors[n] for n in (name, name + "/int8") if n in tensors), None)
+        theirs = reference[node.output[0]]
+        if ours is None or _onnx_order(ours, layouts.get(name)).shape != theirs.shape:
             continue
-        ours = interpreter.get_tensor(index)
-        theirs = reference[node.output[0]].astype(np.int32)
-        if encoding[node.output[0]] == onnx.TensorProto.UINT8:
-            theirs -= 128  # the same quantisation, stored +128
-        if theirs.ndim == 4:
-            theirs = theirs.transpose(0, 2, 3, 1)
-        if ours.shape != theirs.shape:
+        matched[node.output[0]] = (as_reference(ours, node), theirs)
+    del reference, tensors
+    pinned_values = (_pinned_reference(pristine, x, {k: v[0] for k, v in matched.items()})
+                     if pinned and matched else {})
+    steps: dict[str, np.ndarray] = {}
+    diffs = []
+    for node in quantize:
+        if node.output[0] not in matched:
             continue
-        step = np.abs(ours.astype(np.int32) - theirs)
+        name = node.input[0]
+        ours, theirs = (v.astype(np.int32) for v in matched[node.output[0]])
+        step = np.abs(ours - theirs)
         steps[name] = step
         sources = inputs.get(name)
         exact = sources is not None and all(s in steps and not steps[s].any() for s in sources)
-        diffs.append(LayerDiff(name, int(step.max()), float((step > 0).mean()), exact))
+        pinned_reading = pinned_values.get(node.output[0])
+        pinned_step, off_tie = (None, None) if pinned_reading is None else _pinned_steps(
+            ours, *pinned_reading, _lowest(encoding[node.output[0]]))
+        diffs.append(LayerDiff(
+            name, int(step.max()), float((step > 0).mean()), exact,
+            None if pinned_step is None else int(pinned_step.max()),
+            None if pinned_step is None else float((pinned_step > 0).mean()), int(step.size),
+            off_tie))
     return diffs
 
 
+def _pinned_steps(ours: np.ndarray, theirs: np.ndarray, real: np.ndarray,
+                  lowest: int) -> tuple[np.ndarray, int]:
+    """Steps between TFLite's integers and the pinned reference's, and how many of the values
+    that differ were not on a rounding tie (nor clipped at the ends of the int8 range)."""
+    theirs = theirs.astype(np.int32)
+    step = np.abs(ours - theirs)
+    near_half = np.abs(np.abs(real - np.floor(real)) - 0.5) <= TIE_TOLERANCE
+    clipped = (np.minimum(ours, theirs) <= lowest) | (np.maximum(ours, theirs) >= lowest + 255)
+    return step, int(((step > 0) & ~near_half & ~clipped).sum())
+
+
+def _lowest(encoding: int) -> int:
+    return 0 if encoding == onnx.TensorProto.UINT8 else -128
+
+
+def pinned_identical_share(diffs: list[LayerDiff]) -> float | None:
+    """The share of identical integers over every pinned layer (each fed TFLite's own inputs),
+    weighted by size; None when no layer could be pinned."""
+    pinned = [d for d in diffs if d.pinned_differing is not None]
+    total = sum(d.values for d in pinned)
+    if not total:
+        return None
+    return 1.0 - sum(d.values * (d.pinned_differing or 0.0) for d in pinned) / total
+
+
 def first_unexplained(diffs: list[LayerDiff]) -> LayerDiff | None:
-    """The first layer that differs by more than a tie although its inputs were identical."""
-    return next((d for d in diffs if d.inputs_identical and d.max_steps > TIE_STEPS), None)
+    """The first layer that differs by more than a tie although its inputs were identical:
+    pinned (fed TFLite's own inputs) where it could be, end to end otherwise."""
+    for d in diffs:
+        if d.pinned_max_steps is not None and d.pinned_max_steps > TIE_STEPS:
+            return d
+        if d.pinned_max_steps is None and d.inputs_identical and d.max_steps > TIE_STEPS:
+            return d
+    return None

@@ -10,7 +10,8 @@ For each model (random weights, seed 0, batch-1 ``torch.export``):
   integers, the largest difference in steps, top-1 agreement, and the same share for the stem
   (the first quantised activation, where no earlier rounding tie has propagated);
 * TRANSPOSE ops, wall time and peak RSS of each conversion (its own process), file size;
-* peers (``--peer-python``, see scripts/setup_peers.sh): onnx2tf on the same fp32 ONNX file.
+* peers (see scripts/setup_peers.sh): onnx2tf (``--peer-python``) on the same fp32 ONNX file,
+  litert-torch (``--litert-torch-python``) on the same torchvision module.
 
 Every conversion runs in a child process, so one model's memory never counts towards the
 next. Results go to docs/coverage.json and docs/coverage.md with the machine they ran on::
@@ -71,6 +72,9 @@ class Row:
     int8_stem_identical_pct: float | None = None
     int8_layers_exact_inputs: int | None = None  # layers whose inputs matched exactly
     int8_layers: int | None = None
+    int8_layerwise_identical_pct: float | None = None  # each layer fed TFLite's own inputs
+    int8_layerwise_max_steps: int | None = None
+    int8_layerwise_off_tie: int | None = None  # of those, differing where no tie was
     int8_transposes: int | None = None
     int8_size_mb: float | None = None
     peers: dict[str, Any] = field(default_factory=dict)
@@ -137,7 +141,7 @@ if tflite is not None:
                               for g, w in zip(got, want))
     out["fp32_transposes"] = transposes(tflite)
 if tflite_int8 is not None:
-    from edgecnn.int8_layers import compare_layers
+    from edgecnn.int8_layers import compare_layers, pinned_identical_share
     from edgecnn.runtimes import reference_session
     images = np.load(calib)["x"][:8].astype(np.float32).transpose(0, 3, 1, 2) / 255.0
     want = predict_all(reference_session(qdq), images)[0]
@@ -154,6 +158,11 @@ if tflite_int8 is not None:
         out["int8_stem_identical_pct"] = 100 * (1 - layers[1].differing)
         out["int8_layers_exact_inputs"] = sum(d.inputs_identical for d in layers)
         out["int8_layers"] = len(layers)
+        share = pinned_identical_share(layers)
+        out["int8_layerwise_identical_pct"] = None if share is None else 100 * share
+        out["int8_layerwise_max_steps"] = max((d.pinned_max_steps for d in layers
+                                               if d.pinned_max_steps is not None), default=None)
+        out["int8_layerwise_off_tie"] = sum(d.pinned_off_tie or 0 for d in layers)
     out["int8_transposes"] = transposes(tflite_int8)
 print(json.dumps(out))
 '''
@@ -177,19 +186,26 @@ def measure(row: Row, folder: Path, calib: Path) -> None:
         setattr(row, key, value)
 
 
-def peer_onnx2tf(row: Row, folder: Path, calib: Path, python: str) -> None:
-    onnx_file = folder / f"{row.model}.onnx"
-    if not onnx_file.exists():
-        row.peers["onnx2tf"] = {"fp32": {"ok": False, "error": "no fp32 ONNX from edgecnn"}}
-        return
-    out = folder / "onnx2tf"
+def peer(row: Row, folder: Path, calib: Path, tool: str, python: str) -> None:
+    """One peer on this model, in its own venv: onnx2tf on edgecnn's fp32 ONNX file (the same
+    graph), litert-torch on the same torchvision module; fp32 parity against PyTorch here."""
+    out = folder / tool
     out.mkdir(exist_ok=True)
-    done = subprocess.run([python, str(ROOT / "scripts" / "peer_onnx2tf.py"), "--onnx",
-                           str(onnx_file), "--out", str(out), "--int8", "--calib", str(calib)],
+    if tool == "onnx2tf":
+        onnx_file = folder / f"{row.model}.onnx"
+        if not onnx_file.exists():
+            row.peers[tool] = {"fp32": {"ok": False, "error": "no fp32 ONNX from edgecnn"}}
+            return
+        command = [python, str(ROOT / "scripts" / "peer_onnx2tf.py"), "--onnx", str(onnx_file)]
+    else:
+        side = torchvision_zoo.MODELS[row.model][0]
+        command = [python, str(ROOT / "scripts" / "peer_litert_torch.py"), "--model", row.model,
+                   "--size", str(side)]
+    done = subprocess.run([*command, "--out", str(out), "--int8", "--calib", str(calib)],
                           capture_output=True, text=True, timeout=2 * TIMEOUT_S)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if not lines:
-        row.peers["onnx2tf"] = {"fp32": {"ok": False, "error": done.stderr.strip()[-200:]}}
+        row.peers[tool] = {"fp32": {"ok": False, "error": done.stderr.strip()[-200:]}}
         return
     result = json.loads(lines[-1])
     fp32 = result.get("fp32") or {}
@@ -200,10 +216,10 @@ def peer_onnx2tf(row: Row, folder: Path, calib: Path, python: str) -> None:
             timeout=TIMEOUT_S)
         if check.returncode == 0:
             fp32["rel_err"] = json.loads(check.stdout.strip().splitlines()[-1])["fp32_rel_err"]
-    row.peers["onnx2tf"] = result
+    row.peers[tool] = result
 
 
-def cover(name: str, work: Path, peer_python: str | None, int8: bool) -> Row:
+def cover(name: str, work: Path, peers: dict[str, str], int8: bool) -> Row:
     side = torchvision_zoo.MODELS[name][0]
     folder = work / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -232,8 +248,8 @@ def cover(name: str, work: Path, peer_python: str | None, int8: bool) -> Row:
         if path.exists():
             setattr(row, attr, round(path.stat().st_size / 2**20, 2))
     measure(row, folder, calib)
-    if peer_python:
-        peer_onnx2tf(row, folder, calib, peer_python)
+    for tool, python in peers.items():
+        peer(row, folder, calib, tool, python)
     return row
 
 
@@ -269,14 +285,16 @@ def markdown(rows: list[Row], host: dict[str, Any]) -> str:
         f"Measured {host['date']} on {host['cpu']} ({host['cores']} cores, {host['cpu_class']}), "
         f"Python {host['python']}, torch {host['torch']}, onnxruntime {host['onnxruntime']}. "
         "Random weights (seed 0), batch-1 `torch.export` archives, nothing downloaded. "
-        "Command: `python scripts/coverage.py --peer-python .peers/onnx2tf/bin/python` "
+        "Command: `python scripts/coverage.py --peer-python .peers/onnx2tf/bin/python "
+        "--litert-torch-python .peers/litert-torch/bin/python` "
         "(peers: `bash scripts/setup_peers.sh`).", "",
         f"**fp32: {fp32_ok} of {len(rows)}** convert with max |Δ| ≤ 1e-4 of the largest "
         f"PyTorch output. **int8: {int8_ok} of {len(rows)}** convert (QDQ ONNX and full-integer "
         "TFLite from one quantisation).", "",
         "| model | input | params | fp32 | rel. err | TRANSPOSE | s | peak MB | MB | int8 | "
-        "stem identical % | identical % | max steps | top-1 % | s | peak MB | MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "layer-wise identical % | off-tie | output identical % | max steps | top-1 % | s | "
+        "peak MB | MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         f, q = r.fp32, r.int8
@@ -286,7 +304,8 @@ def markdown(rows: list[Row], host: dict[str, Any]) -> str:
             _fmt(r.fp32_rel_err), _fmt(r.fp32_transposes), _fmt(f.seconds if f else None, 1),
             _fmt(f.peak_rss_mb if f else None, 0), _fmt(r.fp32_size_mb, 1),
             ("yes" if q and q.ok else f"no: {q.error[:80]}" if q else "–"),
-            _fmt(r.int8_stem_identical_pct, 3), _fmt(r.int8_identical_pct, 1),
+            _fmt(r.int8_layerwise_identical_pct, 3), _fmt(r.int8_layerwise_off_tie),
+            _fmt(r.int8_identical_pct, 1),
             _fmt(r.int8_max_steps, 0), _fmt(r.int8_top1_pct, 0),
             _fmt(q.seconds if q else None, 1), _fmt(q.peak_rss_mb if q else None, 0),
             _fmt(r.int8_size_mb, 1)]).replace("\n", " ") + " |")
@@ -295,17 +314,20 @@ def markdown(rows: list[Row], host: dict[str, Any]) -> str:
         "random images, LiteRT). *TRANSPOSE* counts TRANSPOSE ops in the file (only channel "
         "shuffles need one). *s* and *peak MB* are the wall time and peak RSS of the conversion "
         "process (int8: both steps, QDQ ONNX then TFLite; the larger RSS). int8 is compared with "
-        "the QDQ reference (onnxruntime, optimisations off) on 8 calibration-like images: "
-        "*stem identical %* is the share of equal integers in the first quantised activation, "
-        "*identical %* and *max steps* are over the output, *top-1 %* is argmax agreement.", "",
-        "Why end-to-end identity falls with depth: LiteRT (XNNPACK) and the reference both "
-        "requantise a convolution in float32 but sum in different orders, so a value within "
-        "~1e-5 of a rounding tie can land one step apart (the stem: 0 to 0.001 % of values). "
-        "That step is an input to the next layer, where it moves other values across ties; "
-        "random-weight networks amplify it layer after layer, trained ones less. The layers that "
-        "decide the arithmetic (requantisation, pooling, concatenation, float islands) are exact: "
-        "tests/test_tflite.py checks every op against the reference, and "
-        "tests/test_real_models.py checks ResNet-18 layer by layer.",
+        "the QDQ reference (onnxruntime, optimisations off) on one calibration-like image, "
+        "layer by layer, and on 8 at the output. *layer-wise identical %* is the share of equal "
+        "integers over every quantised activation when each reference layer is fed the integers "
+        "LiteRT computed before it (`edgecnn.int8_layers`, pinned): what the lowering itself "
+        "decides. *off-tie* counts the values among them that differ although the reference's "
+        "real value was not on a rounding half (0 means: every difference is a tie that float "
+        "error decided). *output identical %* and *max steps* are over the model's output end "
+        "to end, *top-1 %* is argmax agreement.", "",
+        "Why end-to-end identity falls with depth while layer-wise identity stays near 100 %: "
+        "LiteRT (XNNPACK) sums a convolution exactly in int32 and the reference in float32, so "
+        "a value within float error of a rounding half can land one step apart. That step is "
+        "an input to the next layer, where it moves other values across halves; random-weight "
+        "networks amplify it layer after layer, trained ones less. Fed the same inputs, every "
+        "layer agrees on every value that is not on a half.",
         "", f"Timing note: load average {host['load_average']:.1f} on {host['cores']} cores when "
         "the table was written (other jobs ran beside it); compare times within this table only.",
     ]
@@ -335,6 +357,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
     parser.add_argument("--work", type=Path, help="keep the converted files here")
     parser.add_argument("--peer-python", help="python of the onnx2tf venv (scripts/setup_peers.sh)")
+    parser.add_argument("--litert-torch-python",
+                        help="python of the litert-torch venv (scripts/setup_peers.sh)")
     parser.add_argument("--no-int8", action="store_true")
     parser.add_argument("--merge", action="store_true",
                         help="replace only these models' rows in the existing coverage.json")
@@ -343,13 +367,20 @@ def main() -> int:
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="edgecnn-coverage-"))
     rows = _existing(args.out) if (args.merge or args.peers_only) else []
+    peers = {tool: python for tool, python in (("onnx2tf", args.peer_python),
+                                               ("litert-torch", args.litert_torch_python))
+             if python}
     for name in args.models:
         print(f"== {name}", flush=True)
         if args.peers_only:
             row = next(r for r in rows if r.model == name)
-            peer_onnx2tf(row, work / name, work / name / "calib.npz", args.peer_python)
+            for tool, python in peers.items():
+                peer(row, work / name, work / name / "calib.npz", tool, python)
         else:
-            row = cover(name, work, args.peer_python, not args.no_int8)
+            row = cover(name, work, peers, not args.no_int8)
+            earlier = next((r for r in rows if r.model == name), None)
+            if earlier is not None:  # peers not run this time keep their earlier results
+                row.peers = {**earlier.peers, **row.peers}
             rows = [r for r in rows if r.model != name] + [row]
         print("   " + json.dumps(asdict(row)), flush=True)
         if args.work is None:

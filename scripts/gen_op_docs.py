@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
-from edgecnn.converters.islands import FLOAT_OPS
+from edgecnn.converters.islands import CONDITIONAL_ISLANDS, FLOAT_OPS
 from edgecnn.converters.ops import LOWERINGS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,12 +19,15 @@ def main() -> None:
         module = inspect.getmodule(fn)
         source = fn.__doc__ or (module.__doc__ if module else "") or ""
         doc = " ".join(source.strip().split("\n\n")[0].split())
-        int8 = "float island" if name in FLOAT_OPS else "int8 kernel"
+        int8 = CONDITIONAL_ISLANDS.get(name) or (
+            "float island" if name in FLOAT_OPS else "int8 kernel")
         lines.append(f"| {name} | `{fn.__name__}` | `{module.__name__.split('.')[-1]}` | "
                      f"{int8} | {doc} |")
     lines += ["", "int8: *int8 kernel* ops run full-integer; *float island* ops run between "
               "DEQUANTIZE and QUANTIZE in an int8 model (the QDQ graph's own arithmetic; "
-              "`converters/islands.py`), as do tensors the QDQ graph leaves float.", "",
+              "`converters/islands.py`), as do tensors the QDQ graph leaves float. An op is an "
+              "int8 kernel only where TFLite's kernel rounds as the QDQ reference does, checked "
+              "layer by layer (each layer fed TFLite's own inputs) in tests/test_tflite.py.", "",
               "Also handled before lowering: BatchNormalization (folded into the Conv before "
               "it), Dropout and Identity (removed), ReduceMean over H and W (GlobalAveragePool), Constant "
               "and shape arithmetic (folded, by onnxslim for third-party files), the exact "

@@ -132,7 +132,12 @@ def test_softmax_of_a_matrix_over_its_last_axis():
              helper.make_node("Softmax", ["f"], ["y"], axis=1)]
     _check(_model(nodes, [], in_shape=(1, 6, 1, 1)))
     nodes[1] = helper.make_node("Softmax", ["f"], ["y"], axis=0)
-    _refused(_model(nodes, [], in_shape=(1, 6, 1, 1)), "would move the batch axis")
+    # over the batch: a model with a free batch is refused, a batch-1 export is written for
+    # batch 1 (no -1 in its shapes), where the batch is an axis like any other
+    _refused(_model(nodes, [], in_shape=("N", 6, 1, 1)), "would move the batch axis.*fixed batch")
+    data, _ = _tflite(_model(nodes, [], in_shape=(1, 6, 1, 1)))
+    assert _check(_model(nodes, [], in_shape=(1, 6, 1, 1)))
+    assert -1 not in Interpreter(model_content=data).get_input_details()[0]["shape_signature"]
 
 
 def test_hard_sigmoid_defaults_are_0_2_and_0_5():
@@ -612,12 +617,14 @@ def test_int8_fully_connected_after_a_flatten_and_as_matmul():
         bound = 1 + _head_steps(quantized)
         assert np.abs(_run_tflite(data, x) - want).max() <= bound * step + 1e-6
         assert ("FULLY_CONNECTED", 4) in ops and ("TRANSPOSE", 1) not in ops
-        assert ("ADD", 2) not in ops  # the MatMul's bias Add is folded in
+        # onnxruntime rounds the MatMul's product before its bias Add: folding the Add into
+        # the layer would round once where the reference rounds twice
+        assert (("ADD", 2) in ops) == (nodes is matmul)
 
 
 @pytest.mark.parametrize("op,attrs,kernel", [
     ("Sigmoid", {}, ("LOGISTIC", 2)), ("Softmax", {"axis": 1}, ("SOFTMAX", 2)),
-    ("LeakyRelu", {"alpha": 0.2}, ("LEAKY_RELU", 2)),
+    ("LeakyRelu", {"alpha": 0.2}, ("LEAKY_RELU", 1)),  # float island: see islands.py
     ("MaxPool", {"kernel_shape": [2, 2], "strides": [1, 1]}, ("MAX_POOL_2D", 2)),
     ("AveragePool", {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [0, 1, 1, 0],
                      "count_include_pad": 1}, ("AVERAGE_POOL_2D", 2)),
@@ -830,14 +837,14 @@ def test_slice_with_and_without_axes(inputs, values):
 
 
 @pytest.mark.parametrize("axes,steps,needle", [
-    ([0], [1], "Slice '' slices the batch axis; TFLite models keep the batch"),
+    ([0], [1], "Slice '' slices the batch axis; TFLite models keep the batch.*fixed batch"),
     ([2], [0], "Slice '' has step 0"),
 ])
 def test_slice_refusals(axes, steps, needle):
     inits = [_init("s", np.array([0], np.int64)), _init("e", np.array([1], np.int64)),
              _init("a", np.array(axes, np.int64)), _init("st", np.array(steps, np.int64))]
-    _refused(_model([helper.make_node("Slice", ["x", "s", "e", "a", "st"], ["y"])], inits),
-             f"m.onnx: {needle}")
+    _refused(_model([helper.make_node("Slice", ["x", "s", "e", "a", "st"], ["y"])], inits,
+                    in_shape=("N", 3, 5, 5)), f"m.onnx: {needle}")
 
 
 def test_float_ops_are_written_at_version_1():

@@ -21,7 +21,7 @@ from conftest import ROOT, unavailable
 from edgecnn.api import ConvertConfig, convert
 from edgecnn.cli import cli
 from edgecnn.inspection import inspect_model, tflite_metadata
-from edgecnn.int8_layers import compare_layers, first_unexplained
+from edgecnn.int8_layers import compare_layers, first_unexplained, pinned_identical_share
 from edgecnn.loading import load_torch_model
 from edgecnn.runtimes import OnnxSession, open_session, predict_all, reference_session
 
@@ -82,6 +82,42 @@ def test_torchvision_fp32_matches_pytorch_without_transposes(exports, tmp_path, 
     assert _transposes(tflite) == _shuffles(onnx_path)  # zero in every CNN but ShuffleNet
 
 
+def test_vision_transformer_converts_for_its_batch(tmp_path):
+    """torchvision's VisionTransformer (vit_b_16's class, two small layers): its attention moves
+    the batch axis of a batch-1 export, so the file is written for batch 1 (no -1 in its
+    shapes), with BATCH_MATMUL for the two activation products; fp32 and int8 both hold."""
+    zoo = torchvision_zoo.models()
+    torch.manual_seed(0)
+    module = zoo.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4,
+                                   hidden_dim=64, mlp_dim=128, num_classes=10).eval()
+    torch.nn.init.normal_(module.heads.head.weight, std=0.02)  # torchvision zero-inits it
+    pt2 = tmp_path / "vit.pt2"
+    torch.export.save(torch.export.export(module, (torch.randn(1, 3, 32, 32),)), pt2)
+    tflite = convert(pt2, tmp_path / "vit.tflite", ConvertConfig("tflite")).path
+    x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    with torch.inference_mode():
+        want = np.concatenate([module(torch.from_numpy(x[i:i + 1])).numpy() for i in range(3)])
+    for runtime in ("litert", "tflite-runtime"):
+        try:
+            session = open_session(tflite, runtime)
+        except Exception as exc:  # noqa: BLE001  (a runtime missing here is a skip, not a pass)
+            pytest.skip(f"{runtime}: {exc}")
+        got = predict_all(session, x)[0]  # fed image by image: the file takes batch 1
+        assert _relative_error([got], [want]) <= FP32_RTOL
+    assert session.fixed_batch == 1
+    ops = {op["op"] for op in inspect_model(tflite).ops}
+    assert "BATCH_MATMUL" in ops and "GELU" in ops
+    images = np.clip(np.random.default_rng(1).random((16, 32, 32, 3)) * 255, 0, 255)
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=images.astype(np.uint8), y=np.zeros(16, np.int64))
+    qdq = convert(pt2, tmp_path / "q.onnx", ConvertConfig("onnx", int8=True, calib=calib)).path
+    quantized = convert(qdq, tmp_path / "q.tflite", ConvertConfig("tflite", int8=True)).path
+    layers = compare_layers(qdq, quantized, images[:2].astype(np.float32).transpose(0, 3, 1, 2)
+                            / 255.0)
+    assert all(d.pinned_max_steps is not None and d.pinned_max_steps <= 1 for d in layers)
+    assert sum(d.pinned_off_tie or 0 for d in layers) <= 1e-3 * sum(d.values for d in layers)
+
+
 @pytest.fixture(scope="module")
 def calibration(tmp_path_factory):
     """Smooth random 96x96 RGB images (8x8 blocks): no real data ships for ImageNet models."""
@@ -114,6 +150,11 @@ def test_torchvision_int8_matches_its_qdq_reference(exports, calibration, tmp_pa
     assert first_unexplained(layers) is None
     # at least the stem and its input: the same QUANTIZE of the same floats feeds the stem
     assert sum(d.inputs_identical for d in layers) >= 2
+    # Fed the integers LiteRT computed before it, every layer of the reference agrees with
+    # LiteRT except where its real value sits within float error of a rounding half.
+    assert all(d.pinned_max_steps is not None and d.pinned_max_steps <= 1 for d in layers)
+    assert sum(d.pinned_off_tie or 0 for d in layers) <= 1e-5 * sum(d.values for d in layers)
+    assert pinned_identical_share(layers) >= 0.9999
 
 
 def test_wrong_calibration_size_is_refused_in_one_line(exports, cli_runner):

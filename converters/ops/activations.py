@@ -6,13 +6,15 @@ import numpy as np
 import onnx
 from edgecnn.converters.lowering import FUSED_RELU, FUSED_RELU6, FUSED_RELU_N1_TO_1, LoweringContext
 from edgecnn.converters.ops import lower
+from edgecnn.converters.quantize import FIXED_OUTPUT_PARAMS
 from edgecnn.converters.tflite_builder import QuantParams
 
 from edgecnn.errors import ConversionError
 
-LOGISTIC_INT8 = QuantParams.per_tensor(1.0 / 256.0, -128)  # TFLite int8 kernel constraints
-TANH_INT8 = QuantParams.per_tensor(1.0 / 128.0, 0)
-SOFTMAX_INT8 = QuantParams.per_tensor(1.0 / 256.0, -128)
+# the output parameters TFLite's int8 kernels demand, which the quantiser gives the QDQ graph
+LOGISTIC_INT8 = QuantParams.per_tensor(*FIXED_OUTPUT_PARAMS["Sigmoid"])
+TANH_INT8 = QuantParams.per_tensor(*FIXED_OUTPUT_PARAMS["Tanh"])
+SOFTMAX_INT8 = QuantParams.per_tensor(*FIXED_OUTPUT_PARAMS["Softmax"])
 
 
 def _unary(ctx: LoweringContext, node: onnx.NodeProto, op: str, *, int8_version: int = 2,

@@ -1,4 +1,5 @@
-"""Gemm and MatMul(+Add) with a constant weight -> FULLY_CONNECTED.
+"""Gemm and MatMul(+Add) with a constant weight -> FULLY_CONNECTED; MatMul of two activations
+(attention) -> BATCH_MATMUL.
 
 When the input is a flattened NHWC tensor, the weight columns are permuted into NHWC order here,
 which is what keeps TRANSPOSE ops out of the graph.
@@ -88,15 +89,52 @@ def lower_gemm(ctx: LoweringContext, node: onnx.NodeProto) -> None:
                      node, alpha)
 
 
+def _batch_matmul(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    """Activation x activation (attention's Q @ K^T and weights @ V) -> BATCH_MATMUL.
+
+    BATCH_MATMUL multiplies the last two stored axes and can read either operand transposed
+    (adj_x / adj_y), so an operand stored with its two matrix axes swapped costs nothing. The
+    batch axes keep the first operand's stored order; the second is moved to it if it differs."""
+    a_name, b_name = node.input[:2]
+    rank = len(ctx.shape(node.output[0]))
+    if ctx.is_const(a_name) or len(ctx.shape(a_name)) != rank or len(ctx.shape(b_name)) != rank \
+            or rank < 3:
+        raise ConversionError(f"{ctx.graph.source}: MatMul {node.name!r} of shapes "
+                              f"{list(ctx.shape(a_name))} and {list(ctx.shape(b_name))}: edgecnn "
+                              "converts x @ constant weights, or two activations of one rank >= 3")
+    rows, cols = rank - 2, rank - 1
+    batch = tuple(a for a in ctx.stored(a_name).perm if a < rows)
+
+    def operand(name: str) -> tuple[int, bool]:
+        stored = ctx.feature_map(node, name)
+        if stored.perm == (*batch, rows, cols):
+            return stored.tensor, False
+        if stored.perm == (*batch, cols, rows):
+            return stored.tensor, True
+        return ctx.in_layout(name, (*batch, rows, cols)).tensor, False
+
+    (a, adj_x), (b, adj_y) = operand(a_name), operand(b_name)
+    out = ctx.output_value(node.output[0], perm=(*batch, rows, cols))
+    ctx.add_op("BATCH_MATMUL", [a, b], [out.tensor], version=ctx.op_version(1, 2),
+               options=ctx.options("BatchMatMulOptions", adjX=adj_x, adjY=adj_y))
+
+
 @lower("MatMul")
 def lower_matmul(ctx: LoweringContext, node: onnx.NodeProto) -> None:
-    if not ctx.is_const(node.input[1]) or len(ctx.shape(node.input[1])) != 2:
+    if not ctx.is_const(node.input[1]):
+        _batch_matmul(ctx, node)
+        return
+    if len(ctx.shape(node.input[1])) != 2:
         raise ConversionError(f"{ctx.graph.source}: MatMul {node.name!r} needs a constant 2-D "
                               "weight as its second input")
     out_features = ctx.shape(node.input[1])[1]
     users = ctx.graph.consumers(node.output[0])
     bias_add = None
-    if (len(users) == 1 and users[0].op_type == "Add" and node.output[0] not in ctx.graph.output_names):
+    # the Add folds in as FULLY_CONNECTED's bias, unless an int8 graph rounds the product first
+    # (then one rounding instead of the reference's two would differ by a step on many values)
+    rounded_apart = ctx.int8 and node.output[0] in ctx.graph.act_quant
+    if (len(users) == 1 and users[0].op_type == "Add" and not rounded_apart
+            and node.output[0] not in ctx.graph.output_names):
         other = [i for i in users[0].input if i != node.output[0]]
         if other and ctx.is_const(other[0]) and np.size(ctx.graph.constants[other[0]]) == out_features:
             bias_add = users[0]

@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from edgecnn.converters.lowering import NCHW_TO_NHWC, LoweringContext
+from edgecnn.converters.lowering import NCHW_TO_NHWC, LoweringContext, default_perm
 from edgecnn.converters.ops import lower
 
 from edgecnn.errors import ConversionError
 
 
-def _constant_operand(ctx: LoweringContext, node: onnx.NodeProto, name: str, rank: int,
-                      order: np.ndarray | None) -> int:
+def _constant_operand(ctx: LoweringContext, node: onnx.NodeProto, name: str,
+                      perm: tuple[int, ...], order: np.ndarray | None) -> int:
     array = np.asarray(ctx.graph.constants[name], np.float32)
-    if rank == 4:  # broadcast rules are positional: align to NCHW first, then permute
-        array = array.reshape((1,) * (4 - array.ndim) + array.shape).transpose(NCHW_TO_NHWC)
+    rank = len(perm)
+    if perm != tuple(range(rank)):  # broadcasting is positional: align to ONNX order, permute
+        array = array.reshape((1,) * (rank - array.ndim) + array.shape).transpose(perm)
     if order is not None and array.ndim >= 1 and array.shape[-1] == order.size:
         array = array[..., order]
     if not ctx.int8:
@@ -35,25 +36,30 @@ def _binary(ctx: LoweringContext, node: onnx.NodeProto, op: str,
     if not activations:
         raise ConversionError(f"{ctx.graph.source}: {node.op_type} {node.name!r} has only "
                               "constant inputs and should have been folded")
-    first = ctx.value(activations[0])
-    order = first.column_order
+    # work in the first operand's stored layout when every operand can take it (no TRANSPOSE
+    # for a Linear's bias on a channels-last tensor); otherwise in the default layout
+    stored = ctx.stored(activations[0])
+    same_rank = all(len(ctx.shape(a)) == rank for a in activations)
+    perm = stored.perm if same_rank and stored.column_order is None else default_perm(rank)
+    order = stored.column_order
     inputs = []
     for name in node.input:
         if ctx.is_const(name):
-            inputs.append(_constant_operand(ctx, node, name, rank, order))
+            inputs.append(_constant_operand(ctx, node, name, perm, order))
         else:
-            value = ctx.value(name)
+            value = ctx.stored(name) if order is not None else (
+                ctx.in_layout(name, perm) if len(ctx.shape(name)) == rank else ctx.value(name))
             if (value.column_order is None) != (order is None) or (
                     order is not None and not np.array_equal(value.column_order, order)):
                 raise ConversionError(f"{ctx.graph.source}: {node.op_type} {node.name!r} mixes "
                                       "flattened and unflattened tensors")
             inputs.append(value.tensor)
     if options_name is None:  # MINIMUM, MAXIMUM: no fused activation
-        out = ctx.output_value(node.output[0], column_order=order)
+        out = ctx.output_value(node.output[0], column_order=order, perm=perm)
         ctx.add_op(op, inputs, [out.tensor], version=ctx.op_version(1, 2))
         return
     fused, out_name = ctx.fuse_activation(node)
-    out = ctx.output_value(out_name, column_order=order)
+    out = ctx.output_value(out_name, column_order=order, perm=perm)
     ctx.add_op(op, inputs, [out.tensor], version=ctx.op_version(1, 2),
                options=ctx.options(options_name, fusedActivationFunction=fused))
 

@@ -10,8 +10,10 @@ import numpy as np
 import onnx
 from edgecnn.converters.lowering import (
     NCHW_TO_NHWC,
+    BatchAxisMoved,
     LoweringContext,
     Value,
+    batch_free,
     default_perm,
     fill_constant,
     permuted,
@@ -30,6 +32,7 @@ def _dense_column_order(ctx: LoweringContext, node: onnx.NodeProto,
     column (None when they agree); False when the flatten must be computed for real."""
     in_shape, out_shape = ctx.shape(node.input[0]), ctx.shape(node.output[0])
     if (source.column_order is not None or len(out_shape) != 2 or len(in_shape) < 3
+            or source.perm[0] != 0
             or out_shape[0] != in_shape[0] or node.output[0] in ctx.graph.output_names):
         return False
     users = ctx.graph.consumers(node.output[0])
@@ -45,7 +48,7 @@ def _dense_column_order(ctx: LoweringContext, node: onnx.NodeProto,
 def _reshape(ctx: LoweringContext, node: onnx.NodeProto, x: int, out_shape: tuple[int, ...],
              perm: tuple[int, ...], order: np.ndarray | None = None) -> None:
     stored_shape = permuted(out_shape, perm)
-    new_shape = [-1, *stored_shape[1:]]  # the batch stays free
+    new_shape = batch_free(ctx, stored_shape)
     shape = ctx.int_const(node.output[0] + "/shape", new_shape)
     ctx.same_params_output(node, "RESHAPE", [x, shape], 1,
                            ctx.options("ReshapeOptions", newShape=new_shape), perm=perm)
@@ -128,14 +131,26 @@ def reshape_layouts(in_shape: tuple[int, ...], in_perm: tuple[int, ...],
     raise ValueError("no layout expresses it")
 
 
+def _fixed_batch_layouts(in_shape: tuple[int, ...], in_perm: tuple[int, ...],
+                         out_shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """:func:`reshape_layouts` for a file with a fixed batch, where axis 0 is an axis like any
+    other (ViT's attention reshapes (L, 1, 3, E) to (1, L, 1, 3, E)): solved with a unit axis
+    put in front of both shapes as the batch, then taken off again."""
+    lead_in, lead_out = reshape_layouts((1, *in_shape), (0, *[a + 1 for a in in_perm]),
+                                        (1, *out_shape))
+    if lead_in[0] != 0 or lead_out[0] != 0:
+        raise ValueError("no layout expresses it")
+    return tuple(a - 1 for a in lead_in[1:]), tuple(a - 1 for a in lead_out[1:])
+
+
 @lower("Flatten", "Reshape", "Squeeze", "Unsqueeze")
 def lower_reshape(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     """One RESHAPE in whichever layout expresses the merge/split of axes; a TRANSPOSE before it
     only when the data's order has to change (a channel shuffle)."""
     in_shape, out_shape = ctx.shape(node.input[0]), ctx.shape(node.output[0])
     stored = ctx.feature_map(node, node.input[0])
-    if in_shape[0] != out_shape[0]:
-        raise ConversionError(f"{ctx.graph.source}: {node.op_type} {node.name!r} from "
+    if in_shape[0] != out_shape[0] and not ctx.builder.fixed_batch:
+        raise BatchAxisMoved(f"{ctx.graph.source}: {node.op_type} {node.name!r} from "
                               f"{list(in_shape)} to {list(out_shape)} changes the batch axis; "
                               "TFLite models keep the batch first")
     order = _dense_column_order(ctx, node, stored)
@@ -144,7 +159,11 @@ def lower_reshape(ctx: LoweringContext, node: onnx.NodeProto) -> None:
                  order if isinstance(order, np.ndarray) else None)
         return
     try:
-        in_perm, out_perm = reshape_layouts(tuple(in_shape), stored.perm, tuple(out_shape))
+        if ctx.builder.fixed_batch:
+            in_perm, out_perm = _fixed_batch_layouts(tuple(in_shape), stored.perm,
+                                                     tuple(out_shape))
+        else:
+            in_perm, out_perm = reshape_layouts(tuple(in_shape), stored.perm, tuple(out_shape))
     except ValueError as exc:
         raise ConversionError(f"{ctx.graph.source}: {node.op_type} {node.name!r} from "
                               f"{list(in_shape)} to {list(out_shape)}: {exc}") from None
@@ -158,10 +177,12 @@ def lower_transpose(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     stored = ctx.stored(node.input[0])
     rank = len(stored.perm)
     onnx_perm = list(ctx.attr(node, "perm", list(range(rank))[::-1]))
-    if stored.column_order is not None or onnx_perm[0] != 0:
+    if stored.column_order is not None:
         raise ConversionError(f"{ctx.graph.source}: Transpose {node.name!r} by {onnx_perm} moves "
-                              "the batch axis or a flattened map; TFLite models keep the batch "
-                              "first")
+                              "a flattened map; transpose before flattening")
+    if onnx_perm[0] != 0 and not ctx.builder.fixed_batch:
+        raise BatchAxisMoved(f"{ctx.graph.source}: Transpose {node.name!r} by {onnx_perm} moves "
+                             "the batch axis; TFLite models keep the batch first")
     inverse = [onnx_perm.index(a) for a in range(rank)]
     perm = tuple(inverse[a] for a in stored.perm)
     tensor = ctx.with_params(stored.tensor, ctx.quant(node.output[0]) if ctx.int8 else None,
@@ -278,11 +299,11 @@ def lower_slice(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     begin, end, strides = [0] * rank, [0] * rank, [1] * rank
     end_mask = (1 << rank) - 1  # unsliced axes (the batch among them) run to their end
     for axis, start, stop, step in _slice_spec(ctx, node, rank):
-        if axis == 0:
+        if axis == 0 and not ctx.builder.fixed_batch:
             if start == 0 and step == 1 and stop >= 2**31 - 1:
                 continue  # the whole batch (a Slice without axes lists every leading axis)
-            raise ConversionError(f"{ctx.graph.source}: Slice {node.name!r} slices the batch "
-                                  "axis; TFLite models keep the batch")
+            raise BatchAxisMoved(f"{ctx.graph.source}: Slice {node.name!r} slices the batch "
+                                 "axis; TFLite models keep the batch")
         if step == 0:
             raise ConversionError(f"{ctx.graph.source}: Slice {node.name!r} has step 0")
         first, last, stride = slice(start, stop, step).indices(shape[axis])
@@ -308,9 +329,9 @@ def lower_gather(ctx: LoweringContext, node: onnx.NodeProto) -> None:
                               "activation as data and constant indices")
     shape = ctx.shape(node.input[0])
     axis = _normalized_axis(ctx, node, len(shape), 0)
-    if axis == 0:
-        raise ConversionError(f"{ctx.graph.source}: Gather {node.name!r} gathers along the batch "
-                              "axis; TFLite models keep the batch")
+    if axis == 0 and not ctx.builder.fixed_batch:
+        raise BatchAxisMoved(f"{ctx.graph.source}: Gather {node.name!r} gathers along the batch "
+                             "axis; TFLite models keep the batch")
     indices = ctx.const(node, 1).astype(np.int64)
     if indices.ndim > 1:
         raise ConversionError(f"{ctx.graph.source}: Gather {node.name!r} with {indices.ndim}-D "
