@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +37,26 @@ def bench(models: list[Path], target: str, config: BenchConfig = BenchConfig(),
     for model in models:
         if not Path(model).is_file():
             raise BadInputError(f"{model}: no such model file")
+    batches = {Path(model): _batch_for(Path(model), config.batch) for model in models}
     adapter = get_target(target, **target_options)
     results: list[BenchResult] = []
-    for model in models:
-        results += adapter.run(Path(model), config)
+    for model, batch in batches.items():
+        results += adapter.run(model, replace(config, batch=batch))
     return BenchReport(target, config, results)
+
+
+def _batch_for(model: Path, asked: int | None) -> int:
+    """The batch to bench ``model`` at: its own when it was exported for a fixed one (a batch-1
+    export, most exporters' TFLite files); another ``--batch`` would measure a different
+    workload than the one asked for, so it is refused up front."""
+    from edgecnn.inspection import fixed_batch
+
+    fixed = fixed_batch(model)
+    if fixed is not None and asked is not None and asked != fixed:
+        raise BadInputError(f"{model}: exported for a fixed batch of {fixed}; bench it with "
+                            f"--batch {fixed} (or leave --batch out), or re-export it with a "
+                            "free batch")
+    return asked or fixed or 1
 
 
 def plot_latencies(report: BenchReport, path: Path) -> None:

@@ -346,7 +346,10 @@ def layers(float_model: Path, int8_model: Path, data: Path | None, limit: int, b
               show_default=True)
 @click.option("--runtime", help="One runtime only (torch, onnxruntime, litert, tflite-runtime).")
 @click.option("--threads", type=int, help="Intra-op threads (default: the runtime's).")
-@click.option("--batch", default=1, show_default=True)
+@click.option("--batch", type=int,
+              help="Images per run [default: the model's fixed batch, else 1].")
+@click.option("--input-shape", callback=_numbers(int, 4), metavar="N,C,H,W",
+              help="For a model with symbolic dims (as convert takes it); N is the batch.")
 @click.option("--warmup", default=10, show_default=True)
 @click.option("--runs", default=100, show_default=True, help="At least this many timed runs...")
 @click.option("--min-time", default=1.0, show_default=True, help="...and at least this long (s).")
@@ -366,8 +369,8 @@ def layers(float_model: Path, int8_model: Path, data: Path | None, limit: int, b
 @click.option("--plot", "plot_path", type=PathArg, help="PNG of the latency distributions.")
 @click.option("--wide", is_flag=True, help="Every column: load, first run, mean, spread, ratio.")
 def bench(models: tuple[Path, ...], target: str, runtime: str | None, threads: int | None,
-          batch: int, warmup: int, runs: int, min_time: float, max_time: float,
-          host: str | None,
+          batch: int | None, input_shape: tuple[int, ...] | None, warmup: int, runs: int,
+          min_time: float, max_time: float, host: str | None,
           port: int | None, identity: Path | None, known_hosts: Path | None,
           ssh_config: Path | None, timeout: float, setup: bool, remote_python: str,
           json_path: Path | None, csv_path: Path | None, md_path: Path | None,
@@ -385,8 +388,13 @@ def bench(models: tuple[Path, ...], target: str, runtime: str | None, threads: i
         options = dict(host=host, port=port, identity=identity, known_hosts=known_hosts,
                        ssh_config=ssh_config, timeout=timeout, setup=setup,
                        remote_python=remote_python)
-    report = run_bench(list(models), target, BenchConfig(runtime, threads, batch, warmup, runs,
-                                                         min_time, max_time), **options)
+    if input_shape is not None and batch is not None and batch != input_shape[0]:
+        raise BadInputError(f"--batch {batch} and --input-shape {','.join(map(str, input_shape))}"
+                            " disagree on the batch; give one")
+    config = BenchConfig(runtime, threads, batch or (input_shape[0] if input_shape else None),
+                         warmup, runs, min_time, max_time,
+                         tuple(input_shape[1:]) if input_shape else None)
+    report = run_bench(list(models), target, config, **options)
     rows = report.rows()
     columns = (["model", "runtime", "batch", "size KiB", "load ms", "first ms", "p50 µs",
                 "mean µs", "std µs", "p90 µs", "p99 µs", "min µs", "max µs", "img/s",

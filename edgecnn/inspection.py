@@ -184,6 +184,22 @@ def card_or_default(path: Path, shape: tuple[int, int, int] | None = None,
     return ModelCard("unknown", 0, InputSpec(shape), tuple(str(i) for i in range(10)))
 
 
+def fixed_batch(path: Path) -> int | None:
+    """The batch ``path`` was exported for, when it has one (a batch-1 torch.export program, an
+    ONNX input with a numeric batch, a TFLite input without a free batch); None when any batch
+    runs. Pickled .pt modules take any batch."""
+    suffix = path.suffix.lower()
+    if suffix == ".pt2":
+        from edgecnn.loading import load_torch_model
+
+        return load_torch_model(path).static_batch
+    if suffix in (".onnx", ".tflite"):
+        inputs = inspect_model(path).inputs
+        batch = inputs[0].shape[0] if inputs and inputs[0].shape else None
+        return batch if isinstance(batch, int) and batch > 0 else None
+    return None
+
+
 def inspect_model(path: str | Path, *, trust_pickle: bool = False,
                   arch: str | None = None) -> ModelInfo:
     """Describe any model file; ``trust_pickle`` and ``arch`` apply to PyTorch files."""

@@ -15,14 +15,15 @@ MAX_TIME_CEILING_S = 24 * 3600.0
 class BenchConfig:
     runtime: str | None = None
     threads: int | None = None
-    batch: int = 1
+    batch: int | None = None  # None: the model's own fixed batch, else 1 (see edgecnn.bench)
     warmup: int = 10
     runs: int = 100
     min_time: float = 1.0
     max_time: float = 300.0  # ceiling per model and runtime, warm-up included
+    image_shape: tuple[int, ...] | None = None  # C, H, W for models with symbolic image dims
 
     def __post_init__(self) -> None:
-        if self.batch < 1 or self.runs < 1 or self.warmup < 0:
+        if (self.batch is not None and self.batch < 1) or self.runs < 1 or self.warmup < 0:
             raise ValueError("--batch and --runs must be >= 1; --warmup >= 0")
         if not 0 <= self.min_time <= self.max_time <= MAX_TIME_CEILING_S:
             raise ValueError(f"need 0 <= --min-time <= --max-time <= {MAX_TIME_CEILING_S:g} s "

@@ -14,14 +14,33 @@ from edgecnn.targets.base import BenchConfig, BenchResult, Target
 from edgecnn.runtimes import RUNTIMES, open_session, runtimes_for
 
 
-def model_input(model: Path, batch: int) -> np.ndarray:
-    """A preprocessed random image batch shaped as the model's card (or input) says."""
+def model_input(model: Path, batch: int, image_shape: tuple[int, ...] | None = None
+                ) -> np.ndarray:
+    """A preprocessed random image batch shaped as the model's card (or input) says; a model
+    with symbolic image dims (a third-party ONNX file) takes ``image_shape`` (C, H, W), as
+    ``convert --input-shape`` does."""
+    from dataclasses import replace
+
+    from edgecnn.errors import BadInputError
     from edgecnn.inspection import card_or_default, inspect_model
 
-    shape = inspect_model(model).inputs[0].shape[1:]
+    declared = inspect_model(model).inputs[0]
+    shape = list(declared.shape[1:])
     if len(shape) == 3 and model.suffix == ".tflite" and shape[-1] in (1, 3):
         shape = [shape[2], shape[0], shape[1]]
-    card = card_or_default(model, tuple(int(d) for d in shape))  # type: ignore[arg-type]
+    if image_shape is not None:
+        if len(shape) != 3 or any(isinstance(d, int) and d != want
+                                  for d, want in zip(shape, image_shape, strict=True)):
+            raise BadInputError(f"{model}: input {declared.name!r} is {shape}; --input-shape "
+                                f"C,H,W {list(image_shape)} does not fit it")
+        shape = list(image_shape)
+    if not all(isinstance(d, int) for d in shape):
+        raise BadInputError(f"{model}: input {declared.name!r} has symbolic dims {shape}; give "
+                            "--input-shape N,C,H,W")
+    channels, height, width = (int(d) for d in shape)
+    card = card_or_default(model, (channels, height, width))
+    if card.input.shape != (channels, height, width):
+        card = replace(card, input=replace(card.input, shape=(channels, height, width)))
     return card.input.random_batch(batch)
 
 
@@ -61,7 +80,7 @@ class CPUTarget(Target):
                 "runtimes": [n for n, r in RUNTIMES.items() if r.available()]}
 
     def run(self, model: Path, config: BenchConfig) -> list[BenchResult]:
-        x = model_input(model, config.batch)
+        x = model_input(model, config.batch, config.image_shape)
         device = self.probe()
         results = []
         for runtime in runtimes_for(model, config.runtime):

@@ -53,7 +53,7 @@ class CUDATarget(Target):
         if suffix not in (".pt", ".pt2", ".onnx"):
             raise TargetUnavailableError(f"cuda: cannot run {suffix} files; TFLite runs on cpu "
                                          "and rpi")
-        x = model_input(model, config.batch)
+        x = model_input(model, config.batch, config.image_shape)
         if suffix == ".onnx":
             return [self._onnx(model, config, x, p, info) for p in info["onnxruntime_providers"]]
         return [self._torch(model, config, x, dtype, info) for dtype in ("float32", "float16")]

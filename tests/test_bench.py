@@ -55,6 +55,31 @@ def test_cpu_bench_reports_every_runtime_with_stats(cli_runner, tmp_path, artefa
     assert csv_path.read_text().startswith("model,")
 
 
+def test_a_fixed_batch_model_is_benched_at_its_batch(cli_runner, tmp_path):
+    """A batch-1 torch.export program (what most people write) and the ONNX file it converts
+    to: benched at batch 1 by default; another --batch is one line, exit 2."""
+    import torch
+
+    from edgecnn import zoo
+
+    torch.manual_seed(0)
+    module = zoo.build("lenet5").eval()
+    pt2 = tmp_path / "mine.pt2"
+    torch.export.save(torch.export.export(module, (torch.zeros(1, 1, 28, 28),)), pt2)
+    onnx_file = tmp_path / "mine.onnx"
+    assert cli_runner.invoke(cli, ["convert", str(pt2), "--to", "onnx", "-o",
+                                   str(onnx_file)]).exit_code == 0
+    result, report = _bench_json(cli_runner, tmp_path, [str(pt2), str(onnx_file)])
+    assert result.exit_code == 0, result.output
+    assert {r["batch"] for r in report["results"]} == {1}
+    for model in (pt2, onnx_file):
+        refused = cli_runner.invoke(cli, ["bench", str(model), "--batch", "8"])
+        assert refused.exit_code == 2
+        assert refused.output.strip().splitlines() == [
+            f"edgecnn: error: {model}: exported for a fixed batch of 1; bench it with --batch 1 "
+            "(or leave --batch out), or re-export it with a free batch"]
+
+
 def test_latency_statistics_by_hand():
     """Four runs of 1, 2, 3 and 4 µs at batch 2: mean 2.5, sample sd sqrt(5/3), median 2.5,
     p90 by linear interpolation 3.7, 800,000 images per second."""

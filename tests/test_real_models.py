@@ -214,6 +214,25 @@ def test_symbolic_image_size_asks_for_input_shape(third_party, tmp_path, cli_run
     assert not (tmp_path / "m.tflite").exists()
 
 
+def test_third_party_onnx_is_benched_with_the_input_shape_convert_takes(third_party, tmp_path,
+                                                                         cli_runner):
+    """No card, symbolic H and W (and a fixed batch of 1): bench asks for --input-shape in one
+    line, then runs at that shape, as convert does."""
+    asked = cli_runner.invoke(cli, ["bench", str(third_party)])
+    assert asked.exit_code == 2
+    assert asked.output.strip().splitlines() == [
+        f"edgecnn: error: {third_party}: input 'image' has symbolic dims [3, 'height', 'width'];"
+        " give --input-shape N,C,H,W"]
+    report = tmp_path / "bench.json"
+    ran = cli_runner.invoke(cli, ["bench", str(third_party), "--input-shape", "1,3,48,40",
+                                  "--runs", "3", "--min-time", "0", "--warmup", "1",
+                                  "--json", str(report)])
+    assert ran.exit_code == 0, ran.output
+    assert [r["batch"] for r in json.loads(report.read_text())["results"]] == [1]
+    wrong = cli_runner.invoke(cli, ["bench", str(third_party), "--input-shape", "1,1,48,40"])
+    assert wrong.exit_code == 2 and "does not fit" in wrong.output
+
+
 def test_third_party_onnx_converts_with_fixed_shape_and_keeps_its_outputs(third_party,
                                                                            tmp_path, cli_runner):
     out = tmp_path / "m.tflite"
