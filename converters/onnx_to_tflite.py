@@ -81,12 +81,16 @@ def convert_onnx_to_tflite(model: onnx.ModelProto, source: str,
     io_dtype = config.io_dtype or ("int8" if graph.quantized and not float_io else "float32")
     if not graph.quantized and io_dtype != "float32":
         raise ConversionError(f"{source}: --io-dtype {io_dtype} needs an int8 model; add --int8")
+    moved: str | None = None
     try:
         ctx, input_quant, output_quant = _lower(graph, source, config, io_dtype, fixed_batch=False)
     except BatchAxisMoved as exc:
+        moved = str(exc)  # outside this block the failed pass's builder is freed
+    if moved is not None:
         if graph.declared_batch != 1:  # a free batch: a fixed-batch file would mean another model
-            raise ConversionError(f"{exc}; export the model with a fixed batch of 1 (torch.export "
-                                  "with a batch-1 example) to convert it for that batch") from None
+            raise ConversionError(f"{moved}; export the model with a fixed batch of 1 "
+                                  "(torch.export with a batch-1 example) to convert it for "
+                                  "that batch")
         # a batch-1 export: written for batch 1, where no axis is special (ViT's attention)
         ctx, input_quant, output_quant = _lower(graph, source, config, io_dtype, fixed_batch=True)
     builder = ctx.builder

@@ -45,7 +45,9 @@ def _fully_connected(ctx: LoweringContext, node: onnx.NodeProto, weight_name: st
         wt = ctx.builder.add_constant(weight_name, np.ascontiguousarray(values), params)
     else:
         weight = ctx.graph.constants[weight_name]
-        w = (weight if transposed else weight.T) * np.float32(alpha)  # -> [out, in]
+        w = weight if transposed else weight.T  # -> [out, in]
+        if alpha != 1.0:
+            w = w * np.float32(alpha)
         if order is not None:
             w = w[:, order]
         wt = ctx.builder.add_constant(weight_name, np.ascontiguousarray(w, np.float32))
