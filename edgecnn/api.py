@@ -175,12 +175,17 @@ def convert(model: str | Path, output: str | Path | None = None,
         if qdq.is_qdq(onnx_model):
             qdq.reencode(onnx_model, config.onnx_int8_encoding)
             checks["int8 encoding"] = config.onnx_int8_encoding
-        data = onnx_model.SerializeToString()
         if source.suffix.lower() == ".onnx":  # exports were checked against PyTorch already
+            data = onnx_model.SerializeToString()
             _check_onnx_bytes(data, source)
-        with atomic_path(out) as tmp:
-            tmp.write_bytes(data)
-        size = len(data)
+            with atomic_path(out) as tmp:
+                tmp.write_bytes(data)
+            size = len(data)
+        else:  # written weight by weight: the file is never in memory beside the proto
+            from edgecnn.converters.onnx_writer import save_model
+
+            with atomic_path(out) as tmp:
+                size = save_model(onnx_model, tmp, release=True)
     else:
         if calib is None and config.int8:
             calib = _self_check_images(config.calib, card)
@@ -265,7 +270,7 @@ def _onnx_of(source: Path, config: ConvertConfig, checks: dict[str, Any]) -> tup
                                 "exported at the input size of its card or export")
         torch_model = load_torch_model(source, trust_pickle=config.trust_pickle, arch=config.arch)
         torch_model.card = config.with_preprocessing(torch_model.card)
-        exported = export_onnx(torch_model, config.opset)
+        exported = export_onnx(torch_model, config.opset, release=True)
         checks["onnx max|Δ| vs torch"] = exported.max_abs_diff
         return exported.model, torch_model.card
     if suffix == ".onnx":

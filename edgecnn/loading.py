@@ -58,6 +58,14 @@ class TorchModel:
     def parameter_count(self) -> int:
         return self.card.parameters
 
+    def release(self) -> None:
+        """Drop the module and its weights (a converter done with PyTorch frees them before it
+        loads the exported weights); the model cannot run afterwards."""
+        def spent(x: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError(f"{self.path}: the PyTorch model was released")
+
+        self.module, self.exported, self.nn_module = spent, None, None
+
 
 def output_leaves(result: Any) -> list[np.ndarray]:
     """A model's return value (a tensor, tuple, list or dict of them) as a flat list."""
