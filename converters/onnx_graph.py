@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+from edgecnn.converters.onnx_passes import declared_batch
 from edgecnn.converters.qdq import QDQ_OPS, as_int8, to_int8
 from edgecnn.converters.tflite_builder import QuantParams
 from onnx import numpy_helper, shape_inference
@@ -115,9 +116,7 @@ def load_graph(model: onnx.ModelProto, source: str, batch: int = 1,
     constants = Constants()
     for tensor in model.graph.initializer:
         constants[tensor.name] = numpy_helper.to_array(tensor, str(weights_dir or ""))
-    inputs = [i for i in model.graph.input if i.name not in constants]
-    first = inputs[0].type.tensor_type.shape.dim if inputs else []
-    declared = first[0].dim_value if len(first) and first[0].HasField("dim_value") else None
+    declared = _declared_batch(model)  # before the batch is fixed below
     model = _with_static_batch(model, source, batch)
     nodes = list(model.graph.node)
     graph = Graph(source, nodes, constants, {}, model.graph.input[0].name,
@@ -136,6 +135,11 @@ def load_graph(model: onnx.ModelProto, source: str, batch: int = 1,
     fuse_gelu(graph)
     fold_identity_gather(graph)
     return graph
+
+
+def _declared_batch(model: onnx.ModelProto) -> int | None:
+    weights = {t.name for t in model.graph.initializer}
+    return declared_batch(model) if any(i.name not in weights for i in model.graph.input) else None
 
 
 def _with_static_batch(model: onnx.ModelProto, source: str, batch: int) -> onnx.ModelProto:

@@ -166,6 +166,12 @@ def image_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
     return next(i for i in model.graph.input if i.name not in weights)
 
 
+def declared_batch(model: onnx.ModelProto) -> int | None:
+    """The batch size the image input declares (a batch-1 export), None when it is symbolic."""
+    dims = image_input(model).type.tensor_type.shape.dim
+    return dims[0].dim_value if len(dims) and dims[0].HasField("dim_value") else None
+
+
 def fix_input_shape(model: onnx.ModelProto, shape: tuple[int, ...] | None, source: str) -> bool:
     """``--input-shape``: give the image input fixed dims (onnx2tf's ``-ois``); True if changed.
 

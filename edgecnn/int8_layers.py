@@ -33,6 +33,7 @@ import numpy as np
 import onnx
 import onnx.numpy_helper
 
+from edgecnn.converters.onnx_passes import declared_batch
 from edgecnn.converters.qdq import reference_inference_session
 
 TIE_STEPS = 1  # one rounding tie: the most a layer with identical inputs may differ
@@ -193,10 +194,7 @@ def compare_layers(qdq_path: Path, tflite_path: Path, x: np.ndarray,
     """Every quantised activation of the TFLite file against the QDQ reference, in order, end
     to end and (``pinned``) with each reference layer fed TFLite's own input integers. A model
     exported for a fixed batch is compared batch by batch."""
-    header = onnx.load(str(qdq_path), load_external_data=False)
-    dims = header.graph.input[0].type.tensor_type.shape.dim
-    fixed = dims[0].dim_value if len(dims) and dims[0].HasField("dim_value") else 0
-    del header
+    fixed = declared_batch(onnx.load(str(qdq_path), load_external_data=False))
     if not fixed or fixed == len(x):
         return _compare_batch(qdq_path, tflite_path, x, interpreter_module, pinned)
     if len(x) < fixed:
