@@ -438,16 +438,17 @@ def validate(models: list[str | Path], data: str | Path | Dataset, *,
              reference: str | Path | None = None, thresholds: Thresholds = Thresholds(),
              runtime: str | None = None, limit: int | None = None,
              batch_size: int = 500, trust_pickle: bool = False,
-             arch: str | None = None) -> ParityReport:
-    """Parity report of ``models`` on labelled ``data`` (see :mod:`edgecnn.validate`)."""
+             arch: str | None = None, placements: tuple[str, ...] = ()) -> ParityReport:
+    """Parity report of ``models`` on labelled ``data`` (see :mod:`edgecnn.validate`);
+    ``placements`` (e.g. ``("torch-cuda:fp16",)``) add rows for each PyTorch model."""
     paths = [Path(m) for m in models]
     ref = Path(reference) if reference else None
     card_source = ref or next((p for p in paths if p.suffix in (".pt", ".pt2")), paths[0])
     card = card_or_default(card_source, trust_pickle=trust_pickle, arch=arch)
     dataset = data if isinstance(data, Dataset) else load_dataset(data, split="test")
     return _validate(paths, dataset.take(limit), card, reference=ref, thresholds=thresholds,
-                     runtime=runtime, batch_size=batch_size, trust_pickle=trust_pickle,
-                     arch=arch)
+                     runtime=runtime, batch_size=batch_size, placements=tuple(placements),
+                     trust_pickle=trust_pickle, arch=arch)
 
 
 def layers(float_model: str | Path, int8_model: str | Path, data: str | Path | Dataset, *,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ class BenchReport:
     target: str
     config: BenchConfig
     results: list[BenchResult]
+    notes: list[str] = field(default_factory=list)  # rows skipped, and why
 
     def rows(self) -> list[dict[str, Any]]:
         base = self.results[0].stats["p50_us"] if self.results else 1.0
@@ -24,7 +25,7 @@ class BenchReport:
                  "speed-up": base / r.stats["p50_us"]} for r in self.results]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"target": self.target, "config": asdict(self.config),
+        return {"target": self.target, "config": asdict(self.config), "notes": self.notes,
                 "results": [{**asdict(r), "p50_ratio": row["p50 ratio"]}
                             for r, row in zip(self.results, self.rows(), strict=False)]}
 
@@ -42,7 +43,7 @@ def bench(models: list[Path], target: str, config: BenchConfig = BenchConfig(),
     results: list[BenchResult] = []
     for model, batch in batches.items():
         results += adapter.run(model, replace(config, batch=batch))
-    return BenchReport(target, config, results)
+    return BenchReport(target, config, results, list(getattr(adapter, "notes", [])))
 
 
 def _batch_for(model: Path, asked: int | None) -> int:

@@ -260,6 +260,9 @@ def convert(model: Path, to: str, int8: bool, calib: Path | None, calib_method: 
                    "MNIST test set.")
 @click.option("--reference", type=PathArg, help="Reference model (default: the first MODEL).")
 @click.option("--runtime", help="Restrict .tflite/.onnx files to one runtime.")
+@click.option("--placement", "placements", multiple=True, metavar="RUNTIME",
+              help="Also score each PyTorch model here, e.g. torch-cuda:fp16, torch-cuda:bf16, "
+                   "torch-cpu:bf16 (repeatable).")
 @click.option("--max-drop", type=float, help="Fail if accuracy drops more than PP points.")
 @click.option("--min-agreement", type=float, help="Fail if argmax agreement is below PCT %.")
 @click.option("--max-steps", type=float, help="Fail if an int8 runtime's outputs are more than N "
@@ -273,7 +276,8 @@ def convert(model: Path, to: str, int8: bool, calib: Path | None, calib_method: 
 def validate(models: tuple[Path, ...], data: Path | None, reference: Path | None,
              runtime: str | None, max_drop: float | None, min_agreement: float | None,
              max_steps: float | None, limit: int | None, batch_size: int, json_path: Path | None, csv_path: Path | None,
-             md_path: Path | None, arch: str | None, trust_pickle: bool) -> None:
+             md_path: Path | None, arch: str | None, trust_pickle: bool,
+             placements: tuple[str, ...]) -> None:
     """Parity report of MODELS against a reference; exit 1 when a threshold breaks."""
     from edgecnn.api import validate as run_validate
     from edgecnn.data import SHIPPED_TEST_SET
@@ -286,7 +290,8 @@ def validate(models: tuple[Path, ...], data: Path | None, reference: Path | None
     check_outputs(json_path, csv_path, md_path, inputs=(*models, reference, data))
     report = run_validate(list(models), data or SHIPPED_TEST_SET, reference=reference,
                           thresholds=Thresholds(max_drop, min_agreement, max_steps), runtime=runtime,
-                          limit=limit, batch_size=batch_size, trust_pickle=trust_pickle, arch=arch)
+                          limit=limit, batch_size=batch_size, trust_pickle=trust_pickle, arch=arch,
+                          placements=placements)
     rows = report.table_rows()
     click.echo(f"reference {report.reference}, {report.images:,} images from {report.data}, "
                f"CPU {report.cpu}")
@@ -344,7 +349,9 @@ def layers(float_model: Path, int8_model: Path, data: Path | None, limit: int, b
 @click.argument("models", type=PathArg, nargs=-1, required=True)
 @click.option("--target", type=click.Choice(["cpu", "cuda", "rpi"]), default="cpu",
               show_default=True)
-@click.option("--runtime", help="One runtime only (torch, onnxruntime, litert, tflite-runtime).")
+@click.option("--runtime", help="One runtime only (torch, onnxruntime, litert, tflite-runtime); "
+              "on cuda, names or globs, comma-separated (torch-cuda:fp16, 'torch-cuda:*:graph', "
+              "onnxruntime:CUDAExecutionProvider).")
 @click.option("--threads", type=int, help="Intra-op threads (default: the runtime's).")
 @click.option("--batch", type=int,
               help="Images per run [default: the model's fixed batch, else 1].")
@@ -396,16 +403,28 @@ def bench(models: tuple[Path, ...], target: str, runtime: str | None, threads: i
                          tuple(input_shape[1:]) if input_shape else None)
     report = run_bench(list(models), target, config, **options)
     rows = report.rows()
-    columns = (["model", "runtime", "batch", "size KiB", "load ms", "first ms", "p50 µs",
-                "mean µs", "std µs", "p90 µs", "p99 µs", "min µs", "max µs", "img/s",
-                "peak RSS MB", "p50 ratio"] if wide else
-               ["model", "runtime", "batch", "p50 µs", "p99 µs", "img/s", "size KiB",
-                "peak RSS MB", "speed-up"])
-    emit_table(rows, columns)
+    emit_table(rows, bench_columns(target, wide))
+    for note in report.notes:
+        click.echo(f"edgecnn: {note}", err=True)
     write_reports(report.to_dict(), rows, list(rows[0]), json_path=json_path, csv_path=csv_path,
                   markdown_path=md_path, title=f"edgecnn bench --target {target}")
     if plot_path:
         plot_latencies(report, plot_path)
+
+
+def bench_columns(target: str, wide: bool) -> list[str]:
+    """The table's columns; a GPU's rows add GPU time, GPU memory and the parity pre-check."""
+    if target == "cuda":
+        return ["model", "runtime", "batch", "p50 µs", "p90 µs", "p99 µs", "min µs",
+                "GPU p50 µs", "img/s", "GPU alloc MB", "GPU reserved MB", "peak RSS MB",
+                "max rel err", *(["load ms", "first ms", "warm-up runs"] if wide else []),
+                "speed-up"]
+    if wide:
+        return ["model", "runtime", "batch", "size KiB", "load ms", "first ms", "p50 µs",
+                "mean µs", "std µs", "p90 µs", "p99 µs", "min µs", "max µs", "img/s",
+                "peak RSS MB", "p50 ratio"]
+    return ["model", "runtime", "batch", "p50 µs", "p99 µs", "img/s", "size KiB", "peak RSS MB",
+            "speed-up"]
 
 
 @cli.command("download-mnist")

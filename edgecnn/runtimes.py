@@ -55,7 +55,8 @@ class Runtime:
     name: str
     suffixes: tuple[str, ...]
     module: str  # import name that must be present
-    open: Callable[[Path, int | None], Session]
+    open: Callable[..., Session]
+    opt_in: bool = False  # run only when named (a PyTorch placement such as torch-cuda:fp16)
 
     def available(self) -> bool:
         return importlib.util.find_spec(self.module) is not None
@@ -76,7 +77,8 @@ def model_format(path: Path) -> str:
 
 def runtimes_for(path: Path, only: str | None = None) -> list[str]:
     """Installed runtimes that read ``path``'s format (or just ``only``, checked)."""
-    names = [n for n, r in RUNTIMES.items() if path.suffix.lower() in r.suffixes]
+    names = [n for n, r in RUNTIMES.items() if path.suffix.lower() in r.suffixes
+             and (not r.opt_in or n == only)]
     if not names:
         raise BadInputError(f"{path}: unknown model format {path.suffix!r}; use .pt, .pt2, "
                             ".onnx or .tflite")
@@ -306,6 +308,22 @@ def quantize_input(x: np.ndarray, detail: dict) -> np.ndarray:
 
 
 RUNTIMES.register("torch")(Runtime("torch", (".pt", ".pt2"), "torch", TorchSession))
+# PyTorch at other precisions and devices (edgecnn.precision), scored when asked for by name
+PLACED_RUNTIMES = ("torch-cpu:fp16", "torch-cpu:bf16", "torch-cuda:fp32", "torch-cuda:tf32",
+                   "torch-cuda:fp16", "torch-cuda:bf16")
+
+
+def _placed_opener(name: str) -> Callable[..., Session]:
+    def open_placed(path: Path, threads: int | None, **options: Any) -> Session:
+        from edgecnn.precision import PlacedSession, Placement
+
+        return PlacedSession(path, threads, Placement.parse(name), **options)
+    return open_placed
+
+
+for _name in PLACED_RUNTIMES:
+    RUNTIMES.register(_name)(Runtime(_name, (".pt", ".pt2"), "torch", _placed_opener(_name),
+                                     opt_in=True))
 def reference_session(path: Path, threads: int | None = None) -> OnnxSession:
     """The int8 reference: onnxruntime with every graph optimisation off."""
     return OnnxSession(path, threads, reference=True)

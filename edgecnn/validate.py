@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from edgecnn.card import ModelCard
 from edgecnn.data import Dataset
-from edgecnn.errors import BadInputError
+from edgecnn.errors import BadInputError, TargetUnavailableError
 from edgecnn.runtimes import (
     QDQ_REFERENCE,
     RUNTIMES,
@@ -119,8 +119,9 @@ class ParityReport:
 def run_logits(path: Path, runtime: str, data: Dataset, card: ModelCard,
                batch_size: int = 500, **torch_options: Any) -> np.ndarray:
     """All logits of ``path`` on ``data`` through ``runtime``, batched, with a progress bar."""
+    reads_torch = runtime != QDQ_REFERENCE and ".pt" in RUNTIMES.get(runtime).suffixes
     session = (reference_session(path) if runtime == QDQ_REFERENCE else
-               open_session(path, runtime, None, **(torch_options if runtime == "torch" else {})))
+               open_session(path, runtime, None, **(torch_options if reads_torch else {})))
     outputs = []
     with tqdm(total=len(data), desc=f"{path.name} [{runtime}]", unit="img", disable=None,
               leave=False) as bar:
@@ -170,10 +171,11 @@ def compare(name: str, runtime: str, logits: np.ndarray, ref_logits: np.ndarray,
 def validate(artefacts: list[Path], data: Dataset, card: ModelCard, *,
              reference: Path | None = None, thresholds: Thresholds = Thresholds(),
              runtime: str | None = None, batch_size: int = 500,
-             **torch_options: Any) -> ParityReport:
+             placements: tuple[str, ...] = (), **torch_options: Any) -> ParityReport:
     """Run every artefact on every installed runtime for it and compare with the reference;
-    int8 artefacts also against their QDQ reference. ``torch_options`` (trust_pickle, arch)
-    apply to PyTorch files."""
+    int8 artefacts also against their QDQ reference. ``placements`` (torch-cuda:fp16, ...) add
+    rows for each PyTorch file, so a GPU deployment's accuracy cost shows beside the others.
+    ``torch_options`` (trust_pickle, arch) apply to PyTorch files."""
     from edgecnn.cpu import cpu_class
 
     if not artefacts:
@@ -187,6 +189,7 @@ def validate(artefacts: list[Path], data: Dataset, card: ModelCard, *,
         extra = (f"; the {QDQ_REFERENCE} row comes with every int8 ONNX file"
                  if runtime == QDQ_REFERENCE else "")
         raise BadInputError(f"--runtime {runtime!r}: choose from {', '.join(RUNTIMES)}{extra}")
+    _check_placements(placements, artefacts)
     reference = reference or artefacts[0]
     paths = list(dict.fromkeys([reference, *artefacts]))
     int8 = Int8References(paths, data, card, batch_size)
@@ -202,6 +205,8 @@ def validate(artefacts: list[Path], data: Dataset, card: ModelCard, *,
         names = runtimes_for(path, runtime if path in readers else None)
         if int8.is_qdq_onnx(path):
             names = [QDQ_REFERENCE, *names]
+        if model_format(path) == "pytorch":
+            names = list(dict.fromkeys([*names, *placements]))
         for name in names:
             logits = (ref_logits if (path, name) == (reference, ref_runtime)
                       else run_logits(path, name, data, card, batch_size, **torch_options))
@@ -211,6 +216,22 @@ def validate(artefacts: list[Path], data: Dataset, card: ModelCard, *,
             rows.append(row)
     return ParityReport(f"{reference.name} [{ref_runtime}]", len(data), data.source, thresholds,
                         rows, cpu_class())
+
+
+def _check_placements(placements: tuple[str, ...], artefacts: list[Path]) -> None:
+    """Each placement must be a known PyTorch one that can run here: one line before any work."""
+    from edgecnn.precision import Placement
+    from edgecnn.runtimes import PLACED_RUNTIMES
+
+    for name in placements:
+        if name not in PLACED_RUNTIMES:
+            raise BadInputError(f"--placement {name!r}: choose from {', '.join(PLACED_RUNTIMES)}")
+        reason = Placement.parse(name).unavailable_reason()
+        if reason:
+            raise TargetUnavailableError(f"--placement {name}: {reason}")
+    if placements and not any(model_format(p) == "pytorch" for p in artefacts):
+        raise BadInputError("--placement scores PyTorch models; give a .pt or .pt2 file among "
+                            "the models")
 
 
 class Int8References:

@@ -48,6 +48,13 @@ class BenchResult:
     peak_rss_mb: float
     samples_us: list[float] = field(default_factory=list, repr=False)
     device: dict[str, Any] = field(default_factory=dict)
+    # GPU rows: time on the GPU from CUDA events (``stats`` is host wall time, launch to sync),
+    # peak GPU memory (allocated by tensors, reserved by the caching allocator), the parity
+    # pre-check against the CPU fp32 reference, and how many warm-up runs the clocks took
+    gpu_stats: dict[str, float] | None = None
+    gpu_memory_mb: dict[str, float] | None = None
+    parity: dict[str, Any] | None = None
+    warmup_runs: int | None = None
 
     def row(self) -> dict[str, Any]:
         s = self.stats
@@ -56,7 +63,19 @@ class BenchResult:
                 "load ms": self.load_ms, "first ms": self.first_ms, "p50 µs": s["p50_us"],
                 "mean µs": s["mean_us"], "std µs": s["std_us"], "p90 µs": s["p90_us"],
                 "p99 µs": s["p99_us"], "min µs": s["min_us"], "max µs": s["max_us"],
-                "runs": s["runs"], "img/s": s["throughput_ips"], "peak RSS MB": self.peak_rss_mb}
+                "runs": s["runs"], "img/s": s["throughput_ips"], "peak RSS MB": self.peak_rss_mb,
+                **self.gpu_row()}
+
+    def gpu_row(self) -> dict[str, Any]:
+        """The GPU columns, for rows of the cuda target only."""
+        if self.target != "cuda":
+            return {}
+        gpu, memory, parity = self.gpu_stats or {}, self.gpu_memory_mb or {}, self.parity or {}
+        return {"GPU p50 µs": gpu.get("p50_us", ""), "GPU p99 µs": gpu.get("p99_us", ""),
+                "GPU alloc MB": memory.get("allocated", ""),
+                "GPU reserved MB": memory.get("reserved", ""),
+                "max rel err": parity.get("max_rel_error", ""),
+                "warm-up runs": "" if self.warmup_runs is None else self.warmup_runs}
 
 
 class Target(ABC):

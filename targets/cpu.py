@@ -53,11 +53,28 @@ def bench_in_process(model: Path, runtime: str, config: BenchConfig, target: str
     started = time.perf_counter()
     session.invoke()
     first_ms = (time.perf_counter() - started) * 1e3
+    parity = placement_parity(model, runtime, x, session.outputs())
     samples = runner.measure(session.invoke, config.warmup, config.runs, config.min_time,
                               config.max_time)
     return BenchResult(model.name, target, runtime, config.batch, model.stat().st_size / 1024,
                        load_ms, first_ms, runner.latency_stats(samples, config.batch),
-                       runner.peak_rss_mb(), [s * 1e6 for s in samples])
+                       runner.peak_rss_mb(), [s * 1e6 for s in samples], parity=parity)
+
+
+def placement_parity(model: Path, runtime: str, x: np.ndarray,
+                     outputs: list[np.ndarray]) -> dict[str, Any] | None:
+    """A reduced-precision PyTorch row (torch-cpu:bf16) is checked against fp32 on the same
+    input before it is timed: exit 1 when it is fast but wrong. Other rows: None."""
+    if not RUNTIMES.get(runtime).opt_in:
+        return None
+    from edgecnn.loading import load_torch_model
+    from edgecnn.precision import Placement, check_parity, require_parity
+
+    placement = Placement.parse(runtime)
+    check = check_parity(runtime, outputs, load_torch_model(model).outputs(x),
+                         placement.tolerance)
+    require_parity(check, model.name)
+    return check.record()
 
 
 WARM_RUNTIMES: set[str] = set()

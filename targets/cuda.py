@@ -1,97 +1,266 @@
-"""CUDA GPUs: PyTorch (fp32, fp16) and onnxruntime's CUDA / TensorRT providers.
+"""CUDA GPUs, measured the way GPUs are deployed.
 
-torch.cuda and onnxruntime-gpu are probed only here, so a machine without them never pays for
-this module; without a device the target says exactly what is missing.
+PyTorch files get one row per placement (:mod:`edgecnn.precision`): eager fp32, fp16 and bf16;
+``tuned`` (channels_last with cuDNN autotuning) and ``graph`` (tuned, captured once and replayed
+as a CUDA graph: no Python or launch overhead). ONNX files, fp32 or QDQ int8 (the files the CPU
+and TFLite paths use), get onnxruntime-gpu's CUDA and TensorRT providers.
+
+Every row is first checked against the CPU reference on the same input (a fast wrong row fails
+with exit 1), warmed up until its latency is steady (clocks up, autotuner settled), then timed
+by host wall clock (launch to synchronize) and, for PyTorch, by CUDA events on the GPU. GPU
+memory (peak allocated and reserved) and the GPU clocks before and after go into the record.
+torch.cuda and onnxruntime-gpu are probed only here: a machine without them never pays for it.
 """
 
 from __future__ import annotations
 
+import fnmatch
+import shutil
+import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 from edgecnn.targets import runner
 from edgecnn.targets.base import BenchConfig, BenchResult, Target
-from edgecnn.targets.cpu import bench_in_process, model_input
+from edgecnn.targets.cpu import model_input
 
-from edgecnn.errors import TargetUnavailableError
+from edgecnn.errors import EdgecnnError, TargetUnavailableError
+from edgecnn.precision import TOLERANCE, Placement, check_parity, require_parity
 
 ORT_GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+DEFAULT_PLACEMENTS = tuple(f"torch-cuda:{precision}{mode}" for mode in ("", ":tuned", ":graph")
+                           for precision in ("fp32", "fp16", "bf16"))
+OPTIONAL_PLACEMENTS = ("torch-cuda:tf32", "torch-cuda:tf32:tuned", "torch-cuda:tf32:graph")
+# TensorRT builds fp32 engines with TF32 allowed; QDQ int8 on a GPU rounds where the kernels do,
+# so it is held to the reference's decisions (top-1) and a loose relative bound, not to bits
+ORT_TOLERANCE = {"CUDAExecutionProvider": TOLERANCE["fp32"],
+                 "TensorrtExecutionProvider": TOLERANCE["tf32"], "int8": 5e-2}
+CLOCK_FIELDS = ("clocks.sm", "clocks.mem", "clocks.max.sm", "temperature.gpu", "power.draw",
+                "pstate", "clocks_throttle_reasons.active")
+
+
+def nvidia_smi(fields: tuple[str, ...]) -> dict[str, str]:
+    """First GPU's ``fields`` from nvidia-smi; empty where it is missing or fails."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return {}
+    try:
+        done = subprocess.run([exe, f"--query-gpu={','.join(fields)}",
+                               "--format=csv,noheader,nounits", "--id=0"],
+                              capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    values = [v.strip() for v in done.stdout.strip().splitlines()[0].split(",")] \
+        if done.stdout.strip() else []
+    return dict(zip(fields, values, strict=False))
+
+
+def select_runtimes(available: list[str], asked: str | None) -> list[str]:
+    """``--runtime`` narrows the rows: comma-separated names or globs (``torch-cuda:*:graph``)."""
+    if asked is None:
+        return [name for name in available if name not in OPTIONAL_PLACEMENTS]
+    patterns = [p.strip() for p in asked.split(",") if p.strip()]
+    chosen = [name for name in available if any(fnmatch.fnmatchcase(name, p) for p in patterns)]
+    if not chosen:
+        raise TargetUnavailableError(f"cuda: --runtime {asked!r} matches none of "
+                                     f"{', '.join(available)}")
+    return chosen
 
 
 class CUDATarget(Target):
     name = "cuda"
 
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+
     def probe(self) -> dict[str, Any]:
         info: dict[str, Any] = {"torch_cuda": False, "onnxruntime_providers": []}
         try:
             import torch
+            info["torch"] = torch.__version__
             info["torch_cuda"] = bool(torch.cuda.is_available())
             if info["torch_cuda"]:
-                info["device"] = torch.cuda.get_device_name(0)
-                info["cuda"] = torch.version.cuda
+                props = torch.cuda.get_device_properties(0)
+                info.update(device=props.name, capability=f"{props.major}.{props.minor}",
+                            memory_gib=round(props.total_memory / 2**30, 1),
+                            cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
+                            bf16=torch.cuda.is_bf16_supported(),
+                            driver=nvidia_smi(("driver_version",)).get("driver_version"))
         except ImportError:
             pass
         try:
             import onnxruntime as ort
+            info["onnxruntime"] = ort.__version__
             info["onnxruntime_providers"] = [p for p in ort.get_available_providers()
                                              if p in ORT_GPU_PROVIDERS]
         except ImportError:
             pass
         return info
 
+    def runtimes(self, model: Path, info: dict[str, Any]) -> list[str]:
+        """Every row this machine can give ``model``, or one line saying what is missing."""
+        suffix = model.suffix.lower()
+        if suffix in (".pt", ".pt2"):
+            if not info["torch_cuda"]:
+                raise TargetUnavailableError("cuda: no CUDA device for PyTorch (torch.cuda."
+                                             "is_available() is False: no GPU or a CPU-only "
+                                             "torch)")
+            return [name for name in (*DEFAULT_PLACEMENTS, *OPTIONAL_PLACEMENTS)
+                    if info.get("bf16") or ":bf16" not in name]
+        if suffix == ".onnx":
+            if not info["onnxruntime_providers"]:
+                raise TargetUnavailableError(_no_provider_message())
+            return [f"onnxruntime:{p}" for p in info["onnxruntime_providers"]]
+        raise TargetUnavailableError(f"cuda: cannot run {suffix} files; TFLite runs on cpu and "
+                                     "rpi")
+
     def run(self, model: Path, config: BenchConfig) -> list[BenchResult]:
         info = self.probe()
-        suffix = model.suffix.lower()
-        if suffix in (".pt", ".pt2") and not info["torch_cuda"]:
-            raise TargetUnavailableError("cuda: no CUDA device for PyTorch (torch.cuda."
-                                         "is_available() is False: no GPU or a CPU-only torch)")
-        if suffix == ".onnx" and not info["onnxruntime_providers"]:
-            raise TargetUnavailableError("cuda: onnxruntime has no CUDA or TensorRT provider; "
-                                         "install onnxruntime-gpu on a machine with a GPU")
-        if suffix not in (".pt", ".pt2", ".onnx"):
-            raise TargetUnavailableError(f"cuda: cannot run {suffix} files; TFLite runs on cpu "
-                                         "and rpi")
-        x = model_input(model, config.batch, config.image_shape)
-        if suffix == ".onnx":
-            return [self._onnx(model, config, x, p, info) for p in info["onnxruntime_providers"]]
-        return [self._torch(model, config, x, dtype, info) for dtype in ("float32", "float16")]
+        names = select_runtimes(self.runtimes(model, info), config.runtime)
+        x = model_input(model, config.batch or 1, config.image_shape)
+        reference = _reference(model, x)
+        results = []
+        for name in names:
+            try:
+                results.append(self._row(model, name, config, x, reference, info))
+            except TargetUnavailableError as exc:
+                if config.runtime is not None and "*" not in config.runtime:
+                    raise  # asked for by name: it must run
+                self.notes.append(f"{model.name} [{name}] skipped: {exc}")
+        return results
 
-    def _onnx(self, model: Path, config: BenchConfig, x: np.ndarray, provider: str,
-              info: dict[str, Any]) -> BenchResult:
-        result = bench_in_process(model, "onnxruntime", config, self.name, x,
-                                  {"providers": [provider]})
-        result.runtime, result.device = f"onnxruntime:{provider}", info
-        return result
+    def _row(self, model: Path, name: str, config: BenchConfig, x: np.ndarray,
+             reference: dict[str, list[np.ndarray]], info: dict[str, Any]) -> BenchResult:
+        if name.startswith("onnxruntime:"):
+            return _onnx_row(model, name.partition(":")[2], config, x, reference, info)
+        return _torch_row(model, Placement.parse(name), config, x, reference["fp32"], info)
 
-    def _torch(self, model: Path, config: BenchConfig, x: np.ndarray, dtype: str,
-               info: dict[str, Any]) -> BenchResult:
+
+def _no_provider_message() -> str:
+    """Why onnxruntime has no GPU provider, with the fix: onnxruntime and onnxruntime-gpu share
+    one import name, and whichever pip wrote last wins."""
+    from importlib import metadata
+
+    try:
+        metadata.version("onnxruntime-gpu")
+    except metadata.PackageNotFoundError:
+        return ("cuda: onnxruntime has no CUDA or TensorRT provider; install edgecnn[cuda] "
+                "(onnxruntime-gpu) on a machine with a GPU")
+    return ("cuda: onnxruntime-gpu is installed but the CPU onnxruntime's files shadow it; run "
+            "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu")
+
+
+def _reference(model: Path, x: np.ndarray) -> dict[str, list[np.ndarray]]:
+    """CPU outputs on the bench input: fp32, and for a QDQ file its int8 reference reading."""
+    from edgecnn.runtimes import open_session, predict_all, reference_session
+
+    if model.suffix.lower() != ".onnx":
+        from edgecnn.loading import load_torch_model
+
+        return {"fp32": load_torch_model(model).outputs(x)}
+    from edgecnn.converters import qdq
+
+    from edgecnn.inspection import load_onnx
+
+    if qdq.is_qdq(load_onnx(model)):
+        return {"int8": predict_all(reference_session(model), x)}
+    return {"fp32": predict_all(open_session(model, "onnxruntime"), x)}
+
+
+def _timed(launch: Callable[[], None], sync: Callable[[], None], config: BenchConfig,
+           events: bool) -> tuple[list[float], list[float], int]:
+    """Warm up until steady, then time single-stream invokes: host wall seconds (launch to
+    sync) and, with ``events``, GPU seconds between two CUDA events around the launch."""
+    gpu_s: list[float] = []
+    if events:
         import torch
 
-        from edgecnn.loading import load_torch_model
-        started = time.perf_counter()
-        module = cast(torch.nn.Module, load_torch_model(model).module)
-        module = module.to("cuda", getattr(torch, dtype))
-        data = torch.from_numpy(x).to("cuda", getattr(torch, dtype))
-        torch.cuda.synchronize()
-        load_ms = (time.perf_counter() - started) * 1e3
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
 
         def invoke() -> None:
-            with torch.inference_mode():
-                module(data)
-            torch.cuda.synchronize()
+            start.record()
+            launch()
+            end.record()
+            end.synchronize()
+            gpu_s.append(start.elapsed_time(end) / 1e3)
+    else:
+        def invoke() -> None:
+            launch()
+            sync()
+    budget = config.max_time / 2
+    warm = runner.warm_until_steady(invoke, config.warmup, budget)
+    gpu_s.clear()
+    wall = runner.measure(invoke, 0, config.runs, config.min_time, budget)
+    return wall, gpu_s, warm
 
-        started = time.perf_counter()
-        invoke()
-        first_ms = (time.perf_counter() - started) * 1e3
-        samples = runner.measure(invoke, config.warmup, config.runs, config.min_time,
-                              config.max_time)
-        return BenchResult(model.name, self.name, f"torch-cuda:{dtype}", config.batch,
-                           model.stat().st_size / 1024, load_ms, first_ms,
-                           runner.latency_stats(samples, config.batch),
-                           torch.cuda.max_memory_allocated() / 2**20, [s * 1e6 for s in samples],
-                           info)
+
+def _torch_row(model: Path, placement: Placement, config: BenchConfig, x: np.ndarray,
+               reference: list[np.ndarray], info: dict[str, Any]) -> BenchResult:
+    import torch
+
+    from edgecnn.precision import PlacedModel
+
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    placed = PlacedModel(model, placement)
+    placed.bind(x)  # graph mode captures here
+    placed.synchronize()
+    load_ms = (time.perf_counter() - started) * 1e3
+    started = time.perf_counter()
+    placed.launch()
+    outputs = placed.outputs()
+    first_ms = (time.perf_counter() - started) * 1e3
+    check = check_parity(placement.name, outputs, reference, placement.tolerance)
+    require_parity(check, model.name)
+    clocks_before = nvidia_smi(CLOCK_FIELDS)
+    wall, gpu, warm = _timed(placed.launch, placed.synchronize, config, events=True)
+    memory = {"allocated": torch.cuda.max_memory_allocated() / 2**20,
+              "reserved": torch.cuda.max_memory_reserved() / 2**20}
+    device = {**info, "clocks_before": clocks_before, "clocks_after": nvidia_smi(CLOCK_FIELDS)}
+    del placed
+    return BenchResult(model.name, "cuda", placement.name, len(x), model.stat().st_size / 1024,
+                       load_ms, first_ms, runner.latency_stats(wall, len(x)), runner.peak_rss_mb(),
+                       [s * 1e6 for s in wall], device,
+                       gpu_stats=runner.latency_stats(gpu, len(x)), gpu_memory_mb=memory,
+                       parity=check.record(), warmup_runs=warm)
+
+
+def _onnx_row(model: Path, provider: str, config: BenchConfig, x: np.ndarray,
+              reference: dict[str, list[np.ndarray]], info: dict[str, Any]) -> BenchResult:
+    from edgecnn.runtimes import OnnxSession
+
+    runtime = f"onnxruntime:{provider}"
+    started = time.perf_counter()
+    options = {"use_tf32": "0"} if provider == "CUDAExecutionProvider" else {}
+    try:
+        session = OnnxSession(model, None, providers=[(provider, options),  # type: ignore[list-item]
+                                                      "CPUExecutionProvider"])
+    except EdgecnnError as exc:
+        raise TargetUnavailableError(f"{runtime}: {exc}") from None
+    active = session.session.get_providers()
+    if not active or active[0] != provider:
+        raise TargetUnavailableError(f"{runtime}: onnxruntime fell back to {active[0]} (the "
+                                     f"provider's CUDA/cuDNN/TensorRT libraries did not load)")
+    session.bind(x)
+    load_ms = (time.perf_counter() - started) * 1e3
+    started = time.perf_counter()
+    session.invoke()
+    first_ms = (time.perf_counter() - started) * 1e3
+    kind = "int8" if "int8" in reference else "fp32"
+    tolerance = ORT_TOLERANCE["int8" if kind == "int8" else provider]
+    check = check_parity(runtime, session.outputs(), reference[kind], tolerance)
+    require_parity(check, model.name)
+    clocks_before = nvidia_smi(CLOCK_FIELDS)
+    wall, _, warm = _timed(session.invoke, lambda: None, config, events=False)
+    device = {**info, "clocks_before": clocks_before, "clocks_after": nvidia_smi(CLOCK_FIELDS)}
+    return BenchResult(model.name, "cuda", runtime, len(x), model.stat().st_size / 1024,
+                       load_ms, first_ms, runner.latency_stats(wall, len(x)), runner.peak_rss_mb(),
+                       [s * 1e6 for s in wall], device, parity=check.record(),
+                       warmup_runs=warm)
 
 
 TARGET = CUDATarget

@@ -51,6 +51,36 @@ def measure(invoke: Callable[[], object], warmup: int, runs: int, min_time: floa
     return samples
 
 
+def warm_until_steady(invoke: Callable[[], object], min_runs: int, max_time: float,
+                      tolerance: float = 0.03, window_s: float = 0.05) -> int:
+    """Warm up until latency stops falling: at least ``min_runs`` invokes, then windows of them
+    until two windows in a row agree on the median within ``tolerance``. A GPU raises its
+    clocks and cuDNN settles its algorithms only under load, so a fixed count can time a
+    cold device. Stops at ``max_time`` s; returns the number of invokes run."""
+    clock = time.perf_counter
+    deadline = clock() + max_time
+    done = 0
+    for _ in range(min_runs):
+        if clock() >= deadline:
+            return done
+        invoke()
+        done += 1
+    previous = None
+    while clock() < deadline:
+        window: list[float] = []
+        started = clock()
+        while (len(window) < 5 or clock() - started < window_s) and clock() < deadline:
+            t0 = clock()
+            invoke()
+            window.append(clock() - t0)
+        done += len(window)
+        median = sorted(window)[len(window) // 2]
+        if previous is not None and abs(median - previous) <= tolerance * previous:
+            break
+        previous = median
+    return done
+
+
 def peak_rss_mb() -> float:
     scale = 1024 * 1024 if sys.platform == "darwin" else 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale

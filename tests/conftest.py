@@ -124,3 +124,21 @@ LogLevel ERROR
     yield {"port": port, "base": base, "user": os.environ.get("USER", "root")}
     proc.terminate()
     proc.wait(timeout=10)
+
+
+# -- CUDA: tests marked ``gpu`` run only where torch sees a GPU ------------------------------
+def cuda_unavailable_reason() -> str | None:
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    build = "a CPU-only torch build" if torch.version.cuda is None else "no GPU visible"
+    return f"needs a CUDA GPU: torch.cuda.is_available() is False ({build}, torch {torch.__version__})"
+
+
+def pytest_collection_modifyitems(config, items):
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    reason = cuda_unavailable_reason() if gpu_items else None
+    if reason:
+        for item in gpu_items:
+            item.add_marker(pytest.mark.skip(reason=reason))

@@ -1,0 +1,185 @@
+"""Reduced-precision PyTorch placements and their parity gate, on the CPU (the GPU's own rows
+are in test_gpu.py): what `bench --target cuda` and `validate --placement` are built from."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+from edgecnn.targets import runner
+from edgecnn.targets.base import BenchResult
+from edgecnn.targets.cuda import DEFAULT_PLACEMENTS, OPTIONAL_PLACEMENTS, select_runtimes
+
+from edgecnn.cli import cli
+from edgecnn.errors import BadInputError, TargetUnavailableError
+from edgecnn.loading import load_torch_model
+from edgecnn.precision import TOLERANCE, PlacedModel, Placement, check_parity
+from tests.conftest import LENET
+
+
+class Overflows(torch.nn.Module):
+    """Fine in fp32 and bf16, inf in fp16 (largest fp16 value: 65504): a fast wrong model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3)
+        self.fc = torch.nn.Linear(4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x) * 1e5
+        return self.fc(torch.relu(y).mean((2, 3)) * 1e-5)
+
+
+@pytest.fixture(scope="module")
+def overflowing_pt2(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("overflow") / "overflows.pt2"
+    torch.export.save(torch.export.export(Overflows().eval(), (torch.rand(1, 1, 28, 28),)), path)
+    return path
+
+
+def test_placement_names_parse_and_refuse_in_one_line():
+    assert Placement.parse("torch-cuda:fp16:graph") == Placement("cuda", "fp16", "graph")
+    assert Placement.parse("torch-cpu:bf16").name == "torch-cpu:bf16"
+    for bad in ("torch-cuda:fp8", "torch-tpu:fp16", "torch-cuda:fp16:fast", "torch",
+                "torch-cpu:fp16:graph", "torch-cpu:tf32"):
+        with pytest.raises(BadInputError) as info:
+            Placement.parse(bad)
+        assert "\n" not in str(info.value)
+
+
+def test_parity_check_against_hand_computed_errors():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(8, 10)).astype(np.float32)
+    ref[np.arange(8), np.arange(8)] += 10  # a clear winner on every row
+    close = ref + np.float32(1e-3 * np.abs(ref).max())
+    check = check_parity("x", [close], [ref], 1e-2)
+    assert check.passed and check.max_rel_error == pytest.approx(1e-3, rel=1e-3)
+    assert check.decisive_rows == 8 and check.argmax_flips == 0
+    swapped = ref.copy()
+    swapped[0, [0, 9]] = swapped[0, [9, 0]]  # row 0 now names another class
+    check = check_parity("x", [swapped], [ref], 1.0)  # a loose bound: only the flip fails it
+    assert not check.passed and check.argmax_flips == 1
+    assert "top-1 class changed on 1 of" in check.failure("m")
+    broken = ref.copy()
+    broken[3, 3] = np.inf
+    assert check_parity("x", [broken], [ref], 1.0).nonfinite == 1
+
+
+def test_a_flip_at_a_near_tie_is_rounding_not_a_wrong_model():
+    ref = np.array([[1.0, 0.98, -3.0], [5.0, 0.0, -5.0]], np.float32)
+    y = np.array([[0.99, 1.0, -3.0], [5.0, 0.0, -5.0]], np.float32)  # row 0 flips at a tie
+    check = check_parity("x", [y], [ref], 1e-2)
+    assert check.decisive_rows == 1 and check.argmax_flips == 0 and check.passed
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_cpu_placement_equals_a_hand_cast_module(precision, test_set):
+    """PlacedModel's outputs against torch run by hand at that dtype: the same numbers."""
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    x = test_set.images[:16].transpose(0, 3, 1, 2).astype(np.float32) / 255
+    model = load_torch_model(LENET)
+    module = copy.deepcopy(model.module).to(dtype)
+    with torch.inference_mode():
+        want = module(torch.from_numpy(x).to(dtype)).float().numpy()
+    placed = PlacedModel(LENET, Placement("cpu", precision))
+    placed.bind(x)
+    placed.launch()
+    (got,) = placed.outputs()
+    np.testing.assert_array_equal(got, want)
+    check = check_parity(precision, [got], model.outputs(x), TOLERANCE[precision])
+    assert check.passed and check.decisive_rows > 0
+
+
+def test_bench_times_a_cpu_bf16_row_after_its_parity_check(cli_runner, tmp_path):
+    out = tmp_path / "b.json"
+    result = cli_runner.invoke(cli, ["bench", str(LENET), "--runtime", "torch-cpu:bf16",
+                                     "--runs", "20", "--min-time", "0", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["runtime"] == "torch-cpu:bf16" and row["stats"]["runs"] >= 20
+    assert 0 < row["parity"]["max_rel_error"] <= TOLERANCE["bf16"]
+    assert row["parity"]["nonfinite"] == 0
+
+
+def test_a_fast_wrong_row_fails_with_exit_1_and_is_not_timed(cli_runner, overflowing_pt2):
+    result = cli_runner.invoke(cli, ["bench", str(overflowing_pt2), "--runtime",
+                                     "torch-cpu:fp16", "--input-shape", "1,1,28,28"])
+    assert result.exit_code == 1, result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "[torch-cpu:fp16]" in result.stderr and "NaN/inf" in result.stderr
+    ok = cli_runner.invoke(cli, ["bench", str(overflowing_pt2), "--runtime", "torch-cpu:bf16",
+                                 "--input-shape", "1,1,28,28", "--runs", "5", "--min-time", "0"])
+    assert ok.exit_code == 0, ok.output  # bf16 keeps fp32's range
+
+
+def test_validate_scores_placements_beside_the_other_rows(cli_runner, tmp_path, artefacts):
+    out = tmp_path / "v.json"
+    result = cli_runner.invoke(cli, ["validate", str(LENET), str(artefacts["onnx"]),
+                                     "--placement", "torch-cpu:bf16", "--limit", "1000",
+                                     "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = {r["runtime"]: r for r in json.loads(out.read_text())["rows"]}
+    assert {"torch", "torch-cpu:bf16", "onnxruntime"} <= set(rows)
+    bf16 = rows["torch-cpu:bf16"]
+    assert bf16["agreement_pct"] >= 99.0 and 0 < bf16["max_abs_dlogit"] < 1.0
+    assert rows["torch"]["identical_pct"] == 100.0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--placement", "torch-cuda:fp8"], "choose from"),
+    (["--placement", "torch-cuda:fp16"], "torch.cuda.is_available() is False"),
+])
+def test_validate_refuses_placements_it_cannot_run_in_one_line(cli_runner, args, message):
+    if message.startswith("torch.cuda") and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the placement runs (test_gpu.py)")
+    result = cli_runner.invoke(cli, ["validate", str(LENET), *args, "--limit", "10"])
+    assert result.exit_code == 2 and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_cuda_runtime_selection_takes_names_and_globs():
+    every = [*DEFAULT_PLACEMENTS, *OPTIONAL_PLACEMENTS]
+    assert select_runtimes(every, None) == list(DEFAULT_PLACEMENTS)
+    assert select_runtimes(every, "torch-cuda:*:graph") == [
+        "torch-cuda:fp32:graph", "torch-cuda:fp16:graph", "torch-cuda:bf16:graph",
+        "torch-cuda:tf32:graph"]
+    assert select_runtimes(every, "torch-cuda:fp16, torch-cuda:tf32") == [
+        "torch-cuda:fp16", "torch-cuda:tf32"]
+    with pytest.raises(TargetUnavailableError, match="matches none of"):
+        select_runtimes(every, "onnxruntime:*")
+
+
+def test_cuda_refuses_a_pytorch_model_without_a_gpu_in_one_line(cli_runner):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: see test_gpu.py")
+    result = cli_runner.invoke(cli, ["bench", str(LENET), "--target", "cuda"])
+    assert result.exit_code == 2 and "torch.cuda.is_available() is False" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_warm_up_runs_at_least_its_count_and_stops_when_steady_or_late():
+    calls = []
+    done = runner.warm_until_steady(lambda: calls.append(time.sleep(0.001)), 7, max_time=30.0)
+    assert done == len(calls) >= 7 + 2 * 5  # the count, then two windows that agree
+    started = time.perf_counter()
+    slower = iter(range(1, 10**6))  # never steady: each invoke 20 % slower than the last
+    runner.warm_until_steady(lambda: time.sleep(1e-4 * 1.2 ** min(next(slower), 30)), 0,
+                             max_time=0.5)
+    assert time.perf_counter() - started < 3.0
+
+
+def test_gpu_columns_belong_to_cuda_rows_only():
+    stats = runner.latency_stats([1e-3, 2e-3], 1)
+    cpu = BenchResult("m", "cpu", "torch", 1, 1.0, 1.0, 1.0, stats, 10.0)
+    cuda = BenchResult("m", "cuda", "torch-cuda:fp16", 1, 1.0, 1.0, 1.0, stats, 10.0,
+                       gpu_stats=stats, gpu_memory_mb={"allocated": 5.0, "reserved": 8.0},
+                       parity={"max_rel_error": 1e-3}, warmup_runs=40)
+    assert "GPU p50 µs" not in cpu.row()
+    row = cuda.row()
+    assert row["GPU alloc MB"] == 5.0 and row["GPU reserved MB"] == 8.0
+    assert row["GPU p50 µs"] == stats["p50_us"] and row["warm-up runs"] == 40
