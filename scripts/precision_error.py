@@ -72,7 +72,7 @@ def markdown(rows: list[dict[str, Any]], machine: str) -> str:
              f"Measured by `scripts/precision_error.py` on {machine}. Each cell: the worst "
              "output's max|y - ref| / max|ref| over the images; `NaN/inf` or `flip` when values "
              "overflowed or a decisive top-1 changed (the check fails such a row).", "",
-             "| model | largest |output| | " + " | ".join(names) + " |",
+             "| model | largest abs output | " + " | ".join(names) + " |",
              "| --- | ---: | " + " | ".join("---:" for _ in names) + " |"]
     for row in rows:
         cells = []
