@@ -81,9 +81,19 @@ class Placement:
             if not torch.cuda.is_available():
                 return ("no CUDA device for PyTorch (torch.cuda.is_available() is False: no GPU "
                         "or a CPU-only torch)")
-            if self.precision == "bf16" and not torch.cuda.is_bf16_supported():
+            if self.precision == "bf16" and not bf16_native():
                 return f"{torch.cuda.get_device_name(0)} has no bf16"
         return None
+
+
+def bf16_native() -> bool:
+    """Whether the GPU computes bf16 itself (Ampere and later), not by emulation."""
+    import torch
+
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # torch before 2.4 has no such argument and does not emulate
+        return bool(torch.cuda.is_bf16_supported())
 
 
 def dtype_of(precision: str) -> Any:
@@ -96,19 +106,54 @@ def dtype_of(precision: str) -> Any:
 @contextlib.contextmanager
 def backend_flags(placement: Placement) -> Iterator[None]:
     """TF32 only where asked for (torch lets cuDNN use it for fp32 by default: an "fp32" row
-    would silently be tf32), cuDNN autotuning for tuned and graph modes; restored after."""
+    would silently be tf32), cuDNN autotuning for tuned and graph modes; restored after.
+
+    Set once around a whole row, not per invoke: the flags matter when kernels are chosen, and
+    setting them costs microseconds that a LeNet-sized eager row would time."""
     import torch
 
-    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32,
-             torch.backends.cudnn.benchmark)
-    tf32 = placement.precision == "tf32"
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.benchmark = placement.mode != "eager"
+    backends = torch.backends
+    conv = getattr(backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):  # torch >= 2.9's precision API
+        holders = [(conv, "fp32_precision"), (backends.cuda.matmul, "fp32_precision")]
+        wanted: Any = "tf32" if placement.precision == "tf32" else "ieee"
+    else:
+        holders = [(backends.cudnn, "allow_tf32"), (backends.cuda.matmul, "allow_tf32")]
+        wanted = placement.precision == "tf32"
+    holders.append((backends.cudnn, "benchmark"))
+    saved = [getattr(obj, attr) for obj, attr in holders]
+    for obj, attr in holders[:-1]:
+        setattr(obj, attr, wanted)
+    backends.cudnn.benchmark = placement.mode != "eager"
     try:
         yield
     finally:
-        (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32,
-         torch.backends.cudnn.benchmark) = saved
+        for (obj, attr), value in zip(holders, saved, strict=True):
+            setattr(obj, attr, value)
+
+
+def _portable(module: Any, device: str, dtype: Any) -> Any:
+    """What ``Module.to`` leaves behind in a torch.export program: its dtype/device assertions
+    (``_assert_tensor_metadata``, written for the float32 CPU tensors it was traced with) are
+    dropped, and constants lifted from ``forward`` (plain tensor attributes, not parameters or
+    buffers) are moved too."""
+    import torch
+    from torch import fx
+
+    assertion = getattr(torch.ops.aten, "_assert_tensor_metadata", None)
+    for sub in module.modules():
+        if isinstance(sub, fx.GraphModule) and assertion is not None:
+            checks = [n for n in sub.graph.nodes
+                      if n.op == "call_function" and n.target is assertion.default]
+            for node in checks:
+                sub.graph.erase_node(node)
+            if checks:
+                sub.recompile()
+        for name, value in list(vars(sub).items()):
+            if isinstance(value, torch.Tensor) and not isinstance(value, torch.nn.Parameter):
+                setattr(sub, name, value.to(device, dtype if value.is_floating_point()
+                                            else value.dtype))
+    return module.to(device, dtype)
 
 
 class PlacedModel:
@@ -116,6 +161,9 @@ class PlacedModel:
 
     ``launch()`` enqueues one forward pass (on a GPU it returns before the work is done: the
     caller synchronises); graph mode captures the pass once as a CUDA graph and replays it.
+    Run it inside ``backend_flags(placement)``. A model that cannot run there (a ``view`` of a
+    channels_last activation, a dtype hard-coded in ``forward``) raises
+    :class:`TargetUnavailableError` in one line.
     """
 
     def __init__(self, path: Path, placement: Placement, *, trust_pickle: bool = False,
@@ -137,13 +185,13 @@ class PlacedModel:
         if not isinstance(module, torch.nn.Module):
             raise BadInputError(f"{path}: a {self.model.format} model cannot be moved to "
                                 f"{placement.name}")
-        with backend_flags(placement):
-            self.module = module.to(placement.device, self._dtype)
-            if placement.mode != "eager":
-                self.module = self.module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self._x: Any = None
         self._y: Any = None
         self._graph: Any = None
+        with self.failing_in_one_line("cannot be moved there"):  # out of GPU memory, say
+            self.module = _portable(module, placement.device, self._dtype)
+            if placement.mode != "eager":
+                self.module = self.module.to(memory_format=torch.channels_last)
 
     def bind(self, x: np.ndarray) -> None:
         """Copy ``x`` (float32 NCHW) to the device once; a graph is (re)captured for it."""
@@ -159,7 +207,8 @@ class PlacedModel:
     def _capture(self) -> None:
         """Warm up on a side stream (cuDNN autotunes there), then record one pass as a graph."""
         torch = self._torch
-        with backend_flags(self.placement), torch.inference_mode():
+        with self.failing_in_one_line("cannot be captured as a CUDA graph"), \
+                torch.inference_mode():
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
@@ -167,14 +216,8 @@ class PlacedModel:
                     self.module(self._x)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            try:
-                with torch.cuda.graph(graph):
-                    self._y = self.module(self._x)
-            except Exception as exc:  # a host sync or dynamic shape inside the forward pass
-                raise TargetUnavailableError(
-                    f"{self.placement.name}: {self.model.path.name} cannot be captured as a CUDA "
-                    f"graph ({str(exc).splitlines()[0][:160]}); bench its eager or tuned rows"
-                ) from None
+            with torch.cuda.graph(graph):
+                self._y = self.module(self._x)
         self._graph = graph
 
     def launch(self) -> None:
@@ -182,8 +225,18 @@ class PlacedModel:
         if self._graph is not None:
             self._graph.replay()
             return
-        with backend_flags(self.placement), self._torch.inference_mode():
+        with self._torch.inference_mode():
             self._y = self.module(self._x)
+
+    @contextlib.contextmanager
+    def failing_in_one_line(self, what: str = "cannot run") -> Iterator[None]:
+        """PyTorch's errors from the model's own code (RuntimeError and kin) as one line."""
+        try:
+            yield
+        except (RuntimeError, TypeError, ValueError, AssertionError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise TargetUnavailableError(f"{self.model.path.name} [{self.placement.name}] "
+                                         f"{what} ({first})") from None
 
     def synchronize(self) -> None:
         if self.placement.device == "cuda":
@@ -234,10 +287,11 @@ class PlacedSession:
         assert self._x is not None
         step = self.placed.model.static_batch or len(self._x)
         chunks = []
-        for start in range(0, len(self._x), step):
-            self.placed.bind(self._x[start:start + step])
-            self.placed.launch()
-            chunks.append(self.placed.outputs())
+        with backend_flags(self.placed.placement), self.placed.failing_in_one_line():
+            for start in range(0, len(self._x), step):
+                self.placed.bind(self._x[start:start + step])
+                self.placed.launch()
+                chunks.append(self.placed.outputs())
         self._y = [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
 
     def output(self) -> np.ndarray:

@@ -75,7 +75,7 @@ def case(path: Path, batch: int, precision: str, input_shape: tuple[int, ...] | 
     report = bench([path], "cuda", config)
     rows = {r.runtime: r for r in report.results}
     bare = bare_graph_loop(path, batch, precision)
-    graph = rows[f"torch-cuda:{precision}:graph"]
+    graph = rows.get(f"torch-cuda:{precision}:graph")
     best = min(rows.values(), key=lambda r: r.stats["p50_us"])
     return {"model": path.name, "batch": batch, "precision": precision,
             "rows": {name: {"p50_us": r.stats["p50_us"], "p90_us": r.stats["p90_us"],
@@ -83,10 +83,11 @@ def case(path: Path, batch: int, precision: str, input_shape: tuple[int, ...] | 
                             "gpu_p50_us": (r.gpu_stats or {}).get("p50_us"),
                             "gpu_memory_mb": r.gpu_memory_mb, "parity": r.parity}
                      for name, r in rows.items()},
-            "bare_graph": bare, "device": graph.device, "notes": report.notes,
+            "bare_graph": bare, "device": best.device, "notes": report.notes,
             "best_row": best.runtime,
             "best_vs_bare": best.stats["p50_us"] / bare["wall_p50_us"],
-            "harness_overhead": graph.stats["p50_us"] / bare["wall_p50_us"] - 1}
+            "harness_overhead": (None if graph is None
+                                 else graph.stats["p50_us"] / bare["wall_p50_us"] - 1)}
 
 
 def main() -> int:
@@ -103,13 +104,20 @@ def main() -> int:
              case(args.vgg19, 1, "fp32", None),
              case(args.torchvision, 1, "fp16", (3, 224, 224))]
     args.out.write_text(json.dumps(cases, indent=1))
+    def cell(value: float | None, form: str = "{:.0f}") -> str:
+        return "n/a" if value is None else form.format(value)
+
     for c in cases:
         rows = c["rows"]
         eager, tuned, graph = (rows.get(f"torch-cuda:{c['precision']}{m}", {}).get("p50_us")
                                for m in ("", ":tuned", ":graph"))
-        print(f"| {c['model']} b{c['batch']} {c['precision']} | {eager:.0f} | {tuned:.0f} | "
-              f"{graph:.0f} | {c['bare_graph']['wall_p50_us']:.0f} | {c['best_vs_bare']:.2f}x | "
-              f"{100 * c['harness_overhead']:+.1f} % |")
+        overhead = c["harness_overhead"]
+        print(f"| {c['model']} b{c['batch']} {c['precision']} | {cell(eager)} | {cell(tuned)} | "
+              f"{cell(graph)} | {c['bare_graph']['wall_p50_us']:.0f} | "
+              f"{c['best_vs_bare']:.2f}x | "
+              f"{cell(None if overhead is None else 100 * overhead, '{:+.1f} %')} |")
+        for note in c["notes"]:
+            print(f"  note: {note}")
     return 0
 
 

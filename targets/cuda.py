@@ -27,9 +27,17 @@ from edgecnn.targets import runner
 from edgecnn.targets.base import BenchConfig, BenchResult, Target
 from edgecnn.targets.cpu import model_input
 
-from edgecnn.errors import EdgecnnError, TargetUnavailableError
-from edgecnn.precision import TOLERANCE, Placement, check_parity, require_parity
+from edgecnn.errors import TargetUnavailableError
+from edgecnn.precision import (
+    TOLERANCE,
+    Placement,
+    backend_flags,
+    bf16_native,
+    check_parity,
+    require_parity,
+)
 
+WARMUP_CEILING_S = 20.0  # a row whose latency never settles is timed after this much warm-up
 ORT_GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 DEFAULT_PLACEMENTS = tuple(f"torch-cuda:{precision}{mode}" for mode in ("", ":tuned", ":graph")
                            for precision in ("fp32", "fp16", "bf16"))
@@ -39,23 +47,45 @@ OPTIONAL_PLACEMENTS = ("torch-cuda:tf32", "torch-cuda:tf32:tuned", "torch-cuda:t
 ORT_TOLERANCE = {"CUDAExecutionProvider": TOLERANCE["fp32"],
                  "TensorrtExecutionProvider": TOLERANCE["tf32"], "int8": 5e-2}
 CLOCK_FIELDS = ("clocks.sm", "clocks.mem", "clocks.max.sm", "temperature.gpu", "power.draw",
-                "pstate", "clocks_throttle_reasons.active")
+                "pstate")
+# renamed in driver 535; the old name is an alias there. One bad field fails a whole query,
+# so the reasons are asked for on their own
+THROTTLE_FIELDS = ("clocks_event_reasons.active", "clocks_throttle_reasons.active")
 
 
 def nvidia_smi(fields: tuple[str, ...]) -> dict[str, str]:
-    """First GPU's ``fields`` from nvidia-smi; empty where it is missing or fails."""
+    """torch's GPU 0's ``fields`` from nvidia-smi (by UUID: nvidia-smi's own numbering ignores
+    CUDA_VISIBLE_DEVICES); empty where nvidia-smi is missing or refuses a field."""
     exe = shutil.which("nvidia-smi")
     if exe is None:
         return {}
+    gpu = "0"
+    try:
+        import torch
+
+        gpu = f"GPU-{torch.cuda.get_device_properties(0).uuid}"
+    except (ImportError, RuntimeError, AttributeError, AssertionError):
+        pass
     try:
         done = subprocess.run([exe, f"--query-gpu={','.join(fields)}",
-                               "--format=csv,noheader,nounits", "--id=0"],
+                               "--format=csv,noheader,nounits", f"--id={gpu}"],
                               capture_output=True, text=True, timeout=10, check=True)
     except (OSError, subprocess.SubprocessError):
         return {}
-    values = [v.strip() for v in done.stdout.strip().splitlines()[0].split(",")] \
-        if done.stdout.strip() else []
+    lines = done.stdout.strip().splitlines()
+    values = [v.strip() for v in lines[0].split(",")] if lines else []
     return dict(zip(fields, values, strict=False))
+
+
+def gpu_clocks() -> dict[str, str]:
+    """SM and memory clocks, temperature, power, P-state and why clocks are held back."""
+    state = gpu_clocks()
+    for field in THROTTLE_FIELDS:
+        reasons = nvidia_smi((field,))
+        if reasons:
+            state["clock_event_reasons"] = reasons[field]
+            break
+    return state
 
 
 def select_runtimes(available: list[str], asked: str | None) -> list[str]:
@@ -87,7 +117,7 @@ class CUDATarget(Target):
                 info.update(device=props.name, capability=f"{props.major}.{props.minor}",
                             memory_gib=round(props.total_memory / 2**30, 1),
                             cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
-                            bf16=torch.cuda.is_bf16_supported(),
+                            bf16=bf16_native(),
                             driver=nvidia_smi(("driver_version",)).get("driver_version"))
         except ImportError:
             pass
@@ -129,7 +159,7 @@ class CUDATarget(Target):
             except TargetUnavailableError as exc:
                 if config.runtime is not None and "*" not in config.runtime:
                     raise  # asked for by name: it must run
-                self.notes.append(f"{model.name} [{name}] skipped: {exc}")
+                self.notes.append(f"skipped: {exc}")
         return results
 
     def _row(self, model: Path, name: str, config: BenchConfig, x: np.ndarray,
@@ -191,10 +221,23 @@ def _timed(launch: Callable[[], None], sync: Callable[[], None], config: BenchCo
             launch()
             sync()
     budget = config.max_time / 2
-    warm = runner.warm_until_steady(invoke, config.warmup, budget)
+    warm = runner.warm_until_steady(invoke, config.warmup, min(budget, WARMUP_CEILING_S))
     gpu_s.clear()
     wall = runner.measure(invoke, 0, config.runs, config.min_time, budget)
     return wall, gpu_s, warm
+
+
+def _fresh_gpu_memory() -> tuple[int, int]:
+    """Free what earlier rows left (an exported module sits in a reference cycle: ``del`` alone
+    keeps its weights on the GPU), reset the peaks, and return the baseline."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    return torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
 
 
 def _torch_row(model: Path, placement: Placement, config: BenchConfig, x: np.ndarray,
@@ -203,24 +246,24 @@ def _torch_row(model: Path, placement: Placement, config: BenchConfig, x: np.nda
 
     from edgecnn.precision import PlacedModel
 
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
+    allocated, reserved = _fresh_gpu_memory()
     started = time.perf_counter()
     placed = PlacedModel(model, placement)
-    placed.bind(x)  # graph mode captures here
-    placed.synchronize()
-    load_ms = (time.perf_counter() - started) * 1e3
-    started = time.perf_counter()
-    placed.launch()
-    outputs = placed.outputs()
-    first_ms = (time.perf_counter() - started) * 1e3
-    check = check_parity(placement.name, outputs, reference, placement.tolerance)
-    require_parity(check, model.name)
-    clocks_before = nvidia_smi(CLOCK_FIELDS)
-    wall, gpu, warm = _timed(placed.launch, placed.synchronize, config, events=True)
-    memory = {"allocated": torch.cuda.max_memory_allocated() / 2**20,
-              "reserved": torch.cuda.max_memory_reserved() / 2**20}
-    device = {**info, "clocks_before": clocks_before, "clocks_after": nvidia_smi(CLOCK_FIELDS)}
+    with backend_flags(placement), placed.failing_in_one_line():
+        placed.bind(x)  # graph mode captures here
+        placed.synchronize()
+        load_ms = (time.perf_counter() - started) * 1e3
+        started = time.perf_counter()
+        placed.launch()
+        outputs = placed.outputs()
+        first_ms = (time.perf_counter() - started) * 1e3
+        check = check_parity(placement.name, outputs, reference, placement.tolerance)
+        require_parity(check, model.name)
+        clocks_before = gpu_clocks()
+        wall, gpu, warm = _timed(placed.launch, placed.synchronize, config, events=True)
+    memory = {"allocated": (torch.cuda.max_memory_allocated() - allocated) / 2**20,
+              "reserved": (torch.cuda.max_memory_reserved() - reserved) / 2**20}
+    device = {**info, "clocks_before": clocks_before, "clocks_after": gpu_clocks()}
     del placed
     return BenchResult(model.name, "cuda", placement.name, len(x), model.stat().st_size / 1024,
                        load_ms, first_ms, runner.latency_stats(wall, len(x)), runner.peak_rss_mb(),
@@ -229,34 +272,73 @@ def _torch_row(model: Path, placement: Placement, config: BenchConfig, x: np.nda
                        parity=check.record(), warmup_runs=warm)
 
 
+class DeviceBoundOnnx:
+    """onnxruntime on one execution provider, its input and outputs kept on the device by
+    IOBinding: a row times the model, not PCIe copies (as the PyTorch rows do), and
+    ``run_with_iobinding`` returns when the provider's stream is done.
+
+    Fallback is off, and the provider is checked after the first run: onnxruntime otherwise
+    drops to another provider when one fails (TensorRT builds its engine on the first run) and
+    the row would time the wrong thing under the right name."""
+
+    def __init__(self, path: Path, provider: str, options: dict[str, str], x: np.ndarray,
+                 device: str = "cuda") -> None:
+        import onnxruntime as ort
+
+        self.provider = provider
+        settings = ort.SessionOptions()
+        settings.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), settings,
+                                                providers=[(provider, options)])
+        except Exception as exc:  # onnxruntime's Fail/InvalidArgument/EPFail types
+            raise TargetUnavailableError(f"onnxruntime:{provider}: cannot load {path.name} "
+                                         f"({str(exc).splitlines()[0][:200]})") from None
+        self.session.disable_fallback()
+        self.check_provider()
+        self.binding = self.session.io_binding()
+        value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(x, np.float32), device, 0)
+        self.binding.bind_ortvalue_input(self.session.get_inputs()[0].name, value)
+        for output in self.session.get_outputs():
+            self.binding.bind_output(output.name, device, 0)
+
+    def check_provider(self) -> None:
+        active = self.session.get_providers()
+        if not active or active[0] != self.provider:
+            raise TargetUnavailableError(
+                f"onnxruntime:{self.provider}: onnxruntime runs on {', '.join(active) or 'none'}"
+                " instead (the provider's CUDA/cuDNN/TensorRT libraries did not load)")
+
+    def invoke(self) -> None:
+        try:
+            self.session.run_with_iobinding(self.binding)
+        except Exception as exc:
+            raise TargetUnavailableError(f"onnxruntime:{self.provider}: the run failed "
+                                         f"({str(exc).splitlines()[0][:200]})") from None
+
+    def outputs(self) -> list[np.ndarray]:
+        return list(self.binding.copy_outputs_to_cpu())
+
+
 def _onnx_row(model: Path, provider: str, config: BenchConfig, x: np.ndarray,
               reference: dict[str, list[np.ndarray]], info: dict[str, Any]) -> BenchResult:
-    from edgecnn.runtimes import OnnxSession
-
     runtime = f"onnxruntime:{provider}"
     started = time.perf_counter()
+    # fp32 means fp32: the CUDA provider's TF32 is on unless switched off
     options = {"use_tf32": "0"} if provider == "CUDAExecutionProvider" else {}
-    try:
-        session = OnnxSession(model, None, providers=[(provider, options),  # type: ignore[list-item]
-                                                      "CPUExecutionProvider"])
-    except EdgecnnError as exc:
-        raise TargetUnavailableError(f"{runtime}: {exc}") from None
-    active = session.session.get_providers()
-    if not active or active[0] != provider:
-        raise TargetUnavailableError(f"{runtime}: onnxruntime fell back to {active[0]} (the "
-                                     f"provider's CUDA/cuDNN/TensorRT libraries did not load)")
-    session.bind(x)
+    session = DeviceBoundOnnx(model, provider, options, x)
     load_ms = (time.perf_counter() - started) * 1e3
     started = time.perf_counter()
     session.invoke()
     first_ms = (time.perf_counter() - started) * 1e3
+    session.check_provider()
     kind = "int8" if "int8" in reference else "fp32"
     tolerance = ORT_TOLERANCE["int8" if kind == "int8" else provider]
     check = check_parity(runtime, session.outputs(), reference[kind], tolerance)
     require_parity(check, model.name)
-    clocks_before = nvidia_smi(CLOCK_FIELDS)
+    clocks_before = gpu_clocks()
     wall, _, warm = _timed(session.invoke, lambda: None, config, events=False)
-    device = {**info, "clocks_before": clocks_before, "clocks_after": nvidia_smi(CLOCK_FIELDS)}
+    device = {**info, "clocks_before": clocks_before, "clocks_after": gpu_clocks()}
     return BenchResult(model.name, "cuda", runtime, len(x), model.stat().st_size / 1024,
                        load_ms, first_ms, runner.latency_stats(wall, len(x)), runner.peak_rss_mb(),
                        [s * 1e6 for s in wall], device, parity=check.record(),

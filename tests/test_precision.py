@@ -183,3 +183,78 @@ def test_gpu_columns_belong_to_cuda_rows_only():
     row = cuda.row()
     assert row["GPU alloc MB"] == 5.0 and row["GPU reserved MB"] == 8.0
     assert row["GPU p50 µs"] == stats["p50_us"] and row["warm-up runs"] == 40
+
+
+class CastsAndConstants(torch.nn.Module):
+    """A cast and a constant inside ``forward``: torch.export writes a float32/CPU assertion in
+    front of the cast and lifts the constant to a plain attribute that ``Module.to`` skips."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x).to(torch.float32)
+        return (y * torch.tensor([1.0, 2.0]).view(1, 2, 1, 1)).mean((2, 3))
+
+
+def test_an_exported_cast_and_constant_move_with_the_model(tmp_path):
+    torch.manual_seed(0)
+    module = CastsAndConstants().eval()
+    path = tmp_path / "casts.pt2"
+    torch.export.save(torch.export.export(module, (torch.rand(1, 1, 8, 8),)), path)
+    x = np.random.default_rng(0).random((1, 1, 8, 8), dtype=np.float32)
+    with pytest.raises(RuntimeError, match="dtype"):  # what Module.to alone leaves
+        load_torch_model(path).module.to(torch.float16)(torch.from_numpy(x).half())
+    placed = PlacedModel(path, Placement("cpu", "fp16"))
+    placed.bind(x)
+    placed.launch()
+    with torch.inference_mode():
+        half = copy.deepcopy(module).half()
+        want = (half.conv(torch.from_numpy(x).half()).float()
+                * torch.tensor([1.0, 2.0]).view(1, 2, 1, 1)).mean((2, 3)).numpy()
+    np.testing.assert_allclose(placed.outputs()[0], want, rtol=1e-6)
+
+
+class CastsBackToFloat(torch.nn.Module):
+    """Casts its activations to float32 before a second conv: cannot run in fp16."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = torch.nn.Conv2d(1, 2, 3), torch.nn.Conv2d(2, 10, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.a(x).float()).mean((2, 3))
+
+
+def test_a_model_that_cannot_run_at_a_precision_is_refused_in_one_line(cli_runner, tmp_path):
+    path = tmp_path / "casts_back.pt2"
+    torch.export.save(torch.export.export(CastsBackToFloat().eval(),
+                                          (torch.rand(2, 1, 28, 28),)), path)
+    for command in (["validate", str(path), "--placement", "torch-cpu:fp16", "--limit", "4"],
+                    ["bench", str(path), "--runtime", "torch-cpu:fp16"]):
+        result = cli_runner.invoke(cli, command)
+        assert result.exit_code == 2, result.output
+        assert "casts_back.pt2 [torch-cpu:fp16] cannot run" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_device_bound_onnx_gives_session_run_outputs_and_names_a_fallback(artefacts):
+    """The GPU rows' IOBinding session, run on the CPU provider and CPU memory: the same
+    numbers as session.run. Asking this CPU-only onnxruntime for CUDA is a fallback it names."""
+    import onnxruntime as ort
+
+    from edgecnn.targets.cuda import DeviceBoundOnnx
+
+    x = np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32)
+    for name in ("onnx", "onnx_int8"):
+        bound = DeviceBoundOnnx(artefacts[name], "CPUExecutionProvider", {}, x, device="cpu")
+        bound.invoke()
+        bound.check_provider()
+        session = ort.InferenceSession(str(artefacts[name]), providers=["CPUExecutionProvider"])
+        want = session.run(None, {session.get_inputs()[0].name: x})
+        for got, expected in zip(bound.outputs(), want, strict=True):
+            np.testing.assert_array_equal(got, expected)
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises(TargetUnavailableError, match="runs on CPUExecutionProvider instead"):
+            DeviceBoundOnnx(artefacts["onnx"], "CUDAExecutionProvider", {}, x, device="cpu")
