@@ -36,6 +36,7 @@ from edgecnn.precision import (
     check_parity,
     require_parity,
 )
+from edgecnn.quiet import native_stderr_muted, quiet
 
 WARMUP_CEILING_S = 20.0  # a row whose latency never settles is timed after this much warm-up
 ORT_GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
@@ -160,6 +161,10 @@ class CUDATarget(Target):
                 if config.runtime is not None and "*" not in config.runtime:
                     raise  # asked for by name: it must run
                 self.notes.append(f"skipped: {exc}")
+        if not results:
+            skipped = self.notes[-len(names):]
+            raise TargetUnavailableError(f"cuda: none of the {len(names)} rows could run "
+                                         f"{model.name}; first: {skipped[0].removeprefix('skipped: ')}")
         return results
 
     def _row(self, model: Path, name: str, config: BenchConfig, x: np.ndarray,
@@ -288,9 +293,10 @@ class DeviceBoundOnnx:
         self.provider = provider
         settings = ort.SessionOptions()
         settings.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(str(path), settings,
-                                                providers=[(provider, options)])
+        try:  # a provider that fails to load prints pages to stdout and fd 2: one line instead
+            with quiet(stdout=True), native_stderr_muted():
+                self.session = ort.InferenceSession(str(path), settings,
+                                                    providers=[(provider, options)])
         except Exception as exc:  # onnxruntime's Fail/InvalidArgument/EPFail types
             raise TargetUnavailableError(f"onnxruntime:{provider}: cannot load {path.name} "
                                          f"({str(exc).splitlines()[0][:200]})") from None

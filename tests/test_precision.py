@@ -243,7 +243,6 @@ def test_device_bound_onnx_gives_session_run_outputs_and_names_a_fallback(artefa
     """The GPU rows' IOBinding session, run on the CPU provider and CPU memory: the same
     numbers as session.run. Asking this CPU-only onnxruntime for CUDA is a fallback it names."""
     import onnxruntime as ort
-
     from edgecnn.targets.cuda import DeviceBoundOnnx
 
     x = np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32)
