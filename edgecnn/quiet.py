@@ -51,3 +51,29 @@ def native_stderr_muted() -> Iterator[None]:
     finally:
         os.dup2(saved, fd)
         os.close(saved)
+
+
+@contextlib.contextmanager
+def native_stderr_captured() -> Iterator[list[str]]:
+    """Like :func:`native_stderr_muted`, but keep what was written (its first 64 KiB): the list
+    it yields holds the text once the block has ended, so a caller can name, in its own one
+    line, the library that a native runtime failed to load."""
+    captured: list[str] = []
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, ValueError, io.UnsupportedOperation):  # captured stderr (tests)
+        yield captured
+        return
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), fd)
+        try:
+            yield captured
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)
+            sink.seek(0)
+            captured.append(sink.read(1 << 16).decode(errors="replace"))

@@ -36,7 +36,7 @@ from edgecnn.precision import (
     check_parity,
     require_parity,
 )
-from edgecnn.quiet import native_stderr_muted, quiet
+from edgecnn.quiet import native_stderr_captured, quiet
 
 WARMUP_CEILING_S = 20.0  # a row whose latency never settles is timed after this much warm-up
 ORT_GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
@@ -294,26 +294,26 @@ class DeviceBoundOnnx:
         settings = ort.SessionOptions()
         settings.log_severity_level = 3
         try:  # a provider that fails to load prints pages to stdout and fd 2: one line instead
-            with quiet(stdout=True), native_stderr_muted():
+            with quiet(stdout=True), native_stderr_captured() as log:
                 self.session = ort.InferenceSession(str(path), settings,
                                                     providers=[(provider, options)])
         except Exception as exc:  # onnxruntime's Fail/InvalidArgument/EPFail types
             raise TargetUnavailableError(f"onnxruntime:{provider}: cannot load {path.name} "
                                          f"({str(exc).splitlines()[0][:200]})") from None
         self.session.disable_fallback()
-        self.check_provider()
+        self.check_provider(_load_failure("".join(log)))
         self.binding = self.session.io_binding()
         value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(x, np.float32), device, 0)
         self.binding.bind_ortvalue_input(self.session.get_inputs()[0].name, value)
         for output in self.session.get_outputs():
             self.binding.bind_output(output.name, device, 0)
 
-    def check_provider(self) -> None:
+    def check_provider(self, why: str = "") -> None:
         active = self.session.get_providers()
         if not active or active[0] != self.provider:
             raise TargetUnavailableError(
                 f"onnxruntime:{self.provider}: onnxruntime runs on {', '.join(active) or 'none'}"
-                " instead (the provider's CUDA/cuDNN/TensorRT libraries did not load)")
+                f" instead ({why or 'the provider failed at its first run'})")
 
     def invoke(self) -> None:
         try:
@@ -324,6 +324,16 @@ class DeviceBoundOnnx:
 
     def outputs(self) -> list[np.ndarray]:
         return list(self.binding.copy_outputs_to_cpu())
+
+
+def _load_failure(log: str) -> str:
+    """The cause in onnxruntime's own report of a provider that did not load."""
+    import re
+
+    missing = re.search(r"with error: ([^\n\x1b]+?)(?:\s*$|\x1b)", log, re.MULTILINE)
+    if missing:
+        return f"its libraries did not load: {missing.group(1).strip()[:160]}"
+    return "its CUDA, cuDNN or TensorRT libraries did not load"
 
 
 def _onnx_row(model: Path, provider: str, config: BenchConfig, x: np.ndarray,
