@@ -257,3 +257,17 @@ def test_device_bound_onnx_gives_session_run_outputs_and_names_a_fallback(artefa
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         with pytest.raises(TargetUnavailableError, match="runs on CPUExecutionProvider instead"):
             DeviceBoundOnnx(artefacts["onnx"], "CUDAExecutionProvider", {}, x, device="cpu")
+
+
+def test_a_provider_that_did_not_load_is_named_by_its_missing_library():
+    from edgecnn.targets.cuda import _load_failure
+
+    # onnxruntime-gpu 1.23.2 on this CPU machine, as its log read (colour codes included)
+    log = ("\x1b[1;31m2026-11-25 03:12:19.531591803 [E:onnxruntime:Default, provider_bridge_ort"
+           ".cc:2251 TryGetProviderInfo_CUDA] provider_bridge_ort.cc:1844 onnxruntime::Provider& "
+           "onnxruntime::ProviderLibrary::Get() [ONNXRuntimeError] : 1 : FAIL : Failed to load "
+           "library libonnxruntime_providers_cuda.so with error: libcublasLt.so.12: cannot open "
+           "shared object file: No such file or directory\n\x1b[m\n")
+    assert _load_failure(log) == ("its libraries did not load: libcublasLt.so.12: cannot open "
+                                  "shared object file: No such file or directory")
+    assert "did not load" in _load_failure("")
