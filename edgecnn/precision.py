@@ -314,8 +314,8 @@ class ParityCheck:
 
     @property
     def passed(self) -> bool:
-        return (self.nonfinite == 0 and self.max_rel_error <= self.tolerance
-                and self.argmax_flips == 0)
+        # a NaN or inf output makes the relative error infinite: counted apart only to say so
+        return self.max_rel_error <= self.tolerance and self.argmax_flips == 0
 
     def record(self) -> dict[str, Any]:
         """The check as it goes into a bench record's JSON."""
