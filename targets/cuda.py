@@ -15,8 +15,6 @@ torch.cuda and onnxruntime-gpu are probed only here: a machine without them neve
 from __future__ import annotations
 
 import fnmatch
-import shutil
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +24,8 @@ import numpy as np
 from edgecnn.targets import runner
 from edgecnn.targets.base import BenchConfig, BenchResult, Target
 from edgecnn.targets.cpu import model_input
+from edgecnn.targets.nvidia import gpu_clocks, nvidia_smi
+from edgecnn.targets.ort_device import DeviceBoundOnnx
 
 from edgecnn.errors import TargetUnavailableError
 from edgecnn.precision import (
@@ -36,7 +36,6 @@ from edgecnn.precision import (
     check_parity,
     require_parity,
 )
-from edgecnn.quiet import native_stderr_captured, quiet
 
 WARMUP_CEILING_S = 20.0  # a row whose latency never settles is timed after this much warm-up
 ORT_GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
@@ -47,48 +46,6 @@ OPTIONAL_PLACEMENTS = ("torch-cuda:tf32", "torch-cuda:tf32:tuned", "torch-cuda:t
 # so it is held to the reference's decisions (top-1) and a loose relative bound, not to bits
 ORT_TOLERANCE = {"CUDAExecutionProvider": TOLERANCE["fp32"],
                  "TensorrtExecutionProvider": TOLERANCE["tf32"], "int8": 5e-2}
-CLOCK_FIELDS = ("clocks.sm", "clocks.mem", "clocks.max.sm", "temperature.gpu", "power.draw",
-                "pstate")
-# renamed in driver 535; the old name is an alias there. One bad field fails a whole query,
-# so the reasons are asked for on their own
-THROTTLE_FIELDS = ("clocks_event_reasons.active", "clocks_throttle_reasons.active")
-
-
-def nvidia_smi(fields: tuple[str, ...]) -> dict[str, str]:
-    """torch's GPU 0's ``fields`` from nvidia-smi (by UUID: nvidia-smi's own numbering ignores
-    CUDA_VISIBLE_DEVICES); empty where nvidia-smi is missing or refuses a field."""
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return {}
-    gpu = "0"
-    try:
-        import torch
-
-        gpu = f"GPU-{torch.cuda.get_device_properties(0).uuid}"
-    except (ImportError, RuntimeError, AttributeError, AssertionError):
-        pass
-    try:
-        done = subprocess.run([exe, f"--query-gpu={','.join(fields)}",
-                               "--format=csv,noheader,nounits", f"--id={gpu}"],
-                              capture_output=True, text=True, timeout=10, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    lines = done.stdout.strip().splitlines()
-    values = [v.strip() for v in lines[0].split(",")] if lines else []
-    return dict(zip(fields, values, strict=False))
-
-
-def gpu_clocks() -> dict[str, str]:
-    """SM and memory clocks, temperature, power, P-state and why clocks are held back."""
-    state = gpu_clocks()
-    for field in THROTTLE_FIELDS:
-        reasons = nvidia_smi((field,))
-        if reasons:
-            state["clock_event_reasons"] = reasons[field]
-            break
-    return state
-
-
 def select_runtimes(available: list[str], asked: str | None) -> list[str]:
     """``--runtime`` narrows the rows: comma-separated names or globs (``torch-cuda:*:graph``)."""
     if asked is None:
@@ -275,65 +232,6 @@ def _torch_row(model: Path, placement: Placement, config: BenchConfig, x: np.nda
                        [s * 1e6 for s in wall], device,
                        gpu_stats=runner.latency_stats(gpu, len(x)), gpu_memory_mb=memory,
                        parity=check.record(), warmup_runs=warm)
-
-
-class DeviceBoundOnnx:
-    """onnxruntime on one execution provider, its input and outputs kept on the device by
-    IOBinding: a row times the model, not PCIe copies (as the PyTorch rows do), and
-    ``run_with_iobinding`` returns when the provider's stream is done.
-
-    Fallback is off, and the provider is checked after the first run: onnxruntime otherwise
-    drops to another provider when one fails (TensorRT builds its engine on the first run) and
-    the row would time the wrong thing under the right name."""
-
-    def __init__(self, path: Path, provider: str, options: dict[str, str], x: np.ndarray,
-                 device: str = "cuda") -> None:
-        import onnxruntime as ort
-
-        self.provider = provider
-        settings = ort.SessionOptions()
-        settings.log_severity_level = 3
-        try:  # a provider that fails to load prints pages to stdout and fd 2: one line instead
-            with quiet(stdout=True), native_stderr_captured() as log:
-                self.session = ort.InferenceSession(str(path), settings,
-                                                    providers=[(provider, options)])
-        except Exception as exc:  # onnxruntime's Fail/InvalidArgument/EPFail types
-            raise TargetUnavailableError(f"onnxruntime:{provider}: cannot load {path.name} "
-                                         f"({str(exc).splitlines()[0][:200]})") from None
-        self.session.disable_fallback()
-        self.check_provider(_load_failure("".join(log)))
-        self.binding = self.session.io_binding()
-        value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(x, np.float32), device, 0)
-        self.binding.bind_ortvalue_input(self.session.get_inputs()[0].name, value)
-        for output in self.session.get_outputs():
-            self.binding.bind_output(output.name, device, 0)
-
-    def check_provider(self, why: str = "") -> None:
-        active = self.session.get_providers()
-        if not active or active[0] != self.provider:
-            raise TargetUnavailableError(
-                f"onnxruntime:{self.provider}: onnxruntime runs on {', '.join(active) or 'none'}"
-                f" instead ({why or 'the provider failed at its first run'})")
-
-    def invoke(self) -> None:
-        try:
-            self.session.run_with_iobinding(self.binding)
-        except Exception as exc:
-            raise TargetUnavailableError(f"onnxruntime:{self.provider}: the run failed "
-                                         f"({str(exc).splitlines()[0][:200]})") from None
-
-    def outputs(self) -> list[np.ndarray]:
-        return list(self.binding.copy_outputs_to_cpu())
-
-
-def _load_failure(log: str) -> str:
-    """The cause in onnxruntime's own report of a provider that did not load."""
-    import re
-
-    missing = re.search(r"with error: ([^\n\x1b]+?)(?:\s*$|\x1b)", log, re.MULTILINE)
-    if missing:
-        return f"its libraries did not load: {missing.group(1).strip()[:160]}"
-    return "its CUDA, cuDNN or TensorRT libraries did not load"
 
 
 def _onnx_row(model: Path, provider: str, config: BenchConfig, x: np.ndarray,

@@ -243,7 +243,7 @@ def test_device_bound_onnx_gives_session_run_outputs_and_names_a_fallback(artefa
     """The GPU rows' IOBinding session, run on the CPU provider and CPU memory: the same
     numbers as session.run. Asking this CPU-only onnxruntime for CUDA is a fallback it names."""
     import onnxruntime as ort
-    from edgecnn.targets.cuda import DeviceBoundOnnx
+    from edgecnn.targets.ort_device import DeviceBoundOnnx
 
     x = np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32)
     for name in ("onnx", "onnx_int8"):
@@ -260,7 +260,7 @@ def test_device_bound_onnx_gives_session_run_outputs_and_names_a_fallback(artefa
 
 
 def test_a_provider_that_did_not_load_is_named_by_its_missing_library():
-    from edgecnn.targets.cuda import _load_failure
+    from edgecnn.targets.ort_device import load_failure_reason
 
     # onnxruntime-gpu 1.23.2 on this CPU machine, as its log read (colour codes included)
     log = ("\x1b[1;31m2026-11-25 03:12:19.531591803 [E:onnxruntime:Default, provider_bridge_ort"
@@ -268,6 +268,6 @@ def test_a_provider_that_did_not_load_is_named_by_its_missing_library():
            "onnxruntime::ProviderLibrary::Get() [ONNXRuntimeError] : 1 : FAIL : Failed to load "
            "library libonnxruntime_providers_cuda.so with error: libcublasLt.so.12: cannot open "
            "shared object file: No such file or directory\n\x1b[m\n")
-    assert _load_failure(log) == ("its libraries did not load: libcublasLt.so.12: cannot open "
+    assert load_failure_reason(log) == ("its libraries did not load: libcublasLt.so.12: cannot open "
                                   "shared object file: No such file or directory")
-    assert "did not load" in _load_failure("")
+    assert "did not load" in load_failure_reason("")
