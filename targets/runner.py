@@ -32,9 +32,11 @@ def latency_stats(samples_s: list[float], batch: int) -> dict[str, float]:
 
 
 def measure(invoke: Callable[[], object], warmup: int, runs: int, min_time: float,
-            max_time: float = float("inf")) -> list[float]:
+            max_time: float = float("inf"),
+            after: Callable[[], object] | None = None) -> list[float]:
     """MLPerf-style single stream: warm up, then at least ``runs`` invokes and ``min_time`` s,
-    all of it stopped at ``max_time`` s (at least one timed run is always taken)."""
+    all of it stopped at ``max_time`` s (at least one timed run is always taken). ``after``
+    runs after each timed invoke, outside its time (reading a GPU's event timer, say)."""
     clock = time.perf_counter
     deadline = clock() + max_time
     for _ in range(warmup):
@@ -48,6 +50,8 @@ def measure(invoke: Callable[[], object], warmup: int, runs: int, min_time: floa
         t0 = clock()
         invoke()
         samples.append(clock() - t0)
+        if after is not None:
+            after()
     return samples
 
 

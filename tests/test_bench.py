@@ -115,6 +115,15 @@ def test_measure_stops_at_max_time_and_takes_at_least_runs():
     assert time.perf_counter() - started < 2.0 and len(samples) >= 1
 
 
+def test_measure_reads_after_each_run_outside_its_time():
+    """How the GPU rows read their CUDA events: once per timed run, not counted in it."""
+    reads = []
+    samples = runner.measure(lambda: time.sleep(0.001), warmup=3, runs=5, min_time=0.0,
+                             after=lambda: reads.append(time.sleep(0.02)))
+    assert len(reads) == len(samples) == 5
+    assert max(samples) < 0.015  # 1 ms invokes; each 20 ms read falls outside
+
+
 def test_cuda_without_a_device_exits_2_with_one_line(cli_runner, artefacts):
     result = cli_runner.invoke(cli, ["bench", str(artefacts["onnx"]), "--target", "cuda"])
     assert result.exit_code == 2
