@@ -18,6 +18,12 @@ class BenchReport:
     config: BenchConfig
     results: list[BenchResult]
     notes: list[str] = field(default_factory=list)  # rows skipped, and why
+    failures: list[str] = field(default_factory=list)  # rows fast but wrong (parity check)
+
+    @property
+    def passed(self) -> bool:
+        """False when a row's outputs failed their check against the reference."""
+        return not self.failures
 
     def rows(self) -> list[dict[str, Any]]:
         base = self.results[0].stats["p50_us"] if self.results else 1.0
@@ -26,6 +32,7 @@ class BenchReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"target": self.target, "config": asdict(self.config), "notes": self.notes,
+                "failures": self.failures, "passed": self.passed,
                 "results": [{**asdict(r), "p50_ratio": row["p50 ratio"]}
                             for r, row in zip(self.results, self.rows(), strict=False)]}
 
@@ -43,7 +50,8 @@ def bench(models: list[Path], target: str, config: BenchConfig = BenchConfig(),
     results: list[BenchResult] = []
     for model, batch in batches.items():
         results += adapter.run(model, replace(config, batch=batch))
-    return BenchReport(target, config, results, list(getattr(adapter, "notes", [])))
+    return BenchReport(target, config, results, list(getattr(adapter, "notes", [])),
+                       list(getattr(adapter, "failures", [])))
 
 
 def _batch_for(model: Path, asked: int | None) -> int:

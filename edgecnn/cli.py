@@ -349,7 +349,8 @@ def layers(float_model: Path, int8_model: Path, data: Path | None, limit: int, b
 @click.argument("models", type=PathArg, nargs=-1, required=True)
 @click.option("--target", type=click.Choice(["cpu", "cuda", "rpi"]), default="cpu",
               show_default=True)
-@click.option("--runtime", help="One runtime only (torch, onnxruntime, litert, tflite-runtime); "
+@click.option("--runtime", help="One runtime only (torch, torch-cpu:bf16, onnxruntime, litert, "
+              "tflite-runtime); "
               "on cuda, names or globs, comma-separated (torch-cuda:fp16, 'torch-cuda:*:graph', "
               "onnxruntime:CUDAExecutionProvider).")
 @click.option("--threads", type=int, help="Intra-op threads (default: the runtime's).")
@@ -403,13 +404,17 @@ def bench(models: tuple[Path, ...], target: str, runtime: str | None, threads: i
                          tuple(input_shape[1:]) if input_shape else None)
     report = run_bench(list(models), target, config, **options)
     rows = report.rows()
-    emit_table(rows, bench_columns(target, wide))
-    for note in report.notes:
-        click.echo(f"edgecnn: {note}", err=True)
-    write_reports(report.to_dict(), rows, list(rows[0]), json_path=json_path, csv_path=csv_path,
-                  markdown_path=md_path, title=f"edgecnn bench --target {target}")
-    if plot_path:
-        plot_latencies(report, plot_path)
+    if rows:
+        emit_table(rows, bench_columns(target, wide))
+        write_reports(report.to_dict(), rows, list(rows[0]), json_path=json_path,
+                      csv_path=csv_path, markdown_path=md_path,
+                      title=f"edgecnn bench --target {target}")
+        if plot_path:
+            plot_latencies(report, plot_path)
+    for line in [*report.notes, *report.failures]:
+        click.echo(f"edgecnn: {line}", err=True)
+    if not report.passed:
+        sys.exit(int(ExitStatus.CHECK_FAILED))
 
 
 def bench_columns(target: str, wide: bool) -> list[str]:

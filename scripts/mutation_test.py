@@ -87,6 +87,12 @@ TARGETS = {
                   "tests/test_bench.py::test_latency_statistics_of_one_and_two_runs",
                   "tests/test_bench.py::test_measure_honours_min_time_and_times_each_run"],
     },
+    "precision": {
+        "file": "edgecnn/precision.py",
+        "functions": ["Placement.__post_init__", "Placement.parse", "ParityCheck.passed",
+                      "ParityCheck.failure", "check_parity", "require_parity", "_portable"],
+        "tests": ["tests/test_precision.py"],
+    },
     "qdq": {
         "file": "converters/qdq.py",
         "functions": ["is_qdq", "check_quant_params", "check_pairs", "_constant",

@@ -27,7 +27,7 @@ from edgecnn.targets.cpu import model_input
 from edgecnn.targets.nvidia import gpu_clocks, nvidia_smi
 from edgecnn.targets.ort_device import DeviceBoundOnnx
 
-from edgecnn.errors import TargetUnavailableError
+from edgecnn.errors import CheckFailedError, TargetUnavailableError
 from edgecnn.precision import (
     TOLERANCE,
     Placement,
@@ -62,7 +62,8 @@ class CUDATarget(Target):
     name = "cuda"
 
     def __init__(self) -> None:
-        self.notes: list[str] = []
+        self.notes: list[str] = []  # rows skipped, and why
+        self.failures: list[str] = []  # rows that failed their parity check: exit 1
 
     def probe(self) -> dict[str, Any]:
         info: dict[str, Any] = {"torch_cuda": False, "onnxruntime_providers": []}
@@ -118,7 +119,9 @@ class CUDATarget(Target):
                 if config.runtime is not None and "*" not in config.runtime:
                     raise  # asked for by name: it must run
                 self.notes.append(f"skipped: {exc}")
-        if not results:
+            except CheckFailedError as exc:  # fast but wrong: not timed, and bench exits 1
+                self.failures.append(str(exc))
+        if not results and not self.failures:
             skipped = self.notes[-len(names):]
             raise TargetUnavailableError(f"cuda: none of the {len(names)} rows could run "
                                          f"{model.name}; first: {skipped[0].removeprefix('skipped: ')}")

@@ -106,12 +106,18 @@ def test_bench_times_a_cpu_bf16_row_after_its_parity_check(cli_runner, tmp_path)
     assert row["parity"]["nonfinite"] == 0
 
 
-def test_a_fast_wrong_row_fails_with_exit_1_and_is_not_timed(cli_runner, overflowing_pt2):
-    result = cli_runner.invoke(cli, ["bench", str(overflowing_pt2), "--runtime",
-                                     "torch-cpu:fp16", "--input-shape", "1,1,28,28"])
+def test_a_fast_wrong_row_fails_with_exit_1_and_is_not_timed(cli_runner, overflowing_pt2,
+                                                              tmp_path):
+    out = tmp_path / "b.json"
+    result = cli_runner.invoke(cli, ["bench", str(overflowing_pt2), str(LENET), "--runtime",
+                                     "torch-cpu:fp16", "--runs", "5", "--min-time", "0",
+                                     "--json", str(out)])
     assert result.exit_code == 1, result.output
     assert len(result.stderr.strip().splitlines()) == 1
-    assert "[torch-cpu:fp16]" in result.stderr and "NaN/inf" in result.stderr
+    assert "overflows.pt2 [torch-cpu:fp16]" in result.stderr and "NaN/inf" in result.stderr
+    report = json.loads(out.read_text())  # the rows that are right are still reported
+    assert [r["model"] for r in report["results"]] == ["lenet5.pt"]
+    assert not report["passed"] and len(report["failures"]) == 1
     ok = cli_runner.invoke(cli, ["bench", str(overflowing_pt2), "--runtime", "torch-cpu:bf16",
                                  "--input-shape", "1,1,28,28", "--runs", "5", "--min-time", "0"])
     assert ok.exit_code == 0, ok.output  # bf16 keeps fp32's range
