@@ -15,9 +15,9 @@ from edgecnn.targets.base import BenchResult
 from edgecnn.targets.cuda import DEFAULT_PLACEMENTS, OPTIONAL_PLACEMENTS, select_runtimes
 
 from edgecnn.cli import cli
-from edgecnn.errors import BadInputError, TargetUnavailableError
+from edgecnn.errors import BadInputError, CheckFailedError, TargetUnavailableError
 from edgecnn.loading import load_torch_model
-from edgecnn.precision import TOLERANCE, PlacedModel, Placement, check_parity
+from edgecnn.precision import TOLERANCE, ParityCheck, PlacedModel, Placement, check_parity
 from tests.conftest import LENET
 
 
@@ -277,3 +277,47 @@ def test_a_provider_that_did_not_load_is_named_by_its_missing_library():
     assert load_failure_reason(log) == ("its libraries did not load: libcublasLt.so.12: cannot open "
                                   "shared object file: No such file or directory")
     assert "did not load" in load_failure_reason("")
+
+
+# -- the parity check's edges (each written against a mutant that survived the tests above) ---
+def test_placement_names_that_are_not_pytorch_placements_say_how_to_write_one():
+    for bad in ("cuda:fp16", "torch-cuda", "onnxruntime:fp16"):
+        with pytest.raises(BadInputError, match="a PyTorch placement reads"):
+            Placement.parse(bad)
+
+
+def test_outputs_the_reference_does_not_have_are_a_failure():
+    ref = [np.ones((2, 3), np.float32)]
+    with pytest.raises(CheckFailedError, match="2 outputs where the reference has 1"):
+        check_parity("x", [ref[0], ref[0]], ref, 1e-2)
+
+
+def test_only_class_scores_are_checked_for_top_1():
+    """A segmentation map (N, C, H, W), one score per image (N, 1) and an empty output (a
+    detector that found nothing) have no top-1 to compare; their values are still checked."""
+    rng = np.random.default_rng(0)
+    seg = rng.normal(size=(1, 3, 4, 4)).astype(np.float32)
+    single = rng.normal(size=(4, 1)).astype(np.float32)
+    empty = np.zeros((0, 4), np.float32)
+    check = check_parity("x", [seg, single, empty], [seg, single, empty], 1e-4)
+    assert check.passed and (check.decisive_rows, check.argmax_flips) == (0, 0)
+    assert check.max_rel_error == 0.0
+    moved = check_parity("x", [seg, single + 1, empty], [seg, single, empty], 1e-4)
+    assert not moved.passed and moved.decisive_rows == 0
+
+
+def test_an_all_zero_reference_passes_only_zeros():
+    zero = np.zeros((2, 5), np.float32)
+    assert check_parity("x", [zero], [zero], 1e-4).passed
+    assert check_parity("x", [zero + 1e-6], [zero], 1e-4).max_rel_error == np.inf
+
+
+def test_the_tolerance_and_the_decisive_margin_are_inclusive_bounds():
+    at_bound = ParityCheck("x", 1e-2, 1e-2, 4, 0, 0)
+    assert at_bound.passed
+    flipped = ParityCheck("x", 1e-2, 1e-2, 4, 1, 0)
+    assert flipped.failure("m").count("relative error") == 0  # only what broke is named
+    # a lead of exactly 10 % of the largest |logit| is not decisive; 10.1 % is
+    ref = np.array([[10.0, 9.0, 0.0], [10.0, 8.99, 0.0], [0.0, 0.5, 0.0]], np.float32)
+    check = check_parity("x", [ref], [ref], 1e-2)
+    assert check.decisive_rows == 1
