@@ -321,3 +321,16 @@ def test_the_tolerance_and_the_decisive_margin_are_inclusive_bounds():
     ref = np.array([[10.0, 9.0, 0.0], [10.0, 8.99, 0.0], [0.0, 0.5, 0.0]], np.float32)
     check = check_parity("x", [ref], [ref], 1e-2)
     assert check.decisive_rows == 1
+
+
+def test_a_binary_classifier_is_checked_for_top_1_and_a_single_score_is_not():
+    ref = np.array([[4.0, -4.0], [-4.0, 4.0]], np.float32)
+    flipped = check_parity("x", [ref[:, ::-1].copy()], [ref], 10.0)
+    assert flipped.decisive_rows == 2 and flipped.argmax_flips == 2 and not flipped.passed
+    score = np.array([[0.3], [0.9]], np.float32)
+    assert check_parity("x", [score], [score], 1e-4).decisive_rows == 0
+
+
+def test_a_failure_names_the_relative_error_against_its_bound():
+    message = ParityCheck("x", 0.5, 1e-2, 4, 0, 0).failure("m.pt2")
+    assert "m.pt2 [x]" in message and "relative error 0.5 > 0.01" in message
