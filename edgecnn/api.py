@@ -447,7 +447,8 @@ def validate(models: list[str | Path], data: str | Path | Dataset, *,
     card = card_or_default(card_source, trust_pickle=trust_pickle, arch=arch)
     dataset = data if isinstance(data, Dataset) else load_dataset(data, split="test")
     return _validate(paths, dataset.take(limit), card, reference=ref, thresholds=thresholds,
-                     runtime=runtime, batch_size=batch_size, placements=tuple(placements),
+                     runtime=runtime, batch_size=batch_size,
+                     placements=(placements,) if isinstance(placements, str) else tuple(placements),
                      trust_pickle=trust_pickle, arch=arch)
 
 

@@ -406,11 +406,12 @@ def bench(models: tuple[Path, ...], target: str, runtime: str | None, threads: i
     rows = report.rows()
     if rows:
         emit_table(rows, bench_columns(target, wide))
-        write_reports(report.to_dict(), rows, list(rows[0]), json_path=json_path,
-                      csv_path=csv_path, markdown_path=md_path,
-                      title=f"edgecnn bench --target {target}")
-        if plot_path:
-            plot_latencies(report, plot_path)
+    # written even when every row failed its parity check: CI keeps the record of why
+    write_reports(report.to_dict(), rows, list(rows[0]) if rows else bench_columns(target, wide),
+                  json_path=json_path, csv_path=csv_path, markdown_path=md_path,
+                  title=f"edgecnn bench --target {target}")
+    if plot_path and rows:
+        plot_latencies(report, plot_path)
     for line in [*report.notes, *report.failures]:
         click.echo(f"edgecnn: {line}", err=True)
     if not report.passed:

@@ -26,9 +26,9 @@ from edgecnn.errors import BadInputError, CheckFailedError, TargetUnavailableErr
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
 MODES = ("eager", "tuned", "graph")  # tuned: channels_last + cuDNN autotuning; graph: + replay
 # Largest accepted max|y - ref| / max|ref| per output against CPU fp32. fp32 is the issue's 1e-4
-# (cuDNN's fp32 algorithms sum in another order, nothing more). The others are about three
-# times the worst error measured on CPU over the zoo and 18 torchvision CNNs (docs/cuda.md):
-# fp16/tf32 keep 10 mantissa bits, bf16 7.
+# (cuDNN's fp32 algorithms sum in another order, nothing more). The others are 2 (bf16) to 4
+# (fp16) times the worst error measured on CPU over the zoo and 18 torchvision CNNs
+# (docs/precision.md): fp16/tf32 keep 10 mantissa bits, bf16 7.
 TOLERANCE = {"fp32": 1e-4, "tf32": 1e-2, "fp16": 1e-2, "bf16": 6e-2}
 # The top-1 class must not change where the reference's top-1 leads its runner-up by more than
 # this share of the largest |logit|: within the relative bound bf16 could still reorder such a
@@ -150,7 +150,7 @@ def _portable(module: Any, device: str, dtype: Any) -> Any:
             if checks:
                 sub.recompile()
         for name, value in list(vars(sub).items()):
-            if isinstance(value, torch.Tensor) and not isinstance(value, torch.nn.Parameter):
+            if isinstance(value, torch.Tensor):  # parameters and buffers live elsewhere
                 setattr(sub, name, value.to(device, dtype if value.is_floating_point()
                                             else value.dtype))
     return module.to(device, dtype)
@@ -193,14 +193,15 @@ class PlacedModel:
             if placement.mode != "eager":
                 self.module = self.module.to(memory_format=torch.channels_last)
 
-    def bind(self, x: np.ndarray) -> None:
-        """Copy ``x`` (float32 NCHW) to the device once; a graph is (re)captured for it."""
-        torch = self._torch
-        data = torch.from_numpy(np.ascontiguousarray(x, np.float32))
+    def to_device(self, x: np.ndarray) -> Any:
+        """``x`` (float32 NCHW) as the placement's tensor: device, dtype and memory layout."""
+        data = self._torch.from_numpy(np.ascontiguousarray(x, np.float32))
         data = data.to(self.placement.device, self._dtype)
-        if data.ndim == 4:
-            data = data.contiguous(memory_format=self._layout)
-        self._x, self._graph = data, None
+        return data.contiguous(memory_format=self._layout) if data.ndim == 4 else data
+
+    def bind(self, x: np.ndarray) -> None:
+        """Copy ``x`` to the device once; a graph is (re)captured for it."""
+        self._x, self._graph = self.to_device(x), None
         if self.placement.mode == "graph":
             self._capture()
 
@@ -225,15 +226,15 @@ class PlacedModel:
         if self._graph is not None:
             self._graph.replay()
             return
-        with self._torch.inference_mode():
-            self._y = self.module(self._x)
+        self._y = self.forward(self._x)
 
     @contextlib.contextmanager
     def failing_in_one_line(self, what: str = "cannot run") -> Iterator[None]:
-        """PyTorch's errors from the model's own code (RuntimeError and kin) as one line."""
+        """torch's errors from running the model there (a dtype or stride it cannot take, out of
+        GPU memory) as one line."""
         try:
             yield
-        except (RuntimeError, TypeError, ValueError, AssertionError) as exc:
+        except RuntimeError as exc:  # what torch raises for a model that cannot run there
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             raise TargetUnavailableError(f"{self.model.path.name} [{self.placement.name}] "
                                          f"{what} ({first})") from None
@@ -242,11 +243,20 @@ class PlacedModel:
         if self.placement.device == "cuda":
             self._torch.cuda.synchronize()
 
+    def forward(self, data: Any) -> Any:
+        """One eager pass on a tensor made by :meth:`to_device`; its raw result."""
+        with self._torch.inference_mode():
+            return self.module(data)
+
     def outputs(self) -> list[np.ndarray]:
         """Every output of the last pass, as float32 numpy on the host."""
         self.synchronize()
-        leaves = _tensor_leaves(self._y)
-        return [t.detach().float().cpu().numpy() for t in leaves]
+        return host_arrays(self._y)
+
+
+def host_arrays(result: Any) -> list[np.ndarray]:
+    """A model's (possibly nested) result as float32 numpy arrays, in order."""
+    return [t.detach().float().cpu().numpy() for t in _tensor_leaves(result)]
 
 
 def _tensor_leaves(result: Any) -> list[Any]:
@@ -262,8 +272,10 @@ def _tensor_leaves(result: Any) -> list[Any]:
 
 
 class PlacedSession:
-    """A :class:`edgecnn.runtimes.Session` over a placement, for `validate` (eager modes):
-    feeds fixed-batch exports chunk by chunk, like the CPU ``torch`` session."""
+    """A :class:`edgecnn.runtimes.Session` over a placement, for `validate` and CPU `bench`
+    rows (eager modes). Like the CPU ``torch`` session it times the forward passes only: the
+    input moves to the device at ``bind``, outputs come back at ``outputs``. Fixed-batch
+    exports are fed chunk by chunk."""
 
     def __init__(self, path: Path, threads: int | None, placement: Placement,
                  trust_pickle: bool = False, arch: str | None = None) -> None:
@@ -273,32 +285,32 @@ class PlacedSession:
             torch.set_num_threads(threads)
         self.runtime = placement.name
         self.placed = PlacedModel(path, placement, trust_pickle=trust_pickle, arch=arch)
-        self._x: np.ndarray | None = None
-        self._y: list[np.ndarray] = []
+        self._chunks: list[Any] = []
+        self._results: list[Any] = []
 
     def bind(self, x: np.ndarray) -> None:
         step = self.placed.model.static_batch
         if step and len(x) % step:
             raise BadInputError(f"{self.placed.model.path}: was exported for batches of exactly "
                                 f"{step}; {len(x)} images do not split into them")
-        self._x = x
+        step = step or len(x)
+        self._chunks = [self.placed.to_device(x[i:i + step]) for i in range(0, len(x), step)]
+        self._results = []
 
     def invoke(self) -> None:
-        assert self._x is not None
-        step = self.placed.model.static_batch or len(self._x)
-        chunks = []
-        with backend_flags(self.placed.placement), self.placed.failing_in_one_line():
-            for start in range(0, len(self._x), step):
-                self.placed.bind(self._x[start:start + step])
-                self.placed.launch()
-                chunks.append(self.placed.outputs())
-        self._y = [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
+        # the flags decide GPU kernels only: entered per invoke where they matter
+        flags = (backend_flags(self.placed.placement) if self.placed.placement.device == "cuda"
+                 else contextlib.nullcontext())
+        with flags, self.placed.failing_in_one_line():
+            self._results = [self.placed.forward(chunk) for chunk in self._chunks]
+            self.placed.synchronize()
 
     def output(self) -> np.ndarray:
-        return self._y[0]
+        return self.outputs()[0]
 
     def outputs(self) -> list[np.ndarray]:
-        return list(self._y)
+        chunks = [host_arrays(result) for result in self._results]
+        return [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
 
 
 @dataclass(frozen=True)
@@ -324,6 +336,11 @@ class ParityCheck:
                 "argmax_flips": self.argmax_flips, "nonfinite": self.nonfinite}
 
     def failure(self, model: str) -> str:
+        return (f"{model} [{self.runtime}]: outputs disagree with the CPU fp32 reference "
+                f"({self.problems()}); this row is fast but wrong, so it is not benched")
+
+    def problems(self) -> str:
+        """What broke, e.g. "3 NaN/inf values; relative error inf > 0.01"."""
         parts = []
         if self.nonfinite:
             parts.append(f"{self.nonfinite} NaN/inf values")
@@ -332,9 +349,7 @@ class ParityCheck:
         if self.argmax_flips:
             parts.append(f"top-1 class changed on {self.argmax_flips} of {self.decisive_rows} "
                          "decisive inputs")
-        what = "; ".join(parts)
-        return (f"{model} [{self.runtime}]: outputs disagree with the CPU fp32 reference ({what});"
-                " this row is fast but wrong, so it is not benched")
+        return "; ".join(parts)
 
 
 def check_parity(runtime: str, outputs: list[np.ndarray], reference: list[np.ndarray],

@@ -84,8 +84,9 @@ def runtimes_for(path: Path, only: str | None = None) -> list[str]:
                             ".onnx or .tflite")
     if only is not None:
         if only not in names:
+            every = [n for n, r in RUNTIMES.items() if path.suffix.lower() in r.suffixes]
             raise BadInputError(f"{path}: runtime {only!r} cannot run {path.suffix} files; use "
-                                f"{', '.join(names)}")
+                                f"{', '.join(every)} (one; on --target cuda, names or globs)")
         names = [only]
     ready = [n for n in names if RUNTIMES.get(n).available()]
     if not ready:

@@ -189,8 +189,8 @@ def validate(artefacts: list[Path], data: Dataset, card: ModelCard, *,
         extra = (f"; the {QDQ_REFERENCE} row comes with every int8 ONNX file"
                  if runtime == QDQ_REFERENCE else "")
         raise BadInputError(f"--runtime {runtime!r}: choose from {', '.join(RUNTIMES)}{extra}")
-    _check_placements(placements, artefacts)
     reference = reference or artefacts[0]
+    _check_placements(placements, [*artefacts, reference])
     paths = list(dict.fromkeys([reference, *artefacts]))
     int8 = Int8References(paths, data, card, batch_size)
     # an int8 ONNX reference means its QDQ reading, not this CPU's integer kernels
@@ -212,13 +212,16 @@ def validate(artefacts: list[Path], data: Dataset, card: ModelCard, *,
                       else run_logits(path, name, data, card, batch_size, **torch_options))
             row = compare(path.name, name, logits, ref_logits, data.labels, card, thresholds)
             row.format = model_format(path)
+            if name in placements:
+                _gate_placement(row, name, logits, ref_logits,
+                                (path, ref_runtime) == (reference, "torch"))
             int8.measure(row, path, logits, thresholds)
             rows.append(row)
     return ParityReport(f"{reference.name} [{ref_runtime}]", len(data), data.source, thresholds,
                         rows, cpu_class())
 
 
-def _check_placements(placements: tuple[str, ...], artefacts: list[Path]) -> None:
+def _check_placements(placements: tuple[str, ...], models: list[Path]) -> None:
     """Each placement must be a known PyTorch one that can run here: one line before any work."""
     from edgecnn.precision import Placement
     from edgecnn.runtimes import PLACED_RUNTIMES
@@ -229,9 +232,25 @@ def _check_placements(placements: tuple[str, ...], artefacts: list[Path]) -> Non
         reason = Placement.parse(name).unavailable_reason()
         if reason:
             raise TargetUnavailableError(f"--placement {name}: {reason}")
-    if placements and not any(model_format(p) == "pytorch" for p in artefacts):
+    if placements and not any(model_format(p) == "pytorch" for p in models):
         raise BadInputError("--placement scores PyTorch models; give a .pt or .pt2 file among "
                             "the models")
+
+
+def _gate_placement(row: ParityRow, placement: str, logits: np.ndarray,
+                    ref_logits: np.ndarray, against_own_fp32: bool) -> None:
+    """A reduced-precision row is held to the check `bench` applies before timing it (the
+    precision's relative tolerance, no NaN/inf, no decisive top-1 change), when the reference is
+    the same model in fp32 on the CPU; against another reference it is only reported."""
+    from edgecnn.precision import Placement, check_parity
+
+    if not against_own_fp32:
+        row.note = "placement check skipped: the reference is not this model's CPU fp32"
+        return
+    check = check_parity(placement, [logits], [ref_logits], Placement.parse(placement).tolerance)
+    if not check.passed:
+        row.failures.append(f"vs CPU fp32: {check.problems()}")
+        row.passed = False
 
 
 class Int8References:

@@ -40,7 +40,7 @@ def nvidia_smi(fields: tuple[str, ...]) -> dict[str, str]:
 
 def gpu_clocks() -> dict[str, str]:
     """SM and memory clocks, temperature, power, P-state and why clocks are held back."""
-    state = gpu_clocks()
+    state = nvidia_smi(CLOCK_FIELDS)
     for field in THROTTLE_FIELDS:
         reasons = nvidia_smi((field,))
         if reasons:

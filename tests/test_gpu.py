@@ -12,7 +12,7 @@ from edgecnn.targets.cuda import DEFAULT_PLACEMENTS
 
 from edgecnn.cli import cli
 from edgecnn.loading import load_torch_model
-from edgecnn.precision import TOLERANCE, PlacedModel, Placement
+from edgecnn.precision import TOLERANCE, PlacedModel, Placement, backend_flags, bf16_native
 from tests.conftest import LENET
 from tests.test_precision import overflowing_pt2  # noqa: F401  (a fixture)
 
@@ -32,7 +32,7 @@ def test_lenet_gets_every_default_row_with_gpu_time_memory_and_parity(cli_runner
     assert result.exit_code == 0, result.output
     rows = {r["runtime"]: r for r in report["results"]}
     expected = [n for n in DEFAULT_PLACEMENTS
-                if torch.cuda.is_bf16_supported() or ":bf16" not in n]
+                if bf16_native() or ":bf16" not in n]
     assert list(rows) == expected
     for name, row in rows.items():
         samples = np.asarray(row["samples_us"])
@@ -52,10 +52,12 @@ def test_graph_replay_gives_the_eager_outputs():
     x = load_torch_model(LENET).card.input.random_batch(8)
     outputs = {}
     for mode in ("eager", "tuned", "graph"):
-        placed = PlacedModel(LENET, Placement("cuda", "fp32", mode))
-        placed.bind(x)
-        placed.launch()
-        outputs[mode] = placed.outputs()[0]
+        placement = Placement("cuda", "fp32", mode)
+        with backend_flags(placement):
+            placed = PlacedModel(LENET, placement)
+            placed.bind(x)
+            placed.launch()
+            outputs[mode] = placed.outputs()[0]
     want = load_torch_model(LENET)(x)
     for mode, got in outputs.items():
         scale = np.abs(want).max()
@@ -78,7 +80,7 @@ def test_a_fixed_batch_export_refuses_another_batch_in_one_line(cli_runner, tmp_
 def test_validate_scores_the_gpu_precisions_on_real_images(cli_runner, tmp_path):
     out = tmp_path / "v.json"
     placements = ["torch-cuda:fp32", "torch-cuda:fp16"] + (
-        ["torch-cuda:bf16"] if torch.cuda.is_bf16_supported() else [])
+        ["torch-cuda:bf16"] if bf16_native() else [])
     args = [a for p in placements for a in ("--placement", p)]
     result = cli_runner.invoke(cli, ["validate", str(LENET), *args, "--min-agreement", "99",
                                      "--json", str(out)])

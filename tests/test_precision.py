@@ -334,3 +334,46 @@ def test_a_binary_classifier_is_checked_for_top_1_and_a_single_score_is_not():
 def test_a_failure_names_the_relative_error_against_its_bound():
     message = ParityCheck("x", 0.5, 1e-2, 4, 0, 0).failure("m.pt2")
     assert "m.pt2 [x]" in message and "relative error 0.5 > 0.01" in message
+
+
+def test_validate_fails_a_placement_that_is_wrong_against_its_own_fp32(cli_runner,
+                                                                       overflowing_pt2):
+    result = cli_runner.invoke(cli, ["validate", str(overflowing_pt2), "--placement",
+                                     "torch-cpu:fp16", "--placement", "torch-cpu:bf16",
+                                     "--limit", "50"])
+    assert result.exit_code == 1, result.output
+    fp16 = next(line for line in result.output.splitlines() if "torch-cpu:fp16" in line)
+    assert "FAIL: vs CPU fp32:" in fp16 and "NaN/inf" in fp16
+    bf16 = next(line for line in result.output.splitlines() if "torch-cpu:bf16" in line)
+    assert bf16.rstrip().endswith("ok")
+
+
+def test_placements_reach_the_reference_and_the_python_api(artefacts, test_set):
+    from edgecnn import api
+
+    report = api.validate([artefacts["onnx"]], test_set.take(100), reference=LENET,
+                          placements="torch-cpu:bf16")  # one name, not its characters
+    rows = {(r.artefact, r.runtime): r for r in report.rows}
+    assert (LENET.name, "torch-cpu:bf16") in rows and report.passed
+
+
+def test_an_all_failing_bench_still_writes_its_record(cli_runner, overflowing_pt2, tmp_path):
+    out = tmp_path / "b.json"
+    result = cli_runner.invoke(cli, ["bench", str(overflowing_pt2), "--runtime",
+                                     "torch-cpu:fp16", "--json", str(out)])
+    assert result.exit_code == 1
+    report = json.loads(out.read_text())
+    assert report["results"] == [] and not report["passed"]
+    assert "NaN/inf" in report["failures"][0]
+
+
+def test_gpu_clock_state_is_empty_without_nvidia_smi_and_named_with_it():
+    import shutil
+
+    from edgecnn.targets.nvidia import gpu_clocks
+
+    state = gpu_clocks()  # no recursion, no exception, whatever the machine
+    if shutil.which("nvidia-smi") is None:
+        assert state == {}
+    else:
+        assert "clocks.sm" in state
