@@ -132,7 +132,7 @@ def backend_flags(placement: Placement) -> Iterator[None]:
             setattr(obj, attr, value)
 
 
-def _portable(module: Any, device: str, dtype: Any) -> Any:
+def move_module(module: Any, device: str, dtype: Any) -> Any:
     """What ``Module.to`` leaves behind in a torch.export program: its dtype/device assertions
     (``_assert_tensor_metadata``, written for the float32 CPU tensors it was traced with) are
     dropped, and constants lifted from ``forward`` (plain tensor attributes, not parameters or
@@ -189,7 +189,7 @@ class PlacedModel:
         self._y: Any = None
         self._graph: Any = None
         with self.failing_in_one_line("cannot be moved there"):  # out of GPU memory, say
-            self.module = _portable(module, placement.device, self._dtype)
+            self.module = move_module(module, placement.device, self._dtype)
             if placement.mode != "eager":
                 self.module = self.module.to(memory_format=torch.channels_last)
 

@@ -30,12 +30,13 @@ def bare_graph_loop(path: Path, batch: int, precision: str, runs: int = 300) -> 
     import torch
 
     from edgecnn.loading import load_torch_model
+    from edgecnn.precision import move_module
 
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
     model = load_torch_model(path)
     torch.backends.cudnn.benchmark = True
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    module = model.module.to("cuda", dtype).to(memory_format=torch.channels_last)
+    module = move_module(model.module, "cuda", dtype).to(memory_format=torch.channels_last)
     x = torch.rand(batch, *model.card.input.shape, device="cuda", dtype=dtype)
     x = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():

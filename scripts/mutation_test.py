@@ -90,7 +90,7 @@ TARGETS = {
     "precision": {
         "file": "edgecnn/precision.py",
         "functions": ["Placement.__post_init__", "Placement.parse", "ParityCheck.passed",
-                      "ParityCheck.failure", "check_parity", "require_parity", "_portable"],
+                      "ParityCheck.failure", "check_parity", "require_parity", "move_module"],
         "tests": ["tests/test_precision.py"],
     },
     "qdq": {
