@@ -377,3 +377,24 @@ def test_gpu_clock_state_is_empty_without_nvidia_smi_and_named_with_it():
         assert state == {}
     else:
         assert "clocks.sm" in state
+
+
+def test_backend_flags_pin_fp32_and_autotuning_for_a_row_and_restore_them():
+    from edgecnn.precision import backend_flags
+
+    def flags() -> tuple:
+        conv = getattr(torch.backends.cudnn, "conv", None)
+        if conv is not None and hasattr(conv, "fp32_precision"):
+            return (conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision,
+                    torch.backends.cudnn.benchmark)
+        return (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32,
+                torch.backends.cudnn.benchmark)
+
+    before = flags()
+    strict = ("ieee", "ieee") if isinstance(before[0], str) else (False, False)
+    with backend_flags(Placement("cuda", "fp32", "graph")):
+        assert flags() == (*strict, True)  # no TF32 in an fp32 row; cuDNN autotunes
+    with backend_flags(Placement("cuda", "tf32")):
+        assert flags()[:2] == (("tf32", "tf32") if isinstance(before[0], str) else (True, True))
+        assert flags()[2] is False
+    assert flags() == before
