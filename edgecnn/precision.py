@@ -255,20 +255,13 @@ class PlacedModel:
 
 
 def host_arrays(result: Any) -> list[np.ndarray]:
-    """A model's (possibly nested) result as float32 numpy arrays, in order."""
-    return [t.detach().float().cpu().numpy() for t in _tensor_leaves(result)]
-
-
-def _tensor_leaves(result: Any) -> list[Any]:
+    """A model's (possibly nested) result as float32 numpy arrays, flattened in the order
+    :func:`edgecnn.loading.output_leaves` gives the CPU reference's."""
     import torch
+    from torch.utils import _pytree
 
-    if isinstance(result, torch.Tensor):
-        return [result]
-    if isinstance(result, dict):
-        return [t for v in result.values() for t in _tensor_leaves(v)]
-    if isinstance(result, (list, tuple)):
-        return [t for v in result for t in _tensor_leaves(v)]
-    return []
+    return [leaf.detach().float().cpu().numpy() for leaf in _pytree.tree_leaves(result)
+            if isinstance(leaf, torch.Tensor)]
 
 
 class PlacedSession:
@@ -379,6 +372,10 @@ def check_parity(runtime: str, outputs: list[np.ndarray], reference: list[np.nda
     return ParityCheck(runtime, worst, tolerance, decisive, flips, nonfinite)
 
 
-def require_parity(check: ParityCheck, model: str) -> None:
+def require_parity(model: str, runtime: str, outputs: list[np.ndarray],
+                   reference: list[np.ndarray], tolerance: float) -> ParityCheck:
+    """:func:`check_parity`, raising :class:`CheckFailedError` (exit 1) when the row is wrong."""
+    check = check_parity(runtime, outputs, reference, tolerance)
     if not check.passed:
         raise CheckFailedError(check.failure(model))
+    return check

@@ -69,13 +69,10 @@ def placement_parity(model: Path, runtime: str, x: np.ndarray,
     if not RUNTIMES.get(runtime).opt_in:
         return None
     from edgecnn.loading import load_torch_model
-    from edgecnn.precision import Placement, check_parity, require_parity
+    from edgecnn.precision import Placement, require_parity
 
-    placement = Placement.parse(runtime)
-    check = check_parity(runtime, outputs, load_torch_model(model).outputs(x),
-                         placement.tolerance)
-    require_parity(check, model.name)
-    return check.record()
+    return require_parity(model.name, runtime, outputs, load_torch_model(model).outputs(x),
+                          Placement.parse(runtime).tolerance).record()
 
 
 WARM_RUNTIMES: set[str] = set()

@@ -33,7 +33,6 @@ from edgecnn.precision import (
     Placement,
     backend_flags,
     bf16_native,
-    check_parity,
     require_parity,
 )
 
@@ -228,8 +227,8 @@ def _torch_row(model: Path, placement: Placement, config: BenchConfig, x: np.nda
         placed.launch()
         outputs = placed.outputs()
         first_ms = (time.perf_counter() - started) * 1e3
-        check = check_parity(placement.name, outputs, reference, placement.tolerance)
-        require_parity(check, model.name)
+        check = require_parity(model.name, placement.name, outputs, reference,
+                               placement.tolerance)
         clocks_before = gpu_clocks()
         wall, gpu, warm = _timed(placed.launch, placed.synchronize, config, events=True)
     memory = {"allocated": (torch.cuda.max_memory_allocated() - allocated) / 2**20,
@@ -257,8 +256,7 @@ def _onnx_row(model: Path, provider: str, config: BenchConfig, x: np.ndarray,
     session.check_provider()
     kind = "int8" if "int8" in reference else "fp32"
     tolerance = ORT_TOLERANCE["int8" if kind == "int8" else provider]
-    check = check_parity(runtime, session.outputs(), reference[kind], tolerance)
-    require_parity(check, model.name)
+    check = require_parity(model.name, runtime, session.outputs(), reference[kind], tolerance)
     clocks_before = gpu_clocks()
     wall, _, warm = _timed(session.invoke, lambda: None, config, events=False)
     device = {**info, "clocks_before": clocks_before, "clocks_after": gpu_clocks()}
