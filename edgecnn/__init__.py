@@ -15,12 +15,12 @@ from types import ModuleType
 
 __version__ = "0.1.0"
 
-# Installed, converters/ and targets/ are edgecnn.converters and edgecnn.targets (setuptools
-# package-dir). Run from a source checkout (`python -m edgecnn` at the repository root), this
+# Installed, converters/, targets/ and models/ are edgecnn.converters, edgecnn.targets and
+# edgecnn.models (setuptools package-dir). Run from a source checkout (`python -m edgecnn` at the repository root), this
 # edgecnn/ shadows the installed package and has no such folders: point the two names at the
 # checkout's own, after every other finder (an install or an editable finder wins).
 _CHECKOUT = Path(__file__).resolve().parent.parent
-_SUBPACKAGES = {f"{__name__}.{name}": _CHECKOUT / name for name in ("converters", "targets")}
+_SUBPACKAGES = {f"{__name__}.{name}": _CHECKOUT / name for name in ("converters", "targets", "models")}
 
 
 class _CheckoutSubpackages(importlib.abc.MetaPathFinder):

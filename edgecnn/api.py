@@ -1,8 +1,12 @@
 """The Python API: everything the CLI does, as functions returning typed results.
 
     from edgecnn import api
-    result = api.convert("models/lenet5.pt", to="tflite", int8=True)
-    report = api.validate([Path("models/lenet5.pt"), result.path], data="models/data/mnist")
+    result = api.convert("lenet5", output="lenet5_int8.tflite",
+                         config=api.ConvertConfig("tflite", int8=True))
+    report = api.validate(["lenet5", result.path], data=SHIPPED_TEST_SET)
+
+A model argument is a path or the short name of a shipped model (``lenet5``, see
+:mod:`edgecnn.shipped`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from edgecnn.inspection import ModelInfo, card_or_default, inspect_model, load_o
 from edgecnn.int8_budget import Budget, BudgetResult
 from edgecnn.memory import release_memory
 from edgecnn.quant_error import LayerReport
+from edgecnn.shipped import is_shipped, resolve_model
 from edgecnn.validate import ParityReport, Thresholds
 from edgecnn.validate import validate as _validate
 
@@ -119,9 +124,10 @@ def default_output(source: Path, config: ConvertConfig) -> Path:
     suffix = ".onnx" if config.to == "onnx" else ".tflite"
     tag = "_int8" if config.int8 else ""
     stem = source.stem.removesuffix("_int8")
-    default = source.with_name(f"{stem}{tag}{suffix}")
+    folder = Path.cwd() if is_shipped(source) else source.parent  # never into site-packages
+    default = folder / f"{stem}{tag}{suffix}"
     if default.name == source.name:  # never default onto the input
-        default = source.with_name(f"{stem}{tag}.converted{suffix}")
+        default = folder / f"{stem}{tag}.converted{suffix}"
     return default
 
 
@@ -138,7 +144,7 @@ def convert(model: str | Path, output: str | Path | None = None,
     from edgecnn.converters.torch_to_onnx import save_external
 
     started = time.perf_counter()
-    source = Path(model)
+    source = resolve_model(model)
     out = check_output_path(Path(output) if output else default_output(source, config),
                             inputs=(source, config.calib))
     checks: dict[str, Any] = {}
@@ -441,8 +447,8 @@ def validate(models: list[str | Path], data: str | Path | Dataset, *,
              arch: str | None = None, placements: tuple[str, ...] = ()) -> ParityReport:
     """Parity report of ``models`` on labelled ``data`` (see :mod:`edgecnn.validate`);
     ``placements`` (e.g. ``("torch-cuda:fp16",)``) add rows for each PyTorch model."""
-    paths = [Path(m) for m in models]
-    ref = Path(reference) if reference else None
+    paths = [resolve_model(m) for m in models]
+    ref = resolve_model(reference) if reference else None
     card_source = ref or next((p for p in paths if p.suffix in (".pt", ".pt2")), paths[0])
     card = card_or_default(card_source, trust_pickle=trust_pickle, arch=arch)
     dataset = data if isinstance(data, Dataset) else load_dataset(data, split="test")
@@ -461,7 +467,7 @@ def layers(float_model: str | Path, int8_model: str | Path, data: str | Path | D
     from edgecnn.converters import qdq
     from edgecnn.quant_error import LayerReport, layer_errors
 
-    float_path, int8_path = Path(float_model), Path(int8_model)
+    float_path, int8_path = resolve_model(float_model), resolve_model(int8_model)
     if int8_path.suffix.lower() != ".onnx":
         raise BadInputError(f"{int8_path}: give the int8 ONNX (QDQ) file; a .tflite is compared "
                             "with it by `edgecnn validate`")
@@ -484,4 +490,4 @@ def layers(float_model: str | Path, int8_model: str | Path, data: str | Path | D
 
 def inspect(model: str | Path, *, trust_pickle: bool = False, arch: str | None = None) -> ModelInfo:
     """Format, I/O, parameters and ops of any supported model file."""
-    return inspect_model(model, trust_pickle=trust_pickle, arch=arch)
+    return inspect_model(resolve_model(model), trust_pickle=trust_pickle, arch=arch)

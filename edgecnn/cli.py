@@ -23,6 +23,20 @@ from edgecnn.errors import BadInputError, EdgecnnError, ExitStatus
 PathArg = click.Path(path_type=Path)
 
 
+class ModelPath(click.ParamType):
+    """A model file, or the short name of a shipped model (``lenet5``): see edgecnn.shipped."""
+
+    name = "model"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Path:
+        from edgecnn.shipped import resolve_model
+        return resolve_model(value)
+
+
+ModelArg = ModelPath()
+
+
 class EdgecnnGroup(click.Group):
     """Maps library errors to one stderr line and an exit status."""
 
@@ -97,10 +111,21 @@ def check_outputs(*paths: Path | None, inputs: tuple[Path | None, ...] = ()) -> 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def zoo(as_json: bool) -> None:
-    """List the model zoo: name, input shape, parameter count."""
+    """List the model zoo: name, input shape, parameter count, and the trained models that ship
+    (name one in place of a path: `edgecnn inspect lenet5`)."""
     from edgecnn import zoo as model_zoo
+    from edgecnn.card import read_sidecar
+    from edgecnn.shipped import shipped_models
+
+    trained: dict[str, list[str]] = {}
+    for short_name, path in shipped_models().items():
+        card = read_sidecar(path)
+        if card is not None:
+            accuracy = f" ({100 * card.test_accuracy:.2f} %)" if card.test_accuracy else ""
+            trained.setdefault(card.architecture, []).append(short_name + accuracy)
     rows = [{"name": n, "input": "x".join(map(str, a.input_shape)), "classes": a.num_classes,
-             "parameters": a.parameter_count(), "dataset": a.dataset, "summary": a.summary}
+             "parameters": a.parameter_count(), "dataset": a.dataset,
+             "shipped": ", ".join(trained.get(n, [])), "summary": a.summary}
             for n, a in model_zoo.ARCHITECTURES.items()]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -147,7 +172,7 @@ def torch_loading_options(command: Any) -> Any:
 
 
 @cli.command()
-@click.argument("model", type=PathArg)
+@click.argument("model", type=ModelArg)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 @torch_loading_options
 def inspect(model: Path, as_json: bool, arch: str | None, trust_pickle: bool) -> None:
@@ -187,7 +212,7 @@ def _numbers(kind: type, count: int | None = None) -> Any:
 
 
 @cli.command()
-@click.argument("model", type=PathArg)
+@click.argument("model", type=ModelArg)
 @click.option("--to", type=click.Choice(["onnx", "tflite"]), required=True)
 @click.option("--int8", is_flag=True, help="Full-integer int8 (static PTQ, QDQ for ONNX).")
 @click.option("--calib", type=PathArg, help="Calibration data (training images); default: the "
@@ -254,11 +279,11 @@ def convert(model: Path, to: str, int8: bool, calib: Path | None, calib_method: 
 
 
 @cli.command()
-@click.argument("models", type=PathArg, nargs=-1, required=True)
+@click.argument("models", type=ModelArg, nargs=-1, required=True)
 @click.option("--data", type=PathArg, default=None,
               help="Labelled data (IDX folder/file, .npz, image folder); default: the shipped "
                    "MNIST test set.")
-@click.option("--reference", type=PathArg, help="Reference model (default: the first MODEL).")
+@click.option("--reference", type=ModelArg, help="Reference model (default: the first MODEL).")
 @click.option("--runtime", help="Restrict .tflite/.onnx files to one runtime.")
 @click.option("--placement", "placements", multiple=True, metavar="RUNTIME",
               help="Also score each PyTorch model here, e.g. torch-cuda:fp16, torch-cuda:bf16, "
@@ -304,8 +329,8 @@ def validate(models: tuple[Path, ...], data: Path | None, reference: Path | None
 
 
 @cli.command()
-@click.argument("float_model", type=PathArg)
-@click.argument("int8_model", type=PathArg)
+@click.argument("float_model", type=ModelArg)
+@click.argument("int8_model", type=ModelArg)
 @click.option("--data", type=PathArg, default=None,
               help="Images (IDX folder/file, .npz, image folder); default: the shipped MNIST "
                    "test set.")
@@ -346,7 +371,7 @@ def layers(float_model: Path, int8_model: Path, data: Path | None, limit: int, b
 
 
 @cli.command()
-@click.argument("models", type=PathArg, nargs=-1, required=True)
+@click.argument("models", type=ModelArg, nargs=-1, required=True)
 @click.option("--target", type=click.Choice(["cpu", "cuda", "rpi"]), default="cpu",
               show_default=True)
 @click.option("--runtime", help="One runtime only (torch, torch-cpu:bf16, onnxruntime, litert, "

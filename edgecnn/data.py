@@ -27,11 +27,7 @@ from edgecnn.card import InputSpec
 from edgecnn.errors import DataError
 from edgecnn.fileio import atomic_path, check_output_path
 from edgecnn.limits import check_allocation, check_zip_members
-
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-SHIPPED_DATA = PACKAGE_ROOT / "models" / "data"
-SHIPPED_TEST_SET = SHIPPED_DATA / "mnist"  # the 10,000 MNIST test images, IDX .gz
-SHIPPED_CALIBRATION_SET = SHIPPED_DATA / "mnist-calib.npz"  # 1,000 training images
+from edgecnn.shipped import SHIPPED_CALIBRATION_SET, SHIPPED_DATA, SHIPPED_TEST_SET  # noqa: F401
 
 IDX_DTYPES: dict[int, Any] = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".pgm"}
