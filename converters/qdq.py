@@ -6,15 +6,32 @@ convert self-check, validate's step columns, the tests); onnxruntime computes it
 optimisations are off, because then no Q/DQ pair is fused into an integer kernel whose arithmetic
 depends on the instruction set (see :func:`reference_session_options`).
 
-The same quantisation is stored two ways, bit for bit the same numbers:
+The integers are stored in one of four encodings (``--onnx-int8-encoding``). u8s8, uint8 and
+int8 hold the same numbers as the quantisation (and as the TFLite file); u8s7 narrows the
+weights. Measured in docs/onnx-int8.md:
 
-- **int8** (what the TFLite 8-bit spec wants): symmetric int8 weights with zero point 0,
-  asymmetric int8 activations. The TFLite file always uses it.
-- **uint8** (edgecnn's default for the ONNX file): every 8-bit integer and zero point moved up by
-  128. ``(q + 128) - (z + 128) == q - z``, so every dequantised value, hence every output of the
-  reference, is identical. onnxruntime then runs its u8u8 kernels, which widen to 16 bits before
-  multiplying; its u8s8/s8s8 kernels on x86 without VNNI use VPMADDUBSW, whose int16 pair sums
-  saturate on full-range int8 weights (32 output steps off on LeNet-5). See docs/parity.md.
+- **u8s8** (edgecnn's default for the ONNX file, and onnxruntime's own ``quantize_static``
+  layout): asymmetric activations stored as uint8 (+128), symmetric int8 weights with zero point
+  0. onnxruntime runs its u8s8 kernels: 0.30-0.77x our fp32 latency on the torchvision mobile
+  set, exact on VNNI x86 and ARM. On x86 without VNNI those kernels use VPMADDUBSW, whose int16
+  pair sums saturate on 8-bit weights (32 output steps off on LeNet-5), unless the session sets
+  ``session.x64quantprecision=1``: onnxruntime then moves the weights to u8 at load and runs the
+  exact u8u8 kernels. edgecnn's own sessions set it on exactly those CPUs (:mod:`edgecnn.cpu`);
+  the file's metadata says so for everyone else's.
+- **u8s7**: u8s8 with the weights quantised within 7 bits ([-64, 64], onnxruntime's
+  ``reduce_range``), so 255 x 64 x 2 = 32640 cannot saturate and no session option is needed.
+  As fast as u8s8, exact on every x86 CPU, but the weights lose a bit: LeNet-5 keeps its
+  accuracy, the outlier-channel model loses 1 point per-channel and 73 per-tensor. For fleets
+  whose onnxruntime sessions cannot be configured.
+- **uint8**: weights moved up by 128 too: the u8u8 kernels everywhere, exact on every CPU with
+  no option, 0.72-1.35x fp32 (2-2.5x slower than u8s8 on VNNI).
+- **int8** (the TFLite spec's form): int8 activations too. onnxruntime leaves many of its
+  convolutions and every residual Add in float on x86.
+
+``(q + 128) - (z + 128) == q - z``: moving an integer and its zero point together keeps every
+dequantised value, so u8s8, uint8 and int8 have one QDQ reference and one fingerprint. The weight
+width is chosen when quantising (:func:`weight_bits`); re-encoding an existing file cannot narrow
+its weights, so an 8-bit-weight file asked for as u8s7 is stored as uint8 instead.
 """
 
 from __future__ import annotations
@@ -29,7 +46,9 @@ from onnx import TensorProto, numpy_helper
 from edgecnn.errors import ConversionError
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
-ONNX_INT8_ENCODINGS = ("uint8", "int8")
+ONNX_INT8_ENCODINGS = ("u8s8", "u8s7", "uint8", "int8")
+DEFAULT_ONNX_INT8_ENCODING = "u8s8"
+SEVEN_BIT_WEIGHTS = (-64, 64)  # onnxruntime's reduce_range for symmetric int8 weights
 EIGHT_BIT_RANGE: dict[int, tuple[int, int]] = {TensorProto.INT8: (-128, 127), TensorProto.UINT8: (0, 255)}
 
 
@@ -153,18 +172,82 @@ def eight_bit_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
     return [inits[n] for n in names]
 
 
+def _weight_tensors(model: onnx.ModelProto) -> set[str]:
+    """Names of the quantised weights (constant DequantizeLinear inputs) and their zero points."""
+    inits = _initializers(model)
+    names: set[str] = set()
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0] in inits:
+            names.update(name for name in (node.input[0], *node.input[2:3]) if name)
+    return names
+
+
+def weight_bits(encoding_name: str) -> int:
+    """How many bits the weights of a file stored as ``encoding_name`` are quantised to."""
+    return 7 if encoding_name == "u8s7" else 8
+
+
+def weights_fit(model: onnx.ModelProto, bits: int) -> bool:
+    """True when every quantised weight of ``model`` (int8 form) lies within ``bits`` bits."""
+    low, high = SEVEN_BIT_WEIGHTS if bits == 7 else (-128, 127)
+    weights = _weight_tensors(model)
+    for tensor in eight_bit_tensors(model):
+        if tensor.name in weights:
+            values = to_int8(numpy_helper.to_array(tensor)).astype(np.int16)
+            if values.size and (values.min() < low or values.max() > high):
+                return False
+    return True
+
+
 def encoding(model: onnx.ModelProto) -> str | None:
-    """``'uint8'``, ``'int8'``, ``'mixed'``, or None for a model without 8-bit Q/DQ tensors."""
-    kinds = {t.data_type for t in eight_bit_tensors(model)}
+    """``'uint8'``, ``'int8'``, ``'u8s7'``, ``'u8s8'``, ``'mixed'``, or None for a model without
+    8-bit Q/DQ tensors."""
+    tensors = eight_bit_tensors(model)
+    kinds = {t.data_type for t in tensors}
     if not kinds:
         return None
-    if len(kinds) > 1:
-        return "mixed"
-    return "uint8" if kinds == {TensorProto.UINT8} else "int8"
+    if len(kinds) == 1:
+        return "uint8" if kinds == {TensorProto.UINT8} else "int8"
+    weights = _weight_tensors(model)
+    # weight zero points are 0 in both encodings' int8 form; judge by the weight values
+    weight_kinds = {t.data_type for t in tensors if t.name in weights and t.dims}
+    other_kinds = {t.data_type for t in tensors if t.name not in weights}
+    if weight_kinds == {TensorProto.INT8} and other_kinds == {TensorProto.UINT8}:
+        return "u8s7" if weights_fit(model, 7) else "u8s8"
+    return "mixed"
+
+
+# what a file's users must know to run it exactly, kept in its metadata beside the encoding
+ENCODING_NOTES = {
+    "u8s8": "on x86 CPUs without VNNI open onnxruntime sessions with "
+            "session.x64quantprecision=1, or the u8s8 kernels saturate; VNNI x86 and ARM need "
+            "nothing",
+    "u8s7": "weights within 7 bits: exact in onnxruntime on every CPU",
+    "uint8": "u8u8 kernels: exact in onnxruntime on every CPU",
+    "int8": "on x86 CPUs without VNNI open onnxruntime sessions with "
+            "session.x64quantprecision=1",
+}
+
+
+def record_encoding(model: onnx.ModelProto, stored: str) -> None:
+    """Name the encoding and what running it exactly takes in the file's metadata."""
+    notes = {"edgecnn.int8_encoding": stored, "edgecnn.onnxruntime": ENCODING_NOTES[stored]}
+    kept = [p for p in model.metadata_props if p.key not in notes]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in notes.items():
+        model.metadata_props.add(key=key, value=value)
+
+
+def storage_encoding(model: onnx.ModelProto, requested: str) -> str:
+    """The encoding ``model`` can be stored in exactly for ``requested``: u8s7 becomes uint8
+    when its weights use all 8 bits (a file quantised elsewhere, or re-encoded from one)."""
+    return "uint8" if requested == "u8s7" and not weights_fit(model, 7) else requested
 
 
 def reencode(model: onnx.ModelProto, to: str) -> onnx.ModelProto:
-    """Store the 8-bit integers of ``model`` as ``to`` (uint8 or int8) in place; exact.
+    """Store the 8-bit integers of ``model`` as ``to`` in place, exactly (see the module
+    docstring for the encodings; :func:`storage_encoding` picks one that fits).
 
     Moving data and zero point by the same 128 keeps every ``q - z``, so the dequantised values
     do not change. int8 weights that use -128 (never written by symmetric quantisation) cannot
@@ -172,14 +255,18 @@ def reencode(model: onnx.ModelProto, to: str) -> onnx.ModelProto:
     """
     if to not in ONNX_INT8_ENCODINGS:
         raise ValueError(f"ONNX int8 encoding {to!r}; choose from {', '.join(ONNX_INT8_ENCODINGS)}")
-    target = TensorProto.UINT8 if to == "uint8" else TensorProto.INT8
+    if storage_encoding(model, to) != to:
+        raise ValueError("u8s7 needs weights quantised within 7 bits; these use 8 (store as uint8)")
+    weights = _weight_tensors(model) if to in ("u8s7", "u8s8") else set()
     for tensor in eight_bit_tensors(model):
+        unsigned = to == "uint8" or (to in ("u8s7", "u8s8") and tensor.name not in weights)
+        target = TensorProto.UINT8 if unsigned else TensorProto.INT8
         if tensor.data_type == target:
             continue
         values = numpy_helper.to_array(tensor).astype(np.int16)
-        shifted = values + 128 if to == "uint8" else values - 128
-        dtype = np.uint8 if to == "uint8" else np.int8
-        tensor.CopyFrom(numpy_helper.from_array(shifted.astype(dtype), tensor.name))
+        shifted = values + 128 if unsigned else values - 128
+        tensor.CopyFrom(numpy_helper.from_array(shifted.astype(np.uint8 if unsigned else np.int8),
+                                                tensor.name))
     return model
 
 

@@ -48,11 +48,16 @@ class QuantConfig:
     # calibrated ranges: read when the file exists, written when it does not. They do not depend
     # on which nodes stay float, so an accuracy budget calibrates once for all its candidates
     calibration_cache: Path | None = None
+    # 7: weights within [-64, 64] (onnxruntime's reduce_range), so its u8s8 kernels cannot
+    # saturate on x86 without VNNI (converters/qdq.py, encoding u8s7); activations keep 8 bits
+    weight_bits: int = 8
 
     def __post_init__(self) -> None:
         if self.method not in CALIBRATION_METHODS:
             raise ValueError(f"calibration method {self.method!r}; choose from "
                              f"{', '.join(CALIBRATION_METHODS)}")
+        if self.weight_bits not in (7, 8):
+            raise ValueError(f"weight bits {self.weight_bits}; choose 7 or 8")
         if self.batch_size < 1:
             raise ValueError("calibration batch size must be at least 1")
 
@@ -128,7 +133,8 @@ def quantize_onnx(model: onnx.ModelProto | Path, card: ModelCard, calibration: D
                         shutil.copyfile(cache, config.calibration_cache)
                 quantize_static(
                     str(src), str(dst), None if cache else reader, quant_format=QuantFormat.QDQ,
-                    per_channel=config.per_channel, activation_type=QuantType.QInt8,
+                    per_channel=config.per_channel, reduce_range=config.weight_bits == 7,
+                    activation_type=QuantType.QInt8,
                     weight_type=QuantType.QInt8, calibrate_method=method,
                     use_external_data_format=big, nodes_to_exclude=[*config.float_nodes, *_gelu_chains(model)],
                     **({"calibration_cache_path": str(cache)} if cache else {}),
@@ -145,7 +151,8 @@ def quantize_onnx(model: onnx.ModelProto | Path, card: ModelCard, calibration: D
     metadata.update({p.key: p.value for p in model.metadata_props})
     metadata["edgecnn.quantization"] = (
         f"int8 QDQ, {config.method}, {'per-channel' if config.per_channel else 'per-tensor'} "
-        f"weights, {len(calibration)} calibration images"
+        f"{'' if config.weight_bits == 8 else '7-bit '}weights, {len(calibration)} calibration "
+        "images"
         + (f", kept in float: {', '.join(config.float_nodes)}" if config.float_nodes else ""))
     del quantized.metadata_props[:]
     for key, value in metadata.items():

@@ -56,7 +56,7 @@ class ConvertConfig:
     opset: int = 18
     trust_pickle: bool = False
     arch: str | None = None
-    onnx_int8_encoding: str = "uint8"  # how the ONNX file stores int8: see converters/qdq.py
+    onnx_int8_encoding: str = "u8s8"  # how the ONNX file stores int8: see converters/qdq.py
     input_shape: tuple[int, ...] | None = None  # fixes an ONNX input's symbolic dims
     # preprocessing recorded as the card: x = (pixels * pixel_scale - mean) / std
     mean: tuple[float, ...] | None = None
@@ -162,7 +162,10 @@ def convert(model: str | Path, output: str | Path | None = None,
             save_external(onnx_model, float_path)
             del onnx_model  # the float model is on disk: keep peak memory at one copy
             release_memory()
-            quant_config = QuantConfig(config.calib_method, config.per_channel)
+            # the ONNX file's encoding decides its weights' width (7 bits for u8s7, which keeps
+            # onnxruntime's u8s8 kernels exact on x86 without VNNI); TFLite keeps all 8
+            bits = qdq.weight_bits(config.onnx_int8_encoding) if config.to == "onnx" else 8
+            quant_config = QuantConfig(config.calib_method, config.per_channel, weight_bits=bits)
             if config.budget is not None:
                 budget = _search_budget(float_path, card, calib, config, quant_config)
                 report = budget.report
@@ -179,8 +182,12 @@ def convert(model: str | Path, output: str | Path | None = None,
         raise BadInputError(f"{source}: is an int8 QDQ model; add --int8 to write int8 TFLite")
     if config.to == "onnx":
         if qdq.is_qdq(onnx_model):
-            qdq.reencode(onnx_model, config.onnx_int8_encoding)
-            checks["int8 encoding"] = config.onnx_int8_encoding
+            stored = qdq.storage_encoding(onnx_model, config.onnx_int8_encoding)
+            qdq.reencode(onnx_model, stored)
+            qdq.record_encoding(onnx_model, stored)
+            checks["int8 encoding"] = stored if stored == config.onnx_int8_encoding else (
+                f"{stored} (the weights use 8 bits; {config.onnx_int8_encoding} needs them "
+                "quantised within 7: convert from the float model)")
         if source.suffix.lower() == ".onnx":  # exports were checked against PyTorch already
             data = onnx_model.SerializeToString()
             _check_onnx_bytes(data, source)

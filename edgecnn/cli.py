@@ -223,10 +223,12 @@ def _numbers(kind: type, count: int | None = None) -> Any:
 @click.option("--io-dtype", type=click.Choice(["float32", "int8", "uint8"]),
               help="TFLite I/O type (int8 models default to int8).")
 @click.option("--nchw-input", is_flag=True, help="Keep NCHW input (adds one leading TRANSPOSE).")
-@click.option("--onnx-int8-encoding", type=click.Choice(["uint8", "int8"]), default="uint8",
-              show_default=True, help="How an int8 ONNX file stores its integers: uint8 (+128, "
-              "the same quantisation) runs exactly on every CPU; int8 saturates in "
-              "onnxruntime on x86 without VNNI.")
+@click.option("--onnx-int8-encoding", type=click.Choice(["u8s8", "u8s7", "uint8", "int8"]),
+              default="u8s8", show_default=True,
+              help="How an int8 ONNX file stores its integers. u8s8: uint8 activations, int8 "
+              "weights, onnxruntime's fast kernels (on x86 without VNNI exact only with "
+              "session.x64quantprecision=1, which edgecnn sets). u8s7: 7-bit weights, exact on "
+              "every CPU with no option. uint8: exact everywhere, slower. int8: the TFLite form.")
 @click.option("--opset", default=18, show_default=True)
 @click.option("--input-shape", callback=_numbers(int, 4), metavar="N,C,H,W",
               help="Fix an ONNX input's symbolic dims, e.g. 1,3,224,224.")

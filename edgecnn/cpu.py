@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import platform
+from typing import Any
 
 
 @functools.lru_cache(maxsize=1)
@@ -25,6 +26,26 @@ def features() -> frozenset[str]:
 
 def has_vnni() -> bool:
     return bool({"AVX512VNNI", "AVXVNNI", "AVX_VNNI"} & features())
+
+
+# onnxruntime's session option for x86 without VNNI: s8 weights are moved to u8 when the session
+# is built (its Avx2WeightS8ToU8Transformer), so the u8u8 kernels run and nothing saturates. On
+# VNNI CPUs it would swap exact fast kernels for slow ones (2-2.4x on resnet18 and mobilenet_v2,
+# docs/onnx-int8.md), so it is set only where u8s8 saturates.
+ONNXRUNTIME_PRECISE_INT8 = ("session.x64quantprecision", "1")
+
+
+def u8s8_saturates() -> bool:
+    """True on x86 CPUs whose onnxruntime u8 x s8 kernels use VPMADDUBSW (no VNNI)."""
+    return cpu_class().startswith("x86-64") and not has_vnni()
+
+
+def exact_int8_options(options: Any) -> Any:
+    """``options`` (onnxruntime SessionOptions) set so full 8-bit int8 weights run exactly on
+    this CPU: the precise u8u8 path where u8s8 saturates, untouched elsewhere."""
+    if u8s8_saturates():
+        options.add_session_config_entry(*ONNXRUNTIME_PRECISE_INT8)
+    return options
 
 
 def cpu_class() -> str:
@@ -46,9 +67,11 @@ def cpu_class() -> str:
 def int8_stray_reason(runtime: str, onnx_encoding: str | None) -> str:
     """One line a user can act on when ``runtime``'s int8 output strays from the QDQ reference."""
     if runtime == "onnxruntime":
-        if onnx_encoding == "int8" and cpu_class().startswith("x86-64") and not has_vnni():
+        if onnx_encoding in ("int8", "u8s8") and u8s8_saturates():
             return ("this CPU lacks VNNI: onnxruntime's u8s8/s8s8 int8 kernels saturate "
-                    "(VPMADDUBSW); convert with --onnx-int8-encoding uint8 (the default)")
+                    "(VPMADDUBSW) on 8-bit weights; open the session with "
+                    "session.x64quantprecision=1 (edgecnn's own sessions do), or convert with "
+                    "--onnx-int8-encoding u8s7 or uint8")
         return (f"onnxruntime's fused integer kernels round differently on this CPU "
                 f"({cpu_class()}); compare its qdq-reference row")
     if runtime == "tflite-runtime":

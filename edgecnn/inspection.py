@@ -276,8 +276,17 @@ def _inspect_onnx(path: Path) -> ModelInfo:
     return ModelInfo(str(path), "onnx" + (" int8 QDQ" if quant else " fp32"), params, inputs,
                      outputs, [{"op": k, "count": v} for k, v in ops.most_common()],
                      {"opset": opset, "quantization": quant, "producer": model.producer_name,
-                      "int8 encoding": qdq.encoding(model) or "none",
+                      "int8 encoding": _encoding_line(model),
                       "quantisation parameters": overhead})
+
+
+def _encoding_line(model: Any) -> str:
+    """The int8 encoding and what running it exactly in onnxruntime takes (converters/qdq.py)."""
+    from edgecnn.converters import qdq
+
+    name = qdq.encoding(model)
+    note = qdq.ENCODING_NOTES.get(name or "")
+    return f"{name} ({note})" if note else (name or "none")
 
 
 FLOAT_TYPES = (1, 10, 11, 16)  # ONNX float, float16, double, bfloat16

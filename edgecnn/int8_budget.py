@@ -198,7 +198,9 @@ def _host_latency_us(model: onnx.ModelProto, x: np.ndarray) -> float:
 
     from edgecnn.targets.runner import measure
 
-    options = ort.SessionOptions()
+    from edgecnn.cpu import exact_int8_options
+
+    options = exact_int8_options(ort.SessionOptions())
     options.intra_op_num_threads = 1
     options.log_severity_level = 3
     session = ort.InferenceSession(model.SerializeToString(), options,

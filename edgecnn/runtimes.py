@@ -156,7 +156,10 @@ class OnnxSession:
 
         from edgecnn.converters.qdq import reference_session_options
 
-        options = reference_session_options() if reference else ort.SessionOptions()
+        from edgecnn.cpu import exact_int8_options
+
+        options = reference_session_options() if reference else exact_int8_options(
+            ort.SessionOptions())
         if reference:
             self.runtime = QDQ_REFERENCE
         if threads:

@@ -233,8 +233,40 @@ def test_reencode_moves_every_integer_by_128_both_ways():
 
 
 def test_reencode_refuses_an_unknown_encoding():
-    with pytest.raises(ValueError, match="ONNX int8 encoding 'int4'; choose from uint8, int8"):
+    with pytest.raises(ValueError, match="ONNX int8 encoding 'int4'; choose from u8s8, u8s7, uint8, int8"):
         qdq.reencode(_model(), "int4")
+
+
+@pytest.mark.parametrize("weights, fits", [((64, -64), True), ((65, 3), False), ((3, -65), False),
+                                            ((127, -127), False)])
+def test_seven_bit_weights_are_those_within_onnxruntimes_reduce_range(weights, fits):
+    model = _model(w_values=np.array(weights, np.int8).reshape(2, 1, 1, 1))
+    assert qdq.weights_fit(model, 7) is fits and qdq.weights_fit(model, 8)
+    assert qdq.storage_encoding(model, "u8s7") == ("u8s7" if fits else "uint8")
+    assert qdq.storage_encoding(model, "u8s8") == "u8s8"
+
+
+def test_u8s7_stores_activations_as_uint8_and_weights_as_int8_with_the_same_reading():
+    u8 = _model()
+    u8s7 = qdq.reencode(onnx.ModelProto.FromString(u8.SerializeToString()), "u8s7")
+    assert qdq.encoding(u8s7) == "u8s7" and qdq.encoding(u8) == "uint8"
+    assert _init(u8s7, "w_q").dtype == np.int8 and _init(u8s7, "w_zp").dtype == np.int8
+    np.testing.assert_array_equal(_init(u8s7, "w_q"), [[[[3]]], [[[-5]]]])
+    np.testing.assert_array_equal(_init(u8s7, "w_zp"), [0, 0])
+    for name in ("x_zp", "y_zp"):  # activations untouched: already uint8
+        assert _init(u8s7, name).dtype == np.uint8
+        assert _init(u8s7, name) == _init(u8, name)
+    x = np.random.default_rng(0).normal(0, 1, (1, 1, 2, 2)).astype(np.float32)
+    np.testing.assert_array_equal(_run(u8, x), _run(u8s7, x))
+    back = qdq.reencode(u8s7, "uint8")
+    assert back.SerializeToString() == _model().SerializeToString()
+
+
+def test_u8s7_is_refused_for_eight_bit_weights_and_u8s8_is_named():
+    wide = _model(w_values=np.array([100, -5], np.int8).reshape(2, 1, 1, 1))
+    with pytest.raises(ValueError, match="u8s7 needs weights quantised within 7 bits"):
+        qdq.reencode(wide, "u8s7")
+    assert qdq.encoding(qdq.reencode(wide, "u8s8")) == "u8s8"
 
 
 def test_reencode_keeps_the_float_reading_exactly():
