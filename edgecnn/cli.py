@@ -374,8 +374,10 @@ def layers(float_model: Path, int8_model: Path, data: Path | None, limit: int, b
 
 @cli.command()
 @click.argument("models", type=ModelArg, nargs=-1, required=True)
-@click.option("--target", type=click.Choice(["cpu", "cuda", "rpi"]), default="cpu",
-              show_default=True)
+@click.option("--target", type=click.Choice(["cpu", "cuda", "rpi", "ethos-u", "mcu"]),
+              default="cpu", show_default=True,
+              help="ethos-u: compile with Arm's Vela, report its NPU share and estimate; mcu: run "
+              "TFLite Micro's kernels, report the arena and parity with LiteRT.")
 @click.option("--runtime", help="One runtime only (torch, torch-cpu:bf16, onnxruntime, litert, "
               "tflite-runtime); "
               "on cuda, names or globs, comma-separated (torch-cuda:fp16, 'torch-cuda:*:graph', "
@@ -398,6 +400,10 @@ def layers(float_model: Path, int8_model: Path, data: Path | None, limit: int, b
 @click.option("--timeout", default=60.0, show_default=True, help="rpi over SSH: seconds per step.")
 @click.option("--setup", is_flag=True, help="rpi over SSH: pip-install a TFLite runtime if missing.")
 @click.option("--remote-python", default="python3", show_default=True)
+@click.option("--npu", "npus", multiple=True, metavar="CONFIG",
+              help="ethos-u: Vela configuration(s), e.g. U55-128,U85-256 [default: U55-128].")
+@click.option("--data", type=PathArg, help="mcu: labelled images for the parity check "
+              "[default: the shipped MNIST test set for 28x28 grey models].")
 @click.option("--json", "json_path", type=PathArg)
 @click.option("--csv", "csv_path", type=PathArg)
 @click.option("--markdown", "md_path", type=PathArg)
@@ -408,7 +414,7 @@ def bench(models: tuple[Path, ...], target: str, runtime: str | None, threads: i
           min_time: float, max_time: float, host: str | None,
           port: int | None, identity: Path | None, known_hosts: Path | None,
           ssh_config: Path | None, timeout: float, setup: bool, remote_python: str,
-          json_path: Path | None, csv_path: Path | None, md_path: Path | None,
+          npus: tuple[str, ...], data: Path | None, json_path: Path | None, csv_path: Path | None, md_path: Path | None,
           plot_path: Path | None, wide: bool) -> None:
     """Benchmark MODELS on a target: load, first inference, steady-state latency, RSS."""
     from edgecnn.bench import bench as run_bench
@@ -417,8 +423,14 @@ def bench(models: tuple[Path, ...], target: str, runtime: str | None, threads: i
     from edgecnn.targets.base import BenchConfig
     require_matplotlib(plot_path)
     check_outputs(json_path, csv_path, md_path, plot_path, inputs=(*models, identity,
-                                                                  known_hosts, ssh_config))
+                                                                  known_hosts, ssh_config, data))
     options: dict[str, Any] = {}
+    if npus and target != "ethos-u" or data and target != "mcu":
+        raise BadInputError("--npu is for --target ethos-u and --data for --target mcu")
+    if target == "ethos-u":
+        options = {"npu": tuple(n for given in npus for n in given.split(",") if n.strip())}
+    if target == "mcu" and data is not None:
+        options = {"data": data}
     if target == "rpi":
         options = dict(host=host, port=port, identity=identity, known_hosts=known_hosts,
                        ssh_config=ssh_config, timeout=timeout, setup=setup,
@@ -452,6 +464,12 @@ def bench_columns(target: str, wide: bool) -> list[str]:
                 "GPU p50 µs", "img/s", "GPU alloc MB", "GPU reserved MB", "peak RSS MB",
                 "max rel err", *(["load ms", "first ms", "warm-up runs"] if wide else []),
                 "speed-up"]
+    if target == "ethos-u":  # compiled, not run: Vela's estimate and memory
+        return ["model", "runtime", "NPU ops %", "CPU ops", "est. µs", "SRAM KiB", "flash KiB",
+                *(["DRAM KiB", "MACs", "size KiB"] if wide else []), "compiler"]
+    if target == "mcu":
+        return ["model", "runtime", "arena KiB", "steps vs LiteRT", "agree %", "parity on",
+                "p50 µs", "size KiB", *(["load ms", "max|Δ| vs LiteRT"] if wide else [])]
     if wide:
         return ["model", "runtime", "batch", "size KiB", "load ms", "first ms", "p50 µs",
                 "mean µs", "std µs", "p90 µs", "p99 µs", "min µs", "max µs", "img/s",

@@ -253,7 +253,6 @@ def _onnx_tensor(value: Any) -> TensorInfo:
 def _inspect_onnx(path: Path) -> ModelInfo:
     from onnx import numpy_helper
 
-    from edgecnn.converters import qdq
 
     model = load_onnx(path)
     inits = {t.name for t in model.graph.initializer}

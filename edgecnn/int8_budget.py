@@ -196,9 +196,8 @@ def _host_latency_us(model: onnx.ModelProto, x: np.ndarray) -> float:
     keeping layers float costs on this host, measured in about a second."""
     import onnxruntime as ort
 
-    from edgecnn.targets.runner import measure
-
     from edgecnn.cpu import exact_int8_options
+    from edgecnn.targets.runner import measure
 
     options = exact_int8_options(ort.SessionOptions())
     options.intra_op_num_threads = 1

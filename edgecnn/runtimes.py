@@ -155,7 +155,6 @@ class OnnxSession:
         import onnxruntime as ort
 
         from edgecnn.converters.qdq import reference_session_options
-
         from edgecnn.cpu import exact_int8_options
 
         options = reference_session_options() if reference else exact_int8_options(
@@ -340,3 +339,14 @@ RUNTIMES.register("litert")(Runtime(
 RUNTIMES.register("tflite-runtime")(Runtime(
     "tflite-runtime", (".tflite",), "tflite_runtime",
     lambda p, t: TFLiteSession(p, t, "tflite_runtime.interpreter", "tflite-runtime")))
+
+
+def _open_micro(path: Path, threads: int | None) -> Session:
+    from edgecnn.tflm import MicroSession
+
+    return MicroSession(path, threads)
+
+
+# the microcontroller runtime (edgecnn.tflm): scored when named, e.g. validate --runtime tflite-micro
+RUNTIMES.register("tflite-micro")(Runtime("tflite-micro", (".tflite",), "tflite_micro",
+                                          _open_micro, opt_in=True))

@@ -12,7 +12,8 @@ from edgecnn.targets.base import Target
 from edgecnn.errors import BadInputError
 
 TARGET_MODULES = {"cpu": "edgecnn.targets.cpu", "cuda": "edgecnn.targets.cuda",
-                  "rpi": "edgecnn.targets.rpi"}
+                  "rpi": "edgecnn.targets.rpi", "ethos-u": "edgecnn.targets.ethos_u",
+                  "mcu": "edgecnn.targets.mcu"}
 
 
 def get_target(name: str, **options: object) -> Target:

@@ -55,6 +55,8 @@ class BenchResult:
     gpu_memory_mb: dict[str, float] | None = None
     parity: dict[str, Any] | None = None
     warmup_runs: int | None = None
+    # a target's own columns (an NPU's operator share and memory, an MCU's arena and parity)
+    columns: dict[str, Any] = field(default_factory=dict)
 
     def row(self) -> dict[str, Any]:
         s = self.stats
@@ -64,7 +66,7 @@ class BenchResult:
                 "mean µs": s["mean_us"], "std µs": s["std_us"], "p90 µs": s["p90_us"],
                 "p99 µs": s["p99_us"], "min µs": s["min_us"], "max µs": s["max_us"],
                 "runs": s["runs"], "img/s": s["throughput_ips"], "peak RSS MB": self.peak_rss_mb,
-                **self.gpu_row()}
+                **self.gpu_row(), **self.columns}
 
     def gpu_row(self) -> dict[str, Any]:
         """The GPU columns, for rows of the cuda target only."""
@@ -79,7 +81,8 @@ class BenchResult:
 
 
 class Target(ABC):
-    """One place models run: the host CPU, a CUDA GPU, a Raspberry Pi."""
+    """One place models run: the host CPU, a CUDA GPU, a Raspberry Pi, an Ethos-U NPU (compiled
+    and estimated by Vela), a microcontroller (TFLite Micro's kernels)."""
 
     name: str
 

@@ -1,0 +1,129 @@
+"""Microcontrollers: the file run by TFLite Micro's own kernels on the host (edgecnn.tflm).
+
+A board's speed cannot be measured here, but what decides whether a file ships to an MCU can:
+that TFLite Micro has a kernel for every op, the arena the file needs (bisected, as a board's is
+sized), and that its fixed-point kernels agree with LiteRT on real images. A row whose outputs
+are more than a few output steps from LiteRT's fails the bench (exit 1). The host time per
+invoke is reported for comparing files with each other, never as the board's latency.
+``edgecnn validate FILE.tflite QDQ.onnx --runtime tflite-micro`` scores the same runtime against
+the QDQ reference and the labels.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from edgecnn.targets import runner
+from edgecnn.targets.base import BenchConfig, BenchResult, Target
+
+from edgecnn.errors import BadInputError
+
+PARITY_IMAGES = 100
+# TFLite Micro requantises in fixed point, LiteRT (XNNPACK) in float: a step per layer at most,
+# and the convert self-check's bound (edgecnn.api.INT8_SELF_CHECK_STEPS) separates that from a
+# wrong kernel, which is tens of steps off
+MAX_STEPS_FROM_LITERT = 3
+
+
+def parity_images(model: Path, data: Path | None, count: int) -> tuple[np.ndarray, str]:
+    """Real images for the parity check: ``data``, else the shipped MNIST test set when the
+    model takes 28x28 grey images, else seeded random ones (said in the row)."""
+    from edgecnn.targets.cpu import model_input
+
+    from edgecnn.data import load_dataset
+    from edgecnn.inspection import card_or_default
+    from edgecnn.shipped import SHIPPED_TEST_SET
+
+    x = model_input(model, 1)
+    card = card_or_default(model, tuple(x.shape[1:]))
+    source = data or (SHIPPED_TEST_SET if tuple(x.shape[1:]) == (1, 28, 28) else None)
+    if source is None:
+        return card.input.random_batch(min(count, 8)), "8 random inputs (pass --data for images)"
+    dataset = load_dataset(source, split="test").take(count)
+    dataset.check_fits(card.input)
+    return card.input.preprocess(dataset.images), f"{len(dataset)} images of {Path(str(source)).name}"
+
+
+def output_step(model: Path) -> float | None:
+    """The first output's quantisation step (of the tensor a float output is dequantised from)."""
+    from edgecnn.inspection import read_tflite
+
+    tflite, _ = read_tflite(model)
+    graph = tflite.subgraphs[0]
+    index = graph.outputs[0]
+    producers = {o: op for op in graph.operators for o in op.outputs}
+    for _ in range(2):  # the output itself, or the int8 tensor its DEQUANTIZE reads
+        q = graph.tensors[index].quantization
+        if q is not None and q.scale is not None and len(q.scale):
+            return float(q.scale[0])
+        op = producers.get(index)
+        if op is None or not len(op.inputs):
+            return None
+        index = op.inputs[0]
+    return None
+
+
+class MCUTarget(Target):
+    name = "mcu"
+
+    def __init__(self, data: Path | None = None, images: int = PARITY_IMAGES) -> None:
+        self.data, self.images = data, images
+        self.notes: list[str] = []
+        self.failures: list[str] = []  # files TFLite Micro runs, but not as LiteRT does
+
+    def probe(self) -> dict[str, Any]:
+        from edgecnn.tflm import _interpreter_module
+
+        _interpreter_module()  # one line when tflite-micro is missing
+        from importlib.metadata import version
+
+        return {"runtime": f"tflite-micro {version('tflite-micro')}",
+                "host": platform.machine()}
+
+    def run(self, model: Path, config: BenchConfig) -> list[BenchResult]:
+        from edgecnn.runtimes import open_session, predict
+        from edgecnn.tflm import MicroSession, smallest_arena
+
+        if model.suffix.lower() != ".tflite":
+            raise BadInputError(f"{model}: --target mcu runs int8 .tflite files; write one with "
+                                "`edgecnn convert MODEL --to tflite --int8`")
+        device = self.probe()
+        started = time.perf_counter()
+        arena = smallest_arena(model)
+        session = MicroSession(model, config.threads, arena_size=arena)
+        load_ms = (time.perf_counter() - started) * 1e3
+        x, source = parity_images(model, self.data, self.images)
+        started = time.perf_counter()
+        micro = predict(session, x[:1])
+        first_ms = (time.perf_counter() - started) * 1e3
+        micro = np.concatenate([micro, predict(session, x[1:])]) if len(x) > 1 else micro
+        litert = predict(open_session(model, "litert"), x)
+        step = output_step(model)
+        worst = float(np.abs(micro - litert).max())
+        steps = worst / step if step else worst
+        agree = 100.0 * float((micro.argmax(1) == litert.argmax(1)).mean()) if micro.ndim == 2 \
+            else float("nan")
+        if steps > MAX_STEPS_FROM_LITERT:
+            self.failures.append(
+                f"{model.name}: TFLite Micro's fixed-point kernels land {steps:.0f} output steps "
+                f"from LiteRT's on {source} (argmax agreement {agree:.1f} %; more than "
+                f"{MAX_STEPS_FROM_LITERT} steps): `edgecnn validate ... --runtime tflite-micro` "
+                "scores it against the QDQ reference and the labels")
+        session.bind(x[:1])
+        samples = runner.measure(session.invoke, config.warmup, config.runs, config.min_time,
+                                 config.max_time)
+        columns = {"arena KiB": round(arena / 1024, 2),
+                   "steps vs LiteRT": round(steps, 2) if step else "",
+                   "max|Δ| vs LiteRT": "" if step else round(worst, 6),
+                   "agree %": round(agree, 2), "parity on": source}
+        return [BenchResult(model.name, self.name, "tflite-micro", 1,
+                            model.stat().st_size / 1024, load_ms, first_ms,
+                            runner.latency_stats(samples, 1), runner.peak_rss_mb(),
+                            [s * 1e6 for s in samples], device=device, columns=columns)]
+
+
+TARGET = MCUTarget

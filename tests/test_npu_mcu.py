@@ -1,0 +1,183 @@
+"""Integer-only targets: Arm's Vela compiler (bench --target ethos-u) and TFLite Micro's
+interpreter (bench --target mcu, validate --runtime tflite-micro), both real, both checked
+against what the tools themselves say when run by hand."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgecnn.api import ConvertConfig, convert
+from edgecnn.cli import cli
+from tests.conftest import ROOT, unavailable
+
+
+@pytest.fixture(scope="module")
+def vela() -> None:
+    if importlib.util.find_spec("ethosu") is None:
+        unavailable("Arm's Vela is not installed (pip install -c constraints.txt -e '.[test]')")
+
+
+@pytest.fixture(scope="module")
+def micro() -> None:
+    if importlib.util.find_spec("tflite_micro") is None:
+        unavailable("TFLite Micro is not installed (pip install -c constraints.txt -e '.[test]')")
+
+
+@pytest.fixture(scope="module")
+def se_int8(tmp_path_factory) -> Path:
+    """The shipped MobileNetV3-style model in int8: HARD_SWISH and hard-sigmoid float islands."""
+    out = tmp_path_factory.mktemp("se") / "mobile_se_int8.tflite"
+    return convert(ROOT / "models" / "mobile_se_outlier.pt", out,
+                   ConvertConfig("tflite", int8=True)).path
+
+
+def _vela_by_hand(model: Path, accel: str, folder: Path) -> tuple[str, dict[str, str]]:
+    done = subprocess.run([sys.executable, "-m", "ethosu.vela", str(model), "--accelerator-config",
+                           accel, "--output-dir", str(folder)], capture_output=True, text=True,
+                          timeout=600)
+    table = next(folder.glob("*_summary_*.csv"))
+    with open(table, newline="") as handle:
+        return done.stdout, next(csv.DictReader(handle))
+
+
+@pytest.mark.parametrize("npu, accel", [("U55-128", "ethos-u55-128"), ("u85-256", "ethos-u85-256")])
+def test_ethos_u_compiles_lenet5_whole_and_reports_what_vela_says(vela, artefacts, cli_runner,
+                                                                  tmp_path, npu, accel):
+    report = tmp_path / "npu.json"
+    result = cli_runner.invoke(cli, ["bench", str(artefacts["tflite_int8"]), "--target",
+                                     "ethos-u", "--npu", npu, "--json", str(report)])
+    assert result.exit_code == 0, result.output
+    row = json.loads(report.read_text())["results"][0]
+    log, summary = _vela_by_hand(artefacts["tflite_int8"], accel, tmp_path / "by-hand")
+    assert "NPU operators = 7 (100.0%)" in log and "CPU operators = 0" in log
+    assert row["runtime"] == f"vela:{accel}"
+    columns = row["columns"]
+    assert columns["NPU ops %"] == 100.0 and columns["CPU ops"] == ""
+    assert columns["est. µs"] == pytest.approx(1e6 * float(summary["inference_time"]), abs=0.1)
+    assert columns["SRAM KiB"] == pytest.approx(float(summary["sram_memory_used"]), abs=0.01)
+    assert columns["MACs"] == int(float(summary["nn_macs"])) > 300_000  # Vela counts its own way
+    assert columns["compiler"] == "default"
+
+
+def test_ethos_u_refusal_fails_the_bench_and_names_the_op(vela, se_int8, cli_runner, tmp_path):
+    """Float islands: Vela's default compiler refuses the file (exit 1, its reason in one line);
+    U55's legacy core places the islands on the Cortex-M and the row names them; U85 has no
+    legacy core, so it has no row."""
+    report = tmp_path / "npu.json"
+    result = cli_runner.invoke(cli, ["bench", str(se_int8), "--target", "ethos-u", "--npu",
+                                     "U55-128,U85-256", "--json", str(report)])
+    assert result.exit_code == 1, result.output
+    refusals = [line for line in result.output.splitlines() if "Vela refuses it" in line]
+    assert len(refusals) == 2
+    assert all("HARD_SWISH" in line and "IFM has to be 8bit" in line for line in refusals)
+    assert "Traceback" not in result.output
+    rows = json.loads(report.read_text())["results"]
+    assert [r["runtime"] for r in rows] == ["vela:ethos-u55-128"]
+    legacy = rows[0]["columns"]
+    assert legacy["compiler"] == "legacy core" and 0 < legacy["NPU ops %"] < 100
+    assert "HARD_SWISH x" in legacy["CPU ops"]
+
+
+def test_ethos_u_names_its_configurations_and_refuses_others_in_one_line(vela, artefacts,
+                                                                         cli_runner):
+    result = cli_runner.invoke(cli, ["bench", str(artefacts["tflite_int8"]), "--target",
+                                     "ethos-u", "--npu", "U99-1"])
+    assert result.exit_code == 2
+    assert "--npu 'U99-1': choose from U55-32" in result.output and "U85-2048" in result.output
+    onnx = cli_runner.invoke(cli, ["bench", str(artefacts["onnx_int8"]), "--target", "ethos-u"])
+    assert onnx.exit_code == 2 and "compiles int8 .tflite files" in onnx.output
+
+
+def test_a_missing_extra_is_one_line(artefacts, cli_runner, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "ethosu" else real(name, *a))
+    result = cli_runner.invoke(cli, ["bench", str(artefacts["tflite_int8"]), "--target",
+                                     "ethos-u"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1] == (
+        "edgecnn: error: Arm's Vela compiler is not installed: pip install 'edgecnn[npu]' "
+        "(ethos-u-vela)")
+
+
+# -- TFLite Micro ---------------------------------------------------------------------------
+def test_mcu_arena_is_the_smallest_tflite_micro_runs_in(micro, artefacts, cli_runner, tmp_path):
+    from tflite_micro import runtime
+
+    report = tmp_path / "mcu.json"
+    result = cli_runner.invoke(cli, ["bench", str(artefacts["tflite_int8"]), "--target", "mcu",
+                                     "--runs", "5", "--min-time", "0", "--json", str(report)])
+    assert result.exit_code == 0, result.output
+    row = json.loads(report.read_text())["results"][0]
+    arena = round(row["columns"]["arena KiB"] * 1024)
+
+    def runs(size: int) -> bool:  # TFLite Micro's own API, nothing of edgecnn's
+        try:
+            interpreter = runtime.Interpreter.from_file(str(artefacts["tflite_int8"]),
+                                                        arena_size=size)
+            detail = interpreter.get_input_details(0)
+            interpreter.set_input(np.zeros(detail["shape"], detail["dtype"]), 0)
+            interpreter.invoke()
+        except RuntimeError:
+            return False
+        return True
+
+    assert runs(arena) and not runs(arena - 64)
+    assert 8 * 1024 < arena < 16 * 1024  # LeNet-5's largest activations fit in a few KiB
+    assert row["columns"]["steps vs LiteRT"] <= 1 and row["columns"]["agree %"] == 100.0
+    assert row["columns"]["parity on"].startswith("100 images of mnist")
+
+
+def test_mcu_outputs_match_tflite_micro_run_by_hand(micro, artefacts, test_set):
+    """MicroSession (quantise, NHWC, one image per invoke, dequantise) against TFLite Micro's
+    own API fed the same integers by hand."""
+    from tflite_micro import runtime
+
+    from edgecnn.loading import default_card
+    from edgecnn.runtimes import open_session, predict
+
+    x = default_card("lenet5").input.preprocess(test_set.images[:20])
+    ours = predict(open_session(artefacts["tflite_int8"], "tflite-micro"), x)
+    interpreter = runtime.Interpreter.from_file(str(artefacts["tflite_int8"]))
+    detail, out = interpreter.get_input_details(0), interpreter.get_output_details(0)
+    scale, zero = detail["quantization_parameters"]["scales"][0], detail["quantization_parameters"]["zero_points"][0]
+    o_scale, o_zero = out["quantization_parameters"]["scales"][0], out["quantization_parameters"]["zero_points"][0]
+    by_hand = []
+    for image in x:
+        q = np.clip(np.round(image.transpose(1, 2, 0) / scale) + zero, -128, 127).astype(np.int8)
+        interpreter.set_input(q[None], 0)
+        interpreter.invoke()
+        by_hand.append((interpreter.get_output(0).astype(np.float32) - o_zero) * o_scale)
+    np.testing.assert_array_equal(ours, np.concatenate(by_hand))
+
+
+def test_validate_scores_tflite_micro_against_the_qdq_reference(micro, artefacts, cli_runner,
+                                                                tmp_path):
+    report = tmp_path / "v.json"
+    result = cli_runner.invoke(cli, ["validate", str(artefacts["onnx_int8"]),
+                                     str(artefacts["tflite_int8"]), "--runtime", "tflite-micro",
+                                     "--limit", "500", "--max-steps", "2", "--json", str(report)])
+    assert result.exit_code == 0, result.output
+    rows = {r["runtime"]: r for r in json.loads(report.read_text())["rows"]}
+    micro_row, reference = rows["tflite-micro"], rows["qdq-reference"]
+    assert micro_row["qdq_max_steps"] <= 1 and micro_row["agreement_pct"] >= 99.8
+    assert abs(micro_row["top1_pct"] - reference["top1_pct"]) <= 0.2
+
+
+def test_mcu_parity_gate_fails_where_fixed_point_kernels_part_from_litert(micro, se_int8,
+                                                                          cli_runner):
+    """The outlier model's SE blocks: TFLite Micro's fixed-point requantisation lands many
+    steps from LiteRT's float rounding (tflite-runtime's builtin kernels do the same): exit 1."""
+    result = cli_runner.invoke(cli, ["bench", str(se_int8), "--target", "mcu", "--runs", "2",
+                                     "--min-time", "0"])
+    assert result.exit_code == 1, result.output
+    assert "TFLite Micro's fixed-point kernels land" in result.output
+    assert "Traceback" not in result.output
