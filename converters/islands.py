@@ -17,10 +17,17 @@ from edgecnn.converters.lowering import LoweringContext, Value
 from edgecnn.converters.quantize import FIXED_OUTPUT_PARAMS
 from edgecnn.converters.tflite_builder import QuantParams
 
+from edgecnn.errors import ConversionError
+
 # Lowerings written for float only: no int8 TFLite kernel, or none that computes the QDQ
 # arithmetic (dequantise, float op, round) bit for bit on every runtime edgecnn targets.
 FLOAT_OPS = {"Abs", "BatchNormalization", "Div", "Exp", "Gelu", "HardSigmoid", "HardSwish",
              "LayerNormalization", "Max", "Min", "Neg", "Pow", "PRelu", "Sqrt"}
+# Ops the default (CPU) file keeps in float although an int8 kernel exists that stays within
+# one step of the QDQ reference per layer: integer-only files (--for npu|mcu) write the kernel.
+# HardSwish: TFLite's int8 HARD_SWISH; HardSigmoid: one DEPTHWISE_CONV_2D, rounding once
+# (converters/ops/activations.py). On the CPU the islands are faster on XNNPACK (docs/ops.md).
+INTEGER_ONLY_FORMS = {"HardSwish", "HardSigmoid"}
 ELEMENTWISE = {"Add", "Sub", "Mul"}
 WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 
@@ -68,26 +75,50 @@ def inexact_int8_kernel(ctx: LoweringContext, node: onnx.NodeProto) -> bool:
     return False
 
 
-def needs_float(ctx: LoweringContext, node: onnx.NodeProto) -> bool:
-    """Whether ``node`` of an int8 graph runs as a float island."""
-    if node.op_type in FLOAT_OPS or inexact_int8_kernel(ctx, node):
-        return True
+def float_reason(ctx: LoweringContext, node: onnx.NodeProto) -> tuple[str, bool] | None:
+    """Why ``node`` of an int8 graph would run in float, and whether an integer-only file may
+    write its int8 kernel instead (one within a step of the QDQ reference per layer); None when
+    it is an int8 op anyway."""
+    if node.op_type in FLOAT_OPS:
+        return ("no int8 TFLite kernel computes it as the QDQ graph does",
+                node.op_type in INTEGER_ONLY_FORMS)
+    if inexact_int8_kernel(ctx, node):
+        return "its int8 kernel rounds a step away on some values", True
     if node.op_type in FIXED_OUTPUT_PARAMS and node.output[0] in ctx.graph.act_quant and not (
             QuantParams.per_tensor(*FIXED_OUTPUT_PARAMS[node.op_type]).same_as(
                 ctx.quant(node.output[0]))):
         # a QDQ graph from elsewhere: the int8 kernel would round to its own fixed parameters
         # and again to the graph's, one step off on many values; the island rounds once
-        return True
+        return "its output parameters are not the int8 kernel's", True
     if node.op_type == "Clip" and ctx.activation_code(node) is None:
-        return True  # an arbitrary clip: no int8 activation expresses it
+        return "an arbitrary clip, which no int8 activation expresses", False
     if node.op_type in ELEMENTWISE and any(
             ctx.is_const(n) and not _int8_per_tensor(ctx, n) for n in node.input if n):
-        return True  # a float (or per-channel) constant: no int8 ADD/MUL operand expresses it
+        return "a float or per-channel constant operand, which int8 ADD/MUL cannot take", False
     if node.op_type in WEIGHTED and len(node.input) > 1 and ctx.is_const(node.input[1]) and (
             ctx.weight_quant(node.input[1]) is None):
-        return True  # float weights: the quantiser was told to leave it (an accuracy budget)
+        return "float weights (an accuracy budget kept the layer float)", False
     activations = [n for n in [*node.input, *node.output] if n and not ctx.is_const(n)]
-    return any(n not in ctx.graph.act_quant for n in activations)
+    left = next((n for n in activations if n not in ctx.graph.act_quant), None)
+    if left is not None:
+        return f"the QDQ graph leaves {left!r} in float", False
+    return None
+
+
+def needs_float(ctx: LoweringContext, node: onnx.NodeProto) -> bool:
+    """Whether ``node`` of an int8 graph runs as a float island; in an integer-only file (an
+    NPU's, an MCU's) a node that has no int8 form is refused in one line instead."""
+    found = float_reason(ctx, node)
+    if found is None:
+        return False
+    reason, integer_form = found
+    if not ctx.integer_only:
+        return True
+    if integer_form:
+        return False
+    raise ConversionError(f"{ctx.graph.source}: {node.op_type} node {node.name!r} has no "
+                          f"integer-only form ({reason}); an NPU or MCU file cannot hold a float "
+                          "op: convert with --for cpu to run it as a float island")
 
 
 def _int8_per_tensor(ctx: LoweringContext, name: str) -> bool:

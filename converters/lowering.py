@@ -68,6 +68,7 @@ class LoweringContext:
         self.builder = builder
         self.int8 = graph.quantized
         self.island = False  # lowering a float island inside an int8 graph (converters/islands)
+        self.integer_only = False  # an int8 file for an NPU or MCU: no float op anywhere
         self.values: dict[str, Value] = {}
         self.skipped: set[int] = set()
 
@@ -224,13 +225,17 @@ class LoweringContext:
         return out
 
     def requantize_into(self, source: int, out: int) -> None:
-        """int8 -> int8 as DEQUANTIZE + QUANTIZE, not one int8 -> int8 QUANTIZE.
+        """int8 -> int8 as DEQUANTIZE + QUANTIZE, not one int8 -> int8 QUANTIZE (but for an
+        integer-only file).
 
         The QDQ graph requantises by dequantising to float and rounding x / scale. LiteRT's
         XNNPACK runs an int8 -> int8 QUANTIZE with an 8-bit fixed-point multiplier (scale
         ratio 0.4292 becomes 110/256, 0.1 % off), which moved 2 % of ShuffleNet's concatenated
         values by a step; the float round trip reproduces the QDQ arithmetic.
         """
+        if self.integer_only:  # an NPU takes no float tensor: one int8 -> int8 QUANTIZE,
+            self.add_op("QUANTIZE", [source], [out], version=2)  # within a step of the above
+            return
         shape = self.builder.tensor_shape(source)
         real = self.builder.add_tensor(self.builder.tensors[out].name + "/float", shape,
                                        np.float32, dynamic_batch=True)

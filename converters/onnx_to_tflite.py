@@ -34,6 +34,10 @@ from edgecnn.converters.tflite_schema import min_runtime_for
 from edgecnn.errors import ConversionError, UnsupportedOpsError
 
 IO_DTYPES = {"float32": np.float32, "int8": np.int8, "uint8": np.uint8}
+# what an int8 file is written for (--for): cpu keeps float islands where an int8 kernel is
+# inexact or slower (the fastest CPU file); npu and mcu write every op integer-only, as NPU
+# compilers (Vela) and FPU-less microcontrollers need, or refuse the op in one line
+INT8_TARGETS = ("cpu", "npu", "mcu")
 
 
 @dataclass(frozen=True)
@@ -42,10 +46,17 @@ class TFLiteConfig:
 
     io_dtype: str | None = None  # None: float32 for float models, int8 for int8 models
     nchw_input: bool = False
+    target: str = "cpu"  # INT8_TARGETS
 
     def __post_init__(self) -> None:
         if self.io_dtype is not None and self.io_dtype not in IO_DTYPES:
             raise ValueError(f"io dtype {self.io_dtype!r}; choose from {', '.join(IO_DTYPES)}")
+        if self.target not in INT8_TARGETS:
+            raise ValueError(f"--for {self.target!r}; choose from {', '.join(INT8_TARGETS)}")
+
+    @property
+    def integer_only(self) -> bool:
+        return self.target != "cpu"
 
 
 @dataclass(frozen=True)
@@ -116,6 +127,7 @@ def _lower(graph: Graph, source: str, config: TFLiteConfig, io_dtype: str, *,
     builder = TFLiteBuilder(f"edgecnn: {source}")
     builder.fixed_batch = fixed_batch
     ctx = LoweringContext(graph, builder)
+    ctx.integer_only = ctx.int8 and config.integer_only
     input_quant = _add_input(ctx, io_dtype, config.nchw_input)
     for node in graph.nodes:
         if id(node) in ctx.skipped:

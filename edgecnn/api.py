@@ -64,6 +64,9 @@ class ConvertConfig:
     pixel_scale: float | None = None
     budget: Budget | None = None  # keep the fewest layers float so int8 meets it
     budget_data: Path | None = None  # labelled images the budget is measured on
+    # what an int8 TFLite file is written for: cpu (float islands where they are faster), npu
+    # or mcu (integer-only: every op int8, or refused in one line); converters/islands.py
+    int8_for: str = "cpu"
 
     def __post_init__(self) -> None:
         from edgecnn.converters.qdq import ONNX_INT8_ENCODINGS
@@ -80,6 +83,13 @@ class ConvertConfig:
         if self.onnx_int8_encoding not in ONNX_INT8_ENCODINGS:
             raise BadInputError(f"--onnx-int8-encoding {self.onnx_int8_encoding!r}; choose from "
                                 f"{', '.join(ONNX_INT8_ENCODINGS)}")
+        from edgecnn.converters.onnx_to_tflite import INT8_TARGETS
+
+        if self.int8_for not in INT8_TARGETS:
+            raise BadInputError(f"--for {self.int8_for!r}; choose from {', '.join(INT8_TARGETS)}")
+        if self.int8_for != "cpu" and (self.to != "tflite" or not self.int8):
+            raise BadInputError(f"--for {self.int8_for} writes an integer-only int8 TFLite file; "
+                                "add --to tflite --int8")
         if self.io_dtype not in (None, "float32") and not self.int8:
             raise BadInputError(f"--io-dtype {self.io_dtype} needs --int8")
         if self.to == "onnx" and (self.io_dtype or self.nchw_input):
@@ -358,7 +368,8 @@ def _to_tflite(onnx_path: Path, source: Path, card: ModelCard, config: ConvertCo
 
     graph = onnx.load(str(onnx_path), load_external_data=False)
     result = convert_onnx_to_tflite(graph, source.name,
-                                    TFLiteConfig(config.io_dtype, config.nchw_input),
+                                    TFLiteConfig(config.io_dtype, config.nchw_input,
+                                                 config.int8_for),
                                     onnx_path.parent)
     out.write_bytes(result.data)
     size = len(result.data)

@@ -229,6 +229,10 @@ def _numbers(kind: type, count: int | None = None) -> Any:
               "weights, onnxruntime's fast kernels (on x86 without VNNI exact only with "
               "session.x64quantprecision=1, which edgecnn sets). u8s7: 7-bit weights, exact on "
               "every CPU with no option. uint8: exact everywhere, slower. int8: the TFLite form.")
+@click.option("--for", "int8_for", type=click.Choice(["cpu", "npu", "mcu"]), default="cpu",
+              show_default=True, help="What an int8 TFLite file is for. cpu: the fastest CPU file "
+              "(a few ops as float islands). npu, mcu: integer-only, every op int8 (Ethos-U's "
+              "Vela, FPU-less MCUs), or the op that cannot be is named.")
 @click.option("--opset", default=18, show_default=True)
 @click.option("--input-shape", callback=_numbers(int, 4), metavar="N,C,H,W",
               help="Fix an ONNX input's symbolic dims, e.g. 1,3,224,224.")
@@ -253,8 +257,7 @@ def convert(model: Path, to: str, int8: bool, calib: Path | None, calib_method: 
             opset: int, input_shape: tuple[int, ...] | None, mean: tuple[float, ...] | None,
             std: tuple[float, ...] | None, pixel_scale: float | None, max_drop: float | None,
             min_agreement: float | None, data: Path | None, max_float_layers: int | None,
-            arch: str | None,
-            trust_pickle: bool, output: Path | None) -> None:
+            int8_for: str, arch: str | None, trust_pickle: bool, output: Path | None) -> None:
     """Convert MODEL (.pt, .pt2 or .onnx) to ONNX or TFLite, optionally int8; with --max-drop
     or --min-agreement, exit 1 when no choice of float layers meets the budget (the best found
     is written)."""
@@ -270,7 +273,7 @@ def convert(model: Path, to: str, int8: bool, calib: Path | None, calib_method: 
               if max_drop is not None or min_agreement is not None else None)
     config = ConvertConfig(to, int8, calib, calib_method, not per_tensor, io_dtype, nchw_input,
                            opset, trust_pickle, arch, onnx_int8_encoding, input_shape, mean, std,
-                           pixel_scale, budget, data)
+                           pixel_scale, budget, data, int8_for)
     result = run_convert(model, output, config)
     for key, value in result.rows()[0].items():
         click.echo(f"{key:>28}: {value}")

@@ -50,6 +50,16 @@ def _open(path: Path, arena_size: int | None) -> Any:
         return runtime.Interpreter.from_file(str(path), arena_size=arena_size)
 
 
+def _allocates_in(path: Path, arena_size: int) -> bool:
+    """Whether TFLite Micro plans every tensor into ``arena_size`` bytes (it does so when the
+    interpreter is built: nothing is allocated at invoke)."""
+    try:
+        _open(path, arena_size)
+    except RuntimeError:
+        return False
+    return True
+
+
 def _runs_with(path: Path, arena_size: int) -> bool:
     try:
         interpreter = _open(path, arena_size)
@@ -68,7 +78,7 @@ def smallest_arena(path: Path) -> int:
 
     read_tflite(path)  # bounds-checked before TFLite Micro parses it
     high = max(1 << 12, 4 * path.stat().st_size)
-    while not _runs_with(path, high):
+    while not _allocates_in(path, high):
         if high >= MAX_ARENA:
             raise BadInputError(f"{path}: TFLite Micro cannot run it in a {MAX_ARENA >> 20} MiB "
                                 "arena (an op it has no kernel for, or tensors no MCU holds); "
@@ -79,10 +89,13 @@ def smallest_arena(path: Path) -> int:
         middle = (low + high) // 2 // ARENA_STEP * ARENA_STEP or ARENA_STEP
         if middle <= low:
             break
-        if _runs_with(path, middle):
+        if _allocates_in(path, middle):
             high = middle
         else:
             low = middle
+    if not _runs_with(path, high):  # planned but not runnable: an op TFLite Micro lacks
+        raise BadInputError(f"{path}: TFLite Micro plans it in {high:,} bytes but cannot run it; "
+                            f"`edgecnn validate {path.name} --runtime {RUNTIME}` names the op")
     return high
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from edgecnn.api import ConvertConfig, convert
 from edgecnn.cli import cli
@@ -181,3 +182,149 @@ def test_mcu_parity_gate_fails_where_fixed_point_kernels_part_from_litert(micro,
     assert result.exit_code == 1, result.output
     assert "TFLite Micro's fixed-point kernels land" in result.output
     assert "Traceback" not in result.output
+
+
+# -- integer-only files (convert --for npu|mcu) ---------------------------------------------
+class _DeadSE(torch.nn.Module):
+    """A squeeze-excite block whose excitation is nearly dead (weights 1e-9): the hard-sigmoid
+    input gets a scale near 1e-11, where beta / (scale x alpha / 127) overflows an int32 bias."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(1, 8, 3, padding=1)
+        self.fc1, self.fc2 = torch.nn.Conv2d(8, 4, 1), torch.nn.Conv2d(4, 8, 1)
+        self.head = torch.nn.Linear(8, 10)
+        with torch.no_grad():
+            self.fc2.weight.mul_(1e-9)
+            self.fc2.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.nn.functional.hardswish(self.conv(x))
+        s = self.fc2(torch.relu(self.fc1(y.mean((2, 3), keepdim=True))))
+        return self.head((y * torch.nn.functional.hardsigmoid(s)).mean((2, 3)))
+
+
+class _TwoScales(torch.nn.Module):
+    """Two branches ten times apart in range, concatenated: their int8 inputs need requantising."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.a, self.b = torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.head = torch.nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.cat([torch.relu(self.a(x)), 10 * torch.relu(self.b(x))], 1)
+        return self.head(y.mean((2, 3)))
+
+
+class _Sqrt(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt(torch.relu(self.conv(x)) + 1).mean((2, 3))
+
+
+def _export(module: torch.nn.Module, path: Path) -> Path:
+    torch.export.save(torch.export.export(module.eval(), (torch.rand(1, 1, 28, 28),)), path)
+    return path
+
+
+def _tensor_types(path: Path) -> set[str]:
+    from edgecnn.converters.tflite_schema import schema
+
+    from edgecnn.inspection import read_tflite
+
+    model, _ = read_tflite(path)
+    names = {v: k for k, v in vars(schema().TensorType).items() if not k.startswith("_")}
+    return {names[t.type] for t in model.subgraphs[0].tensors}
+
+
+def _pinned_layers_within_a_step(qdq: Path, tflite: Path, test_set) -> None:
+    from edgecnn.int8_layers import compare_layers, first_unexplained
+    from edgecnn.loading import default_card
+
+    x = default_card("lenet5").input.preprocess(test_set.images[:4])
+    diffs = compare_layers(qdq, tflite, x)
+    assert diffs and first_unexplained(diffs) is None
+    assert all(d.pinned_max_steps is not None and d.pinned_max_steps <= 1 for d in diffs)
+
+
+@pytest.fixture(scope="module")
+def npu_se(tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("npu_se")
+    qdq = convert(ROOT / "models" / "mobile_se_outlier.pt", out / "se.onnx",
+                  ConvertConfig("onnx", int8=True)).path
+    return {"qdq": qdq, "npu": convert(qdq, out / "se_npu.tflite",
+                                       ConvertConfig("tflite", int8=True, int8_for="npu")).path}
+
+
+def test_npu_file_is_integer_only_and_vela_takes_it_whole(vela, npu_se, cli_runner, tmp_path):
+    assert _tensor_types(npu_se["npu"]) <= {"INT8", "INT32"}  # no float tensor at all
+    from edgecnn.api import inspect as inspect_file
+
+    ops = {op["op"] for op in inspect_file(npu_se["npu"]).ops}
+    assert "HARD_SWISH" in ops and not ops & {"DEQUANTIZE", "QUANTIZE", "MINIMUM", "MAXIMUM"}
+    report = tmp_path / "npu.json"
+    result = cli_runner.invoke(cli, ["bench", str(npu_se["npu"]), "--target", "ethos-u", "--npu",
+                                     "U55-128,U85-256", "--json", str(report)])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(report.read_text())["results"]
+    assert [(r["columns"]["NPU ops %"], r["columns"]["compiler"]) for r in rows] == [
+        (100.0, "default"), (100.0, "default")]
+
+
+def test_npu_file_is_within_a_step_of_its_qdq_reference_layer_by_layer(npu_se, test_set):
+    _pinned_layers_within_a_step(npu_se["qdq"], npu_se["npu"], test_set)
+
+
+def test_npu_hard_sigmoid_of_a_dead_excitation_keeps_its_bias_in_int32(tmp_path, test_set):
+    pt2 = _export(_DeadSE(), tmp_path / "dead_se.pt2")
+    calib = ROOT / "models" / "data" / "mnist-calib.npz"
+    qdq = convert(pt2, tmp_path / "q.onnx", ConvertConfig("onnx", int8=True, calib=calib)).path
+    npu = convert(qdq, tmp_path / "q.tflite", ConvertConfig("tflite", int8=True, calib=calib,
+                                                            int8_for="npu")).path
+    _pinned_layers_within_a_step(qdq, npu, test_set)
+
+
+def test_npu_concat_requantises_with_one_int8_quantize(tmp_path, test_set):
+    pt2 = _export(_TwoScales(), tmp_path / "two.pt2")
+    calib = ROOT / "models" / "data" / "mnist-calib.npz"
+    qdq = convert(pt2, tmp_path / "q.onnx", ConvertConfig("onnx", int8=True, calib=calib)).path
+    files = {target: convert(qdq, tmp_path / f"{target}.tflite",
+                             ConvertConfig("tflite", int8=True, calib=calib,
+                                           int8_for=target)).path for target in ("cpu", "npu")}
+    from edgecnn.api import inspect as inspect_file
+
+    counts = {t: {op["op"]: op["count"] for op in inspect_file(p).ops} for t, p in files.items()}
+    assert counts["cpu"].get("DEQUANTIZE", 0) >= 1  # the float round trip of the CPU file
+    assert "DEQUANTIZE" not in counts["npu"] and counts["npu"]["QUANTIZE"] >= 1
+    assert _tensor_types(files["npu"]) <= {"INT8", "INT32"}
+    _pinned_layers_within_a_step(qdq, files["npu"], test_set)
+
+
+def test_an_op_without_an_integer_form_is_refused_in_one_line(tmp_path, cli_runner):
+    pt2 = _export(_Sqrt(), tmp_path / "sqrt.pt2")
+    out = tmp_path / "sqrt_npu.tflite"
+    result = cli_runner.invoke(cli, ["convert", str(pt2), "--to", "tflite", "--int8", "--for",
+                                     "npu", "--calib", str(ROOT / "models" / "data" /
+                                                           "mnist-calib.npz"), "-o", str(out)])
+    assert result.exit_code == 2, result.output
+    line = result.output.strip().splitlines()[-1]
+    assert line.startswith("edgecnn: error: ") and "Sqrt node" in line and "--for cpu" in line
+    assert not out.exists() and not list(tmp_path.glob("*.part"))
+    cpu = cli_runner.invoke(cli, ["convert", str(pt2), "--to", "tflite", "--int8", "--calib",
+                                  str(ROOT / "models" / "data" / "mnist-calib.npz"),
+                                  "-o", str(tmp_path / "sqrt_cpu.tflite")])
+    assert cpu.exit_code == 0, cpu.output  # the default file keeps it as a float island
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--to", "tflite", "--for", "npu"], "--for npu writes an integer-only int8 TFLite file"),
+    (["--to", "onnx", "--int8", "--for", "mcu"], "--for mcu writes an integer-only int8 TFLite")])
+def test_for_needs_an_int8_tflite_output(cli_runner, tmp_path, args, message):
+    result = cli_runner.invoke(cli, ["convert", "lenet5", *args, "-o", str(tmp_path / "x")])
+    assert result.exit_code == 2 and message in result.output

@@ -123,6 +123,9 @@ def lower_hard_sigmoid(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     them (MobileNetV3's and Paddle's hard-sigmoid)."""
     alpha = float(ctx.attr(node, "alpha", 0.2))
     beta = float(ctx.attr(node, "beta", 0.5))
+    if ctx.int8:  # an integer-only file (islands.INTEGER_ONLY_FORMS); islands are float
+        _int8_hard_sigmoid(ctx, node, alpha, beta)
+        return
     source = ctx.stored(node.input[0])
     shape = ctx.builder.tensor_shape(source.tensor)
     name = node.output[0]
@@ -135,6 +138,53 @@ def lower_hard_sigmoid(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         ctx.add_op(op, [current, constant], [nxt], options=options)
         current = nxt
     ctx.values[name] = type(source)(current, source.perm, source.column_order)
+
+
+def _int8_hard_sigmoid(ctx: LoweringContext, node: onnx.NodeProto, alpha: float,
+                      beta: float) -> None:
+    """clamp(alpha * x + beta, 0, 1) in one int8 op, rounding once as the QDQ graph does: a 1x1
+    DEPTHWISE_CONV_2D whose every weight is alpha and whose bias is beta (elementwise, so the
+    stored layout does not matter), with a fused RELU for the clamp at 0; the clamp at 1 is
+    the output's saturation, exact when its range ends at or below 1 (calibrated HardSigmoid
+    outputs always do), else RELU_N1_TO_1 where the range starts at or above 0."""
+    source = ctx.stored(node.input[0])
+    shape = ctx.builder.tensor_shape(source.tensor)
+    out_q = ctx.quant(node.output[0])
+    assert out_q is not None
+    low = out_q.scale[0] * (-128 - out_q.zero_point[0])
+    high = out_q.scale[0] * (127 - out_q.zero_point[0])
+    if len(shape) != 4 or alpha <= 0:
+        raise ConversionError(f"{ctx.graph.source}: HardSigmoid {node.name!r} on a rank-"
+                              f"{len(shape)} tensor (alpha {alpha:g}) has no integer-only form "
+                              "here; convert with --for cpu to run it as a float island")
+    if high <= 1.0 + 0.5 * out_q.scale[0]:
+        fused = FUSED_RELU
+    elif low >= -0.5 * out_q.scale[0]:
+        fused = FUSED_RELU_N1_TO_1
+    else:
+        raise ConversionError(f"{ctx.graph.source}: HardSigmoid {node.name!r} output range "
+                              f"[{low:.3g}, {high:.3g}] spans below 0 and above 1; one int8 op "
+                              "cannot clamp both: convert with --for cpu")
+    channels = shape[3]
+    in_scale = ctx.builder.tensor_quant(source.tensor).scale[0]
+    # the accumulator (x - z) * w + bias is exact in integers: alpha is w * weight scale, to
+    # 1/254 of itself at w = 127. The bias beta / (scale_x * weight scale) must fit in int32;
+    # where scale_x is tiny (a dead channel) the weight scale grows until it does, and alpha's
+    # error times |x| stays below 128 * beta / 2**31 of the output, far under a step
+    w_scale = max(alpha / 127.0, abs(beta) / ((2**31 - 1 - 256 * 127) * in_scale))
+    w_int = int(np.clip(np.round(alpha / w_scale), 0, 127))
+    weights = ctx.builder.add_constant(f"{node.output[0]}/alpha",
+                                       np.full((1, 1, 1, channels), w_int, np.int8),
+                                       QuantParams.per_tensor(w_scale, 0))
+    bias_scale = in_scale * w_scale
+    bias = ctx.builder.add_constant(
+        f"{node.output[0]}/beta", np.full(channels, np.round(beta / bias_scale), np.int32),
+        QuantParams.per_tensor(bias_scale, 0))
+    out = ctx.output_value(node.output[0], column_order=source.column_order, perm=source.perm)
+    ctx.add_op("DEPTHWISE_CONV_2D", [source.tensor, weights, bias], [out.tensor], version=3,
+               options=ctx.options("DepthwiseConv2DOptions", padding=1, strideH=1, strideW=1,
+                                   depthMultiplier=1, dilationHFactor=1, dilationWFactor=1,
+                                   fusedActivationFunction=fused))
 
 
 @lower("Gelu")

@@ -1,0 +1,125 @@
+"""Whether each integer-only target takes our int8 TFLite files, and what it makes of them:
+Arm's Vela (Ethos-U55-128 and U85-256: NPU share, ops left on the CPU, estimated time) and
+TFLite Micro (arena, steps from LiteRT), for the default ``--for cpu`` file and the
+integer-only ``--for npu`` file of each model.
+
+    python scripts/int8_targets.py                      # the torchvision mobile set + the zoo
+    python scripts/int8_targets.py --models mobilenet_v3_small lenet5
+    python scripts/int8_targets.py --out docs/int8-targets   # fills its measured section
+
+Both files come from one quantisation (the same QDQ ONNX, so the same calibration). torchvision
+models carry seeded random weights and are calibrated on smooth random images (nothing
+downloads here); what a compiler accepts does not depend on the weights. Runs bench's own code
+(edgecnn.targets.ethos_u, edgecnn.targets.mcu), one subprocess of Vela per compile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+MOBILE_SET = ("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0",
+              "squeezenet1_1", "resnet18", "shufflenet_v2_x1_0", "mnasnet1_0")
+SHIPPED = ("lenet5", "mobile_se_outlier")
+NPUS = ("ethos-u55-128", "ethos-u85-256")
+START, END = "<!-- targets:start -->", "<!-- targets:end -->"
+
+
+def build(name: str, folder: Path) -> tuple[dict[str, Path], Path | None]:
+    """The QDQ ONNX and both TFLite files written from it."""
+    from bench_onnx_int8 import source_and_calibration
+
+    from edgecnn.api import ConvertConfig, convert
+
+    source, calib = source_and_calibration(name, folder)
+    qdq = convert(source, folder / f"{name}_int8.onnx",
+                  ConvertConfig("onnx", int8=True, calib=calib)).path
+    files = {}
+    for target in ("cpu", "npu"):
+        try:
+            files[target] = convert(qdq, folder / f"{name}_{target}.tflite",
+                                    ConvertConfig("tflite", int8=True, calib=calib,
+                                                  int8_for=target)).path
+        except Exception as exc:  # a refusal is a result: the op that has no integer form
+            print(f"{name} --for {target}: {exc}", file=sys.stderr)
+    return files, calib
+
+
+def vela_cells(path: Path) -> dict[str, object]:
+    from edgecnn.targets.ethos_u import compile_with_vela
+
+    cells: dict[str, object] = {}
+    for accel in NPUS:
+        short = accel.removeprefix("ethos-").upper()
+        result = compile_with_vela(path, accel)
+        if result.refusal is not None:
+            cells[f"{short} NPU %"] = "refused"
+            cells[f"{short} note"] = result.refusal
+            if short.startswith("U55"):
+                legacy = compile_with_vela(path, accel, legacy=True)
+                if legacy.refusal is None:
+                    cells[f"{short} NPU %"] = f"refused ({legacy.npu_share:.1f} legacy core)"
+            continue
+        cells[f"{short} NPU %"] = round(result.npu_share, 1)
+        cells[f"{short} est. µs"] = round(1e6 * result.summary.get("inference_time", 0.0), 1)
+        if result.cpu_op_names:
+            cells[f"{short} note"] = "CPU: " + ", ".join(
+                f"{op} x{n}" for op, n in result.cpu_op_names.most_common())
+    return cells
+
+
+def micro_cells(path: Path, calib: Path | None) -> dict[str, object]:
+    from edgecnn.targets.base import BenchConfig
+    from edgecnn.targets.mcu import MCUTarget
+
+    target = MCUTarget(data=calib, images=16)
+    try:
+        row = target.run(path, BenchConfig(warmup=0, runs=1, min_time=0.0))[0].columns
+    except Exception as exc:
+        return {"TFLM": f"fails: {str(exc)[:120]}"}
+    return {"TFLM arena KiB": row["arena KiB"], "TFLM steps vs LiteRT": row["steps vs LiteRT"],
+            "TFLM agree %": row["agree %"]}
+
+
+def markdown(rows: list[dict[str, object]]) -> str:
+    from edgecnn.report import markdown_table
+
+    columns = ["model", "file", "U55-128 NPU %", "U55-128 est. µs", "U85-256 NPU %",
+               "U85-256 est. µs", "TFLM arena KiB", "TFLM steps vs LiteRT", "TFLM agree %"]
+    table = markdown_table([{c: r.get(c, "") for c in columns} for r in rows], columns)
+    notes = [f"- {r['model']} ({r['file']}): {r[key]}" for r in rows
+             for key in ("U55-128 note", "U85-256 note") if key in r]
+    return table + ("\n" + "\n".join(dict.fromkeys(notes)) + "\n" if notes else "")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=[*MOBILE_SET, *SHIPPED])
+    parser.add_argument("--out", type=Path, help="Write OUT.json and fill OUT.md's section.")
+    args = parser.parse_args()
+    rows = []
+    for name in args.models:
+        with tempfile.TemporaryDirectory(prefix=f"edgecnn-targets-{name}-") as tmp:
+            files, calib = build(name, Path(tmp))
+            for target, path in files.items():
+                row = {"model": name, "file": f"--for {target}", **vela_cells(path),
+                       **micro_cells(path, calib)}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    print(markdown(rows))
+    if args.out:
+        args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2))
+        page = args.out.with_suffix(".md")
+        text = page.read_text() if page.exists() else f"{START}\n{END}\n"
+        head, rest = text.split(START, 1)
+        page.write_text(f"{head}{START}\n{markdown(rows)}{END}{rest.split(END, 1)[1]}")
+
+
+if __name__ == "__main__":
+    main()
