@@ -13,80 +13,29 @@ from collections.abc import Callable
 
 import numpy as np
 import onnx
+from edgecnn.converters.int8_forms import int8_form
 from edgecnn.converters.lowering import LoweringContext, Value
-from edgecnn.converters.quantize import FIXED_OUTPUT_PARAMS
 from edgecnn.converters.tflite_builder import QuantParams
 
 from edgecnn.errors import ConversionError
 
-# Lowerings written for float only: no int8 TFLite kernel, or none that computes the QDQ
-# arithmetic (dequantise, float op, round) bit for bit on every runtime edgecnn targets.
-FLOAT_OPS = {"Abs", "BatchNormalization", "Div", "Exp", "Gelu", "HardSigmoid", "HardSwish",
-             "LayerNormalization", "Max", "Min", "Neg", "Pow", "PRelu", "Sqrt"}
-# Ops the default (CPU) file keeps in float although an int8 kernel exists that stays within
-# one step of the QDQ reference per layer: integer-only files (--for npu|mcu) write the kernel.
-# HardSwish: TFLite's int8 HARD_SWISH; HardSigmoid: one DEPTHWISE_CONV_2D, rounding once
-# (converters/ops/activations.py). On the CPU the islands are faster on XNNPACK (docs/ops.md).
-INTEGER_ONLY_FORMS = {"HardSwish", "HardSigmoid"}
+# Which ops are islands, when, and whether an integer-only file may write them in int8 is
+# declared beside each lowering (converters/int8_forms.py); this module applies it.
 ELEMENTWISE = {"Add", "Sub", "Mul"}
 WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
-
-
-# Ops whose int8 file runs them as an island only in some forms (docs/ops.md lists these).
-CONDITIONAL_ISLANDS = {
-    "AveragePool": "int8 kernel for odd windows of counted cells; float island for even windows "
-                   "(2x2), uncounted padding or ceil mode, where halves are common",
-    "ConvTranspose": "float island (TRANSPOSE_CONV's int8 requantisation is coarse)",
-    "LeakyRelu": "float island (LEAKY_RELU's int8 multiplier is coarse)",
-    "MatMul": "int8 kernel with constant weights; float island for two activations "
-              "(BATCH_MATMUL's int8 requantisation is coarse)",
-    "Resize": "int8 kernel for nearest; float island for linear",
-    "Upsample": "int8 kernel for nearest; float island for linear",
-    "Sigmoid": "int8 kernel (the quantiser gives its output LOGISTIC's 1/256, -128); float "
-               "island in QDQ files with other output parameters",
-    "Softmax": "int8 kernel (the quantiser gives its output SOFTMAX's 1/256, -128); float "
-               "island in QDQ files with other output parameters",
-}
-
-
-def inexact_int8_kernel(ctx: LoweringContext, node: onnx.NodeProto) -> bool:
-    """Ops TFLite has an int8 kernel for that does not round as the QDQ graph does, measured
-    layer by layer against the reference (tests/test_tflite.py, pinned inputs):
-
-    * LEAKY_RELU, bilinear RESIZE, TRANSPOSE_CONV and BATCH_MATMUL requantise with fixed-point
-      multipliers coarse enough that LiteRT lands one step off on 0.4-5 % of values;
-    * AVERAGE_POOL_2D divides the integer sum and rounds halves away from zero, the reference
-      to even: with an even divisor (2x2 windows, or windows cut by uncounted padding or
-      ceil mode) exact halves are common and 12 % of values differ.
-    """
-    if node.op_type in ("LeakyRelu", "ConvTranspose"):
-        return True
-    if node.op_type == "MatMul" and not ctx.is_const(node.input[1]):
-        return True  # BATCH_MATMUL of two int8 activations: 0.4 % of values a step off
-    if node.op_type in ("Resize", "Upsample"):
-        return ctx.attr(node, "mode", "nearest") != "nearest"
-    if node.op_type == "AveragePool":
-        kernel = ctx.attr(node, "kernel_shape")
-        padded = any(ctx.attr(node, "pads", [0, 0, 0, 0])) or ctx.attr(
-            node, "auto_pad", "NOTSET") not in ("NOTSET", "VALID")
-        whole_windows = not int(ctx.attr(node, "ceil_mode", 0)) and (
-            not padded or int(ctx.attr(node, "count_include_pad", 0)))
-        return int(np.prod(kernel)) % 2 == 0 or not whole_windows
-    return False
 
 
 def float_reason(ctx: LoweringContext, node: onnx.NodeProto) -> tuple[str, bool] | None:
     """Why ``node`` of an int8 graph would run in float, and whether an integer-only file may
     write its int8 kernel instead (one within a step of the QDQ reference per layer); None when
     it is an int8 op anyway."""
-    if node.op_type in FLOAT_OPS:
-        return ("no int8 TFLite kernel computes it as the QDQ graph does",
-                node.op_type in INTEGER_ONLY_FORMS)
-    if inexact_int8_kernel(ctx, node):
+    form = int8_form(node.op_type)
+    if form.kind == "island":
+        return "no int8 TFLite kernel computes it as the QDQ graph does", form.integer_only
+    if form.inexact is not None and form.inexact(ctx, node):
         return "its int8 kernel rounds a step away on some values", True
-    if node.op_type in FIXED_OUTPUT_PARAMS and node.output[0] in ctx.graph.act_quant and not (
-            QuantParams.per_tensor(*FIXED_OUTPUT_PARAMS[node.op_type]).same_as(
-                ctx.quant(node.output[0]))):
+    if form.fixed_output and node.output[0] in ctx.graph.act_quant and not (
+            QuantParams.per_tensor(*form.fixed_output).same_as(ctx.quant(node.output[0]))):
         # a QDQ graph from elsewhere: the int8 kernel would round to its own fixed parameters
         # and again to the graph's, one step off on many values; the island rounds once
         return "its output parameters are not the int8 kernel's", True

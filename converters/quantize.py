@@ -27,11 +27,6 @@ from edgecnn.memory import release_memory
 from edgecnn.quiet import quiet
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-# Outputs whose TFLite int8 kernel fixes scale and zero point (the TFLite 8-bit spec). The QDQ
-# graph gets them too, so the TFLite file computes these ops in one rounding, exactly as the
-# reference does, instead of rounding to the kernel's parameters and again to calibrated ones.
-FIXED_OUTPUT_PARAMS: dict[str, tuple[float, int]] = {
-    "Sigmoid": (1.0 / 256.0, -128), "Softmax": (1.0 / 256.0, -128), "Tanh": (1.0 / 128.0, 0)}
 EXTERNAL_DATA_BYTES = 64 << 20
 CALIBRATION_BATCH_ELEMENTS = 1 << 19  # MNIST: batches of 100; 224x224x3: batches of 3
 
@@ -205,12 +200,18 @@ def _gelu_chains(model: onnx.ModelProto) -> list[str]:
 
 def _fixed_output_overrides(model: onnx.ModelProto,
                              float_nodes: tuple[str, ...]) -> dict[str, list[dict[str, object]]]:
-    """onnxruntime's per-tensor overrides that give each op of :data:`FIXED_OUTPUT_PARAMS` the
-    output parameters its TFLite int8 kernel demands."""
+    """onnxruntime's per-tensor overrides that give each op whose TFLite int8 kernel fixes its
+    output parameters (LOGISTIC, TANH, SOFTMAX: declared with their lowerings, see
+    :mod:`.int8_forms`) those parameters. The TFLite file then computes these ops in one
+    rounding, exactly as the reference does, instead of rounding to the kernel's parameters and
+    again to calibrated ones."""
+    from edgecnn.converters.int8_forms import fixed_output_params
+
+    fixed = fixed_output_params()
     overrides = {}
     for node in model.graph.node:
-        if node.op_type in FIXED_OUTPUT_PARAMS and node.name not in float_nodes:
-            scale, zero_point = FIXED_OUTPUT_PARAMS[node.op_type]
+        if node.op_type in fixed and node.name not in float_nodes:
+            scale, zero_point = fixed[node.op_type]
             overrides[node.output[0]] = [{"scale": np.array(scale, np.float32),
                                           "zero_point": np.array(zero_point, np.int8)}]
     return overrides

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
-from edgecnn.converters.islands import CONDITIONAL_ISLANDS, FLOAT_OPS
+from edgecnn.converters.int8_forms import int8_form
 from edgecnn.converters.ops import LOWERINGS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,8 +19,7 @@ def main() -> None:
         module = inspect.getmodule(fn)
         source = fn.__doc__ or (module.__doc__ if module else "") or ""
         doc = " ".join(source.strip().split("\n\n")[0].split())
-        int8 = CONDITIONAL_ISLANDS.get(name) or (
-            "float island" if name in FLOAT_OPS else "int8 kernel")
+        int8 = int8_form(name).describe()
         lines.append(f"| {name} | `{fn.__name__}` | `{module.__name__.split('.')[-1]}` | "
                      f"{int8} | {doc} |")
     lines += ["", "int8: *int8 kernel* ops run full-integer; *float island* ops run between "

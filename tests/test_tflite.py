@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 from edgecnn.converters import onnx_passes
-from edgecnn.converters.islands import FLOAT_OPS
+from edgecnn.converters.int8_forms import int8_form
 from edgecnn.converters.ops import LOWERINGS
 from onnx import TensorProto, helper, numpy_helper
 
@@ -549,7 +549,7 @@ def test_int8_lowering_matches_the_qdq_model(tmp_path, op, name):
     assert _transposes(out) == EXPECTED_INT8_TRANSPOSES.get((op, name), EXPECTED_TRANSPOSES.get((op, name), 0))
     # ops without an exact int8 kernel run as float islands, and inspect names them
     islands = inspect_model(out).details.get("float islands", "")
-    if op in FLOAT_OPS and any(n.op_type == op for n in qdq.graph.node):  # not folded away
+    if int8_form(op).kind == "island" and any(n.op_type == op for n in qdq.graph.node):  # not folded away
         assert islands and "DEQUANTIZE" in _tflite_ops(out)
 
 
@@ -558,7 +558,8 @@ def test_ops_with_fixed_int8_outputs_are_quantised_to_the_kernels_parameters(tmp
     """The quantiser gives LOGISTIC and SOFTMAX outputs the scale and zero point their TFLite
     int8 kernels demand, so they run full-integer and round once, as the reference. (onnxruntime
     leaves Tanh float: it runs as a float island.)"""
-    from edgecnn.converters.quantize import FIXED_OUTPUT_PARAMS, quantize_onnx
+    from edgecnn.converters.int8_forms import fixed_output_params
+    from edgecnn.converters.quantize import quantize_onnx
 
     from edgecnn.data import Dataset
 
@@ -571,7 +572,7 @@ def test_ops_with_fixed_int8_outputs_are_quantised_to_the_kernels_parameters(tmp
     produced = next(n.output[0] for n in qdq.graph.node if n.op_type == op)
     quantizer = next(n for n in qdq.graph.node
                      if n.op_type == "QuantizeLinear" and n.input[0] == produced)
-    scale, zero_point = FIXED_OUTPUT_PARAMS[op]
+    scale, zero_point = fixed_output_params()[op]
     assert float(inits[quantizer.input[1]]) == np.float32(scale)
     assert int(inits[quantizer.input[2]]) == zero_point
     src = tmp_path / "q.onnx"

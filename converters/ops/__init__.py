@@ -2,7 +2,8 @@
 
 Importing this package imports every lowering module, each of which registers its functions
 with ``@lower("OpType")``. A lowering receives the :class:`LoweringContext` and the ONNX node and
-writes TFLite tensors and operators through the context.
+writes TFLite tensors and operators through the context. ``@lower("Op", int8=...)`` declares
+how the op is written in an int8 file (:mod:`edgecnn.converters.int8_forms`).
 """
 
 from __future__ import annotations
@@ -10,13 +11,26 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import onnx
+from edgecnn.converters.int8_forms import INT8_FORMS, KERNEL, Int8Form
 from edgecnn.converters.lowering import LoweringContext
 
 from edgecnn.registry import Registry
 
 Lowering = Callable[[LoweringContext, onnx.NodeProto], None]
 LOWERINGS: Registry[Lowering] = Registry("ONNX op lowering")
-lower = LOWERINGS.register
+
+
+def lower(*names: str, int8: Int8Form = KERNEL) -> Callable[[Lowering], Lowering]:
+    """Register a lowering for ``names`` with its int8 form (:mod:`..int8_forms`)."""
+    register = LOWERINGS.register(*names)
+
+    def decorate(function: Lowering) -> Lowering:
+        for name in names:
+            INT8_FORMS[name] = int8
+        return register(function)
+
+    return decorate
+
 
 from edgecnn.converters.ops import (  # noqa: E402,F401  (registration side effects)
     activations,

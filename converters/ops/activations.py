@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+from edgecnn.converters.int8_forms import fixed_output, island
 from edgecnn.converters.lowering import FUSED_RELU, FUSED_RELU6, FUSED_RELU_N1_TO_1, LoweringContext
 from edgecnn.converters.ops import lower
-from edgecnn.converters.quantize import FIXED_OUTPUT_PARAMS
 from edgecnn.converters.tflite_builder import QuantParams
 
 from edgecnn.errors import ConversionError
 
 # the output parameters TFLite's int8 kernels demand, which the quantiser gives the QDQ graph
-LOGISTIC_INT8 = QuantParams.per_tensor(*FIXED_OUTPUT_PARAMS["Sigmoid"])
-TANH_INT8 = QuantParams.per_tensor(*FIXED_OUTPUT_PARAMS["Tanh"])
-SOFTMAX_INT8 = QuantParams.per_tensor(*FIXED_OUTPUT_PARAMS["Softmax"])
+LOGISTIC_INT8 = QuantParams.per_tensor(1.0 / 256.0, -128)
+TANH_INT8 = QuantParams.per_tensor(1.0 / 128.0, 0)
+SOFTMAX_INT8 = QuantParams.per_tensor(1.0 / 256.0, -128)
+FIXED_NOTE = ("int8 kernel (the quantiser gives its output {op}'s {params}); float island in QDQ "
+              "files with other output parameters")
 
 
 def _unary(ctx: LoweringContext, node: onnx.NodeProto, op: str, *, int8_version: int = 2,
@@ -53,30 +55,36 @@ def lower_clip(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     ctx.values[node.output[0]] = type(source)(current, source.perm, source.column_order)
 
 
-@lower("LeakyRelu")
+@lower("LeakyRelu", int8=island("float island (LEAKY_RELU's int8 multiplier is coarse: a step "
+                                   "off on 0.4-5 % of values)", integer_only=True))
 def lower_leaky_relu(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     alpha = float(ctx.attr(node, "alpha", 0.01))
     _unary(ctx, node, "LEAKY_RELU", options=ctx.options("LeakyReluOptions", alpha=alpha))
 
 
-@lower("HardSwish")
+@lower("HardSwish", int8=island("float island (LiteRT's XNNPACK has no int8 HARD_SWISH: the "
+                                   "island keeps one delegate partition); --for npu|mcu: "
+                                   "HARD_SWISH", integer_only=True))
 def lower_hard_swish(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     _unary(ctx, node, "HARD_SWISH", int8_version=1)
 
 
-@lower("Sigmoid")
+@lower("Sigmoid", int8=fixed_output(*LOGISTIC_INT8.scale, *LOGISTIC_INT8.zero_point,
+                                  FIXED_NOTE.format(op="LOGISTIC", params="1/256, -128")))
 def lower_sigmoid(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     x = ctx.value(node.input[0]).tensor
     ctx.fixed_output(node, "LOGISTIC", [x], LOGISTIC_INT8, ctx.op_version(1, 2))
 
 
-@lower("Tanh")
+@lower("Tanh", int8=fixed_output(*TANH_INT8.scale, *TANH_INT8.zero_point,
+                               FIXED_NOTE.format(op="TANH", params="1/128, 0")))
 def lower_tanh(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     x = ctx.value(node.input[0]).tensor
     ctx.fixed_output(node, "TANH", [x], TANH_INT8, ctx.op_version(1, 2))
 
 
-@lower("Softmax")
+@lower("Softmax", int8=fixed_output(*SOFTMAX_INT8.scale, *SOFTMAX_INT8.zero_point,
+                                  FIXED_NOTE.format(op="SOFTMAX", params="1/256, -128")))
 def lower_softmax(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     """SOFTMAX runs over the stored tensor's last axis: bring ``axis`` there (free when the
     layout already has it last, e.g. NCHW channels stored NHWC)."""
@@ -97,33 +105,34 @@ def lower_softmax(ctx: LoweringContext, node: onnx.NodeProto) -> None:
                      options=ctx.options("SoftmaxOptions", beta=1.0), perm=source.perm)
 
 
-@lower("Neg")
+@lower("Neg", int8=island())
 def lower_neg(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     _unary(ctx, node, "NEG")  # float: an island in int8 graphs
 
 
-@lower("Abs")
+@lower("Abs", int8=island())
 def lower_abs(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     _unary(ctx, node, "ABS")  # float: an island in int8 graphs
 
 
-@lower("Sqrt")
+@lower("Sqrt", int8=island())
 def lower_sqrt(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     _unary(ctx, node, "SQRT")  # float: an island in int8 graphs
 
 
-@lower("Exp")
+@lower("Exp", int8=island())
 def lower_exp(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     _unary(ctx, node, "EXP")  # float: an island in int8 graphs
 
 
-@lower("HardSigmoid")
+@lower("HardSigmoid", int8=island("float island (MUL, ADD, MINIMUM, MAXIMUM in float); "
+                                     "--for npu|mcu: one DEPTHWISE_CONV_2D", integer_only=True))
 def lower_hard_sigmoid(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     """max(0, min(1, alpha * x + beta)) as MUL, ADD, MINIMUM, MAXIMUM: every TFLite runtime has
     them (MobileNetV3's and Paddle's hard-sigmoid)."""
     alpha = float(ctx.attr(node, "alpha", 0.2))
     beta = float(ctx.attr(node, "beta", 0.5))
-    if ctx.int8:  # an integer-only file (islands.INTEGER_ONLY_FORMS); islands are float
+    if ctx.int8:  # an integer-only file (its int8 form above); islands are float
         _int8_hard_sigmoid(ctx, node, alpha, beta)
         return
     source = ctx.stored(node.input[0])
@@ -187,7 +196,7 @@ def _int8_hard_sigmoid(ctx: LoweringContext, node: onnx.NodeProto, alpha: float,
                                    fusedActivationFunction=fused))
 
 
-@lower("Gelu")
+@lower("Gelu", int8=island())
 def lower_gelu(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     """GELU (erf form, or tanh with approximate="tanh"): ONNX opset 20's Gelu and the
     x * 0.5 * (1 + erf(x / sqrt(2))) chain that :mod:`edgecnn.converters.fusions` folds into it.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+from edgecnn.converters.int8_forms import island
 from edgecnn.converters.lowering import LoweringContext, pad_spatial, spatial_padding
 from edgecnn.converters.ops import lower
 from edgecnn.converters.tflite_builder import QuantParams
@@ -146,7 +147,8 @@ def _transpose_conv_begin_pads(ctx: LoweringContext, node: onnx.NodeProto,
     return pads[:2]
 
 
-@lower("ConvTranspose")
+@lower("ConvTranspose", int8=island("float island (TRANSPOSE_CONV's int8 requantisation is "
+                                     "coarse)", integer_only=True))
 def lower_conv_transpose(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     """TRANSPOSE_CONV: VALID or SAME when they crop what ONNX's pads crop, else VALID and a
     STRIDED_SLICE. The output shape is built from the input's at run time (SHAPE), so any

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+from edgecnn.converters.int8_forms import island
 from edgecnn.converters.lowering import NCHW_TO_NHWC, LoweringContext, default_perm
 from edgecnn.converters.ops import lower
 
@@ -69,18 +70,18 @@ def lower_sub(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     _binary(ctx, node, "SUB", "SubOptions")
 
 
-@lower("Div")
+@lower("Div", int8=island())
 def lower_div(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     _binary(ctx, node, "DIV", "DivOptions")
 
 
-@lower("Min")
+@lower("Min", int8=island())
 def lower_min(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     _two_operands(ctx, node)
     _binary(ctx, node, "MINIMUM", None)
 
 
-@lower("Max")
+@lower("Max", int8=island())
 def lower_max(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     _two_operands(ctx, node)
     _binary(ctx, node, "MAXIMUM", None)
@@ -92,7 +93,7 @@ def _two_operands(ctx: LoweringContext, node: onnx.NodeProto) -> None:
                               f"{len(node.input)} inputs; TFLite's takes two (chain them)")
 
 
-@lower("Pow")
+@lower("Pow", int8=island())
 def lower_pow(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     """x ** 2 as MUL(x, x) and x ** 0.5 as SQRT: the exponents CNNs use, exactly."""
     exponent = ctx.const(node, 1).ravel()
@@ -108,7 +109,7 @@ def lower_pow(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         ctx.add_op("SQRT", [source.tensor], [out.tensor])
 
 
-@lower("PRelu")
+@lower("PRelu", int8=island())
 def lower_prelu(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     source = ctx.value(node.input[0])
     slope = np.asarray(ctx.const(node, 1), np.float32)
@@ -131,7 +132,7 @@ def lower_mul(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     _binary(ctx, node, "MUL", "MulOptions")
 
 
-@lower("BatchNormalization")
+@lower("BatchNormalization", int8=island())
 def lower_batch_norm(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     """A BatchNormalization that could not be folded into a Conv before it: MUL then ADD."""
     gamma, beta, mean, var = (ctx.const(node, i).astype(np.float64) for i in range(1, 5))

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+from edgecnn.converters.int8_forms import island
 from edgecnn.converters.lowering import LoweringContext
 from edgecnn.converters.ops import lower
 
 from edgecnn.errors import ConversionError
 
 
-@lower("LayerNormalization")
+@lower("LayerNormalization", int8=island())
 def lower_layer_norm(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     if len(node.output) > 1 and any(node.output[1:]):
         raise ConversionError(f"{ctx.graph.source}: LayerNormalization {node.name!r} exports its "

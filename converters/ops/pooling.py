@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+from edgecnn.converters.int8_forms import conditional
 from edgecnn.converters.lowering import LoweringContext, pad_spatial, spatial_padding
 from edgecnn.converters.ops import lower
 
@@ -46,7 +47,21 @@ def lower_max_pool(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     _pool(ctx, node, "MAX_POOL_2D")
 
 
-@lower("AveragePool")
+def _halves_common(ctx: LoweringContext, node: onnx.NodeProto) -> bool:
+    """AVERAGE_POOL_2D divides the integer sum and rounds halves away from zero, the reference
+    to even: with an even divisor (2x2 windows, or windows cut by uncounted padding or ceil
+    mode) exact halves are common and 12 % of values differ by a step."""
+    kernel = ctx.attr(node, "kernel_shape")
+    padded = any(ctx.attr(node, "pads", [0, 0, 0, 0])) or ctx.attr(
+        node, "auto_pad", "NOTSET") not in ("NOTSET", "VALID")
+    whole_windows = not int(ctx.attr(node, "ceil_mode", 0)) and (
+        not padded or int(ctx.attr(node, "count_include_pad", 0)))
+    return int(np.prod(kernel)) % 2 == 0 or not whole_windows
+
+
+@lower("AveragePool", int8=conditional(_halves_common, "int8 kernel for odd windows of counted "
+                                       "cells; float island for even windows (2x2), uncounted "
+                                       "padding or ceil mode, where halves are common"))
 def lower_average_pool(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     _pool(ctx, node, "AVERAGE_POOL_2D")
 

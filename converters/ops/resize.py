@@ -16,6 +16,7 @@ Anything else (cubic, other roundings) is refused by name rather than approximat
 from __future__ import annotations
 
 import onnx
+from edgecnn.converters.int8_forms import conditional
 from edgecnn.converters.lowering import LoweringContext
 from edgecnn.converters.ops import lower
 
@@ -29,7 +30,13 @@ NEAREST_MODES = {("asymmetric", "floor"): (False, False),
                  ("align_corners", "round_prefer_ceil"): (True, False)}
 
 
-@lower("Resize", "Upsample")
+def _linear(ctx: LoweringContext, node: onnx.NodeProto) -> bool:
+    """Bilinear RESIZE requantises coarsely: a step off on some values; nearest copies."""
+    return ctx.attr(node, "mode", "nearest") != "nearest"
+
+
+@lower("Resize", "Upsample", int8=conditional(_linear, "int8 kernel for nearest; float island "
+                                               "for linear"))
 def lower_resize(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     in_shape, out_shape = ctx.shape(node.input[0]), ctx.shape(node.output[0])
     if len(in_shape) != 4 or tuple(in_shape[:2]) != tuple(out_shape[:2]):
