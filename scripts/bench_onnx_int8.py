@@ -47,16 +47,6 @@ def cpu_name() -> str:
         return platform.processor() or "unknown CPU"
 
 
-def calibration_set(path: Path, side: int) -> Path:
-    """Smooth random RGB images (blocks of 16 pixels), as scripts/coverage.py makes them."""
-    rng = np.random.default_rng(0)
-    cells = -(-side // 16)
-    blocks = rng.integers(0, 256, (CALIBRATION_IMAGES, cells, cells, 3), dtype=np.uint8)
-    images = blocks.repeat(16, axis=1).repeat(16, axis=2)[:, :side, :side]
-    np.savez(path, x=images, y=np.zeros(len(images), np.int64))
-    return path
-
-
 def source_and_calibration(name: str, folder: Path) -> tuple[Path, Path | None]:
     if name in SHIPPED:
         from edgecnn.shipped import resolve_model
@@ -64,7 +54,9 @@ def source_and_calibration(name: str, folder: Path) -> tuple[Path, Path | None]:
     import torchvision_zoo
 
     export = torchvision_zoo.export(name, folder)
-    return export.path, calibration_set(folder / "calib.npz", export.input_shape[-1])
+    return export.path, torchvision_zoo.calibration_set(folder / "calib.npz",
+                                                        export.input_shape[-1],
+                                                        CALIBRATION_IMAGES)
 
 
 def quantize_static_peer(fp32: Path, calib: Path | None, out: Path) -> Path:

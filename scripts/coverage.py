@@ -35,8 +35,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 import torchvision_zoo  # noqa: E402
@@ -109,14 +107,7 @@ def edgecnn(*args: str) -> list[str]:
 
 
 def calibration_set(path: Path, side: int) -> Path:
-    """Smooth random RGB images (blocks of 16 pixels): ImageNet data does not ship here, and
-    white noise would calibrate ranges no real image reaches."""
-    rng = np.random.default_rng(0)
-    cells = -(-side // 16)
-    blocks = rng.integers(0, 256, (CALIBRATION_IMAGES, cells, cells, 3), dtype=np.uint8)
-    images = blocks.repeat(16, axis=1).repeat(16, axis=2)[:, :side, :side]
-    np.savez(path, x=images, y=np.zeros(len(images), np.int64))
-    return path
+    return torchvision_zoo.calibration_set(path, side, CALIBRATION_IMAGES)
 
 
 MEASURE = r'''

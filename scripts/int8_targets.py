@@ -1,7 +1,8 @@
 """Whether each integer-only target takes our int8 TFLite files, and what it makes of them:
 Arm's Vela (Ethos-U55-128 and U85-256: NPU share, ops left on the CPU, estimated time) and
 TFLite Micro (arena, steps from LiteRT), for the default ``--for cpu`` file and the
-integer-only ``--for npu`` file of each model.
+integer-only ``--for npu`` file of each model, and what each costs on LiteRT's XNNPACK against
+the fp32 file (one thread, interleaved in one process, process CPU time).
 
     python scripts/int8_targets.py                      # the torchvision mobile set + the zoo
     python scripts/int8_targets.py --models mobilenet_v3_small lenet5
@@ -32,7 +33,7 @@ START, END = "<!-- targets:start -->", "<!-- targets:end -->"
 
 
 def build(name: str, folder: Path) -> tuple[dict[str, Path], Path | None]:
-    """The QDQ ONNX and both TFLite files written from it."""
+    """The fp32 TFLite file, the QDQ ONNX and both int8 TFLite files written from it."""
     from bench_onnx_int8 import source_and_calibration
 
     from edgecnn.api import ConvertConfig, convert
@@ -40,7 +41,7 @@ def build(name: str, folder: Path) -> tuple[dict[str, Path], Path | None]:
     source, calib = source_and_calibration(name, folder)
     qdq = convert(source, folder / f"{name}_int8.onnx",
                   ConvertConfig("onnx", int8=True, calib=calib)).path
-    files = {}
+    files = {"fp32": convert(source, folder / f"{name}_fp32.tflite", ConvertConfig("tflite")).path}
     for target in ("cpu", "npu"):
         try:
             files[target] = convert(qdq, folder / f"{name}_{target}.tflite",
@@ -87,11 +88,40 @@ def micro_cells(path: Path, calib: Path | None) -> dict[str, object]:
             "TFLM agree %": row["agree %"]}
 
 
+def litert_ratios(files: dict[str, Path], rounds: int = 30) -> dict[str, dict[str, object]]:
+    """LiteRT (XNNPACK, one thread) latency of each int8 file against the fp32 one, the files
+    interleaved round by round in this process, process CPU time, ratio of medians."""
+    import time
+
+    import numpy as np
+    from edgecnn.targets.cpu import model_input
+
+    from edgecnn.runtimes import open_session
+
+    x = model_input(files["fp32"], 1)
+    sessions = {key: open_session(path, "litert", 1) for key, path in files.items()}
+    times: dict[str, list[float]] = {key: [] for key in sessions}
+    for session in sessions.values():
+        session.bind(x)
+        for _ in range(3):
+            session.invoke()
+    for _ in range(rounds):
+        for key, session in sessions.items():
+            started = time.process_time()
+            session.invoke()
+            times[key].append(time.process_time() - started)
+    median = {key: float(np.median(v)) for key, v in times.items()}
+    return {key: {"LiteRT ms": round(1e3 * median[key], 3),
+                  "LiteRT / fp32": round(median[key] / median["fp32"], 3)}
+            for key in sessions if key != "fp32"}
+
+
 def markdown(rows: list[dict[str, object]]) -> str:
     from edgecnn.report import markdown_table
 
     columns = ["model", "file", "U55-128 NPU %", "U55-128 est. µs", "U85-256 NPU %",
-               "U85-256 est. µs", "TFLM arena KiB", "TFLM steps vs LiteRT", "TFLM agree %"]
+               "U85-256 est. µs", "TFLM arena KiB", "TFLM steps vs LiteRT", "TFLM agree %",
+               "LiteRT ms", "LiteRT / fp32"]
     table = markdown_table([{c: r.get(c, "") for c in columns} for r in rows], columns)
     notes = [f"- {r['model']} ({r['file']}): {r[key]}" for r in rows
              for key in ("U55-128 note", "U85-256 note") if key in r]
@@ -107,9 +137,12 @@ def main() -> None:
     for name in args.models:
         with tempfile.TemporaryDirectory(prefix=f"edgecnn-targets-{name}-") as tmp:
             files, calib = build(name, Path(tmp))
+            speed = litert_ratios(files)
             for target, path in files.items():
+                if target == "fp32":
+                    continue
                 row = {"model": name, "file": f"--for {target}", **vela_cells(path),
-                       **micro_cells(path, calib)}
+                       **micro_cells(path, calib), **speed[target]}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     print(markdown(rows))

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 # name -> (input size, constructor keyword arguments)
@@ -89,3 +90,15 @@ def export(name: str, folder: Path, size: int | None = None, seed: int = 0) -> E
     path = folder / f"{name}.pt2"
     torch.export.save(program, path)
     return Export(name, path, shape)
+
+
+def calibration_set(path: Path, side: int, count: int) -> Path:
+    """``count`` smooth random RGB images (blocks of 16 pixels) as an .npz calibration set:
+    ImageNet data does not ship here, and white noise would calibrate ranges no real image
+    reaches."""
+    rng = np.random.default_rng(0)
+    cells = -(-side // 16)
+    blocks = rng.integers(0, 256, (count, cells, cells, 3), dtype=np.uint8)
+    images = blocks.repeat(16, axis=1).repeat(16, axis=2)[:, :side, :side]
+    np.savez(path, x=images, y=np.zeros(len(images), np.int64))
+    return path
