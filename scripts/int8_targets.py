@@ -7,6 +7,7 @@ the fp32 file (one thread, interleaved in one process, process CPU time).
     python scripts/int8_targets.py                      # the torchvision mobile set + the zoo
     python scripts/int8_targets.py --models mobilenet_v3_small lenet5
     python scripts/int8_targets.py --out docs/int8-targets   # fills its measured section
+    python scripts/int8_targets.py --peer .peers/litert-torch/bin/python --out docs/int8-targets
 
 Both files come from one quantisation (the same QDQ ONNX, so the same calibration). torchvision
 models carry seeded random weights and are calibrated on smooth random images (nothing
@@ -50,6 +51,23 @@ def build(name: str, folder: Path) -> tuple[dict[str, Path], Path | None]:
         except Exception as exc:  # a refusal is a result: the op that has no integer form
             print(f"{name} --for {target}: {exc}", file=sys.stderr)
     return files, calib
+
+
+def peer_int8(python: Path, name: str, calib: Path, folder: Path) -> Path | None:
+    """litert-torch's PT2E int8 file of the same network and calibration images, converted by
+    scripts/peer_litert_torch.py in the peer's own venv (scripts/setup_peers.sh); None, said
+    on stderr, when it fails."""
+    import subprocess
+
+    target, timing = folder / f"{name}_litert_torch.tflite", folder / "peer_timing.json"
+    done = subprocess.run([str(python), str(ROOT / "scripts" / "peer_litert_torch.py"), "--child",
+                           "--model", name, "--size", "224", "--out", str(folder), "--variant",
+                           "int8", "--calib", str(calib), "--target", str(target), "--timing",
+                           str(timing)], capture_output=True, text=True, timeout=1800)
+    if done.returncode != 0 or not target.is_file():
+        print(f"{name}: litert-torch failed: {done.stderr.strip()[-300:]}", file=sys.stderr)
+        return None
+    return target
 
 
 def vela_cells(path: Path) -> dict[str, object]:
@@ -132,16 +150,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=[*MOBILE_SET, *SHIPPED])
     parser.add_argument("--out", type=Path, help="Write OUT.json and fill OUT.md's section.")
+    parser.add_argument("--peer", type=Path, metavar="PYTHON",
+                        help="litert-torch's venv python (.peers/litert-torch/bin/python): its "
+                        "int8 file of each torchvision model joins the run")
     args = parser.parse_args()
     rows = []
     for name in args.models:
         with tempfile.TemporaryDirectory(prefix=f"edgecnn-targets-{name}-") as tmp:
             files, calib = build(name, Path(tmp))
+            if args.peer is not None and calib is not None:  # torchvision models only
+                peer = peer_int8(args.peer, name, calib, Path(tmp))
+                if peer is not None:
+                    files["litert-torch"] = peer
             speed = litert_ratios(files)
             for target, path in files.items():
                 if target == "fp32":
                     continue
-                row = {"model": name, "file": f"--for {target}", **vela_cells(path),
+                label = "litert-torch PT2E" if target == "litert-torch" else f"--for {target}"
+                row = {"model": name, "file": label, **vela_cells(path),
                        **micro_cells(path, calib), **speed[target]}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
