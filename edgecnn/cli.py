@@ -380,7 +380,8 @@ def layers(float_model: Path, int8_model: Path, data: Path | None, limit: int, b
 @click.option("--target", type=click.Choice(["cpu", "cuda", "rpi", "ethos-u", "mcu"]),
               default="cpu", show_default=True,
               help="ethos-u: compile with Arm's Vela, report its NPU share and estimate; mcu: run "
-              "TFLite Micro's kernels, report the arena and parity with LiteRT.")
+              "TFLite Micro's kernels, report the arena and parity with LiteRT's reference "
+              "kernels.")
 @click.option("--runtime", help="One runtime only (torch, torch-cpu:bf16, onnxruntime, litert, "
               "tflite-runtime); "
               "on cuda, names or globs, comma-separated (torch-cuda:fp16, 'torch-cuda:*:graph', "
@@ -471,8 +472,8 @@ def bench_columns(target: str, wide: bool) -> list[str]:
         return ["model", "runtime", "NPU ops %", "CPU ops", "est. µs", "SRAM KiB", "flash KiB",
                 *(["DRAM KiB", "MACs", "size KiB"] if wide else []), "compiler"]
     if target == "mcu":
-        return ["model", "runtime", "arena KiB", "steps vs LiteRT", "agree %", "parity on",
-                "p50 µs", "size KiB", *(["load ms", "max|Δ| vs LiteRT"] if wide else [])]
+        return ["model", "runtime", "arena KiB", "steps vs LiteRT ref", "agree %", "parity on",
+                "p50 µs", "size KiB", *(["load ms", "max|Δ| vs LiteRT ref"] if wide else [])]
     if wide:
         return ["model", "runtime", "batch", "size KiB", "load ms", "first ms", "p50 µs",
                 "mean µs", "std µs", "p90 µs", "p99 µs", "min µs", "max µs", "img/s",

@@ -211,7 +211,10 @@ class OnnxSession:
 class TFLiteSession:
     """Feeds NCHW float batches to NHWC (or NCHW) float/int8/uint8 TFLite models."""
 
-    def __init__(self, path: Path, threads: int | None, module: str, runtime: str) -> None:
+    def __init__(self, path: Path, threads: int | None, module: str, runtime: str,
+                 reference_kernels: bool = False) -> None:
+        """``reference_kernels``: TFLite's builtin reference kernels, no delegate (the code
+        TFLite Micro's kernels share), where the runtime offers them."""
         from edgecnn.inspection import read_tflite
 
         if path.is_file() and path.stat().st_size <= STRUCTURE_CHECK_BYTES:
@@ -220,8 +223,11 @@ class TFLiteSession:
         self.runtime = runtime
         try:
             with native_stderr_muted():
+                extra = ({"experimental_op_resolver_type":
+                          interpreter_module.OpResolverType.BUILTIN_REF}
+                         if reference_kernels else {})
                 self.interpreter = interpreter_module.Interpreter(model_path=str(path),
-                                                                  num_threads=threads)
+                                                                  num_threads=threads, **extra)
         except (ValueError, RuntimeError) as exc:
             raise BadInputError(f"{path}: {runtime} cannot load it "
                                 f"({str(exc).splitlines()[0][:200]})") from None

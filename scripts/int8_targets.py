@@ -1,6 +1,6 @@
 """Whether each integer-only target takes our int8 TFLite files, and what it makes of them:
 Arm's Vela (Ethos-U55-128 and U85-256: NPU share, ops left on the CPU, estimated time) and
-TFLite Micro (arena, steps from LiteRT), for the default ``--for cpu`` file and the
+TFLite Micro (arena, steps from LiteRT's reference kernels), for the default ``--for cpu`` file and the
 integer-only ``--for npu`` file of each model, and what each costs on LiteRT's XNNPACK against
 the fp32 file (one thread, interleaved in one process, process CPU time).
 
@@ -102,7 +102,8 @@ def micro_cells(path: Path, calib: Path | None) -> dict[str, object]:
         row = target.run(path, BenchConfig(warmup=0, runs=1, min_time=0.0))[0].columns
     except Exception as exc:
         return {"TFLM": f"fails: {str(exc)[:120]}"}
-    return {"TFLM arena KiB": row["arena KiB"], "TFLM steps vs LiteRT": row["steps vs LiteRT"],
+    return {"TFLM arena KiB": row["arena KiB"],
+            "TFLM steps vs LiteRT ref": row["steps vs LiteRT ref"],
             "TFLM agree %": row["agree %"]}
 
 
@@ -138,7 +139,7 @@ def markdown(rows: list[dict[str, object]]) -> str:
     from edgecnn.report import markdown_table
 
     columns = ["model", "file", "U55-128 NPU %", "U55-128 est. µs", "U85-256 NPU %",
-               "U85-256 est. µs", "TFLM arena KiB", "TFLM steps vs LiteRT", "TFLM agree %",
+               "U85-256 est. µs", "TFLM arena KiB", "TFLM steps vs LiteRT ref", "TFLM agree %",
                "LiteRT ms", "LiteRT / fp32"]
     table = markdown_table([{c: r.get(c, "") for c in columns} for r in rows], columns)
     notes = [f"- {r['model']} ({r['file']}): {r[key]}" for r in rows

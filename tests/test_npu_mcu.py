@@ -133,7 +133,7 @@ def test_mcu_arena_is_the_smallest_tflite_micro_runs_in(micro, artefacts, cli_ru
 
     assert runs(arena) and not runs(arena - 64)
     assert 8 * 1024 < arena < 16 * 1024  # LeNet-5's largest activations fit in a few KiB
-    assert row["columns"]["steps vs LiteRT"] <= 1 and row["columns"]["agree %"] == 100.0
+    assert row["columns"]["steps vs LiteRT ref"] <= 1 and row["columns"]["agree %"] == 100.0
     assert row["columns"]["parity on"].startswith("100 images of mnist")
 
 
@@ -173,14 +173,36 @@ def test_validate_scores_tflite_micro_against_the_qdq_reference(micro, artefacts
     assert abs(micro_row["top1_pct"] - reference["top1_pct"]) <= 0.2
 
 
-def test_mcu_parity_gate_fails_where_fixed_point_kernels_part_from_litert(micro, se_int8,
-                                                                          cli_runner):
-    """The outlier model's SE blocks: TFLite Micro's fixed-point requantisation lands many
-    steps from LiteRT's float rounding (tflite-runtime's builtin kernels do the same): exit 1."""
+def test_mcu_matches_litert_reference_kernels_where_xnnpack_parts(micro, se_int8, cli_runner,
+                                                                   tmp_path):
+    """The outlier model's SE blocks: XNNPACK's float requantisation lands several steps from
+    the fixed-point kernels, but TFLite Micro and LiteRT's reference kernels agree exactly."""
+    report = tmp_path / "mcu.json"
     result = cli_runner.invoke(cli, ["bench", str(se_int8), "--target", "mcu", "--runs", "2",
-                                     "--min-time", "0"])
+                                     "--min-time", "0", "--json", str(report)])
+    assert result.exit_code == 0, result.output
+    columns = json.loads(report.read_text())["results"][0]["columns"]
+    assert columns["steps vs LiteRT ref"] == 0 and columns["agree %"] == 100.0
+
+
+def test_mcu_parity_gate_fails_when_a_kernel_computes_something_else(micro, artefacts, cli_runner,
+                                                                     monkeypatch):
+    """The gate, watched failing: TFLite Micro's outputs moved by 5 steps on one value (as a
+    kernel with another rounding or a wrong multiplier would) fail the bench with one line."""
+    from edgecnn.tflm import MicroSession
+
+    read = MicroSession._read
+
+    def off_by_five(self, index, detail, nhwc):  # type: ignore[no-untyped-def]
+        y = read(self, index, detail, nhwc)
+        y.flat[0] += 5 * detail["quantization"][0]
+        return y
+
+    monkeypatch.setattr(MicroSession, "_read", off_by_five)
+    result = cli_runner.invoke(cli, ["bench", str(artefacts["tflite_int8"]), "--target", "mcu",
+                                     "--runs", "2", "--min-time", "0"])
     assert result.exit_code == 1, result.output
-    assert "TFLite Micro's fixed-point kernels land" in result.output
+    assert "TFLite Micro is 5 output steps from LiteRT's reference kernels" in result.output
     assert "Traceback" not in result.output
 
 
