@@ -1,6 +1,7 @@
 """The Python API: everything the CLI does, as functions returning typed results.
 
     from edgecnn import api
+    from edgecnn.shipped import SHIPPED_TEST_SET
     result = api.convert("lenet5", output="lenet5_int8.tflite",
                          config=api.ConvertConfig("tflite", int8=True))
     report = api.validate(["lenet5", result.path], data=SHIPPED_TEST_SET)
@@ -90,6 +91,14 @@ class ConvertConfig:
         if self.int8_for != "cpu" and (self.to != "tflite" or not self.int8):
             raise BadInputError(f"--for {self.int8_for} writes an integer-only int8 TFLite file; "
                                 "add --to tflite --int8")
+        if self.int8_for != "cpu" and self.io_dtype == "float32":
+            raise BadInputError(f"--for {self.int8_for} writes int8 (or uint8) I/O: float I/O "
+                                "would add a float QUANTIZE and DEQUANTIZE; drop --io-dtype "
+                                "float32")
+        if self.int8_for != "cpu" and self.budget is not None:
+            raise BadInputError(f"an accuracy budget keeps layers float, which --for "
+                                f"{self.int8_for} cannot hold; drop --max-drop/--min-agreement "
+                                "or convert with --for cpu")
         if self.io_dtype not in (None, "float32") and not self.int8:
             raise BadInputError(f"--io-dtype {self.io_dtype} needs --int8")
         if self.to == "onnx" and (self.io_dtype or self.nchw_input):

@@ -470,7 +470,7 @@ def bench_columns(target: str, wide: bool) -> list[str]:
                 "speed-up"]
     if target == "ethos-u":  # compiled, not run: Vela's estimate and memory
         return ["model", "runtime", "NPU ops %", "CPU ops", "est. µs", "SRAM KiB", "flash KiB",
-                *(["DRAM KiB", "MACs", "size KiB"] if wide else []), "compiler"]
+                "DRAM KiB", *(["MACs", "size KiB"] if wide else []), "compiler"]
     if target == "mcu":
         return ["model", "runtime", "arena KiB", "steps vs LiteRT ref", "agree %", "parity on",
                 "p50 µs", "size KiB", *(["load ms", "max|Δ| vs LiteRT ref"] if wide else [])]

@@ -25,6 +25,8 @@ def features() -> frozenset[str]:
 
 
 def has_vnni() -> bool:
+    """numpy 1.x names AVX-512 VNNI only: an AVX-VNNI CPU (Alder Lake and later) counts as
+    without VNNI there, which errs the safe way (the precise u8u8 path, exact and slower)."""
     return bool({"AVX512VNNI", "AVXVNNI", "AVX_VNNI"} & features())
 
 
@@ -68,10 +70,11 @@ def int8_stray_reason(runtime: str, onnx_encoding: str | None) -> str:
     """One line a user can act on when ``runtime``'s int8 output strays from the QDQ reference."""
     if runtime == "onnxruntime":
         if onnx_encoding in ("int8", "u8s8") and u8s8_saturates():
-            return ("this CPU lacks VNNI: onnxruntime's u8s8/s8s8 int8 kernels saturate "
-                    "(VPMADDUBSW) on 8-bit weights; open the session with "
-                    "session.x64quantprecision=1 (edgecnn's own sessions do), or convert with "
-                    "--onnx-int8-encoding u8s7 or uint8")
+            return ("this CPU lacks VNNI, where onnxruntime's u8s8/s8s8 int8 kernels saturate "
+                    "(VPMADDUBSW) on 8-bit weights; edgecnn's sessions set "
+                    "session.x64quantprecision=1 against it, so compare the qdq-reference row, "
+                    "and consider --onnx-int8-encoding u8s7 or uint8 for sessions you do not "
+                    "configure")
         return (f"onnxruntime's fused integer kernels round differently on this CPU "
                 f"({cpu_class()}); compare its qdq-reference row")
     if runtime == "tflite-runtime":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import sys
 from importlib import resources
 from pathlib import Path
 
@@ -24,6 +25,10 @@ def _materialise() -> Path:
     root = resources.files(_PACKAGE)
     if isinstance(root, Path):
         return root
+    if sys.version_info < (3, 12):  # as_file() takes folders from 3.12 on
+        raise ImportError("edgecnn's shipped data is inside a zip archive, which Python "
+                          f"{sys.version_info.major}.{sys.version_info.minor} cannot unpack as a "
+                          "folder; install edgecnn as files (pip install, not a zipapp)")
     stack = contextlib.ExitStack()
     atexit.register(stack.close)
     return Path(stack.enter_context(resources.as_file(root)))

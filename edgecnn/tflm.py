@@ -60,6 +60,25 @@ def _allocates_in(path: Path, arena_size: int) -> bool:
     return True
 
 
+def _first_complaint(path: Path, arena_size: int) -> str:
+    """What TFLite Micro says when it cannot open or run ``path`` (its first line), e.g. the
+    op it has no kernel for."""
+    from edgecnn.quiet import native_stderr_captured
+
+    runtime = _interpreter_module()
+    with native_stderr_captured() as log:
+        try:
+            interpreter = runtime.Interpreter.from_file(str(path), arena_size=arena_size)
+            detail = _details(interpreter.get_input_details(0))
+            interpreter.set_input(np.zeros(detail["shape"], detail["dtype"]), 0)
+            interpreter.invoke()
+            error = ""
+        except RuntimeError as exc:
+            error = str(exc)
+    lines = [line.strip() for line in ("".join(log) + "\n" + error).splitlines() if line.strip()]
+    return lines[0][:200] if lines else "no message"
+
+
 def _runs_with(path: Path, arena_size: int) -> bool:
     try:
         interpreter = _open(path, arena_size)
@@ -80,9 +99,8 @@ def smallest_arena(path: Path) -> int:
     high = max(1 << 12, 4 * path.stat().st_size)
     while not _allocates_in(path, high):
         if high >= MAX_ARENA:
-            raise BadInputError(f"{path}: TFLite Micro cannot run it in a {MAX_ARENA >> 20} MiB "
-                                "arena (an op it has no kernel for, or tensors no MCU holds); "
-                                f"`edgecnn validate {path.name} --runtime {RUNTIME}` names it")
+            raise BadInputError(f"{path}: TFLite Micro cannot open it even in a "
+                                f"{MAX_ARENA >> 20} MiB arena: {_first_complaint(path, high)}")
         high *= 2
     low = 0  # fails (or is 0)
     while high - low > ARENA_STEP:
@@ -94,8 +112,8 @@ def smallest_arena(path: Path) -> int:
         else:
             low = middle
     if not _runs_with(path, high):  # planned but not runnable: an op TFLite Micro lacks
-        raise BadInputError(f"{path}: TFLite Micro plans it in {high:,} bytes but cannot run it; "
-                            f"`edgecnn validate {path.name} --runtime {RUNTIME}` names the op")
+        raise BadInputError(f"{path}: TFLite Micro plans it in {high:,} bytes but cannot run it: "
+                            f"{_first_complaint(path, high)}")
     return high
 
 

@@ -21,6 +21,7 @@ import tempfile
 import venv
 import zipfile
 from pathlib import Path
+from typing import NoReturn
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,6 +33,8 @@ WHEEL_MUST_HOLD = (
     "edgecnn/targets/runner.py",
     "edgecnn/models/lenet5.pt",
     "edgecnn/models/lenet5.json",
+    "edgecnn/models/mobile_se_outlier.pt",
+    "edgecnn/models/mobile_se_outlier.json",
     "edgecnn/models/data/mnist-calib.npz",
     "edgecnn/models/data/mnist/t10k-images-idx3-ubyte.gz",
     "edgecnn/models/data/mnist/t10k-labels-idx1-ubyte.gz",
@@ -44,7 +47,7 @@ MUST_NOT_HOLD = re.compile(r"(^|/)(\.venv[^/]*|\.peers|\.arm|out|__pycache__|\.p
 MAX_ARCHIVE_BYTES = 8 << 20  # the shipped data is 2.4 MB; a venv or a model zoo is far larger
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     print(f"check_dist: {message}", file=sys.stderr)
     raise SystemExit(1)
 

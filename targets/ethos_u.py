@@ -85,6 +85,9 @@ def compile_with_vela(model: Path, accel: str, legacy: bool = False) -> VelaResu
         log = done.stdout + "\n" + done.stderr
         result = VelaResult(accel, legacy)
         if done.returncode != 0:
+            if not re.search(r"Error: \w+ '", log):  # not a verdict on the file: Vela failed
+                raise TargetUnavailableError(f"{model}: Vela failed for {accel} without naming "
+                                             f"an op: {refusal_reason(log)}")
             result.refusal = refusal_reason(log)
             return result
         result.npu_ops, result.cpu_ops = _operator_counts(log)
@@ -180,11 +183,13 @@ class EthosUTarget(Target):
         for accel in self.accelerators:
             compiled = compile_with_vela(model, accel)
             if compiled.refusal is not None:
+                legacy = accel.removeprefix("ethos-").upper().startswith(LEGACY_CORE)
                 self.failures.append(
                     f"{model.name}: Vela refuses it for {accel}: {compiled.refusal}; the NPU "
-                    "takes integer-only files (convert for an NPU, or run the float ops on the "
-                    "CPU with the legacy core)")
-                if not accel.removeprefix("ethos-").upper().startswith(LEGACY_CORE):
+                    "takes integer-only files: convert with --for npu"
+                    + (" (the legacy-core row below runs the float ops on the Cortex-M)"
+                       if legacy else ""))
+                if not legacy:
                     continue
                 compiled = compile_with_vela(model, accel, legacy=True)
                 if compiled.refusal is not None:

@@ -350,3 +350,12 @@ def test_an_op_without_an_integer_form_is_refused_in_one_line(tmp_path, cli_runn
 def test_for_needs_an_int8_tflite_output(cli_runner, tmp_path, args, message):
     result = cli_runner.invoke(cli, ["convert", "lenet5", *args, "-o", str(tmp_path / "x")])
     assert result.exit_code == 2 and message in result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--io-dtype", "float32"], "--for npu writes int8 (or uint8) I/O"),
+    (["--max-drop", "0.5"], "an accuracy budget keeps layers float, which --for npu cannot hold")])
+def test_npu_refuses_what_would_put_float_in_the_file(cli_runner, tmp_path, args, message):
+    result = cli_runner.invoke(cli, ["convert", "lenet5", "--to", "tflite", "--int8", "--for", "npu",
+                                     *args, "-o", str(tmp_path / "x.tflite")])
+    assert result.exit_code == 2 and message in result.output

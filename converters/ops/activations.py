@@ -162,7 +162,7 @@ def _int8_hard_sigmoid(ctx: LoweringContext, node: onnx.NodeProto, alpha: float,
     assert out_q is not None
     low = out_q.scale[0] * (-128 - out_q.zero_point[0])
     high = out_q.scale[0] * (127 - out_q.zero_point[0])
-    if len(shape) != 4 or alpha <= 0:
+    if len(shape) != 4 or not (np.isfinite(alpha) and np.isfinite(beta)) or alpha <= 0:
         raise ConversionError(f"{ctx.graph.source}: HardSigmoid {node.name!r} on a rank-"
                               f"{len(shape)} tensor (alpha {alpha:g}) has no integer-only form "
                               "here; convert with --for cpu to run it as a float island")
