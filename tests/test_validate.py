@@ -181,6 +181,6 @@ def test_an_unknown_runtime_is_refused_in_one_line(cli_runner, artefacts, runtim
     result = cli_runner.invoke(cli, ["validate", str(artefacts["onnx_int8"]), "--runtime",
                                      runtime, "--limit", "10"])
     assert result.exit_code == 2, result.output
-    assert f"--runtime {runtime!r}: choose from litert, onnxruntime, tflite-runtime, torch" \
+    assert f"--runtime {runtime!r}: choose from litert, onnxruntime, tflite-micro, tflite-runtime, torch" \
         in result.output
     assert hint in result.output and len(result.output.strip().splitlines()) == 1
