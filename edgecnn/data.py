@@ -87,6 +87,16 @@ class Dataset:
             yield spec.preprocess(self.images[start:stop]), self.labels[start:stop]
 
 
+def require_regular_file(path: Path) -> None:
+    """Refuse what ``open()`` would block on or misread: a FIFO never returns, a device never
+    ends. Data files must be regular files (or links to them)."""
+    if not path.is_file():
+        kind = ("a FIFO" if path.is_fifo() else "a device" if path.is_char_device()
+                or path.is_block_device() else "a socket" if path.is_socket() else
+                "missing" if not path.exists() else "not a regular file")
+        raise DataError(f"{path}: is {kind}; give a regular data file")
+
+
 def read_idx(path: Path) -> np.ndarray:
     """Parse one IDX file (optionally gzip-compressed) into an array.
 
@@ -94,6 +104,7 @@ def read_idx(path: Path) -> np.ndarray:
     exactly that many bytes are read, so a small .gz that inflates to gigabytes is refused after
     one byte too many, never held in memory.
     """
+    require_regular_file(path)
     try:
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rb") as handle:
@@ -186,6 +197,7 @@ def _check_npz(path: Path) -> None:
 
 
 def load_npz(path: Path) -> Dataset:
+    require_regular_file(path)
     _check_npz(path)
     try:
         with np.load(path, allow_pickle=False) as archive:
@@ -216,6 +228,7 @@ def load_image_folder(root: Path) -> Dataset:
         )
     images, labels = [], []
     for label, file in files:
+        require_regular_file(file)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -90,3 +90,31 @@ def test_bad_datasets_fail_with_one_line(tmp_path, cli_runner, case, artefacts):
     result = cli_runner.invoke(cli, ["validate", str(artefacts["onnx"]), "--data", str(path)])
     assert result.exit_code == 2
     assert len(result.stderr.strip().splitlines()) == 1 and needle in result.stderr
+
+
+@pytest.mark.parametrize("layout", ["npz", "idx-folder", "image-folder"])
+def test_a_fifo_given_as_data_is_refused_not_waited_on(tmp_path, layout):
+    """open() on a FIFO blocks until a writer comes: validate must refuse it in one line. Run in
+    a child with a timeout, so a regression fails instead of hanging the suite."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    if layout == "npz":
+        data = tmp_path / "d.npz"
+        os.mkfifo(data)
+    elif layout == "idx-folder":
+        data = tmp_path / "mnist"
+        data.mkdir()
+        os.mkfifo(data / "t10k-images-idx3-ubyte.gz")
+    else:
+        data = tmp_path / "images"
+        (data / "0").mkdir(parents=True)
+        os.mkfifo(data / "0" / "a.png")
+    done = subprocess.run([sys.executable, "-m", "edgecnn", "validate",
+                           str(ROOT / "models" / "lenet5.pt"), "--data", str(data)],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().endswith("is a FIFO; give a regular data file")
