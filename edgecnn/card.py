@@ -137,6 +137,9 @@ class ModelCard:
     def from_json(cls, text: str, source: str) -> ModelCard:
         try:
             return cls.from_dict(json.loads(text))
+        except RecursionError:  # JSON nested thousands deep: no card is
+            raise ModelLoadError(f"{source}: model card is nested too deeply to be a card; fix "
+                                 "or remove it") from None
         except (ValueError, KeyError, TypeError) as exc:
             raise ModelLoadError(f"{source}: not a valid edgecnn model card "
                                  f"({str(exc)[:200]}); fix or remove it") from None

@@ -193,7 +193,8 @@ def _check_npz(path: Path) -> None:
                                     f"({nbytes:,} bytes) but holds {info.file_size - header:,}; "
                                     "the file is corrupt: re-save it with np.savez")
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"{path}: not a readable .npz archive ({exc})") from None
+        raise DataError(f"{path}: not a readable .npz archive ({str(exc)[:200]}); re-save it "
+                        "with np.savez") from None
 
 
 def load_npz(path: Path) -> Dataset:
@@ -208,8 +209,9 @@ def load_npz(path: Path) -> Dataset:
                     "and 'y' (labels)"
                 )
             return _labelled(archive["x"], archive["y"], str(path))
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable .npz archive ({exc})") from None
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:  # a member's CRC, for one
+        raise DataError(f"{path}: not a readable .npz archive ({str(exc)[:200]}); re-save it "
+                        "with np.savez") from None
 
 
 def load_image_folder(root: Path) -> Dataset:

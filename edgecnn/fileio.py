@@ -22,6 +22,15 @@ def check_output_path(path: Path, inputs: Iterable[Path | str | None] = ()) -> P
     replace: never a directory, symlink, device node or anything under /proc, /sys or /dev, and
     never one of the run's ``inputs``."""
     path = Path(path)
+    if str(path) == "-":
+        raise BadInputError("-: edgecnn writes model files and reports, never to standard "
+                            "output; give a file name")
+    limit = os.pathconf(path.parent if path.parent.is_dir() else ".", "PC_NAME_MAX") \
+        if hasattr(os, "pathconf") else 255
+    if len(os.fsencode(path.name)) + len(".part") + 16 > limit:  # room for the temporary name
+        raise BadInputError(f"{str(path)[:60]}...: the file name is {len(os.fsencode(path.name))} "
+                            f"bytes, longer than this file system takes ({limit}); choose a "
+                            "shorter -o name")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise BadInputError(

@@ -528,3 +528,34 @@ def test_sigterm_mid_conversion_leaves_no_temporary_files(tmp_path):
     assert proc.returncode != 0 and "Traceback" not in stderr, stderr
     assert not list(scratch.glob("edgecnn-*")) and not out.exists()  # torch's caches may stay
     assert not list(tmp_path.glob("*.part"))
+
+
+# -- hostile input, round two: errors named in one line -------------------------------------
+def test_a_card_nested_thousands_deep_is_named(cli_runner, tmp_path):
+    model = tmp_path / "lenet5.pt"
+    model.write_bytes(LENET.read_bytes())
+    (tmp_path / "lenet5.json").write_text("[" * 100_000 + "]" * 100_000)
+    result = cli_runner.invoke(cli, ["inspect", str(model)])
+    _assert_refused(result, "nested too deeply")
+
+
+def test_an_npz_with_a_bad_crc_is_named(cli_runner, tmp_path):
+    import numpy as np
+
+    data = tmp_path / "d.npz"
+    np.savez(data, x=np.zeros((4, 28, 28), np.uint8), y=np.zeros(4, np.int64))
+    raw = bytearray(data.read_bytes())
+    raw[200] ^= 0xFF  # inside the first member's stored array: its CRC-32 no longer matches
+    data.write_bytes(bytes(raw))
+    result = cli_runner.invoke(cli, ["validate", str(LENET), "--data", str(data)])
+    _assert_refused(result, "not a readable .npz archive", "re-save it with np.savez")
+
+
+@pytest.mark.parametrize("name, needle", [("-", "never to standard output"),
+                                          ("x" * 300 + ".onnx", "longer than this file system")])
+def test_output_names_no_file_can_have_are_refused(cli_runner, tmp_path, monkeypatch, name,
+                                                   needle):
+    monkeypatch.chdir(tmp_path)
+    result = cli_runner.invoke(cli, ["convert", "lenet5", "--to", "onnx", "-o", name])
+    _assert_refused(result, needle)
+    assert list(tmp_path.iterdir()) == []
