@@ -178,6 +178,13 @@ def _fold_weight_dequantize(graph: Graph) -> None:
         axis = int(attr(node, "axis", 1)) if scale.size > 1 else None
         if axis is not None and axis < 0:
             axis += values.ndim
+        if axis is not None and not (0 <= axis < values.ndim
+                                     and values.shape[axis] == scale.size
+                                     and zp.size in (1, scale.size)):
+            raise ConversionError(f"{graph.source}: DequantizeLinear {node.name!r} has "
+                                  f"{scale.size} scales along axis {attr(node, 'axis', 1)} of a "
+                                  f"{list(values.shape)} weight; per-axis scales need one per "
+                                  "slice of a real axis: re-quantise the model")
         shape = [1] * values.ndim
         if axis is not None:
             shape[axis] = -1

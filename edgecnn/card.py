@@ -121,6 +121,13 @@ class ModelCard:
             raise ValueError("a card is a JSON object with an 'input' object")
         if not isinstance(data.get("labels"), list) or not data["labels"]:
             raise ValueError("'labels' must be a non-empty list")
+        kinds = {"architecture": (str,), "sha256": (str, type(None)),
+                 "dataset": (str,), "epochs": (int, type(None)),
+                 "test_accuracy": (int, float, type(None)), "extra": (dict,)}
+        for key, allowed in kinds.items():
+            if key in data and (not isinstance(data[key], allowed) or isinstance(data[key], bool)):
+                names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+                raise ValueError(f"{key!r} must be {names}, not {type(data[key]).__name__}")
         return cls(
             architecture=data["architecture"],
             parameters=int(data["parameters"]),

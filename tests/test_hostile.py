@@ -559,3 +559,36 @@ def test_output_names_no_file_can_have_are_refused(cli_runner, tmp_path, monkeyp
     result = cli_runner.invoke(cli, ["convert", "lenet5", "--to", "onnx", "-o", name])
     _assert_refused(result, needle)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_card_field_of_the_wrong_type_is_named(cli_runner, tmp_path):
+    model = tmp_path / "lenet5.pt"
+    model.write_bytes(LENET.read_bytes())
+    card = json.loads((LENET.parent / "lenet5.json").read_text())
+    card["sha256"] = 12345
+    (tmp_path / "lenet5.json").write_text(json.dumps(card))
+    result = cli_runner.invoke(cli, ["inspect", str(model)])
+    _assert_refused(result, "'sha256' must be str or null, not int")
+
+
+def test_per_axis_scales_along_an_axis_the_weight_lacks_are_named(cli_runner, tmp_path,
+                                                                    artefacts):
+    import onnx
+
+    model = onnx.load(artefacts["onnx_int8"])
+    weight_dq = next(n for n in model.graph.node if n.op_type == "DequantizeLinear"
+                     and any(i.name == n.input[0] for i in model.graph.initializer)
+                     and any(a.name == "axis" for a in n.attribute) or (
+                         n.op_type == "DequantizeLinear"
+                         and n.input[0].endswith("_quantized")))
+    for attribute in weight_dq.attribute:
+        if attribute.name == "axis":
+            attribute.i = 9
+            break
+    else:
+        weight_dq.attribute.append(onnx.helper.make_attribute("axis", 9))
+    bad = tmp_path / "axis9.onnx"
+    onnx.save(model, bad)
+    result = cli_runner.invoke(cli, ["convert", str(bad), "--to", "tflite", "--int8",
+                                     "-o", str(tmp_path / "x.tflite")])
+    _assert_refused(result, "along axis 9", "re-quantise the model")
