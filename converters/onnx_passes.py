@@ -154,6 +154,21 @@ def spatial_mean_to_global_pool(model: onnx.ModelProto) -> int:
     return rewritten
 
 
+def drop_initializer_inputs(model: onnx.ModelProto) -> int:
+    """Remove graph inputs that an initializer gives a value: before IR version 4 the spec had
+    every initializer listed among the inputs (Caffe2-era and older exporters write them so),
+    and such an input is a constant, not something the caller feeds. The IR version moves to 4,
+    where an initializer need not be an input. Returns how many were dropped."""
+    weights = {t.name for t in model.graph.initializer}
+    keep = [i for i in model.graph.input if i.name not in weights]
+    dropped = len(model.graph.input) - len(keep)
+    if dropped:
+        del model.graph.input[:]
+        model.graph.input.extend(keep)
+        model.ir_version = max(model.ir_version, 4)
+    return dropped
+
+
 def clean(model: onnx.ModelProto) -> dict[str, int]:
     """Run every pass; return how much each changed."""
     return {"batchnorm_folded": fold_batch_norm(model),

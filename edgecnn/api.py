@@ -310,6 +310,8 @@ def _onnx_of(source: Path, config: ConvertConfig, checks: dict[str, Any]) -> tup
         from edgecnn.converters.torch_to_onnx import attach_card
 
         model = load_onnx(source)
+        if onnx_passes.drop_initializer_inputs(model):  # an IR < 4 file lists its weights too
+            checks["onnx clean-up"] = "initializers listed as inputs dropped"
         fixed = onnx_passes.fix_input_shape(model, config.input_shape, str(source))
         _check_onnx_input(model, source)
         if not qdq.is_qdq(model) and (fixed or onnx_passes.computes_shapes(model)):

@@ -208,3 +208,29 @@ def test_onnx_written_weight_by_weight_is_the_same_model(tmp_path):
     assert size == (tmp_path / "m.onnx").stat().st_size == expected.ByteSize()
     assert onnx.load(str(tmp_path / "m.onnx")) == expected
     assert all(not t.raw_data for t in model.graph.initializer)
+
+
+def test_an_ir3_file_listing_its_weights_as_inputs_converts(artefacts, tmp_path, test_set):
+    """Before IR version 4 every initializer was also a graph input (Caffe2-era exporters still
+    write that): those inputs are constants, and int8 quantisation used to fail on the file."""
+    from onnx import helper
+
+    from edgecnn.loading import default_card
+    from edgecnn.runtimes import open_session, predict
+
+    model = onnx.load(artefacts["onnx"])
+    for tensor in model.graph.initializer:
+        model.graph.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type,
+                                                               list(tensor.dims)))
+    model.ir_version = 3
+    old = tmp_path / "ir3.onnx"
+    onnx.save(model, old)
+    x = default_card("lenet5").input.preprocess(test_set.images[:50])
+    session = ort.InferenceSession(str(old), providers=["CPUExecutionProvider"])
+    want = session.run(None, {session.get_inputs()[0].name: x})[0]
+    fp32 = convert(old, tmp_path / "ir3.tflite", ConvertConfig("tflite"))
+    assert fp32.checks["onnx clean-up"] == "initializers listed as inputs dropped"
+    np.testing.assert_allclose(predict(open_session(fp32.path, "litert"), x), want, atol=1e-4)
+    qdq = convert(old, tmp_path / "ir3_int8.onnx", ConvertConfig("onnx", int8=True)).path
+    tflite = convert(qdq, tmp_path / "ir3_int8.tflite", ConvertConfig("tflite", int8=True))
+    assert tflite.checks["tflite max|Δ| vs qdq reference (steps)"] <= 1
