@@ -19,6 +19,15 @@ from edgecnn.fileio import write_text_atomic
 Row = dict[str, Any]
 
 
+def fill_section(text: str, start: str, end: str, body: str) -> str:
+    """``text`` with what lies between the markers ``start`` and ``end`` replaced by ``body``
+    (the markers and the prose around them kept); appended at the end where there are none.
+    The measuring scripts refresh their tables in docs/ this way."""
+    head, _, rest = text.partition(start)
+    tail = rest.partition(end)[2] if rest else "\n"
+    return f"{head}{start}\n{body.rstrip(chr(10))}\n{end}{tail}"
+
+
 def format_value(value: Any) -> str:
     if value is None:
         return "-"

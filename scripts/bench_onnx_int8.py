@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgecnn.report import fill_section
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
@@ -162,15 +164,6 @@ def markdown(rows: list[dict[str, object]], meta: dict[str, object]) -> str:
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
-def write_section(page: Path, table: str) -> None:
-    """Replace the measured section of ``page`` (between its markers), keeping the prose."""
-    text = page.read_text() if page.exists() else f"{START}\n{END}\n"
-    if START not in text or END not in text:
-        raise SystemExit(f"{page}: has no {START} ... {END} section to fill")
-    head, rest = text.split(START, 1)
-    page.write_text(f"{head}{START}\n{table}{END}{rest.split(END, 1)[1]}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=[*MOBILE_SET, *SHIPPED])
@@ -189,7 +182,9 @@ def main() -> None:
     print(markdown(rows, meta))
     if args.out:
         args.out.with_suffix(".json").write_text(json.dumps({**meta, "rows": rows}, indent=2))
-        write_section(args.out.with_suffix(".md"), markdown(rows, meta))
+        page = args.out.with_suffix(".md")
+        page.write_text(fill_section(page.read_text() if page.exists() else "", START, END,
+                                     markdown(rows, meta)))
 
 
 if __name__ == "__main__":

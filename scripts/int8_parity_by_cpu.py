@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgecnn.report import fill_section
+
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- int8-by-cpu:start -->", "<!-- int8-by-cpu:end -->"
 COLUMNS = ["artefact", "runtime", "agree %", "identical vs QDQ %", "steps vs QDQ", "top1 %"]
@@ -113,11 +115,9 @@ def main() -> None:
         sections.append(f"**{name}**, {args.images:,} images:\n\n{table(arm)}")
     doc = ROOT / "docs" / "parity.md"
     text = doc.read_text()
-    body = (f"{START}\nMeasured with `python scripts/int8_parity_by_cpu.py` on a host whose CPU is "
-            f"{cpu_class()}.\n\n" + "\n\n".join(sections) + f"\n{END}")
-    head, _, rest = text.partition(START)
-    text = head + body + (rest.partition(END)[2] if rest else "\n")
-    doc.write_text(text)
+    body = (f"Measured with `python scripts/int8_parity_by_cpu.py` on a host whose CPU is "
+            f"{cpu_class()}.\n\n" + "\n\n".join(sections))
+    doc.write_text(fill_section(text, START, END, body))
     (ROOT / "docs" / "int8-by-cpu.json").write_text(json.dumps(record, indent=2) + "\n")
     print("\n\n".join(sections))
 

@@ -23,6 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from edgecnn.report import fill_section
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
@@ -176,9 +178,8 @@ def main() -> None:
     if args.out:
         args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2))
         page = args.out.with_suffix(".md")
-        text = page.read_text() if page.exists() else f"{START}\n{END}\n"
-        head, rest = text.split(START, 1)
-        page.write_text(f"{head}{START}\n{markdown(rows)}{END}{rest.split(END, 1)[1]}")
+        page.write_text(fill_section(page.read_text() if page.exists() else "", START, END,
+                                     markdown(rows)))
 
 
 if __name__ == "__main__":
