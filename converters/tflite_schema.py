@@ -74,6 +74,10 @@ MIN_RUNTIME = {
     ("SQUARED_DIFFERENCE", 1): "1.13.1",
     ("BATCH_MATMUL", 1): "2.3.0", ("BATCH_MATMUL", 2): "2.3.0",
     ("GELU", 1): "2.9.0", ("GELU", 2): "2.9.0",
+    ("LOCAL_RESPONSE_NORMALIZATION", 1): "1.5.0",
+    ("DEPTH_TO_SPACE", 1): "2.1.0",
+    ("SPACE_TO_DEPTH", 1): "1.5.0", ("SPACE_TO_DEPTH", 2): "1.14.0",
+    ("TILE", 1): "1.10.1", ("TILE", 3): "2.8.0",
 }
 
 

@@ -362,6 +362,49 @@ EXPECTED_TRANSPOSES = {("Transpose", "channel_shuffle"): 1, ("Softmax", "width")
 EXPECTED_INT8_TRANSPOSES = {("MatMul", "batch_one_heads"): 4}
 
 
+def _norm(op, opset=18, **attrs):
+    """conv -> ``op`` with per-channel (or per-group) scale and bias inputs (issue 22)."""
+    def build():
+        conv, inits = _conv("c", "x", "a", 4, 4, pads=[1, 1, 1, 1])
+        extra = [numpy_helper.from_array(_w(4) + 1, "g"), numpy_helper.from_array(_w(4), "b")]
+        model = _case([conv, helper.make_node(op, ["a", "g", "b"], ["z"], **attrs)],
+                      inits + extra, 4, 8)
+        model.opset_import[0].version = opset
+        return model
+    return build
+
+
+def _rearrange(op, c_mid, c_out, hw, **attrs):
+    """conv (4 -> ``c_mid`` channels) -> DepthToSpace/SpaceToDepth (issue 22)."""
+    def build():
+        conv, inits = _conv("c", "x", "a", 4, c_mid, pads=[1, 1, 1, 1])
+        return _case([conv, helper.make_node(op, ["a"], ["z"], **attrs)], inits, c_out, hw)
+    return build
+
+
+def _expand_attention():
+    """ECA's channel attention: x * expand_as(sigmoid(mean over H, W)) (issue 22)."""
+    conv, inits = _conv("c", "x", "a", 4, 4, pads=[1, 1, 1, 1])
+    shape = numpy_helper.from_array(np.array([1, 4, 8, 8], np.int64), "shape")
+    nodes = [conv, helper.make_node("GlobalAveragePool", ["a"], ["g"]),
+             helper.make_node("Sigmoid", ["g"], ["s"]),
+             helper.make_node("Expand", ["s", "shape"], ["e"]),
+             helper.make_node("Mul", ["a", "e"], ["z"])]
+    return _case(nodes, inits + [shape], 4, 8)
+
+
+ROUND_TWO_CASES = {  # issue 22: ops users' files hold
+    "LRN": {"size3": _chain("LRN", size=3, alpha=0.02, beta=0.75, bias=1.5),
+            "size5_default": _chain("LRN", size=5)},
+    "InstanceNormalization": {"affine": _norm("InstanceNormalization", epsilon=1e-3)},
+    "DepthToSpace": {"dcr": _rearrange("DepthToSpace", 8, 2, 16, blocksize=2),
+                     "crd": _rearrange("DepthToSpace", 8, 2, 16, blocksize=2, mode="CRD")},
+    "SpaceToDepth": {"block2": _rearrange("SpaceToDepth", 4, 16, 4, blocksize=2)},
+    "Expand": {"channel_attention": _expand_attention},
+    "GlobalMaxPool": {"plain": _pool("GlobalMaxPool")},
+}
+
+
 # Each registered lowering names the cases that exercise it; a new op without a case fails
 # test_every_lowering_has_a_case.
 OP_CASES = {
@@ -442,6 +485,7 @@ OP_CASES = {
     "Pad": {"asymmetric": _pad},
     "BatchNormalization": {"after_relu": lambda: _batch_norm(after_conv=False),
                            "after_conv_folded": lambda: _batch_norm(after_conv=True)},
+    **ROUND_TWO_CASES,
 }
 CASES = [(op, name) for op, cases in OP_CASES.items() for name in cases]
 # The integer kernels and the QDQ reference may round a value apart by one step where it lies

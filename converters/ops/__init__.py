@@ -39,6 +39,7 @@ from edgecnn.converters.ops import (  # noqa: E402,F401  (registration side effe
     elementwise,
     normalization,
     pooling,
+    rearrange,
     reduce,
     resize,
     shape,
