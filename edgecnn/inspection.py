@@ -52,12 +52,14 @@ def load_onnx(path: Path) -> Any:
     if not model.graph.node:
         raise ModelLoadError(f"{path}: ONNX file holds no graph; re-export it")
     from edgecnn.converters.qdq import check_quant_params
+    from edgecnn.onnx_bounds import check_onnx_graph
 
     weights = {t.name for t in model.graph.initializer}
     if not [i for i in model.graph.input if i.name not in weights]:
         raise ModelLoadError(f"{path}: ONNX graph has no input (every graph input is a "
                              "constant); re-export it with the image as its input")
     check_declared_sizes(model, path)
+    check_onnx_graph(model, path)
     check_quant_params(model, str(path))
     return model
 
@@ -100,6 +102,7 @@ def check_declared_sizes(model: Any, path: Path) -> None:
 
 def read_tflite(path: Path) -> Any:
     from edgecnn.converters.tflite_schema import schema
+    from edgecnn.tflite_verify import verify_tflite
 
     if not path.is_file():
         raise ModelLoadError(f"{path}: no such model file")
@@ -112,6 +115,7 @@ def read_tflite(path: Path) -> Any:
     except Exception:
         raise ModelLoadError(f"{path}: TFLite flatbuffer is corrupt or truncated") from None
     check_tflite_indices(model, path)
+    verify_tflite(path, buf)  # execution order, constants, shapes, custom ops: before any runtime
     return model, buf
 
 

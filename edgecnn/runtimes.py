@@ -64,8 +64,9 @@ class Runtime:
 
 RUNTIMES: Registry[Runtime] = Registry("runtime")
 QDQ_REFERENCE = "qdq-reference"  # onnxruntime with optimisations off: int8 semantics
-# TFLite files up to this size are bounds-checked before an interpreter opens them; the check
-# unpacks the whole flatbuffer, so bigger (float VGG-class) files skip it for memory.
+# TFLite files up to this size are read whole and unpacked (read_tflite: indices, then the
+# verifier); bigger (float VGG-class) files get the verifier alone, on the mapped file, which
+# checks the same indices and copies nothing.
 STRUCTURE_CHECK_BYTES = 64 << 20
 
 
@@ -216,9 +217,12 @@ class TFLiteSession:
         """``reference_kernels``: TFLite's builtin reference kernels, no delegate (the code
         TFLite Micro's kernels share), where the runtime offers them."""
         from edgecnn.inspection import read_tflite
+        from edgecnn.tflite_verify import verify_tflite
 
-        if path.is_file() and path.stat().st_size <= STRUCTURE_CHECK_BYTES:
-            read_tflite(path)  # bounds-checked before any interpreter reads it
+        if not path.is_file() or path.stat().st_size <= STRUCTURE_CHECK_BYTES:
+            read_tflite(path)  # verified (edgecnn.tflite_verify) before any interpreter reads it
+        else:
+            verify_tflite(path)
         interpreter_module = importlib.import_module(module)
         self.runtime = runtime
         try:
