@@ -1,0 +1,255 @@
+"""Issue 22, ONNX from any exporter: LRN, InstanceNormalization (PyTorch's GroupNorm), Expand,
+DepthToSpace/SpaceToDepth, GlobalMaxPool and Resize's exact sampling, each against onnxruntime
+(or ONNX's reference where onnxruntime lacks the opset), and the backend node tests."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from edgecnn.converters.onnx_to_tflite import convert_onnx_to_tflite
+from onnx import TensorProto, helper, numpy_helper
+
+from edgecnn.errors import ConversionError
+
+ROOT = Path(__file__).resolve().parent.parent
+RNG = np.random.default_rng(22)
+
+
+def _model(nodes: list[onnx.NodeProto], in_shape: tuple[int, ...], out_shape: tuple[int, ...],
+           inits: list[onnx.TensorProto] = (), opset: int = 13) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "m", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, list(in_shape))], [helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT, list(out_shape))], list(inits))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _tflite(model: onnx.ModelProto, x: np.ndarray, tmp_path: Path) -> np.ndarray:
+    """Convert with edgecnn, run on LiteRT (NHWC in and out), back to NCHW."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    path = tmp_path / "m.tflite"
+    path.write_bytes(convert_onnx_to_tflite(model, "m.onnx").data)
+    interpreter = Interpreter(model_path=str(path))
+    detail = interpreter.get_input_details()[0]
+    interpreter.resize_tensor_input(detail["index"], [x.shape[0], *x.shape[2:], x.shape[1]])
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(detail["index"], np.ascontiguousarray(x.transpose(0, 2, 3, 1)))
+    interpreter.invoke()
+    y = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    return y.transpose(0, 3, 1, 2) if y.ndim == 4 else y
+
+
+def _via_api(model: onnx.ModelProto, x: np.ndarray, tmp_path: Path) -> np.ndarray:
+    """As a user's file converts: edgecnn.api.convert (clean-up, simplification, self-check)."""
+    from edgecnn.api import ConvertConfig, convert
+
+    onnx.save(model, tmp_path / "user.onnx")
+    out = convert(tmp_path / "user.onnx", tmp_path / "user.tflite", ConvertConfig("tflite")).path
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(out))
+    detail = interpreter.get_input_details()[0]
+    interpreter.resize_tensor_input(detail["index"], [x.shape[0], *x.shape[2:], x.shape[1]])
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(detail["index"], np.ascontiguousarray(x.transpose(0, 2, 3, 1)))
+    interpreter.invoke()
+    y = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    return y.transpose(0, 3, 1, 2) if y.ndim == 4 else y
+
+
+def _onnxruntime(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})[0]
+
+
+def _close(got: np.ndarray, want: np.ndarray, tol: float = 1e-5) -> None:
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=tol * max(1.0, float(np.abs(want).max())))
+
+
+def _x(*shape: int) -> np.ndarray:
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("size,alpha,beta,bias", [(3, 1e-2, 0.75, 1.0), (5, 2e-1, 0.5, 2.0),
+                                                  (1, 1e-4, 0.75, 1.0)])
+def test_lrn_matches_onnxruntime(tmp_path, size, alpha, beta, bias):
+    node = helper.make_node("LRN", ["x"], ["y"], size=size, alpha=alpha, beta=beta, bias=bias)
+    model = _model([node], (2, 7, 5, 4), (2, 7, 5, 4))
+    x = _x(2, 7, 5, 4) * 3
+    _close(_tflite(model, x, tmp_path), _onnxruntime(model, x))
+
+
+def test_even_lrn_window_is_refused_naming_the_node():
+    node = helper.make_node("LRN", ["x"], ["y"], name="lrn4", size=4)
+    model = _model([node], (1, 6, 4, 4), (1, 6, 4, 4))
+    with pytest.raises(ConversionError, match="LRN 'lrn4' has size=4") as caught:
+        convert_onnx_to_tflite(model, "m.onnx")
+    assert "\n" not in str(caught.value)
+
+
+def test_instance_norm_matches_onnxruntime(tmp_path):
+    inits = [numpy_helper.from_array(_x(6) + 1, "s"), numpy_helper.from_array(_x(6), "b")]
+    node = helper.make_node("InstanceNormalization", ["x", "s", "b"], ["y"], epsilon=1e-3)
+    model = _model([node], (2, 6, 5, 7), (2, 6, 5, 7), inits)
+    x = _x(2, 6, 5, 7) * 2 + 0.5
+    _close(_tflite(model, x, tmp_path), _onnxruntime(model, x))
+
+
+class _Norms:
+    """GroupNorm, InstanceNorm and ECA's expand_as, as PyTorch exports them."""
+
+    @staticmethod
+    def module():
+        import torch
+
+        class Net(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+                self.group = torch.nn.GroupNorm(2, 8)
+                self.instance = torch.nn.InstanceNorm2d(8, affine=True)
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                y = self.instance(self.group(self.conv(x)))
+                return y * torch.sigmoid(y.mean((2, 3), keepdim=True)).expand_as(y)
+
+        torch.manual_seed(0)
+        net = Net().eval()
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p) * 0.3)
+        return net
+
+
+@pytest.mark.parametrize("opset", [13, 17, 18])
+def test_torch_group_norm_instance_norm_and_expand_as(tmp_path, opset):
+    """torch.onnx (TorchScript exporter) writes GroupNorm as Reshape -> InstanceNormalization
+    -> Reshape -> Mul -> Add at every opset, and expand_as as Shape -> Expand."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.onnx.export(_Norms.module(), (torch.zeros(1, 3, 6, 6),), buffer, dynamo=False,
+                      opset_version=opset, input_names=["x"], output_names=["y"])
+    model = onnx.load_from_string(buffer.getvalue())
+    ops = {n.op_type for n in model.graph.node}
+    assert {"InstanceNormalization", "Expand"} <= ops
+    x = _x(1, 3, 6, 6)
+    _close(_via_api(model, x, tmp_path), _onnxruntime(model, x))
+
+
+def test_dynamo_export_of_group_norm_converts(tmp_path):
+    """The exporter edgecnn itself uses (converters/torch_to_onnx.py, dynamo)."""
+    import torch
+
+    program = torch.onnx.export(_Norms.module(), (torch.zeros(1, 3, 6, 6),), None, dynamo=True,
+                                opset_version=18, input_names=["x"], output_names=["y"],
+                                optimize=True, verbose=False)
+    model = program.model_proto
+    assert "InstanceNormalization" in {n.op_type for n in model.graph.node}
+    x = _x(1, 3, 6, 6)
+    _close(_via_api(model, x, tmp_path), _onnxruntime(model, x))
+
+
+@pytest.mark.parametrize("mode", ["DCR", "CRD"])
+def test_depth_to_space_matches_onnxruntime(tmp_path, mode):
+    node = helper.make_node("DepthToSpace", ["x"], ["y"], blocksize=2, mode=mode)
+    model = _model([node], (2, 12, 3, 4), (2, 3, 6, 8))
+    x = _x(2, 12, 3, 4)
+    np.testing.assert_array_equal(_tflite(model, x, tmp_path), _onnxruntime(model, x))
+
+
+@pytest.mark.parametrize("mode", ["DCR", "CRD"])
+def test_space_to_depth_matches_onnx_reference(tmp_path, mode):
+    """SpaceToDepth's mode is opset 28, newer than onnxruntime: ONNX's reference checks it."""
+    from onnx.reference import ReferenceEvaluator
+
+    node = helper.make_node("SpaceToDepth", ["x"], ["y"], blocksize=2, mode=mode)
+    model = _model([node], (2, 3, 4, 6), (2, 12, 2, 3), opset=28)
+    x = _x(2, 3, 4, 6)
+    want = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(_tflite(model, x, tmp_path), want)
+
+
+def test_expand_as_channel_attention_matches_onnxruntime(tmp_path):
+    shape = numpy_helper.from_array(np.array([1, 5, 4, 6], np.int64), "shape")
+    nodes = [helper.make_node("GlobalAveragePool", ["x"], ["g"]),
+             helper.make_node("Expand", ["g", "shape"], ["e"]),
+             helper.make_node("Mul", ["x", "e"], ["y"])]
+    model = _model(nodes, (2, 5, 4, 6), (2, 5, 4, 6), [shape])
+    x = _x(2, 5, 4, 6)
+    _close(_tflite(model, x, tmp_path), _onnxruntime(model, x))
+
+
+def test_expand_of_the_batch_axis_is_refused_naming_the_node():
+    shape = numpy_helper.from_array(np.array([3, 2, 4, 4], np.int64), "shape")
+    node = helper.make_node("Expand", ["x", "shape"], ["y"], name="grow")
+    model = _model([node], (1, 2, 4, 4), (3, 2, 4, 4), [shape])
+    with pytest.raises(ConversionError, match="Expand 'grow' repeats the batch axis"):
+        convert_onnx_to_tflite(model, "m.onnx")
+
+
+def test_global_max_pool_matches_onnxruntime(tmp_path):
+    model = _model([helper.make_node("GlobalMaxPool", ["x"], ["y"])], (2, 3, 5, 4), (2, 3, 1, 1))
+    x = _x(2, 3, 5, 4)
+    np.testing.assert_array_equal(_tflite(model, x, tmp_path), _onnxruntime(model, x))
+
+
+def _resize(mode: str, transform: str, rounding: str, scales: list[float],
+            name: str = "r") -> onnx.ModelProto:
+    inits = [numpy_helper.from_array(np.array([], np.float32), "roi"),
+             numpy_helper.from_array(np.array(scales, np.float32), "scales")]
+    node = helper.make_node("Resize", ["x", "roi", "scales"], ["y"], name=name, mode=mode,
+                            coordinate_transformation_mode=transform, nearest_mode=rounding)
+    out = (1, 2, int(6 * scales[2]), int(8 * scales[3]))
+    return _model([node], (1, 2, 6, 8), out, inits, opset=13)
+
+
+@pytest.mark.parametrize("mode,transform,rounding,scales", [
+    ("nearest", "half_pixel", "round_prefer_floor", [1, 1, 2, 2]),  # ONNX's defaults, x2
+    ("nearest", "asymmetric", "floor", [1, 1, 3, 3]),
+    ("linear", "half_pixel", "round_prefer_floor", [1, 1, 2, 2]),
+    ("linear", "align_corners", "round_prefer_floor", [1, 1, 0.5, 0.5])])
+def test_resize_converts_where_tflite_samples_the_same_points(tmp_path, mode, transform,
+                                                             rounding, scales):
+    model = _resize(mode, transform, rounding, scales)
+    x = _x(1, 2, 6, 8)
+    _close(_tflite(model, x, tmp_path), _onnxruntime(model, x))
+
+
+def test_resize_by_a_fractional_scale_is_refused_not_approximated():
+    """ONNX keeps a scale's fraction (8 * 0.6 = 4.8 samples) where TFLite uses 4 / 8: it used
+    to convert, and align_corners was 0.86 off with onnxruntime agreeing with TFLite."""
+    model = _resize("linear", "align_corners", "round_prefer_floor", [1, 1, 0.5, 0.6], "down")
+    with pytest.raises(ConversionError, match="Resize 'down' .* samples where no TFLite resize"):
+        convert_onnx_to_tflite(model, "m.onnx")
+
+
+NODE_CASES = ["test_lrn_default", "test_instancenorm_example", "test_depthtospace_crd_mode_example",
+              "test_spacetodepth_crd_mode_example", "test_globalmaxpool",
+              "test_resize_upsample_scales_nearest", "test_resize_downsample_scales_linear"]
+
+
+def test_onnx_backend_node_cases(tmp_path):
+    """A fast subset of scripts/onnx_node_coverage.py: converted cases match ONNX's expected
+    outputs, and none is silently wrong (a refusal is allowed only where it says why)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import onnx_node_coverage as coverage
+
+    cases = {c.name: c for c in coverage.cases(coverage.CNN_OPS) if c.name in NODE_CASES}
+    assert set(cases) == set(NODE_CASES)
+    outcomes = {name: coverage.classify(case, tmp_path) for name, case in cases.items()}
+    assert not [o for o in outcomes.values() if o.status in ("silently wrong", "error")]
+    passing = {n for n, o in outcomes.items() if o.status == "pass"}
+    assert passing >= {"test_instancenorm_example", "test_depthtospace_crd_mode_example",
+                       "test_spacetodepth_crd_mode_example", "test_globalmaxpool",
+                       "test_resize_upsample_scales_nearest"}
+    assert outcomes["test_resize_downsample_scales_linear"].status == "refused"
