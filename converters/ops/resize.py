@@ -13,6 +13,8 @@ refused by name rather than approximated.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx
 from edgecnn.converters.int8_forms import conditional
@@ -22,9 +24,10 @@ from edgecnn.converters.ops import lower
 from edgecnn.errors import ConversionError
 
 TFLITE_OPTIONS = ((False, False), (False, True), (True, False))  # (align_corners, half_pixel)
-ROUNDINGS = {"round_prefer_floor": lambda v: np.ceil(v - 0.5),
-             "round_prefer_ceil": lambda v: np.floor(v + 0.5),
-             "floor": np.floor, "ceil": np.ceil}
+ROUNDINGS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "round_prefer_floor": lambda v: np.ceil(v - 0.5),
+    "round_prefer_ceil": lambda v: np.floor(v + 0.5),
+    "floor": np.floor, "ceil": np.ceil}
 
 
 def _linear(ctx: LoweringContext, node: onnx.NodeProto) -> bool:
@@ -36,7 +39,7 @@ def onnx_coordinates(transform: str, size_in: int, size_out: int, scale: float,
                      dtype: type = np.float64) -> np.ndarray | None:
     """Where ONNX samples each output index along one axis (its spec, with the scale it was
     given: a scale whose output size is not whole keeps its fraction); None: no formula here."""
-    x = np.arange(size_out, dtype=dtype)
+    x: np.ndarray = np.arange(size_out, dtype=dtype)
     s = dtype(scale)
     resized = dtype(size_in) * s  # the spec's length_resized, not the floored output size
     if transform == "half_pixel":
