@@ -217,12 +217,16 @@ class TFLiteSession:
         """``reference_kernels``: TFLite's builtin reference kernels, no delegate (the code
         TFLite Micro's kernels share), where the runtime offers them."""
         from edgecnn.inspection import read_tflite
+        from edgecnn.isolation import probe_tflite
         from edgecnn.tflite_verify import verify_tflite
 
         if not path.is_file() or path.stat().st_size <= STRUCTURE_CHECK_BYTES:
             read_tflite(path)  # verified (edgecnn.tflite_verify) before any interpreter reads it
         else:
             verify_tflite(path)
+        self._threads, self._reference_kernels = threads, reference_kernels
+        # run once in a child process first (edgecnn.isolation): a kernel crash is one line
+        probe_tflite(path, runtime, threads=threads, reference_kernels=reference_kernels)
         interpreter_module = importlib.import_module(module)
         self.runtime = runtime
         try:
@@ -265,6 +269,11 @@ class TFLiteSession:
         if x.shape[0] != self._batch:
             self.nhwc = x.ndim == 4 and self.model_shape[1:] != tuple(x.shape[1:])
             shape = (x.shape[0], *x.shape[2:], x.shape[1]) if self.nhwc else x.shape
+            if tuple(shape) != self.model_shape:  # a new batch: its own first run in a child
+                from edgecnn.isolation import probe_tflite
+
+                probe_tflite(self.path, self.runtime, shape, threads=self._threads,
+                             reference_kernels=self._reference_kernels)
             self.interpreter.resize_tensor_input(self.input["index"], list(shape))
             try:
                 with native_stderr_muted():

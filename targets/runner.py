@@ -90,12 +90,140 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
 
 
-def tflite_interpreter(runtime: str, path: str, threads: int | None) -> Any:
+def tflite_interpreter(runtime: str, path: str, threads: int | None,
+                       reference_kernels: bool = False,
+                       preserve_all_tensors: bool = False) -> Any:
+    """An interpreter of ``runtime`` (litert, tflite-runtime) over ``path``; the options are
+    those of edgecnn's in-process sessions (builtin reference kernels, every tensor kept)."""
     if runtime == "litert":
-        from ai_edge_litert.interpreter import Interpreter
+        import ai_edge_litert.interpreter as module
     else:
-        from tflite_runtime.interpreter import Interpreter
-    return Interpreter(model_path=path, num_threads=threads)
+        import tflite_runtime.interpreter as module
+    extra: dict[str, Any] = {}
+    if reference_kernels:
+        extra["experimental_op_resolver_type"] = module.OpResolverType.BUILTIN_REF
+    if preserve_all_tensors:
+        extra["experimental_preserve_all_tensors"] = True
+    return module.Interpreter(model_path=path, num_threads=threads, **extra)
+
+
+# -- a first run in a child process ----------------------------------------------------------
+# A malformed or hostile file can crash a kernel (tflite-runtime 2.14 dies of SIGFPE on a
+# CONV_2D of stride 0). The file is first loaded, allocated and invoked once on zeros by a
+# fresh Python running this file with --check, so a crash kills that child, not the caller.
+# The child is started with sys.executable, never forked from a process holding threads, and
+# runs this file by path without its folder on sys.path.
+_CHILD = "import runpy, sys; del sys.path[0]; sys.argv = sys.argv[1:]; " \
+         "runpy.run_path(sys.argv[0], run_name='__main__')"
+
+
+def check_tflite(path: str, runtime: str, shape: list[int] | None = None,
+                 threads: int | None = None, reference_kernels: bool = False,
+                 preserve_all_tensors: bool = False, arena_size: int | None = None,
+                 batch: int | None = None) -> dict[str, Any]:
+    """Load ``path``, allocate it at ``shape`` (or its own shape at ``batch``, or its own
+    shape) and invoke once on zeros: what the child runs. A runtime's Python exception is reported, with the stage it came
+    from, as ``{"error", "stage"}``; success as ``{"ok": true}``."""
+    import numpy as np
+
+    stage = "load"
+    try:
+        if runtime == "tflite-micro":
+            from tflite_micro import runtime as micro
+
+            interpreter = micro.Interpreter.from_file(path, arena_size=arena_size)
+            detail = interpreter.get_input_details(0)
+            stage = "run"
+            interpreter.set_input(np.zeros(detail["shape"], detail["dtype"]), 0)
+            interpreter.invoke()
+            return {"ok": True}
+        interpreter = tflite_interpreter(runtime, path, threads, reference_kernels,
+                                         preserve_all_tensors)
+        detail = interpreter.get_input_details()[0]
+        stage = "prepare"
+        if batch and not shape:
+            shape = [batch, *[int(d) for d in detail["shape"][1:]]]
+        if shape:
+            interpreter.resize_tensor_input(detail["index"], shape)
+        interpreter.allocate_tensors()
+        stage = "run"
+        interpreter.set_tensor(detail["index"], np.zeros(shape or detail["shape"],
+                                                         detail["dtype"]))
+        interpreter.invoke()
+    except MemoryError:
+        return {"error": "out of memory", "stage": stage, "memory": True}
+    except (ValueError, RuntimeError, TypeError, IndexError) as exc:
+        return {"error": (str(exc).splitlines() or [""])[0][:200], "stage": stage}
+    return {"ok": True}
+
+
+def check_in_child(path: str, runtime: str, shape: list[int] | None = None,
+                   threads: int | None = None, reference_kernels: bool = False,
+                   preserve_all_tensors: bool = False, arena_size: int | None = None,
+                   memory_limit: int | None = None, timeout: float = 300.0,
+                   batch: int | None = None) -> dict[str, Any]:
+    """:func:`check_tflite` in a fresh child process, its output and stderr kept from the
+    user: the child's report, or ``{"crash": "SIGSEGV"}`` (a signal, or an exit status) or
+    ``{"timeout": seconds}``. ``memory_limit`` caps the child's address space."""
+    import subprocess
+
+    args = [sys.executable, "-c", _CHILD, os.path.abspath(__file__), path, "--check",
+            "--runtime", runtime, "--deadline", str(timeout)]
+    for flag, value in (("--shape", ",".join(map(str, shape or []))), ("--threads", threads),
+                        ("--arena-size", arena_size), ("--memory-limit", memory_limit),
+                        ("--batch", batch)):
+        if value:
+            args += [flag, str(value)]
+    args += ["--reference-kernels"] * reference_kernels
+    args += ["--preserve-all-tensors"] * preserve_all_tensors
+    try:
+        done = subprocess.run(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, timeout=timeout + 30)
+    except subprocess.TimeoutExpired:
+        return {"timeout": timeout}
+    if done.returncode == -getattr(signal, "SIGALRM", 0):
+        return {"timeout": timeout}
+    if done.returncode < 0:
+        try:
+            return {"crash": signal.Signals(-done.returncode).name}
+        except ValueError:
+            return {"crash": f"signal {-done.returncode}"}
+    lines = done.stdout.decode(errors="replace").strip().splitlines()
+    try:
+        report = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        report = None
+    if done.returncode or not isinstance(report, dict):
+        return {"crash": f"exit status {done.returncode}"}
+    return report
+
+
+def crash_message(runtime: str, report: dict[str, Any]) -> str | None:
+    """One line for a child that crashed or hung (None when it ran or raised cleanly)."""
+    label = {"litert": "LiteRT", "tflite-micro": "TFLite Micro"}.get(runtime, runtime)
+    if "crash" in report:
+        return (f"{label} crashed ({report['crash']}) while loading and running it once in a "
+                "child process; the file is malformed or hostile")
+    if "timeout" in report:
+        return (f"{label} did not load and run it once within {report['timeout']:g} s in a "
+                "child process; the file is malformed or hostile")
+    return None
+
+
+def _shape_of(npy: str) -> list[int]:
+    import numpy as np
+
+    return [int(d) for d in np.load(npy, mmap_mode="r").shape]
+
+
+def _limit_memory(limit: int | None) -> None:
+    """Cap this (child) process's address space and drop core dumps: a crash is expected."""
+    for kind, value in ((resource.RLIMIT_AS, limit), (resource.RLIMIT_CORE, 0)):
+        if value is None:
+            continue
+        _, hard = resource.getrlimit(kind)
+        cap = value if hard == resource.RLIM_INFINITY else min(value, hard)
+        resource.setrlimit(kind, (cap, hard))
 
 
 def available_runtimes() -> list[str]:
@@ -195,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model", nargs="?")
     parser.add_argument("--probe", action="store_true")
     parser.add_argument("--runtime")
-    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--batch", type=int)
     parser.add_argument("--threads", type=int)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--runs", type=int, default=100)
@@ -205,23 +333,46 @@ def main(argv: list[str] | None = None) -> int:
                         "whatever it is doing: a remote run never outlives the caller's wait.")
     parser.add_argument("--predict", nargs=2, metavar=("INPUTS.npy", "OUTPUTS.npy"),
                         help="Run these inputs instead of benchmarking.")
+    parser.add_argument("--check", action="store_true", help="Load, allocate and invoke once "
+                        "on zeros, and report (the child process of check_in_child).")
+    parser.add_argument("--shape", help="With --check: the input shape, comma-separated.")
+    parser.add_argument("--reference-kernels", action="store_true")
+    parser.add_argument("--preserve-all-tensors", action="store_true")
+    parser.add_argument("--arena-size", type=int)
+    parser.add_argument("--memory-limit", type=int)
     args = parser.parse_args(argv)
     if args.deadline and hasattr(signal, "SIGALRM"):
         signal.alarm(max(1, math.ceil(args.deadline)))  # default action: terminate
     if args.probe or not args.model:
         print(json.dumps(probe()))
         return 0
+    if args.check:
+        _limit_memory(args.memory_limit)
+        shape = [int(d) for d in args.shape.split(",")] if args.shape else None
+        print(json.dumps(check_tflite(args.model, args.runtime or "litert", shape,
+                                      args.threads, args.reference_kernels,
+                                      args.preserve_all_tensors, args.arena_size,
+                                      args.batch)))
+        return 0
     runtimes = available_runtimes()
     runtime = args.runtime or (runtimes[0] if runtimes else None)
     if runtime is None or runtime not in runtimes:
         print(json.dumps({"error": f"no TFLite runtime ({args.runtime or 'any'}) installed"}))
         return 3
+    batch = args.batch or 1
+    shape = _shape_of(args.predict[0]) if args.predict else None
+    report = check_in_child(args.model, runtime, shape, args.threads, timeout=args.max_time,
+                            batch=None if shape else batch)
+    crashed = crash_message(runtime, report)
+    if crashed:
+        print(json.dumps({"error": crashed}))
+        return 4
     try:
         if args.predict:
             inputs, outputs = args.predict
             result = predict_tflite(args.model, runtime, inputs, outputs, args.threads)
         else:
-            result = bench_tflite(args.model, runtime, args.batch, args.threads, args.warmup,
+            result = bench_tflite(args.model, runtime, batch, args.threads, args.warmup,
                                   args.runs, args.min_time, args.max_time)
     except (ValueError, RuntimeError) as exc:
         print(json.dumps({"error": f"{runtime} cannot run the model: "

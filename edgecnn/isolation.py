@@ -1,0 +1,98 @@
+"""Every TFLite file runs once in a child process before an interpreter loads it in-process.
+
+The verifier (:mod:`edgecnn.tflite_verify`) refuses malformed structure, but a kernel can still
+crash on a file it passes: tflite-runtime 2.14 dies of SIGFPE on a CONV_2D of stride 0 (LiteRT
+refuses it cleanly), and tflite-runtime's arena planner crashes on some graphs only once they
+are resized to a larger batch. In-process, such a crash kills edgecnn without a word, or
+corrupts its memory and lets it go on. So, as fast tools do, the first time a process is about
+to load a file (at each input shape it will use, with the session's options) a fresh Python
+(``sys.executable``, never a fork of a process holding onnxruntime or torch threads) runs
+:func:`edgecnn.targets.runner.check_tflite`: load, allocate, invoke once on zeros, exit. A
+crash or a hang there becomes one line and exit 2; then the file runs in-process as before, so
+bench's timed loop has no IPC in it. The child's address space is capped, its core dumps are
+off, its stdout and stderr never reach the user, and it is killed after a timeout.
+
+Which files: all of them, edgecnn's own included. edgecnn's files carry an ``edgecnn_card``
+metadata entry, but anyone can write one, and the probe costs 0.1-0.4 s a shape
+(docs/hostile-input.md), so trusting no tag is cheaper than being wrong once. Probes are
+remembered for the life of the process by the file's sha256 (hashed once per path, size,
+mtime, ctime and inode), the runtime, its options and the input shape.
+
+Not covered: a file rewritten between its probe and its in-process load (the probe vouches for
+the bytes it hashed); kernels that crash only on particular input values, not on zeros.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+from edgecnn.errors import BadInputError
+
+# a probe loads, allocates and invokes once: minutes only for a huge model at a huge batch
+PROBE_TIMEOUT_S = float(os.environ.get("EDGECNN_PROBE_TIMEOUT_S", 300))
+# address space of the child: Python, numpy and a runtime take about 1 GiB of it; the rest is
+# the model (mapped, then packed by XNNPACK) and its activations
+PROBE_MEMORY_BYTES = int(os.environ.get("EDGECNN_PROBE_MEMORY_BYTES", 6 << 30))
+MODULE_RUNTIMES = {"ai_edge_litert.interpreter": "litert",
+                   "tflite_runtime.interpreter": "tflite-runtime"}
+
+_digests: dict[tuple[Any, ...], str] = {}
+_probed: set[tuple[Any, ...]] = set()
+
+
+def probe_tflite(path: Path, runtime: str, shape: list[int] | tuple[int, ...] | None = None,
+                 *, threads: int | None = None, reference_kernels: bool = False,
+                 preserve_all_tensors: bool = False, arena_size: int | None = None) -> None:
+    """Refuse ``path`` in one line if ``runtime`` (litert, tflite-runtime, tflite-micro)
+    crashes or hangs loading it, allocating it at ``shape`` (its own when None) and invoking
+    it once, in a child process. The file is verified first (cheap, on the mapped file)."""
+    from edgecnn.targets import runner
+    from edgecnn.tflite_verify import verify_tflite
+
+    path = Path(path)
+    key = (_digest(path), runtime, tuple(int(d) for d in shape) if shape else None, threads,
+           reference_kernels, preserve_all_tensors, arena_size)
+    if key in _probed:
+        return
+    verify_tflite(path)
+    limit = PROBE_MEMORY_BYTES + 2 * path.stat().st_size
+    report = runner.check_in_child(str(path), runtime, list(shape) if shape else None, threads,
+                                   reference_kernels, preserve_all_tensors, arena_size,
+                                   memory_limit=limit, timeout=PROBE_TIMEOUT_S)
+    crashed = runner.crash_message(runtime, report)
+    if crashed:
+        raise BadInputError(f"{path}: {crashed}: re-convert the model from its source")
+    if report.get("memory"):
+        raise BadInputError(f"{path}: {runtime} needs more than {limit / (1 << 30):.1f} GiB of "
+                            f"address space to run it once{_at(shape)}; raise "
+                            "EDGECNN_PROBE_MEMORY_BYTES if the model is that large")
+    _probed.add(key)  # ran, or raised a clean error that the in-process session reports
+
+
+def runtime_of(module: str) -> str:
+    """The runtime name of an interpreter module (``ai_edge_litert.interpreter``: litert)."""
+    return MODULE_RUNTIMES.get(module, module)
+
+
+def _at(shape: list[int] | tuple[int, ...] | None) -> str:
+    return f" at input {list(shape)}" if shape else ""
+
+
+def _digest(path: Path) -> str:
+    """The file's sha256, hashed once per (path, size, mtime, ctime, inode) in this process."""
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise BadInputError(f"{path}: cannot read it ({exc.strerror})") from None
+    identity = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns,
+                stat.st_ino, stat.st_dev)
+    if identity not in _digests:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        _digests[identity] = digest.hexdigest()
+    return _digests[identity]
