@@ -79,7 +79,9 @@ def convert_onnx_to_tflite(model: onnx.ModelProto, source: str,
                            weights_dir: Path | None = None) -> TFLiteModel:
     """Lower ``model`` to TFLite bytes; raises ConversionError naming what cannot convert.
     ``weights_dir``: where the side files of a model saved with external data are."""
-    graph = load_graph(model, source, weights_dir=weights_dir)
+    # a file declaring a batch above 1 keeps it while shapes are inferred: a Flatten over the
+    # batch axis then shows as one, where at batch 1 it would look like a batch-free reshape
+    graph = load_graph(model, source, batch=_inferred_batch(model), weights_dir=weights_dir)
     missing = unsupported(graph, LOWERINGS)
     if missing:
         listed = "; ".join(f"{op} ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})"
@@ -98,11 +100,12 @@ def convert_onnx_to_tflite(model: onnx.ModelProto, source: str,
     except BatchAxisMoved as exc:
         moved = str(exc)  # outside this block the failed pass's builder is freed
     if moved is not None:
-        if graph.declared_batch != 1:  # a free batch: a fixed-batch file would mean another model
+        if graph.declared_batch is None:  # a free batch: a fixed-batch file would be another model
             raise ConversionError(f"{moved}; export the model with a fixed batch of 1 "
                                   "(torch.export with a batch-1 example) to convert it for "
                                   "that batch")
-        # a batch-1 export: written for batch 1, where no axis is special (ViT's attention)
+        # a fixed-batch export (batch 1: ViT's attention; or the batch the file declares):
+        # written for that batch, where no axis is special
         ctx, input_quant, output_quant = _lower(graph, source, config, io_dtype, fixed_batch=True)
     builder = ctx.builder
     card = next((p.value for p in model.metadata_props if p.key == "edgecnn.card"), None)
@@ -119,6 +122,18 @@ def convert_onnx_to_tflite(model: onnx.ModelProto, source: str,
     data = builder.serialize(release=True)
     return TFLiteModel(data, builder.used_ops(), min_runtime_for(builder.used_ops()),
                        graph.quantized, input_quant, output_quant)
+
+
+def _inferred_batch(model: onnx.ModelProto) -> int:
+    """The batch shapes are inferred at: the one the image input declares when above 1, else 1
+    (the file is still written with a free batch unless an op moves it)."""
+    from edgecnn.converters.onnx_passes import declared_batch
+
+    try:
+        declared = declared_batch(model)
+    except StopIteration:  # no image input: load_graph refuses it in its own words
+        return 1
+    return declared if declared is not None and declared > 1 else 1
 
 
 def _lower(graph: Graph, source: str, config: TFLiteConfig, io_dtype: str, *,

@@ -233,7 +233,34 @@ def test_resize_by_a_fractional_scale_is_refused_not_approximated():
         convert_onnx_to_tflite(model, "m.onnx")
 
 
-NODE_CASES = ["test_lrn_default", "test_instancenorm_example", "test_depthtospace_crd_mode_example",
+@pytest.mark.parametrize("axis,out_shape", [(0, (1, 120)), (2, (6, 20))])
+def test_flatten_over_the_batch_of_a_batch_two_file_converts_for_that_batch(tmp_path, axis,
+                                                                            out_shape):
+    """A file that declares batch 2 keeps it: shapes are inferred at 2, so a Flatten that merges
+    the batch shows as one and the file is written for batch 2 (it was written for a free batch,
+    reshaping to (-1, 60): 16 rows where ONNX has 8)."""
+    model = _model([helper.make_node("Flatten", ["x"], ["y"], axis=axis)], (2, 3, 4, 5),
+                   out_shape)
+    x = _x(2, 3, 4, 5)
+    from ai_edge_litert.interpreter import Interpreter
+
+    path = tmp_path / "m.tflite"
+    path.write_bytes(convert_onnx_to_tflite(model, "m.onnx").data)
+    interpreter = Interpreter(model_path=str(path))
+    assert list(interpreter.get_input_details()[0]["shape_signature"]) == [2, 4, 5, 3]
+    _close(_tflite(model, x, tmp_path), _onnxruntime(model, x))
+
+
+def test_training_mode_batch_norm_is_refused_in_one_line():
+    inits = [numpy_helper.from_array(np.ones(3, np.float32), n) for n in ("s", "b", "m", "v")]
+    node = helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y", "rm", "rv"],
+                            name="bn", training_mode=1)
+    model = _model([node], (2, 3, 4, 4), (2, 3, 4, 4), inits, opset=15)
+    with pytest.raises(ConversionError, match="BatchNormalization 'bn' is in training mode"):
+        convert_onnx_to_tflite(model, "m.onnx")
+
+
+NODE_CASES = ["test_lrn_default", "test_flatten_axis0", "test_instancenorm_example", "test_depthtospace_crd_mode_example",
               "test_spacetodepth_crd_mode_example", "test_globalmaxpool",
               "test_resize_upsample_scales_nearest", "test_resize_downsample_scales_linear"]
 
@@ -249,7 +276,7 @@ def test_onnx_backend_node_cases(tmp_path):
     outcomes = {name: coverage.classify(case, tmp_path) for name, case in cases.items()}
     assert not [o for o in outcomes.values() if o.status in ("silently wrong", "error")]
     passing = {n for n, o in outcomes.items() if o.status == "pass"}
-    assert passing >= {"test_instancenorm_example", "test_depthtospace_crd_mode_example",
+    assert passing >= {"test_flatten_axis0", "test_instancenorm_example", "test_depthtospace_crd_mode_example",
                        "test_spacetodepth_crd_mode_example", "test_globalmaxpool",
                        "test_resize_upsample_scales_nearest"}
     assert outcomes["test_resize_downsample_scales_linear"].status == "refused"

@@ -135,6 +135,10 @@ def lower_mul(ctx: LoweringContext, node: onnx.NodeProto) -> None:
 @lower("BatchNormalization", int8=island())
 def lower_batch_norm(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     """A BatchNormalization that could not be folded into a Conv before it: MUL then ADD."""
+    if int(ctx.attr(node, "training_mode", 0)) or any(node.output[1:]):
+        raise ConversionError(f"{ctx.graph.source}: BatchNormalization {node.name!r} is in "
+                              "training mode (batch statistics, running-mean outputs); "
+                              "export the model in eval mode")
     gamma, beta, mean, var = (ctx.const(node, i).astype(np.float64) for i in range(1, 5))
     scale = gamma / np.sqrt(var + float(ctx.attr(node, "epsilon", 1e-5)))
     shift = beta - mean * scale
