@@ -44,6 +44,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from edgecnn.errors import ConversionError
+from edgecnn.quiet import onnxruntime_log_severity
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 ONNX_INT8_ENCODINGS = ("u8s8", "u8s7", "uint8", "int8")
@@ -69,17 +70,33 @@ def reference_session_options() -> Any:
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
+    options.log_severity_level = onnxruntime_log_severity()
     return options
 
 
-def reference_inference_session(model: onnx.ModelProto) -> Any:
+def reference_inference_session(model: onnx.ModelProto, source: str = "the model") -> Any:
     """An in-memory onnxruntime session with :func:`reference_session_options`: the QDQ reading
-    of an int8 model, the plain float reading of a float one."""
+    of an int8 model, the plain float reading of a float one. A graph onnxruntime refuses
+    (a dropped scale, a kernel of 2^31) is refused in one line naming ``source``."""
     import onnxruntime as ort
 
-    return ort.InferenceSession(model.SerializeToString(), reference_session_options(),
-                                providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(model.SerializeToString(), reference_session_options(),
+                                    providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's Fail, InvalidArgument, InvalidGraph...
+        raise ConversionError(f"{source}: onnxruntime cannot load its reference reading "
+                              f"({onnxruntime_detail(exc)}); re-export or re-quantise the "
+                              "model") from None
+
+
+def onnxruntime_detail(exc: BaseException) -> str:
+    """onnxruntime's message on one line, without its ``[ONNXRuntimeError] : 2 : ...`` prefix."""
+    import re
+
+    detail = " ".join(str(exc).split())
+    detail = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", detail)
+    detail = re.sub(r"^Load model from .*? failed:", "", detail).strip()
+    return detail[:240] or type(exc).__name__
 
 
 def _initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:

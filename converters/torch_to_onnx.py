@@ -25,7 +25,7 @@ from edgecnn.card import ModelCard
 from edgecnn.errors import ConversionError
 from edgecnn.loading import FORMAT_TORCHSCRIPT, TorchModel, output_names
 from edgecnn.memory import release_memory
-from edgecnn.quiet import quiet
+from edgecnn.quiet import onnxruntime_log_severity, quiet
 
 DEFAULT_OPSET = 18
 INPUT_NAME = "input"
@@ -197,6 +197,7 @@ def self_check(source: TorchModel, path: Path, inputs: np.ndarray | None) -> flo
     options = ort.SessionOptions()  # one run: packed weight copies and an arena would only
     options.add_session_config_entry("session.disable_prepacking", "1")  # raise the peak
     options.enable_cpu_mem_arena = False
+    options.log_severity_level = onnxruntime_log_severity()
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: inputs})
     del session

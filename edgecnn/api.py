@@ -512,8 +512,8 @@ def layers(float_model: str | Path, int8_model: str | Path, data: str | Path | D
     dataset = dataset.take(limit)
     dataset.check_fits(card.input)
     x = card.input.preprocess(dataset.images)
-    with tqdm(total=len(x), desc="layers", unit="img", leave=False) as bar:
-        errors = layer_errors(reference, quantised, x, batch_size, bar)
+    with tqdm(total=len(x), desc="layers", unit="img", leave=False, disable=None) as bar:
+        errors = layer_errors(reference, quantised, x, batch_size, bar, source=str(int8_path))
     return LayerReport(str(float_path), str(int8_path), str(dataset.source), len(x), errors)
 
 

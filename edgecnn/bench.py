@@ -46,6 +46,8 @@ def bench(models: list[Path], target: str, config: BenchConfig = BenchConfig(),
         if not Path(model).is_file():
             raise BadInputError(f"{model}: no such model file")
     batches = {Path(model): _batch_for(Path(model), config.batch) for model in models}
+    for model, batch in batches.items():
+        check_activations(model, batch)
     adapter = get_target(target, **target_options)
     results: list[BenchResult] = []
     for model, batch in batches.items():
@@ -66,6 +68,28 @@ def _batch_for(model: Path, asked: int | None) -> int:
                             f"--batch {fixed} (or leave --batch out), or re-export it with a "
                             "free batch")
     return asked or fixed or 1
+
+
+def check_activations(model: Path, batch: int) -> None:
+    """Refuse a batch whose activations would not fit edgecnn's one-array limit, before any
+    runtime allocates them: the input alone (313 MB at ``--batch 100000`` of MNIST) passes while
+    the first convolution's output needs 1.8 GB."""
+    from edgecnn.inspection import load_onnx, read_tflite
+    from edgecnn.limits import check_allocation
+    from edgecnn.onnx_bounds import check_tensor_sizes
+
+    fix = "bench a smaller --batch"
+    if model.suffix == ".onnx":
+        check_tensor_sizes(load_onnx(model), f"{model} at --batch {batch}", batch, fix)
+    elif model.suffix == ".tflite":
+        flatbuffer, _ = read_tflite(model)
+        for tensor in flatbuffer.subgraphs[0].tensors or []:
+            shape = [int(d) for d in (tensor.shape if tensor.shape is not None else [])]
+            signature = tensor.shapeSignature
+            if shape and signature is not None and len(signature) and int(signature[0]) == -1:
+                shape[0] = batch
+            name = tensor.name.decode(errors="replace") if isinstance(tensor.name, bytes) else ""
+            check_allocation(f"{model}: tensor {name!r} at --batch {batch}", shape, 4, fix)
 
 
 def plot_latencies(report: BenchReport, path: Path) -> None:

@@ -77,6 +77,9 @@ def cli(ctx: click.Context, traceback: bool) -> None:
     if not traceback:
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
+        from edgecnn.quiet import mute_onnxruntime_log
+
+        mute_onnxruntime_log()
 
 
 def _one_line_warning(message: Warning | str, category: type[Warning], filename: str,

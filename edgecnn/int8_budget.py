@@ -23,6 +23,7 @@ from edgecnn.card import ModelCard
 from edgecnn.converters.quantize import QuantConfig, QuantReport, quantize_onnx
 from edgecnn.data import Dataset
 from edgecnn.errors import BadInputError
+from edgecnn.quiet import onnxruntime_log_severity
 
 # Ops whose int8 form only moves or selects values already on a grid: keeping them float saves
 # nothing, so they are never candidates.
@@ -201,7 +202,7 @@ def _host_latency_us(model: onnx.ModelProto, x: np.ndarray) -> float:
 
     options = exact_int8_options(ort.SessionOptions())
     options.intra_op_num_threads = 1
-    options.log_severity_level = 3
+    options.log_severity_level = onnxruntime_log_severity()
     session = ort.InferenceSession(model.SerializeToString(), options,
                                    providers=["CPUExecutionProvider"])
     feed = {session.get_inputs()[0].name: np.ascontiguousarray(x, np.float32)}

@@ -19,6 +19,8 @@ MAX_ARRAY_BYTES = int(os.environ.get("EDGECNN_MAX_ARRAY_BYTES", 1 << 30))
 # torch and numpy archives store arrays uncompressed; a member inflating beyond this is a bomb.
 MAX_INFLATION = 100
 SMALL_MEMBER_BYTES = 1 << 20  # small members may compress well (JSON, code)
+# All members together: VGG19's archive holds 548 MB; a file inflating to more is not a CNN.
+MAX_ARCHIVE_BYTES = 4 * MAX_ARRAY_BYTES
 
 
 def human(nbytes: float) -> str:
@@ -42,7 +44,8 @@ def check_allocation(what: str, shape: tuple[int, ...] | list[int], itemsize: in
 
 
 def check_zip_members(path: object, infos: list) -> None:
-    """Refuse zip members (``zipfile.ZipInfo``) that inflate like a bomb."""
+    """Refuse zip members (``zipfile.ZipInfo``) that inflate like a bomb, or past the memory
+    limit at any ratio: a member inflating 90:1 to 2 GiB passes a ratio test alone."""
     for info in infos:
         if info.file_size > SMALL_MEMBER_BYTES and (
                 info.file_size > MAX_INFLATION * max(info.compress_size, 1)):
@@ -50,6 +53,12 @@ def check_zip_members(path: object, infos: list) -> None:
                 f"{path}: archive member {info.filename} inflates {info.compress_size:,} bytes to "
                 f"{human(info.file_size)}; refusing a likely zip bomb (torch and numpy archives "
                 "store arrays uncompressed)")
-        if info.file_size > 64 * MAX_ARRAY_BYTES:
-            raise BadInputError(f"{path}: archive member {info.filename} declares "
-                                f"{human(info.file_size)}; too large to load")
+        if info.file_size > MAX_ARRAY_BYTES:  # one member holds one array (a tensor storage)
+            raise BadInputError(f"{path}: archive member {info.filename} inflates to "
+                                f"{human(info.file_size)}, over edgecnn's "
+                                f"{human(MAX_ARRAY_BYTES)} limit for one array; refusing to load "
+                                "it (set EDGECNN_MAX_ARRAY_BYTES if the model is real)")
+    total = sum(info.file_size for info in infos)
+    if total > MAX_ARCHIVE_BYTES:
+        raise BadInputError(f"{path}: archive inflates to {human(total)} in all, over edgecnn's "
+                            f"{human(MAX_ARCHIVE_BYTES)} limit; refusing to load it")

@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from edgecnn.errors import BadInputError
+from edgecnn.errors import BadInputError, EdgecnnError
 
 _RANGES = {onnx.TensorProto.INT8: (-128, 127), onnx.TensorProto.UINT8: (0, 255)}
 
@@ -200,8 +200,25 @@ def _batches(images: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
 
 
 def layer_errors(float_model: onnx.ModelProto, qdq: onnx.ModelProto, images: np.ndarray,
-                 batch_size: int = 32, progress: Any = None) -> list[LayerError]:
-    """Own and total error of every quantised tensor on ``images`` (preprocessed, NCHW)."""
+                 batch_size: int = 32, progress: Any = None,
+                 source: str = "the int8 model") -> list[LayerError]:
+    """Own and total error of every quantised tensor on ``images`` (preprocessed, NCHW);
+    ``source`` names the int8 model in a refusal."""
+    from edgecnn.converters.qdq import onnxruntime_detail
+
+    try:
+        return _layer_errors(float_model, qdq, images, batch_size, progress, source)
+    except EdgecnnError:
+        raise
+    except Exception as exc:  # onnxruntime's Fail, InvalidArgument, RuntimeException at run time
+        if not type(exc).__module__.startswith("onnxruntime"):
+            raise
+        raise BadInputError(f"{source}: onnxruntime cannot run the layer table on input "
+                            f"{list(images.shape)} ({onnxruntime_detail(exc)})") from None
+
+
+def _layer_errors(float_model: onnx.ModelProto, qdq: onnx.ModelProto, images: np.ndarray,
+                  batch_size: int, progress: Any, source: str) -> list[LayerError]:
     tensors = quantised_tensors(qdq, float_model)
     if not tensors:
         raise BadInputError("the int8 model quantises no tensor of the float model; give the "
@@ -209,12 +226,17 @@ def layer_errors(float_model: onnx.ModelProto, qdq: onnx.ModelProto, images: np.
     names = [t.tensor for t in tensors]
     inputs = {i.name for i in float_model.graph.input}
     fixed = float_model.graph.input[0].type.tensor_type.shape.dim[0].dim_value
+    if fixed and len(images) % fixed:
+        raise BadInputError(f"{source}: its float model takes batches of exactly {fixed}; "
+                            f"{len(images)} images do not split into them: give --limit a "
+                            f"multiple of {fixed}")
     batch_size = fixed or batch_size  # an export at a fixed batch (often 1) runs in its chunks
     from edgecnn.converters.qdq import reference_inference_session
 
-    float_session = reference_inference_session(_with_outputs(float_model, names))
-    total_session = reference_inference_session(_with_outputs(qdq, names))
-    own_session = reference_inference_session(_fed_float(qdq, names))
+    float_session = reference_inference_session(_with_outputs(float_model, names),
+                                                "the float model")
+    total_session = reference_inference_session(_with_outputs(qdq, names), source)
+    own_session = reference_inference_session(_fed_float(qdq, names), source)
     float_in = float_session.get_inputs()[0].name
     qdq_in = total_session.get_inputs()[0].name
     own_outputs = [o.name for o in own_session.get_outputs()]

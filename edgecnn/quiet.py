@@ -77,3 +77,25 @@ def native_stderr_captured() -> Iterator[list[str]]:
             os.close(saved)
             sink.seek(0)
             captured.append(sink.read(1 << 16).decode(errors="replace"))
+
+
+def mute_onnxruntime_log() -> None:
+    """Keep onnxruntime's own coloured log lines ("[W:onnxruntime:, graph.cc:1456] Duplicate
+    initializer") off the terminal: whatever it refuses reaches the user as an exception, named
+    in edgecnn's one line. Process-wide; the CLI calls it unless ``--traceback`` asks for
+    everything."""
+    import onnxruntime
+
+    global _onnxruntime_severity
+    _onnxruntime_severity = 4  # FATAL only
+    onnxruntime.set_default_logger_severity(_onnxruntime_severity)
+
+
+_onnxruntime_severity = 3  # errors: a library user sees them unless the CLI mutes them
+
+
+def onnxruntime_log_severity() -> int:
+    """The ``log_severity_level`` for every onnxruntime session edgecnn opens: its run-time
+    errors ("[E:onnxruntime:, sequential_executor.cc] Non-zero status code") are logged by the
+    session's own logger, which the default logger's severity does not reach."""
+    return _onnxruntime_severity

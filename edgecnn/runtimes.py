@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from edgecnn.errors import BadInputError, TargetUnavailableError
-from edgecnn.quiet import native_stderr_muted
+from edgecnn.quiet import native_stderr_muted, onnxruntime_log_severity
 from edgecnn.registry import Registry
 
 
@@ -164,7 +164,7 @@ class OnnxSession:
             self.runtime = QDQ_REFERENCE
         if threads:
             options.intra_op_num_threads = threads
-        options.log_severity_level = 3
+        options.log_severity_level = onnxruntime_log_severity()
         try:
             self.session = ort.InferenceSession(str(path), options,
                                                 providers=providers or ["CPUExecutionProvider"])

@@ -126,9 +126,19 @@ def run_logits(path: Path, runtime: str, data: Dataset, card: ModelCard,
     with tqdm(total=len(data), desc=f"{path.name} [{runtime}]", unit="img", disable=None,
               leave=False) as bar:
         for x, _ in data.batches(card.input, batch_size):
-            outputs.append(predict(session, x))
+            outputs.append(_logits_of(path, runtime, predict(session, x), len(x)))
             bar.update(len(x))
     return np.concatenate(outputs).astype(np.float32)
+
+
+def _logits_of(path: Path, runtime: str, y: np.ndarray, batch: int) -> np.ndarray:
+    """``y`` as one row of class scores per image, or a one-line refusal: a file whose output
+    batch does not follow its input's cannot be compared image by image."""
+    if y.ndim == 0 or y.shape[0] != batch:
+        raise BadInputError(f"{path}: returns output {list(y.shape)} for a batch of {batch} "
+                            f"images [{runtime}]; its output batch must follow its input's: "
+                            "re-export it with a free (or matching) batch dimension")
+    return y.reshape(batch, -1)
 
 
 def paired_ci(correct: np.ndarray, ref_correct: np.ndarray) -> tuple[float, float, float]:
@@ -152,6 +162,10 @@ def worst_classes(pred: np.ndarray, ref_pred: np.ndarray, labels: np.ndarray,
 
 def compare(name: str, runtime: str, logits: np.ndarray, ref_logits: np.ndarray,
             labels: np.ndarray, card: ModelCard, thresholds: Thresholds) -> ParityRow:
+    if logits.shape != ref_logits.shape:
+        raise BadInputError(f"{name}: returns {logits.shape[1]} scores per image [{runtime}] "
+                            f"where the reference returns {ref_logits.shape[1]}; compare models "
+                            "of the same classes")
     pred, ref_pred = logits.argmax(1), ref_logits.argmax(1)
     correct, ref_correct = pred == labels, ref_pred == labels
     delta, low, high = paired_ci(correct, ref_correct)

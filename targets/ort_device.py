@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecnn.errors import TargetUnavailableError
-from edgecnn.quiet import native_stderr_captured, quiet
+from edgecnn.quiet import native_stderr_captured, onnxruntime_log_severity, quiet
 
 
 class DeviceBoundOnnx:
@@ -25,7 +25,7 @@ class DeviceBoundOnnx:
 
         self.provider = provider
         settings = ort.SessionOptions()
-        settings.log_severity_level = 3
+        settings.log_severity_level = onnxruntime_log_severity()
         try:  # a provider that fails to load prints pages to stdout and fd 2: one line instead
             with quiet(stdout=True), native_stderr_captured() as log:
                 self.session = ort.InferenceSession(str(path), settings,
