@@ -23,6 +23,7 @@ from edgecnn.quiet import native_stderr_muted
 RUNTIME = "tflite-micro"
 ARENA_STEP = 16  # TFLite Micro aligns arena allocations to 16 bytes
 MAX_ARENA = 1 << 30  # bisection ceiling: no microcontroller holds more
+PROBE_ARENA = 16 << 20  # the child's first run: this plus 16 bytes a byte of the file
 
 
 def _interpreter_module() -> Any:
@@ -42,6 +43,16 @@ def _details(detail: dict[str, Any]) -> dict[str, Any]:
     zero = int(zeros[0]) if zeros is not None and len(zeros) else 0
     return {"dtype": detail["dtype"], "shape": tuple(int(d) for d in detail["shape"]),
             "quantization": (scale, zero)}
+
+
+def _probe(path: Path, arena_size: int) -> None:
+    """Open and invoke the file once in a child process (edgecnn.isolation): a crash of TFLite
+    Micro's kernels is one line. The bisection's smaller arenas then run in-process: there
+    TFLite Micro's planner only fails to fit tensors, before any kernel runs."""
+    from edgecnn.isolation import probe_tflite
+
+    _interpreter_module()  # one line when tflite-micro is missing
+    probe_tflite(path, RUNTIME, arena_size=min(arena_size, MAX_ARENA))
 
 
 def _open(path: Path, arena_size: int | None) -> Any:
@@ -95,7 +106,8 @@ def smallest_arena(path: Path) -> int:
     """The smallest tensor arena (bytes, to 16) this file allocates and runs in."""
     from edgecnn.inspection import read_tflite
 
-    read_tflite(path)  # bounds-checked before TFLite Micro parses it
+    read_tflite(path)  # verified before TFLite Micro parses it
+    _probe(path, PROBE_ARENA + 16 * path.stat().st_size)
     high = max(1 << 12, 4 * path.stat().st_size)
     while not _allocates_in(path, high):
         if high >= MAX_ARENA:
@@ -127,8 +139,10 @@ class MicroSession:
                  arena_size: int | None = None) -> None:
         from edgecnn.inspection import read_tflite
 
-        model, _ = read_tflite(path)  # bounds-checked before TFLite Micro parses it
+        model, _ = read_tflite(path)  # verified before TFLite Micro parses it
         self.path = path
+        if arena_size:
+            _probe(path, arena_size)
         self.arena_size = arena_size or smallest_arena(path)
         try:
             self.interpreter = _open(path, self.arena_size)
