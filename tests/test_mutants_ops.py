@@ -331,9 +331,11 @@ def test_average_pool_counting_the_padding():
     node = helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2],
                             pads=[0, 1, 1, 0], count_include_pad=1)
     assert _check(_model([node], [])) == [("PAD", 1), ("AVERAGE_POOL_2D", 1)]
+    # uncounted padding: a VALID pool over the zero-padded map, then a MUL by area / count per
+    # output cell (issue 22; this used to be refused)
     node = helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2],
                             pads=[0, 1, 1, 0], name="ap")
-    _refused(_model([node], []), "AveragePool 'ap' pads")
+    assert _check(_model([node], [])) == [("PAD", 1), ("AVERAGE_POOL_2D", 1), ("MUL", 1)]
 
 
 def test_average_pool_counting_same_shaped_padding():

@@ -260,6 +260,25 @@ def test_training_mode_batch_norm_is_refused_in_one_line():
         convert_onnx_to_tflite(model, "m.onnx")
 
 
+@pytest.mark.parametrize("attrs,in_hw", [
+    ({"kernel_shape": [3, 3], "strides": [2, 2], "pads": [0, 1, 1, 0]}, (7, 6)),
+    ({"kernel_shape": [2, 2], "auto_pad": "SAME_LOWER"}, (5, 5)),
+    ({"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}, (6, 6)),
+    ({"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "ceil_mode": 1,
+      "count_include_pad": 1}, (6, 6))])
+def test_average_pool_divides_each_window_by_the_cells_onnx_counts(tmp_path, attrs, in_hw):
+    """Uncounted padding and ceil mode's overhang: windows at the edge divide by fewer cells."""
+    node = helper.make_node("AveragePool", ["x"], ["y"], **attrs)
+    probe = _model([node], (1, 3, *in_hw), (1, 3, 0, 0), opset=19)
+    from onnx.reference import ReferenceEvaluator
+
+    x = _x(2, 3, *in_hw) + 2
+    want = ReferenceEvaluator(probe).run(None, {"x": x})[0]
+    model = _model([node], (2, 3, *in_hw), want.shape, opset=19)
+    _close(_tflite(model, x, tmp_path), want)
+    _close(want, _onnxruntime(model, x))
+
+
 NODE_CASES = ["test_lrn_default", "test_flatten_axis0", "test_instancenorm_example", "test_depthtospace_crd_mode_example",
               "test_spacetodepth_crd_mode_example", "test_globalmaxpool",
               "test_resize_upsample_scales_nearest", "test_resize_downsample_scales_linear"]

@@ -15,24 +15,29 @@ def _pool(ctx: LoweringContext, node: onnx.NodeProto, op: str) -> None:
     _, _, h, w = ctx.shape(node.input[0])
     kernel = tuple(ctx.attr(node, "kernel_shape"))
     strides = tuple(ctx.attr(node, "strides", [1, 1]))
-    dilations = tuple(ctx.attr(node, "dilations", [1, 1]))
-    if dilations != (1, 1):
-        raise ConversionError(f"{ctx.graph.source}: {node.op_type} {node.name!r} is dilated; "
-                              "TFLite pooling has no dilation")
+    _refuse_dilation(ctx, node)
     ceil = int(ctx.attr(node, "ceil_mode", 0))
-    out_hw = ctx.shape(node.output[0])[2:] if ceil else None
+    out_hw = tuple(ctx.shape(node.output[0])[2:])
     count_pad = op == "AVERAGE_POOL_2D" and bool(int(ctx.attr(node, "count_include_pad", 0)))
-    padding, explicit = spatial_padding(ctx, node, (h, w), kernel, strides, out_hw=out_hw,
+    _, declared = spatial_padding(ctx, node, (h, w), kernel, strides, allow_same=False)
+    padding, explicit = spatial_padding(ctx, node, (h, w), kernel, strides,
+                                        out_hw=out_hw if ceil else None,
                                         allow_same=not count_pad)
     x = ctx.value(node.input[0]).tensor
+    factors = None
     if any(p != (0, 0) for p in explicit):
-        if op == "AVERAGE_POOL_2D" and not count_pad:
-            raise ConversionError(f"{ctx.graph.source}: AveragePool {node.name!r} pads "
-                                  f"{explicit} without counting the padding; TFLite expresses "
-                                  "only SAME or VALID for that")
+        if op == "AVERAGE_POOL_2D":
+            factors = _average_factors((h, w), kernel, strides, declared, out_hw, count_pad)
+            if factors is not None and not np.all(np.isfinite(factors)):
+                raise ConversionError(f"{ctx.graph.source}: AveragePool {node.name!r} has a "
+                                      "window that holds no counted cell (ceil mode past the "
+                                      "padding); ONNX divides it by zero")
         # max-pooling pads with the lowest value so that padding never wins the max
         lowest = float(np.finfo(np.float32).min) if op == "MAX_POOL_2D" else None
         x = pad_spatial(ctx, x, explicit, node.output[0] + "/pad", fill=lowest)
+    if factors is not None:
+        _average_by_counts(ctx, node, x, kernel, strides, factors)
+        return
     fused, out_name = ctx.fuse_activation(node)
     options = ctx.options("Pool2DOptions", padding=0 if padding == "SAME" else 1,
                           strideH=strides[0], strideW=strides[1], filterHeight=kernel[0],
@@ -40,6 +45,61 @@ def _pool(ctx: LoweringContext, node: onnx.NodeProto, op: str) -> None:
     if out_name != node.output[0]:  # the fused activation's output replaces ours
         node = onnx.helper.make_node(node.op_type, node.input, [out_name])
     ctx.same_params_output(node, op, [x], ctx.op_version(1, 2), options)
+
+
+def _refuse_dilation(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    if tuple(ctx.attr(node, "dilations", [1, 1])) != (1, 1):
+        raise ConversionError(f"{ctx.graph.source}: {node.op_type} {node.name!r} is dilated; "
+                              "TFLite pooling has no dilation")
+
+
+def window_counts(size: int, kernel: int, stride: int, pads: tuple[int, int], out: int,
+                  count_pad: bool) -> np.ndarray:
+    """How many cells ONNX's AveragePool divides each output's window by along one axis: those
+    inside the input, plus the declared padding when count_include_pad; never the cells ceil
+    mode adds past the padding."""
+    low, high = (-pads[0], size + pads[1]) if count_pad else (0, size)
+    starts = np.arange(out) * stride - pads[0]
+    return np.maximum(np.minimum(starts + kernel, high) - np.maximum(starts, low), 0)
+
+
+def _average_factors(in_hw: tuple[int, int], kernel: tuple[int, ...], strides: tuple[int, ...],
+                     declared: list[tuple[int, int]], out_hw: tuple[int, ...],
+                     count_pad: bool) -> np.ndarray | None:
+    """kernel area / ONNX's divisor per output cell (H, W), or None when every window divides
+    by its full area (a VALID pool over the zero-padded map is then exact as it is)."""
+    counts = [window_counts(size, k, s, p, o, count_pad)
+              for size, k, s, p, o in zip(in_hw, kernel, strides, declared, out_hw, strict=True)]
+    area = np.outer(counts[0], counts[1]).astype(np.float64)
+    full = float(kernel[0] * kernel[1])
+    if np.all(area == full):
+        return None
+    with np.errstate(divide="ignore"):
+        return (full / area).astype(np.float32)  # inf where a window counts nothing
+
+
+def _average_by_counts(ctx: LoweringContext, node: onnx.NodeProto, x: int,
+                       kernel: tuple[int, ...], strides: tuple[int, ...],
+                       factors: np.ndarray) -> None:
+    """A VALID AVERAGE_POOL_2D over the zero-padded map divides every window by its area; ONNX
+    divides by the cells it counts. One MUL by area / count per output cell (a constant) turns
+    one into the other, exactly to float rounding. An int8 kernel has no such MUL: refused."""
+    if ctx.int8:
+        raise ConversionError(f"{ctx.graph.source}: AveragePool {node.name!r} divides windows "
+                              "cut by padding or ceil mode by their own counts, which no int8 "
+                              "kernel does; convert with --for cpu (a float island)")
+    name = node.output[0]
+    shape = ctx.builder.tensor_shape(x)
+    oh, ow = factors.shape
+    pooled = ctx.scratch(name + "/window_mean", (shape[0], oh, ow, shape[3]), None)
+    ctx.add_op("AVERAGE_POOL_2D", [x], [pooled], options=ctx.options(
+        "Pool2DOptions", padding=1, strideH=strides[0], strideW=strides[1],
+        filterHeight=kernel[0], filterWidth=kernel[1], fusedActivationFunction=0))
+    fused, out_name = ctx.fuse_activation(node)
+    out = ctx.output_value(out_name)
+    scale = ctx.builder.add_constant(name + "/area_by_count", factors.reshape(1, oh, ow, 1))
+    ctx.add_op("MUL", [pooled, scale], [out.tensor],
+               options=ctx.options("MulOptions", fusedActivationFunction=fused))
 
 
 @lower("MaxPool")
