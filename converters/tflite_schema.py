@@ -78,6 +78,7 @@ MIN_RUNTIME = {
     ("DEPTH_TO_SPACE", 1): "2.1.0",
     ("SPACE_TO_DEPTH", 1): "1.5.0", ("SPACE_TO_DEPTH", 2): "1.14.0",
     ("TILE", 1): "1.10.1", ("TILE", 3): "2.8.0",
+    ("POW", 1): "1.10.0",
 }
 
 

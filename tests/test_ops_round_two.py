@@ -279,6 +279,15 @@ def test_average_pool_divides_each_window_by_the_cells_onnx_counts(tmp_path, att
     _close(want, _onnxruntime(model, x))
 
 
+@pytest.mark.parametrize("p", [1, 2, 3, 4])
+def test_lp_pool_matches_onnxruntime(tmp_path, p):
+    node = helper.make_node("LpPool", ["x"], ["y"], kernel_shape=[3, 2], strides=[2, 1],
+                            pads=[1, 0, 0, 1], p=p)
+    model = _model([node], (2, 3, 7, 6), (2, 3, 3, 6), opset=18)
+    x = _x(2, 3, 7, 6)
+    _close(_tflite(model, x, tmp_path), _onnxruntime(model, x))
+
+
 NODE_CASES = ["test_lrn_default", "test_flatten_axis0", "test_instancenorm_example", "test_depthtospace_crd_mode_example",
               "test_spacetodepth_crd_mode_example", "test_globalmaxpool",
               "test_resize_upsample_scales_nearest", "test_resize_downsample_scales_linear"]

@@ -402,6 +402,8 @@ ROUND_TWO_CASES = {  # issue 22: ops users' files hold
     "SpaceToDepth": {"block2": _rearrange("SpaceToDepth", 4, 16, 4, blocksize=2)},
     "Expand": {"channel_attention": _expand_attention},
     "GlobalMaxPool": {"plain": _pool("GlobalMaxPool")},
+    "LpPool": {"p2_3x3_pads": _pool("LpPool", kernel_shape=[3, 3], strides=[1, 1],
+                                    pads=[1, 1, 1, 1], p=2)},
 }
 
 

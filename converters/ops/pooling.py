@@ -1,10 +1,11 @@
-"""MaxPool, AveragePool -> MAX_POOL_2D / AVERAGE_POOL_2D; GlobalAveragePool -> MEAN."""
+"""MaxPool, AveragePool -> MAX_POOL_2D / AVERAGE_POOL_2D; GlobalAveragePool -> MEAN; LpPool -> MULs,
+AVERAGE_POOL_2D and the root."""
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
-from edgecnn.converters.int8_forms import conditional
+from edgecnn.converters.int8_forms import conditional, island
 from edgecnn.converters.lowering import LoweringContext, pad_spatial, spatial_padding
 from edgecnn.converters.ops import lower
 
@@ -133,3 +134,81 @@ def lower_global_average_pool(ctx: LoweringContext, node: onnx.NodeProto) -> Non
     out = ctx.output_value(node.output[0])
     ctx.add_op("MEAN", [x, axes], [out.tensor], version=ctx.op_version(1, 2),
                options=ctx.options("ReducerOptions", keepDims=True))
+
+
+def _power(ctx: LoweringContext, x: int, p: int, name: str) -> int:
+    """|x| ** p for a whole p >= 1 by repeated squaring (x * x is |x| ** 2) and one ABS for odd
+    p: MULs, without POW's rounding."""
+    shape = ctx.builder.tensor_shape(x)
+
+    def mul(a: int, b: int, tag: str) -> int:
+        out = ctx.scratch(f"{name}/{tag}", shape, None)
+        ctx.add_op("MUL", [a, b], [out], options=ctx.options("MulOptions",
+                                                             fusedActivationFunction=0))
+        return out
+
+    factors = []
+    if p % 2:
+        magnitude = ctx.scratch(name + "/abs", shape, None)
+        ctx.add_op("ABS", [x], [magnitude])
+        factors.append(magnitude)
+    half, square, step = p // 2, x, 0
+    while half:
+        square = mul(square, square, f"sq{step}") if step else mul(x, x, "sq0")
+        step += 1
+        if half & 1:
+            factors.append(square)
+        half >>= 1
+    result = factors[0]
+    for i, factor in enumerate(factors[1:]):
+        result = mul(result, factor, f"prod{i}")
+    return result
+
+
+def _root(ctx: LoweringContext, x: int, p: int, out: int, name: str) -> None:
+    """x ** (1 / p): SQRTs where p is a power of two, else one POW."""
+    shape = ctx.builder.tensor_shape(x)
+    if p == 1:
+        ctx.add_op("RESHAPE", [x, ctx.int_const(name + "/same", [-1, *shape[1:]])], [out])
+        return
+    if p & (p - 1) == 0:
+        current = x
+        while p > 2:
+            nxt = ctx.scratch(f"{name}/sqrt{p}", shape, None)
+            ctx.add_op("SQRT", [current], [nxt])
+            current, p = nxt, p // 2
+        ctx.add_op("SQRT", [current], [out])
+        return
+    exponent = ctx.builder.add_constant(name + "/inverse_p", np.array([1.0 / p], np.float32))
+    ctx.add_op("POW", [x, exponent], [out])
+
+
+@lower("LpPool", int8=island())
+def lower_lp_pool(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    """(sum over the window of |x|**p) ** (1/p): |x|**p by MULs, zero padding (it adds
+    nothing to a sum), a VALID AVERAGE_POOL_2D times the window's area, the root."""
+    _refuse_dilation(ctx, node)
+    p = int(ctx.attr(node, "p", 2))
+    if p < 1:
+        raise ConversionError(f"{ctx.graph.source}: LpPool {node.name!r} has p={p}; ONNX needs "
+                              "p >= 1")
+    _, _, h, w = ctx.shape(node.input[0])
+    kernel = tuple(ctx.attr(node, "kernel_shape"))
+    strides = tuple(ctx.attr(node, "strides", [1, 1]))
+    out_hw = tuple(ctx.shape(node.output[0])[2:])
+    _, explicit = spatial_padding(ctx, node, (h, w), kernel, strides, allow_same=False,
+                                  out_hw=out_hw if int(ctx.attr(node, "ceil_mode", 0)) else None)
+    name = node.output[0]
+    powered = _power(ctx, ctx.value(node.input[0]).tensor, p, name + "/pow")
+    if any(pad != (0, 0) for pad in explicit):
+        powered = pad_spatial(ctx, powered, explicit, name + "/pad")
+    n, _, _, c = ctx.builder.tensor_shape(powered)
+    pooled = ctx.scratch(name + "/mean", (n, *out_hw, c), None)
+    ctx.add_op("AVERAGE_POOL_2D", [powered], [pooled], options=ctx.options(
+        "Pool2DOptions", padding=1, strideH=strides[0], strideW=strides[1],
+        filterHeight=kernel[0], filterWidth=kernel[1], fusedActivationFunction=0))
+    total = ctx.scratch(name + "/sum", (n, *out_hw, c), None)
+    area = ctx.builder.add_constant(name + "/area", np.array([kernel[0] * kernel[1]], np.float32))
+    ctx.add_op("MUL", [pooled, area], [total],
+               options=ctx.options("MulOptions", fusedActivationFunction=0))
+    _root(ctx, total, p, ctx.output_value(name).tensor, name + "/root")
