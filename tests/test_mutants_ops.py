@@ -805,12 +805,13 @@ def test_conv_transpose_with_an_output_shape():
 
 
 @pytest.mark.parametrize("attrs", [{"dilations": [2, 2]}, {"group": 3}])
-def test_dilated_or_grouped_conv_transpose_is_refused(attrs):
+def test_dilated_or_grouped_conv_transpose_converts(attrs):
+    """Per group a TRANSPOSE_CONV of the zero-dilated filter (issue 22; they were refused)."""
     k = 3
     inits = [_init("w", _w(3, 1 if "group" in attrs else 2, k, k))]
     node = helper.make_node("ConvTranspose", ["x", "w"], ["y"], kernel_shape=[k, k], **attrs)
-    _refused(_model([node], inits), "m.onnx: ConvTranspose '' is grouped or dilated; TFLite's "
-                                    "TRANSPOSE_CONV is neither")
+    ops = _check(_model([node], inits))
+    assert ("TRANSPOSE_CONV", 1) in ops
 
 
 @pytest.mark.parametrize("attrs,gamma_shape", [({}, (5,)), ({"axis": 1}, (3, 5, 5)),

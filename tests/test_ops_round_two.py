@@ -288,6 +288,23 @@ def test_lp_pool_matches_onnxruntime(tmp_path, p):
     _close(_tflite(model, x, tmp_path), _onnxruntime(model, x))
 
 
+@pytest.mark.parametrize("attrs,w_shape", [
+    ({"group": 2, "strides": [2, 2], "pads": [1, 1, 1, 1]}, (4, 3, 3, 3)),
+    ({"dilations": [2, 1], "strides": [1, 2]}, (4, 2, 3, 2)),
+    ({"strides": [3, 2], "output_padding": [1, 1]}, (4, 2, 3, 3)),
+    ({"strides": [3, 2], "output_shape": [10, 8]}, (4, 2, 3, 3))])
+def test_conv_transpose_variants_match_onnxruntime(tmp_path, attrs, w_shape):
+    """Grouped (per-group TRANSPOSE_CONV), dilated (zero-dilated filter) and output-padded
+    (zero rows past the full output, then the bias) transposed convolutions."""
+    group = attrs.get("group", 1)
+    inits = [numpy_helper.from_array(_x(*w_shape), "w"),
+             numpy_helper.from_array(_x(w_shape[1] * group), "b")]
+    node = helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], **attrs)
+    x = _x(2, 4, 3, 3)
+    want = _onnxruntime(_model([node], (2, 4, 3, 3), ("n", "c", "h", "w"), inits), x)
+    _close(_tflite(_model([node], (2, 4, 3, 3), want.shape, inits), x, tmp_path), want)
+
+
 NODE_CASES = ["test_lrn_default", "test_flatten_axis0", "test_instancenorm_example", "test_depthtospace_crd_mode_example",
               "test_spacetodepth_crd_mode_example", "test_globalmaxpool",
               "test_resize_upsample_scales_nearest", "test_resize_downsample_scales_linear"]

@@ -1,5 +1,5 @@
 """Conv -> CONV_2D, DEPTHWISE_CONV_2D, or SPLIT + CONV_2D per group + CONCATENATION;
-ConvTranspose -> TRANSPOSE_CONV."""
+ConvTranspose -> TRANSPOSE_CONV (per group, with a zero-dilated filter where needed)."""
 
 from __future__ import annotations
 
@@ -147,26 +147,115 @@ def _transpose_conv_begin_pads(ctx: LoweringContext, node: onnx.NodeProto,
     return pads[:2]
 
 
+def _dilated(weight: np.ndarray, dilations: tuple[int, int]) -> np.ndarray:
+    """A (cin, cout, kh, kw) filter with ``d - 1`` zero rows/columns between its taps: a
+    dilated transposed convolution is the plain one with it (the zeros add exact zeros)."""
+    dh, dw = dilations
+    cin, cout, kh, kw = weight.shape
+    out = np.zeros((cin, cout, (kh - 1) * dh + 1, (kw - 1) * dw + 1), weight.dtype)
+    out[:, :, ::dh, ::dw] = weight
+    return out
+
+
+def _batch_shape(ctx: LoweringContext, x: int, hwc: tuple[int, int, int], name: str) -> int:
+    """TRANSPOSE_CONV's output-shape input: the batch of ``x`` at run time (SHAPE), then
+    ``hwc``; so any batch size runs."""
+    shape_of_x = ctx.builder.add_tensor(name + "/in_shape", (4,), np.int32)
+    ctx.add_op("SHAPE", [x], [shape_of_x], options=ctx.options("ShapeOptions", outType=2))
+    batch = ctx.builder.add_tensor(name + "/batch", (1,), np.int32)
+    ctx.add_op("STRIDED_SLICE", [shape_of_x, ctx.int_const(name + "/b0", [0]),
+                                 ctx.int_const(name + "/b1", [1]), ctx.int_const(name + "/b2", [1])],
+               [batch], options=ctx.options("StridedSliceOptions"))
+    out_shape = ctx.builder.add_tensor(name + "/out_shape", (4,), np.int32)
+    ctx.add_op("CONCATENATION", [batch, ctx.int_const(name + "/hwc", list(hwc))], [out_shape],
+               options=ctx.options("ConcatenationOptions", axis=0))
+    return out_shape
+
+
+def _crop(ctx: LoweringContext, wide: int, out: int, begin: list[int], size: tuple[int, int],
+          name: str) -> None:
+    ctx.add_op("STRIDED_SLICE", [wide, ctx.int_const(name + "/crop_begin", [0, *begin, 0]),
+                                 ctx.int_const(name + "/crop_end", [0, size[0] + begin[0],
+                                                                    size[1] + begin[1], 0]),
+                                 ctx.int_const(name + "/crop_strides", [1, 1, 1, 1])],
+               [out], version=ctx.op_version(1, 2),
+               options=ctx.options("StridedSliceOptions", beginMask=0b1001, endMask=0b1001))
+
+
+def _general_transpose_conv(ctx: LoweringContext, node: onnx.NodeProto, group: int,
+                            dilations: tuple[int, int], begin: list[int],
+                            full: tuple[int, int]) -> None:
+    """Grouped, dilated, or reaching past the full output (output_padding): per group a VALID
+    TRANSPOSE_CONV of the (zero-dilated) filter without bias, CONCATENATION, zero PAD at the
+    end, the crop, then the bias: ONNX's sums, in float."""
+    if ctx.int8:
+        raise ConversionError(f"{ctx.graph.source}: ConvTranspose {node.name!r} is grouped, "
+                              "dilated or padded past its full output, which edgecnn writes in "
+                              "float only; convert with --for cpu (a float island)")
+    name = node.output[0]
+    _, cout, oh, ow = ctx.shape(node.output[0])
+    sh, sw = tuple(ctx.attr(node, "strides", [1, 1]))
+    weight = _dilated(np.asarray(ctx.const(node, 1), np.float32), dilations)
+    x = ctx.value(node.input[0]).tensor
+    n, _, _, cin = ctx.builder.tensor_shape(x)
+    per_in, per_out = cin // group, cout // group
+    parts = [x]
+    if group > 1:
+        parts = [ctx.scratch(f"{name}/in{g}", (n, *ctx.builder.tensor_shape(x)[1:3], per_in),
+                             None) for g in range(group)]
+        ctx.add_op("SPLIT", [ctx.int_const(name + "/split_axis", [3]), x], parts,
+                   options=ctx.options("SplitOptions", numSplits=group))
+    options = ctx.options("TransposeConvOptions", padding=1, strideH=sh, strideW=sw)
+    results = []
+    for g, part in enumerate(parts):
+        filters = weight[g * per_in:(g + 1) * per_in].transpose(1, 2, 3, 0)
+        w_tensor = ctx.builder.add_constant(f"{name}/w{g}", np.ascontiguousarray(filters))
+        res = ctx.scratch(f"{name}/g{g}", (n, *full, per_out), None)
+        ctx.add_op("TRANSPOSE_CONV", [_batch_shape(ctx, part, (*full, per_out), f"{name}/g{g}"),
+                                      w_tensor, part], [res], options=options)
+        results.append(res)
+    current = results[0]
+    if group > 1:
+        current = ctx.scratch(name + "/groups", (n, *full, cout), None)
+        ctx.add_op("CONCATENATION", results, [current],
+                   options=ctx.options("ConcatenationOptions", axis=3))
+    extra = [max(b + o - f, 0) for b, o, f in zip(begin, (oh, ow), full, strict=True)]
+    if any(extra):
+        current = pad_spatial(ctx, current, [(0, extra[0]), (0, extra[1])], name + "/pad_end")
+    has_bias = len(node.input) > 2 and bool(node.input[2])
+    out = ctx.output_value(name)
+    cropped = ctx.scratch(name + "/cropped", (n, oh, ow, cout), None) if has_bias else out.tensor
+    _crop(ctx, current, cropped, begin, (oh, ow), name)
+    if has_bias:
+        bias = ctx.builder.add_constant(name + "/bias", ctx.const(node, 2).astype(np.float32))
+        ctx.add_op("ADD", [cropped, bias], [out.tensor],
+                   options=ctx.options("AddOptions", fusedActivationFunction=0))
+
+
 @lower("ConvTranspose", int8=island("float island (TRANSPOSE_CONV's int8 requantisation is "
                                      "coarse)", integer_only=True))
 def lower_conv_transpose(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     """TRANSPOSE_CONV: VALID or SAME when they crop what ONNX's pads crop, else VALID and a
     STRIDED_SLICE. The output shape is built from the input's at run time (SHAPE), so any
-    batch size runs."""
+    batch size runs. Grouped, dilated and output-padded forms: :func:`_general_transpose_conv`."""
     n, c, h, w = ctx.shape(node.input[0])
     if not ctx.is_const(node.input[1]) or len(ctx.shape(node.input[1])) != 4:
         raise ConversionError(f"{ctx.graph.source}: ConvTranspose {node.name!r} needs constant "
                               "2-D filters")
     cin, per_group, kh, kw = ctx.shape(node.input[1])
-    if int(ctx.attr(node, "group", 1)) != 1 or tuple(ctx.attr(node, "dilations", [1, 1])) != (1, 1):
-        raise ConversionError(f"{ctx.graph.source}: ConvTranspose {node.name!r} is grouped or "
-                              "dilated; TFLite's TRANSPOSE_CONV is neither")
+    group = int(ctx.attr(node, "group", 1))
+    dh, dw = tuple(ctx.attr(node, "dilations", [1, 1]))
+    kh, kw = (kh - 1) * dh + 1, (kw - 1) * dw + 1
     sh, sw = tuple(ctx.attr(node, "strides", [1, 1]))
     _, cout, oh, ow = ctx.shape(node.output[0])
     full = ((h - 1) * sh + kh, (w - 1) * sw + kw)
     begin = _transpose_conv_begin_pads(ctx, node, full, (oh, ow))
     if any(b < 0 for b in begin):
         raise ConversionError(f"{ctx.graph.source}: ConvTranspose {node.name!r} has negative pads")
+    if group != 1 or (dh, dw) != (1, 1) or any(
+            b + o > f for b, o, f in zip(begin, (oh, ow), full, strict=True)):
+        _general_transpose_conv(ctx, node, group, (dh, dw), begin, full)
+        return
     # TFLite derives the input size back from the output shape: VALID takes exactly the full
     # transposed convolution, SAME an output of ceil(output / stride) == input rows, cropping
     # half the excess before and the rest after. Anything else is the full VALID output cropped.
@@ -181,15 +270,7 @@ def lower_conv_transpose(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     x = ctx.value(node.input[0]).tensor
     weights = _weights(ctx, node, (1, 2, 3, 0), 0, node.input[1])
     name = node.output[0]
-    shape_of_x = ctx.builder.add_tensor(name + "/in_shape", (4,), np.int32)
-    ctx.add_op("SHAPE", [x], [shape_of_x], options=ctx.options("ShapeOptions", outType=2))
-    batch = ctx.builder.add_tensor(name + "/batch", (1,), np.int32)
-    ctx.add_op("STRIDED_SLICE", [shape_of_x, ctx.int_const(name + "/b0", [0]),
-                                 ctx.int_const(name + "/b1", [1]), ctx.int_const(name + "/b2", [1])],
-               [batch], options=ctx.options("StridedSliceOptions"))
-    out_shape = ctx.builder.add_tensor(name + "/out_shape", (4,), np.int32)
-    ctx.add_op("CONCATENATION", [batch, ctx.int_const(name + "/hwc", [*made, cout])], [out_shape],
-               options=ctx.options("ConcatenationOptions", axis=0))
+    out_shape = _batch_shape(ctx, x, (*made, cout), name)
     has_bias = len(node.input) > 2 and bool(node.input[2])
     inputs = [out_shape, weights, x]
     if has_bias:
@@ -203,9 +284,4 @@ def lower_conv_transpose(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     wide = ctx.scratch(name + "/uncropped", (n, *made, cout), ctx.quant(name))
     ctx.add_op("TRANSPOSE_CONV", inputs, [wide], version=version, options=options)
     out = ctx.output_value(name)
-    ctx.add_op("STRIDED_SLICE", [wide, ctx.int_const(name + "/crop_begin", [0, *begin, 0]),
-                                 ctx.int_const(name + "/crop_end", [0, oh + begin[0],
-                                                                    ow + begin[1], 0]),
-                                 ctx.int_const(name + "/crop_strides", [1, 1, 1, 1])],
-               [out.tensor], version=ctx.op_version(1, 2),
-               options=ctx.options("StridedSliceOptions", beginMask=0b1001, endMask=0b1001))
+    _crop(ctx, wide, out.tensor, begin, (oh, ow), name)
