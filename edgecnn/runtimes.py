@@ -129,19 +129,33 @@ class TorchSession:
         if step and len(self._x) % step:
             raise BadInputError(f"{self.model.path}: was exported for batches of exactly {step}; "
                                 f"{len(self._x)} images do not split into them")
-        with self._torch.inference_mode():
-            if step and len(self._x) != step:  # a fixed-batch export (often 1): in chunks
-                chunks = [output_leaves(self.model.module(self._x[i:i + step]))
-                          for i in range(0, len(self._x), step)]
-                self._y = [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
-            else:
-                self._y = output_leaves(self.model.module(self._x))
+        try:
+            with self._torch.inference_mode():
+                if step and len(self._x) != step:  # a fixed-batch export (often 1): in chunks
+                    chunks = [output_leaves(self.model.module(self._x[i:i + step]))
+                              for i in range(0, len(self._x), step)]
+                    self._y = [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
+                else:
+                    self._y = output_leaves(self.model.module(self._x))
+        except AssertionError as exc:  # torch.export's guards: "Guard failed: x.size()[0] <= 65536"
+            raise BadInputError(f"{self.model.path}: cannot run a batch of {len(self._x)}: the "
+                                f"export allows only {_guard(exc)}; use a "
+                                "smaller batch or re-export it") from None
+        except RuntimeError as exc:
+            if "allocate" not in str(exc):
+                raise
+            raise BadInputError(f"{self.model.path}: a batch of {len(self._x)} does not fit in "
+                                "memory; use a smaller batch") from None
 
     def output(self) -> np.ndarray:
         return self.outputs()[0]
 
     def outputs(self) -> list[np.ndarray]:
         return list(self._y)
+
+
+def _guard(exc: AssertionError) -> str:
+    return " ".join(str(exc).split()).removeprefix("Guard failed:").strip()[:160]
 
 
 # -- onnxruntime --------------------------------------------------------------------------

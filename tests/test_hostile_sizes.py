@@ -225,3 +225,9 @@ def test_onnxruntime_log_lines_never_reach_the_terminal(tmp_path, artefacts):
     loud = _run(["--traceback", "convert", str(model), "--to", "tflite", "-o",
                  str(tmp_path / "o2.tflite")], tmp_path)
     assert "Removing initializer 'spare'" in loud.stderr  # the gate: --traceback shows it
+
+
+def test_a_batch_beyond_the_exports_range_is_named(tmp_path):
+    line = _refused(_run(["bench", str(LENET), "--batch", "100000", "--runs", "1"], tmp_path),
+                    "cannot run a batch of 100000", "<= 65536")
+    assert "AssertionError" not in line
