@@ -305,6 +305,17 @@ def test_conv_transpose_variants_match_onnxruntime(tmp_path, attrs, w_shape):
     _close(_tflite(_model([node], (2, 4, 3, 3), want.shape, inits), x, tmp_path), want)
 
 
+@pytest.mark.parametrize("axes", [[1, 3], [-3, -1]])
+def test_pad_with_axes_matches_onnxruntime(tmp_path, axes):
+    inits = [numpy_helper.from_array(np.array([0, 3, 0, 4], np.int64), "pads"),
+             numpy_helper.from_array(np.array(1.5, np.float32), "value"),
+             numpy_helper.from_array(np.array(axes, np.int64), "axes")]
+    node = helper.make_node("Pad", ["x", "pads", "value", "axes"], ["y"])
+    model = _model([node], (2, 3, 4, 5), (2, 3, 4, 12), inits, opset=18)
+    x = _x(2, 3, 4, 5)
+    np.testing.assert_array_equal(_tflite(model, x, tmp_path), _onnxruntime(model, x))
+
+
 NODE_CASES = ["test_lrn_default", "test_flatten_axis0", "test_instancenorm_example", "test_depthtospace_crd_mode_example",
               "test_spacetodepth_crd_mode_example", "test_globalmaxpool",
               "test_resize_upsample_scales_nearest", "test_resize_downsample_scales_linear"]

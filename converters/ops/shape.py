@@ -346,6 +346,15 @@ def lower_gather(ctx: LoweringContext, node: onnx.NodeProto) -> None:
                            ctx.options("GatherOptions", axis=source.perm.index(axis)), perm=perm)
 
 
+def _pads_on_all_axes(rank: int, pads: np.ndarray, axes: np.ndarray) -> np.ndarray:
+    """Opset 18's Pad names the axes its pads are for (negative counts from the end); the
+    others get none."""
+    full = np.zeros(2 * rank, np.int64)
+    for i, axis in enumerate(int(a) % rank for a in axes):
+        full[axis], full[axis + rank] = pads[i], pads[i + len(axes)]
+    return full
+
+
 @lower("Pad")
 def lower_pad(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     mode = ctx.attr(node, "mode", "constant")
@@ -356,7 +365,8 @@ def lower_pad(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         ctx.attr(node, "pads"))
     value = float(ctx.const(node, 2).ravel()[0]) if len(node.input) > 2 and node.input[2] else 0.0
     if len(node.input) > 3 and node.input[3]:
-        raise ConversionError(f"{ctx.graph.source}: Pad {node.name!r} uses axes; pad all axes")
+        pads = _pads_on_all_axes(len(ctx.shape(node.input[0])), pads,
+                                 ctx.const(node, 3).astype(np.int64).ravel())
     rank = len(pads) // 2
     pairs = [[int(pads[i]), int(pads[i + rank])] for i in range(rank)]
     if rank == 4:
