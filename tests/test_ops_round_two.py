@@ -316,6 +316,16 @@ def test_pad_with_axes_matches_onnxruntime(tmp_path, axes):
     np.testing.assert_array_equal(_tflite(model, x, tmp_path), _onnxruntime(model, x))
 
 
+@pytest.mark.parametrize("mode", ["reflect", "edge", "wrap"])
+def test_reflect_edge_and_wrap_padding_match_onnxruntime(tmp_path, mode):
+    """One GATHER per padded axis, holding the source index of every output position."""
+    pads = numpy_helper.from_array(np.array([0, 1, 2, 0, 0, 2, 1, 3], np.int64), "pads")
+    node = helper.make_node("Pad", ["x", "pads"], ["y"], mode=mode)
+    model = _model([node], (2, 4, 5, 6), (2, 7, 8, 9), [pads], opset=19)
+    x = _x(2, 4, 5, 6)
+    np.testing.assert_array_equal(_tflite(model, x, tmp_path), _onnxruntime(model, x))
+
+
 NODE_CASES = ["test_lrn_default", "test_flatten_axis0", "test_instancenorm_example", "test_depthtospace_crd_mode_example",
               "test_spacetodepth_crd_mode_example", "test_globalmaxpool",
               "test_resize_upsample_scales_nearest", "test_resize_downsample_scales_linear"]

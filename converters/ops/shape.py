@@ -6,6 +6,8 @@ Each maps its axes through the input's stored layout (``Value.perm``, see
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
 from edgecnn.converters.lowering import (
@@ -346,6 +348,47 @@ def lower_gather(ctx: LoweringContext, node: onnx.NodeProto) -> None:
                            ctx.options("GatherOptions", axis=source.perm.index(axis)), perm=perm)
 
 
+PAD_INDICES = {  # mode -> the source index of each padded position (i from -before on)
+    "reflect": lambda i, n: np.abs((i + (n - 1)) % (2 * n - 2) - (n - 1)) if n > 1 else 0 * i,
+    "edge": lambda i, n: np.clip(i, 0, n - 1),
+    "wrap": lambda i, n: i % n,
+}
+
+
+def _pad_by_gathers(ctx: LoweringContext, node: onnx.NodeProto, x: int,
+                    pairs: list[list[int]], index_of: Any) -> None:
+    """reflect, edge and wrap padding copy input cells: one GATHER per padded axis with the
+    source index of every output position, exact in float and int8 (same parameters)."""
+    padded = [axis for axis, pair in enumerate(pairs) if any(pair)]
+    if 0 in padded:
+        raise ConversionError(f"{ctx.graph.source}: Pad {node.name!r} pads the batch axis; "
+                              "TFLite models keep the batch")
+    mode = ctx.attr(node, "mode")
+    if mode == "reflect" and any(max(pairs[a]) >= ctx.builder.tensor_shape(x)[a] for a in padded):
+        raise ConversionError(f"{ctx.graph.source}: Pad {node.name!r} reflects by as many cells "
+                              "as the axis holds; ONNX needs fewer")
+    if not padded:
+        ctx.same_params_output(node, "RESHAPE", [x, ctx.int_const(
+            node.output[0] + "/shape", [-1, *ctx.builder.tensor_shape(x)[1:]])], 1)
+        return
+    current, shape = x, list(ctx.builder.tensor_shape(x))
+    for step, axis in enumerate(padded):
+        before, after = pairs[axis]
+        indices = index_of(np.arange(-before, shape[axis] + after), shape[axis])
+        shape[axis] += before + after
+        index = ctx.int_const(f"{node.output[0]}/gather{axis}", indices.astype(np.int32))
+        options = ctx.options("GatherOptions", axis=axis, batchDims=0)
+        if step == len(padded) - 1:
+            ctx.same_params_output(node, "GATHER", [current, index], ctx.op_version(1, 2),
+                                   options)
+            return
+        moved = ctx.scratch(f"{node.output[0]}/padded{axis}", tuple(shape),
+                            ctx.builder.tensor_quant(x))
+        ctx.add_op("GATHER", [current, index], [moved], version=ctx.op_version(1, 2),
+                   options=options)
+        current = moved
+
+
 def _pads_on_all_axes(rank: int, pads: np.ndarray, axes: np.ndarray) -> np.ndarray:
     """Opset 18's Pad names the axes its pads are for (negative counts from the end); the
     others get none."""
@@ -358,9 +401,9 @@ def _pads_on_all_axes(rank: int, pads: np.ndarray, axes: np.ndarray) -> np.ndarr
 @lower("Pad")
 def lower_pad(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     mode = ctx.attr(node, "mode", "constant")
-    if mode != "constant":
-        raise ConversionError(f"{ctx.graph.source}: Pad {node.name!r} mode {mode!r}; only "
-                              "constant padding converts")
+    if mode not in ("constant", *PAD_INDICES):
+        raise ConversionError(f"{ctx.graph.source}: Pad {node.name!r} mode {mode!r}; constant, "
+                              "reflect, edge and wrap convert")
     pads = ctx.const(node, 1).astype(np.int64) if len(node.input) > 1 else np.asarray(
         ctx.attr(node, "pads"))
     value = float(ctx.const(node, 2).ravel()[0]) if len(node.input) > 2 and node.input[2] else 0.0
@@ -374,6 +417,9 @@ def lower_pad(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     if any(p < 0 for pair in pairs for p in pair):
         raise ConversionError(f"{ctx.graph.source}: Pad {node.name!r} crops (negative pads)")
     x = ctx.value(node.input[0]).tensor
+    if mode != "constant":
+        _pad_by_gathers(ctx, node, x, pairs, PAD_INDICES[mode])
+        return
     paddings = ctx.int_const(node.output[0] + "/paddings", pairs)
     if value == 0.0:
         ctx.same_params_output(node, "PAD", [x, paddings], ctx.op_version(1, 2))
