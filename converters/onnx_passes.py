@@ -154,6 +154,70 @@ def spatial_mean_to_global_pool(model: onnx.ModelProto) -> int:
     return rewritten
 
 
+def group_norm_to_instance_norm(model: onnx.ModelProto) -> int:
+    """GroupNormalization (opset 18/21; torch's dynamo exporter writes it from opset 21) ->
+    Reshape to (N, G, -1), InstanceNormalization with unit scale, Reshape back, Mul, Add: the
+    form PyTorch exports at lower opsets, the same arithmetic. onnx's shape inference gives the
+    function op's output no shape, so every later size would be unknown; this form has them."""
+    nodes = [n for n in model.graph.node if n.op_type == "GroupNormalization"]
+    inits = initializers(model)
+    if not nodes or not all(n.input[1] in inits and n.input[2] in inits for n in nodes):
+        return 0
+    inferred = onnx.shape_inference.infer_shapes(model)
+    ranks = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+             for v in [*inferred.graph.input, *inferred.graph.value_info]
+             if v.type.tensor_type.HasField("shape")}
+    rewritten = 0
+    for node in nodes:
+        shape = ranks.get(node.input[0])
+        if not shape or len(shape) < 3 or not shape[1]:
+            continue
+        position = list(model.graph.node).index(node)
+        model.graph.node.remove(node)
+        for offset, new in enumerate(_group_norm_nodes(model, node, inits, len(shape),
+                                                       shape[1])):
+            new.metadata_props.extend(node.metadata_props)
+            model.graph.node.insert(position + offset, new)
+        rewritten += 1
+    if rewritten:
+        prune_initializers(model)
+    return rewritten
+
+
+def _group_norm_nodes(model: onnx.ModelProto, node: onnx.NodeProto,
+                      inits: dict[str, onnx.TensorProto], rank: int,
+                      channels: int) -> list[onnx.NodeProto]:
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    groups, eps = int(attrs["num_groups"]), float(attrs.get("epsilon", 1e-5))
+    name, x, y = node.name or node.output[0], node.input[0], node.output[0]
+
+    def per_channel(tensor: str) -> np.ndarray:  # opset 18 gives them per group
+        values = numpy_helper.to_array(inits[tensor]).astype(np.float32).ravel()
+        if values.size != channels:
+            values = np.repeat(values, channels // values.size)
+        return values.reshape(channels, *[1] * (rank - 2))
+
+    constants: dict[str, np.ndarray] = {
+        f"{name}/groups_shape": np.array([0, groups, -1], np.int64),
+        f"{name}/unit_scale": np.ones(groups, np.float32),
+        f"{name}/zero_bias": np.zeros(groups, np.float32),
+        f"{name}/scale": per_channel(node.input[1]),
+        f"{name}/bias": per_channel(node.input[2])}
+    model.graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in constants.items())
+    make = onnx.helper.make_node
+    return [make("Shape", [x], [f"{name}/shape"], name=f"{name}/shape"),
+            make("Reshape", [x, f"{name}/groups_shape"], [f"{name}/grouped"],
+                 name=f"{name}/grouped"),
+            make("InstanceNormalization", [f"{name}/grouped", f"{name}/unit_scale",
+                                           f"{name}/zero_bias"], [f"{name}/normalised"],
+                 name=f"{name}/normalised", epsilon=eps),
+            make("Reshape", [f"{name}/normalised", f"{name}/shape"], [f"{name}/ungrouped"],
+                 name=f"{name}/ungrouped"),
+            make("Mul", [f"{name}/ungrouped", f"{name}/scale"], [f"{name}/scaled"],
+                 name=f"{name}/scaled"),
+            make("Add", [f"{name}/scaled", f"{name}/bias"], [y], name=name)]
+
+
 def drop_initializer_inputs(model: onnx.ModelProto) -> int:
     """Remove graph inputs that an initializer gives a value: before IR version 4 the spec had
     every initializer listed among the inputs (Caffe2-era and older exporters write them so),
@@ -173,6 +237,7 @@ def clean(model: onnx.ModelProto) -> dict[str, int]:
     """Run every pass; return how much each changed."""
     return {"batchnorm_folded": fold_batch_norm(model),
             "pass_through_removed": remove_pass_through(model),
+            "group_norm_unfolded": group_norm_to_instance_norm(model),
             "spatial_mean_pooled": spatial_mean_to_global_pool(model)}
 
 

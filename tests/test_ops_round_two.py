@@ -159,6 +159,41 @@ def test_dynamo_export_of_group_norm_converts(tmp_path):
     _close(_via_api(model, x, tmp_path), _onnxruntime(model, x))
 
 
+@pytest.mark.parametrize("opset,groups", [(21, 2), (21, 4), (18, 2)])
+def test_group_normalization_converts_through_its_instance_norm_form(tmp_path, opset, groups):
+    """GroupNormalization (torch's dynamo exporter writes it from opset 21) is unfolded by the
+    clean-up into the Reshape/InstanceNormalization form, whose shapes onnx infers; a Conv
+    after it shows that later shapes are known."""
+    n_scale = 8 if opset >= 21 else groups
+    inits = [numpy_helper.from_array(_x(n_scale) + 1, "s"), numpy_helper.from_array(_x(n_scale), "b"),
+             numpy_helper.from_array(_x(3, 8, 1, 1), "w")]
+    nodes = [helper.make_node("GroupNormalization", ["x", "s", "b"], ["g"], num_groups=groups,
+                              epsilon=1e-4),
+             helper.make_node("Conv", ["g", "w"], ["y"])]
+    model = _model(nodes, (2, 8, 5, 6), (2, 3, 5, 6), inits, opset=opset)
+    x = _x(2, 8, 5, 6) * 2 + 1
+    if opset >= 21:
+        want = _onnxruntime(model, x)
+    else:  # deprecated at 21, which onnxruntime follows: ONNX's own reference
+        from onnx.reference import ReferenceEvaluator
+
+        want = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    _close(_via_api(model, x, tmp_path), want)
+
+
+def test_dynamo_export_at_opset_21_writes_group_normalization_and_converts(tmp_path):
+    import torch
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.GroupNorm(2, 8)).eval()
+    program = torch.onnx.export(net, (torch.zeros(1, 3, 8, 8),), None, dynamo=True,
+                                opset_version=21, input_names=["x"], output_names=["y"],
+                                optimize=True, verbose=False)
+    model = program.model_proto
+    assert "GroupNormalization" in {n.op_type for n in model.graph.node}
+    x = _x(1, 3, 8, 8)
+    _close(_via_api(model, x, tmp_path), _onnxruntime(model, x))
+
+
 @pytest.mark.parametrize("mode", ["DCR", "CRD"])
 def test_depth_to_space_matches_onnxruntime(tmp_path, mode):
     node = helper.make_node("DepthToSpace", ["x"], ["y"], blocksize=2, mode=mode)
