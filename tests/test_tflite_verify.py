@@ -97,6 +97,15 @@ def _output_never_computed(model: Any, graph: Any) -> None:
     graph.operators = graph.operators[:-1]
 
 
+def _stride_zero(model: Any, graph: Any) -> None:
+    """Passes the verifier (it checks structure, not each op's options); tflite-runtime 2.14
+    divides by the stride in CONV_2D's Prepare (SIGFPE), LiteRT refuses it."""
+    conv = schema().BuiltinOperator.CONV_2D
+    for op in graph.operators:
+        if model.operatorCodes[op.opcodeIndex].builtinCode == conv:
+            op.builtinOptions.strideW = op.builtinOptions.strideH = 0
+
+
 CASES = {  # name -> (edit, command, what the one line must name)
     "operators reversed": (_reversed, "validate", "not in execution order"),
     "graph input is a constant": (_input_is_a_constant, "validate",
@@ -176,20 +185,28 @@ def test_big_files_are_verified_on_the_mapped_file(tmp_path, artefacts, monkeypa
 
 @pytest.mark.skipif(not HAS_TFLITE_RUNTIME, reason="tflite-runtime is not installed")
 def test_a_kernel_crash_the_verifier_lets_through_is_one_line(tmp_path, artefacts):
-    """tflite-runtime 2.14 divides by a CONV_2D's stride in Prepare: SIGFPE on stride 0
-    (LiteRT refuses it). The verifier checks structure, not each op's options; the child
-    process takes the crash."""
-    def stride_zero(model: Any, graph: Any) -> None:
-        conv = schema().BuiltinOperator.CONV_2D
-        for op in graph.operators:
-            if model.operatorCodes[op.opcodeIndex].builtinCode == conv:
-                op.builtinOptions.strideW = op.builtinOptions.strideH = 0
-
-    path = _crafted(artefacts["tflite"], tmp_path, stride_zero)
+    """The child process takes tflite-runtime's SIGFPE on a stride-0 CONV_2D."""
+    path = _crafted(artefacts["tflite"], tmp_path, _stride_zero)
     done = _edgecnn("bench", str(path), "--runtime", "tflite-runtime", "--runs", "1",
                     cwd=tmp_path)
     _one_line(done, "tflite-runtime crashed (SIGFPE)")
     assert str(path) in done.stderr and "child process" in done.stderr
+
+
+@pytest.mark.skipif(not HAS_TFLITE_RUNTIME, reason="tflite-runtime is not installed")
+def test_the_device_runner_reports_a_crash_as_its_error(tmp_path, artefacts):
+    """On a Raspberry Pi the runner is the only code there: it runs the file once in a child
+    of its own, and its JSON error becomes the bench's one line on the host."""
+    import json
+
+    from edgecnn.targets import runner
+
+    path = _crafted(artefacts["tflite"], tmp_path, _stride_zero)
+    done = subprocess.run([sys.executable, runner.__file__, str(path), "--runtime",
+                           "tflite-runtime", "--runs", "1", "--min-time", "0"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 4, done.stderr[-2000:]
+    assert "tflite-runtime crashed (SIGFPE)" in json.loads(done.stdout)["error"]
 
 
 @pytest.mark.skipif(not HAS_TFLITE_RUNTIME, reason="tflite-runtime is not installed")
