@@ -37,8 +37,8 @@ SUBGRAPH_OPS = {"CALL", "IF", "WHILE", "CALL_ONCE", "DELEGATE", "STABLEHLO_WHILE
                 "STABLEHLO_CASE", "STABLEHLO_REDUCE", "STABLEHLO_REDUCE_WINDOW",
                 "STABLEHLO_SCATTER", "STABLEHLO_SORT", "STABLEHLO_COMPOSITE"}
 # the one custom op edgecnn produces: Vela's Ethos-U command stream (targets/ethos_u.py); no
-# host interpreter has a kernel for it, so LiteRT refuses it cleanly at load, and its scratch
-# inputs are workspace that no operator writes
+# host interpreter has a kernel for it (LiteRT stops cleanly: "unresolved custom op"), and its
+# scratch inputs are workspace that no operator writes
 KNOWN_CUSTOM = {"ethos-u"}
 # bytes per element of each TensorType; the packed types hold several elements per byte
 ITEMSIZE = {0: 4, 1: 2, 2: 4, 3: 1, 4: 8, 6: 1, 7: 2, 8: 8, 9: 1, 10: 8, 11: 16, 12: 8, 15: 4,
