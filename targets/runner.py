@@ -147,13 +147,14 @@ def check_tflite(path: str, runtime: str, shape: list[int] | None = None,
             interpreter.resize_tensor_input(detail["index"], shape)
         interpreter.allocate_tensors()
         stage = "run"
-        interpreter.set_tensor(detail["index"], np.zeros(shape or detail["shape"],
-                                                         detail["dtype"]))
+        for each in interpreter.get_input_details():  # every input: none left uninitialised
+            interpreter.set_tensor(each["index"], np.zeros(each["shape"], each["dtype"]))
         interpreter.invoke()
     except MemoryError:
         return {"error": "out of memory", "stage": stage, "memory": True}
-    except (ValueError, RuntimeError, TypeError, IndexError) as exc:
-        return {"error": (str(exc).splitlines() or [""])[0][:200], "stage": stage}
+    except Exception as exc:  # any Python error is a clean refusal; only a crash is not
+        return {"error": f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}",
+                "stage": stage}
     return {"ok": True}
 
 
