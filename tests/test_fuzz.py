@@ -51,3 +51,28 @@ def test_mutated_model_files_never_escape_as_tracebacks(tmp_path, artefacts, kin
         except Exception as exc:  # noqa: BLE001 - the point: report every other exception
             escaped.append(f"case {case}: {type(exc).__name__}: {str(exc)[:120]}")
     assert not escaped, f"{len(escaped)} of {CASES[kind]} mutants escaped:\n" + "\n".join(escaped[:10])
+
+
+def test_a_seeded_fuzzing_campaign_keeps_the_readmes_promises(tmp_path):
+    """24 structure-aware cases through the real CLI, each in a child under a memory cap and a
+    timeout (tests/fuzzing.py; scripts/fuzz.py runs long campaigns): every outcome is an
+    acceptance or one named line, never a crash, hang, traceback, changed input or leftover."""
+    from tests.fuzzing import campaign
+
+    outcomes = campaign(24, seed=2026, root=tmp_path)
+    findings = [f"case {o.case.number} ({o.case.kind}, {' '.join(o.case.args)[:100]}): "
+                f"{o.verdict}: {o.line}" for o in outcomes if o.finding]
+    assert not findings, "\n".join(findings)
+    assert {o.verdict for o in outcomes} >= {"refused"}  # the mutants do reach the checks
+
+
+def test_the_harness_reports_a_hang_and_a_blow_up(tmp_path):
+    """The gate watched failing: a child that cannot finish in time is a hang, one that cannot
+    get memory under the cap is a finding, and a clean refusal is not."""
+    from tests.fuzzing import Case, run_case
+
+    case = Case(0, "args", "args", ["inspect", str(LENET)])
+    assert run_case(case, tmp_path, timeout_s=0.05).verdict == "hang"
+    assert run_case(case, tmp_path, memory_cap=200 << 20).finding  # libraries cannot map
+    missing = Case(1, "args", "args", ["inspect", str(tmp_path / "missing.onnx")])
+    assert run_case(missing, tmp_path).verdict == "refused"
