@@ -261,10 +261,11 @@ def test_resize_converts_where_tflite_samples_the_same_points(tmp_path, mode, tr
 
 
 def test_resize_by_a_fractional_scale_is_refused_not_approximated():
-    """ONNX keeps a scale's fraction (8 * 0.6 = 4.8 samples) where TFLite uses 4 / 8: it used
-    to convert, and align_corners was 0.86 off with onnxruntime agreeing with TFLite."""
+    """With align_corners ONNX's spec keeps a scale's fraction (8 * 0.6 = 4.8 samples) where
+    onnxruntime and TFLite use the output size: it used to convert, 0.86 off the spec while
+    matching onnxruntime; now it is refused in one line."""
     model = _resize("linear", "align_corners", "round_prefer_floor", [1, 1, 0.5, 0.6], "down")
-    with pytest.raises(ConversionError, match="Resize 'down' .* samples where no TFLite resize"):
+    with pytest.raises(ConversionError, match="Resize 'down' .* ONNX's spec and onnxruntime"):
         convert_onnx_to_tflite(model, "m.onnx")
 
 
@@ -359,6 +360,45 @@ def test_reflect_edge_and_wrap_padding_match_onnxruntime(tmp_path, mode):
     model = _model([node], (2, 4, 5, 6), (2, 7, 8, 9), [pads], opset=19)
     x = _x(2, 4, 5, 6)
     np.testing.assert_array_equal(_tflite(model, x, tmp_path), _onnxruntime(model, x))
+
+
+def _resize_sizes(attrs: dict, in_hw: tuple[int, int], out_hw: tuple[int, int],
+                  roi: list[float] | None = None) -> onnx.ModelProto:
+    inits = [numpy_helper.from_array(np.array(roi or [], np.float32), "roi"),
+             numpy_helper.from_array(np.array([], np.float32), "scales"),
+             numpy_helper.from_array(np.array([2, 3, *out_hw], np.int64), "sizes")]
+    node = helper.make_node("Resize", ["x", "roi", "scales", "sizes"], ["y"], **attrs)
+    return _model([node], (2, 3, *in_hw), (2, 3, *out_hw), inits, opset=19)
+
+
+@pytest.mark.parametrize("attrs,in_hw,out_hw,roi", [
+    ({"mode": "cubic"}, (5, 7), (9, 4), None),
+    ({"mode": "cubic", "cubic_coeff_a": -0.5, "exclude_outside": 1}, (6, 6), (4, 9), None),
+    ({"mode": "linear", "antialias": 1}, (9, 8), (4, 3), None),
+    ({"mode": "linear", "coordinate_transformation_mode": "half_pixel_symmetric"}, (4, 5),
+     (7, 3), None),
+    ({"mode": "linear", "coordinate_transformation_mode": "tf_crop_and_resize",
+      "extrapolation_value": 10.0}, (6, 6), (4, 5), [0, 0, 0.2, -0.1, 1, 1, 1.3, 0.7]),
+    ({"mode": "nearest", "coordinate_transformation_mode": "half_pixel",
+      "nearest_mode": "ceil"}, (4, 5), (8, 7), None),
+    ({"mode": "nearest", "coordinate_transformation_mode": "align_corners",
+      "nearest_mode": "floor"}, (4, 4), (8, 3), None)])
+def test_resize_modes_no_tflite_kernel_has_match_onnxruntime(tmp_path, attrs, in_hw, out_hw,
+                                                            roi):
+    """ONNX's own per-axis sampling: nearest as a GATHER per axis, cubic, antialiased and other
+    linear ones as a BATCH_MATMUL per axis by ONNX's weight matrix."""
+    model = _resize_sizes(attrs, in_hw, out_hw, roi)
+    x = _x(2, 3, *in_hw)
+    _close(_tflite(model, x, tmp_path), _onnxruntime(model, x))
+
+
+def test_resize_by_a_fractional_half_pixel_scale_matches_onnxruntime(tmp_path):
+    inits = [numpy_helper.from_array(np.array([], np.float32), "roi"),
+             numpy_helper.from_array(np.array([1, 1, 1.7, 0.6], np.float32), "scales")]
+    node = helper.make_node("Resize", ["x", "roi", "scales"], ["y"], mode="linear")
+    model = _model([node], (2, 3, 6, 8), (2, 3, 10, 4), inits, opset=19)
+    x = _x(2, 3, 6, 8)
+    _close(_tflite(model, x, tmp_path), _onnxruntime(model, x))
 
 
 NODE_CASES = ["test_lrn_default", "test_flatten_axis0", "test_instancenorm_example", "test_depthtospace_crd_mode_example",
