@@ -346,13 +346,14 @@ def test_average_pool_counting_same_shaped_padding():
     _check(_model([node], []), RNG.standard_normal((1, 3, 5, 5)).astype(np.float32) + 3)
 
 
-def test_pool_then_relu_is_fused_and_dilation_refused():
+def test_pool_then_relu_is_fused_and_dilation_written_as_taps():
     nodes = [helper.make_node("MaxPool", ["x"], ["p"], kernel_shape=[2, 2], strides=[1, 1]),
              helper.make_node("Relu", ["p"], ["y"])]
     assert _check(_model(nodes, [])) == [("MAX_POOL_2D", 1)]
+    # dilated: the window's taps as strided slices, then MAXIMUM (issue 22; was refused)
     node = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], dilations=[2, 2],
                             name="mp")
-    _refused(_model([node], []), "MaxPool 'mp' is dilated")
+    assert ("MAXIMUM", 1) in _check(_model([node], []))
 
 
 def test_pool_with_rectangular_kernel_and_strides():

@@ -401,6 +401,22 @@ def test_resize_by_a_fractional_half_pixel_scale_matches_onnxruntime(tmp_path):
     _close(_tflite(model, x, tmp_path), _onnxruntime(model, x))
 
 
+@pytest.mark.parametrize("op,attrs", [
+    ("MaxPool", {"kernel_shape": [3, 2], "dilations": [2, 3], "pads": [1, 0, 2, 1],
+                 "strides": [2, 1]}),
+    ("MaxPool", {"kernel_shape": [2, 2], "dilations": [2, 2], "ceil_mode": 1, "strides": [2, 2]}),
+    ("AveragePool", {"kernel_shape": [3, 3], "dilations": [2, 2], "pads": [2, 1, 2, 1]}),
+    ("AveragePool", {"kernel_shape": [2, 3], "dilations": [3, 2], "pads": [1, 1, 1, 1],
+                     "count_include_pad": 1}),
+    ("LpPool", {"kernel_shape": [2, 2], "dilations": [2, 2], "p": 3, "pads": [1, 1, 0, 0]})])
+def test_dilated_pooling_matches_onnxruntime(tmp_path, op, attrs):
+    """TFLite pooling has no dilation: each tap a strided slice, then MAXIMUM or the sum."""
+    node = helper.make_node(op, ["x"], ["y"], **attrs)
+    x = _x(2, 3, 9, 8)
+    want = _onnxruntime(_model([node], (2, 3, 9, 8), ("n", "c", "h", "w"), opset=19), x)
+    _close(_tflite(_model([node], (2, 3, 9, 8), want.shape, opset=19), x, tmp_path), want)
+
+
 NODE_CASES = ["test_lrn_default", "test_flatten_axis0", "test_instancenorm_example", "test_depthtospace_crd_mode_example",
               "test_spacetodepth_crd_mode_example", "test_globalmaxpool",
               "test_resize_upsample_scales_nearest", "test_resize_downsample_scales_linear"]

@@ -16,7 +16,9 @@ def _pool(ctx: LoweringContext, node: onnx.NodeProto, op: str) -> None:
     _, _, h, w = ctx.shape(node.input[0])
     kernel = tuple(ctx.attr(node, "kernel_shape"))
     strides = tuple(ctx.attr(node, "strides", [1, 1]))
-    _refuse_dilation(ctx, node)
+    if tuple(ctx.attr(node, "dilations", [1, 1])) != (1, 1):
+        _dilated_pool(ctx, node, op)
+        return
     ceil = int(ctx.attr(node, "ceil_mode", 0))
     out_hw = tuple(ctx.shape(node.output[0])[2:])
     count_pad = op == "AVERAGE_POOL_2D" and bool(int(ctx.attr(node, "count_include_pad", 0)))
@@ -48,20 +50,101 @@ def _pool(ctx: LoweringContext, node: onnx.NodeProto, op: str) -> None:
     ctx.same_params_output(node, op, [x], ctx.op_version(1, 2), options)
 
 
-def _refuse_dilation(ctx: LoweringContext, node: onnx.NodeProto) -> None:
-    if tuple(ctx.attr(node, "dilations", [1, 1])) != (1, 1):
-        raise ConversionError(f"{ctx.graph.source}: {node.op_type} {node.name!r} is dilated; "
-                              "TFLite pooling has no dilation")
+def _taps(ctx: LoweringContext, node: onnx.NodeProto, x: int, kernel: tuple[int, ...],
+          strides: tuple[int, ...], dilations: tuple[int, ...],
+          out_hw: tuple[int, ...]) -> list[int]:
+    """Every kernel tap of a dilated pooling window over the padded NHWC ``x``: one
+    STRIDED_SLICE each, the (N, OH, OW, C) map of the cells that tap reads."""
+    n, _, _, c = ctx.builder.tensor_shape(x)
+    name, quant = node.output[0], ctx.builder.tensor_quant(x)
+    taps = []
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            begin = [0, i * dilations[0], j * dilations[1], 0]
+            end = [0, begin[1] + (out_hw[0] - 1) * strides[0] + 1,
+                   begin[2] + (out_hw[1] - 1) * strides[1] + 1, 0]
+            tap = ctx.scratch(f"{name}/tap{i}_{j}", (n, *out_hw, c), quant)
+            ctx.add_op("STRIDED_SLICE", [x, ctx.int_const(f"{name}/tap{i}_{j}/begin", begin),
+                                         ctx.int_const(f"{name}/tap{i}_{j}/end", end),
+                                         ctx.int_const(f"{name}/tap{i}_{j}/strides",
+                                                       [1, *strides, 1])],
+                       [tap], version=ctx.op_version(1, 2),
+                       options=ctx.options("StridedSliceOptions", beginMask=0b1001,
+                                           endMask=0b1001))
+            taps.append(tap)
+    return taps
+
+
+def _combine(ctx: LoweringContext, taps: list[int], op: str, name: str) -> int:
+    """MAXIMUM or ADD of every tap, pairwise in order (MAXIMUM keeps int8 parameters)."""
+    current = taps[0]
+    for i, tap in enumerate(taps[1:]):
+        out = ctx.scratch(f"{name}/{op.lower()}{i}", ctx.builder.tensor_shape(tap),
+                          ctx.builder.tensor_quant(tap))
+        options = (ctx.options("AddOptions", fusedActivationFunction=0) if op == "ADD"
+                   else None)
+        ctx.add_op(op, [current, tap], [out], version=ctx.op_version(1, 2) if op != "ADD" else 1,
+                   options=options)
+        current = out
+    return current
+
+
+def _dilated_pool(ctx: LoweringContext, node: onnx.NodeProto, op: str) -> None:
+    """TFLite pooling has no dilation: the window's taps as strided slices of the padded map,
+    then their MAXIMUM, or their sum divided by the cells ONNX counts (float only)."""
+    _, _, h, w = ctx.shape(node.input[0])
+    kernel = tuple(ctx.attr(node, "kernel_shape"))
+    strides = tuple(ctx.attr(node, "strides", [1, 1]))
+    dilations = tuple(ctx.attr(node, "dilations", [1, 1]))
+    out_hw = tuple(ctx.shape(node.output[0])[2:])
+    average = op == "AVERAGE_POOL_2D"
+    if average and ctx.int8:
+        raise ConversionError(f"{ctx.graph.source}: AveragePool {node.name!r} is dilated, which "
+                              "edgecnn writes in float only; convert with --for cpu (a float "
+                              "island)")
+    _, declared = spatial_padding(ctx, node, (h, w), kernel, strides, dilations,
+                                  allow_same=False)
+    _, explicit = spatial_padding(ctx, node, (h, w), kernel, strides, dilations,
+                                  out_hw=out_hw, allow_same=False)
+    explicit = [(b, max(a, (o - 1) * s + (k - 1) * d + 1 - size - b))
+                for (b, a), o, s, k, d, size in zip(explicit, out_hw, strides, kernel, dilations,
+                                                    (h, w), strict=True)]
+    x = ctx.value(node.input[0]).tensor
+    if any(p != (0, 0) for p in explicit):
+        lowest = None if average else float(np.finfo(np.float32).min)
+        x = pad_spatial(ctx, x, explicit, node.output[0] + "/pad", fill=lowest)
+    taps = _taps(ctx, node, x, kernel, strides, dilations, out_hw)
+    if not average:
+        last = _combine(ctx, taps[:-1], "MAXIMUM", node.output[0]) if len(taps) > 1 else None
+        if last is None:
+            ctx.same_params_output(node, "RESHAPE", [taps[0], ctx.int_const(
+                node.output[0] + "/shape", [-1, *ctx.builder.tensor_shape(taps[0])[1:]])], 1)
+            return
+        ctx.same_params_output(node, "MAXIMUM", [last, taps[-1]], ctx.op_version(1, 2))
+        return
+    count_pad = bool(int(ctx.attr(node, "count_include_pad", 0)))
+    counts = [window_counts(size, k, s, p, o, count_pad, d) for size, k, s, p, o, d in
+              zip((h, w), kernel, strides, declared, out_hw, dilations, strict=True)]
+    area = np.outer(counts[0], counts[1]).astype(np.float64)
+    if np.any(area == 0):
+        raise ConversionError(f"{ctx.graph.source}: AveragePool {node.name!r} has a window that "
+                              "holds no counted cell; ONNX divides it by zero")
+    total = _combine(ctx, taps, "ADD", node.output[0])
+    out = ctx.output_value(node.output[0])
+    inverse = ctx.builder.add_constant(node.output[0] + "/inverse_count",
+                                       (1.0 / area).astype(np.float32).reshape(1, *out_hw, 1))
+    ctx.add_op("MUL", [total, inverse], [out.tensor],
+               options=ctx.options("MulOptions", fusedActivationFunction=0))
 
 
 def window_counts(size: int, kernel: int, stride: int, pads: tuple[int, int], out: int,
-                  count_pad: bool) -> np.ndarray:
+                  count_pad: bool, dilation: int = 1) -> np.ndarray:
     """How many cells ONNX's AveragePool divides each output's window by along one axis: those
     inside the input, plus the declared padding when count_include_pad; never the cells ceil
     mode adds past the padding."""
     low, high = (-pads[0], size + pads[1]) if count_pad else (0, size)
-    starts = np.arange(out) * stride - pads[0]
-    return np.maximum(np.minimum(starts + kernel, high) - np.maximum(starts, low), 0)
+    cells = (np.arange(out) * stride - pads[0])[:, None] + np.arange(kernel)[None] * dilation
+    return ((cells >= low) & (cells < high)).sum(axis=1)
 
 
 def _average_factors(in_hw: tuple[int, int], kernel: tuple[int, ...], strides: tuple[int, ...],
@@ -187,7 +270,6 @@ def _root(ctx: LoweringContext, x: int, p: int, out: int, name: str) -> None:
 def lower_lp_pool(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     """(sum over the window of |x|**p) ** (1/p): |x|**p by MULs, zero padding (it adds
     nothing to a sum), a VALID AVERAGE_POOL_2D times the window's area, the root."""
-    _refuse_dilation(ctx, node)
     p = int(ctx.attr(node, "p", 2))
     if p < 1:
         raise ConversionError(f"{ctx.graph.source}: LpPool {node.name!r} has p={p}; ONNX needs "
@@ -195,13 +277,19 @@ def lower_lp_pool(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     _, _, h, w = ctx.shape(node.input[0])
     kernel = tuple(ctx.attr(node, "kernel_shape"))
     strides = tuple(ctx.attr(node, "strides", [1, 1]))
+    dilations = tuple(ctx.attr(node, "dilations", [1, 1]))
     out_hw = tuple(ctx.shape(node.output[0])[2:])
-    _, explicit = spatial_padding(ctx, node, (h, w), kernel, strides, allow_same=False,
-                                  out_hw=out_hw if int(ctx.attr(node, "ceil_mode", 0)) else None)
+    _, explicit = spatial_padding(ctx, node, (h, w), kernel, strides, dilations,
+                                  allow_same=False, out_hw=out_hw)
     name = node.output[0]
     powered = _power(ctx, ctx.value(node.input[0]).tensor, p, name + "/pow")
     if any(pad != (0, 0) for pad in explicit):
         powered = pad_spatial(ctx, powered, explicit, name + "/pad")
+    if dilations != (1, 1):  # the taps' sum, then the root
+        total = _combine(ctx, _taps(ctx, node, powered, kernel, strides, dilations, out_hw),
+                         "ADD", name)
+        _root(ctx, total, p, ctx.output_value(name).tensor, name + "/root")
+        return
     n, _, _, c = ctx.builder.tensor_shape(powered)
     pooled = ctx.scratch(name + "/mean", (n, *out_hw, c), None)
     ctx.add_op("AVERAGE_POOL_2D", [powered], [pooled], options=ctx.options(
