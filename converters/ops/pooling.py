@@ -200,12 +200,14 @@ def _halves_common(ctx: LoweringContext, node: onnx.NodeProto) -> bool:
         node, "auto_pad", "NOTSET") not in ("NOTSET", "VALID")
     whole_windows = not int(ctx.attr(node, "ceil_mode", 0)) and (
         not padded or int(ctx.attr(node, "count_include_pad", 0)))
-    return int(np.prod(kernel)) % 2 == 0 or not whole_windows
+    dilated = tuple(ctx.attr(node, "dilations", [1, 1])) != (1, 1)  # written in float only
+    return int(np.prod(kernel)) % 2 == 0 or not whole_windows or dilated
 
 
 @lower("AveragePool", int8=conditional(_halves_common, "int8 kernel for odd windows of counted "
                                        "cells; float island for even windows (2x2), uncounted "
-                                       "padding or ceil mode, where halves are common"))
+                                       "padding or ceil mode, where halves are common, and "
+                                       "dilation"))
 def lower_average_pool(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     _pool(ctx, node, "AVERAGE_POOL_2D")
 
