@@ -28,7 +28,9 @@ def main() -> None:
               "int8 kernel only where TFLite's kernel rounds as the QDQ reference does, checked "
               "layer by layer (each layer fed TFLite's own inputs) in tests/test_tflite.py.", "",
               "Also handled before lowering: BatchNormalization (folded into the Conv before "
-              "it), Dropout and Identity (removed), ReduceMean over H and W (GlobalAveragePool), Constant "
+              "it), Dropout and Identity (removed), ReduceMean over H and W (GlobalAveragePool), "
+              "GroupNormalization (unfolded into Reshape, InstanceNormalization, Reshape, Mul, "
+              "Add, as PyTorch exports it below opset 21), Constant "
               "and shape arithmetic (folded, by onnxslim for third-party files), the exact "
               "erf GELU chain (one GELU), QuantizeLinear/DequantizeLinear pairs (read as "
               "quantisation parameters).", ""]

@@ -222,7 +222,7 @@ def lower_global_average_pool(ctx: LoweringContext, node: onnx.NodeProto) -> Non
 
 
 def _power(ctx: LoweringContext, x: int, p: int, name: str) -> int:
-    """|x| ** p for a whole p >= 1 by repeated squaring (x * x is |x| ** 2) and one ABS for odd
+    """abs(x) ** p for a whole p >= 1 by repeated squaring (x * x is |x| ** 2) and one ABS for odd
     p: MULs, without POW's rounding."""
     shape = ctx.builder.tensor_shape(x)
 
@@ -270,8 +270,9 @@ def _root(ctx: LoweringContext, x: int, p: int, out: int, name: str) -> None:
 
 @lower("LpPool", int8=island())
 def lower_lp_pool(ctx: LoweringContext, node: onnx.NodeProto) -> None:
-    """(sum over the window of |x|**p) ** (1/p): |x|**p by MULs, zero padding (it adds
-    nothing to a sum), a VALID AVERAGE_POOL_2D times the window's area, the root."""
+    """(sum over the window of abs(x) ** p) ** (1/p): the powers by MULs, zero padding (it adds
+    nothing to a sum), a VALID AVERAGE_POOL_2D times the window's area (dilated: the taps'
+    sum), then the root."""
     p = int(ctx.attr(node, "p", 2))
     if p < 1:
         raise ConversionError(f"{ctx.graph.source}: LpPool {node.name!r} has p={p}; ONNX needs "

@@ -48,6 +48,7 @@ def _gather_channels(ctx: LoweringContext, x: int, order: np.ndarray, out: int,
 
 @lower("DepthToSpace")
 def lower_depth_to_space(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    """DEPTH_TO_SPACE (ONNX's DCR order on NHWC); CRD mode: a GATHER of the channels first."""
     block, mode = _blocks(ctx, node)
     x = ctx.value(node.input[0]).tensor
     if mode == "CRD":  # channels into DCR order first, then TFLite's own movement
@@ -63,6 +64,8 @@ def lower_depth_to_space(ctx: LoweringContext, node: onnx.NodeProto) -> None:
 
 @lower("SpaceToDepth")
 def lower_space_to_depth(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    """SPACE_TO_DEPTH (ONNX's DCR order on NHWC); CRD mode (opset 28): a GATHER of the
+    channels after it."""
     block, mode = _blocks(ctx, node)
     x = ctx.value(node.input[0]).tensor
     options = ctx.options("SpaceToDepthOptions", blockSize=block)
