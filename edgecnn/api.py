@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from edgecnn.errors import BadInputError, ConversionError
 from edgecnn.fileio import atomic_path, check_output_path
 from edgecnn.inspection import ModelInfo, card_or_default, inspect_model, load_onnx
 from edgecnn.int8_budget import Budget, BudgetResult
+from edgecnn.int8_cost import Int8Cost
 from edgecnn.memory import release_memory
 from edgecnn.quant_error import LayerReport
 from edgecnn.shipped import is_shipped, resolve_model
@@ -39,6 +41,7 @@ TARGET_FORMATS = ("onnx", "tflite")
 # next layer's output by a step too). A wrong lowering (layout, scale, zero point) is tens of
 # steps off. 3 separates the two on every zoo and registry model.
 INT8_SELF_CHECK_STEPS = 3
+INT8_COST_IMAGES = 256  # calibration images compared at the outputs, int8 against fp32
 SELF_CHECK_IMAGES = 32  # real calibration images, plus 8 seeded random ones
 LAYER_CHECK_IMAGES = 1  # every activation is kept for the layer check (and exports are often batch 1)
 
@@ -132,6 +135,7 @@ class ConvertResult:
     seconds: float
     checks: dict[str, Any] = field(default_factory=dict)
     budget: BudgetResult | None = None  # what an accuracy budget chose, when one was given
+    int8_cost: Int8Cost | None = None  # int8 against fp32 at the outputs, when quantised here
 
     def rows(self) -> list[dict[str, Any]]:
         return [{"output": str(self.path), "format": self.format + (" int8" if self.int8 else ""),
@@ -168,6 +172,7 @@ def convert(model: str | Path, output: str | Path | None = None,
                             inputs=(source, config.calib))
     checks: dict[str, Any] = {}
     budget: BudgetResult | None = None
+    int8_cost: Int8Cost | None = None
     onnx_model, card = _onnx_of(source, config, checks)
     release_memory()  # the PyTorch model is gone: give its memory back before the next step
     already_int8 = qdq.is_qdq(onnx_model)
@@ -191,8 +196,12 @@ def convert(model: str | Path, output: str | Path | None = None,
                 checks["int8 budget"] = budget.summary()
             else:
                 report = quantize_onnx(float_path, card, calib, quant_config)
+            int8_cost = measure_int8_cost(float_path, report.model, card, calib)
         onnx_model = report.model
         checks["calibration images"] = report.calibration_images
+        checks["int8 vs fp32"] = int8_cost.summary()
+        if (warning := int8_cost.warning()) is not None:
+            warnings.warn(warning, stacklevel=2)
         if report.float_ops:
             checks["float ops"] = ", ".join(f"{k} x{v}" for k, v in report.float_ops.items())
     elif already_int8 and config.budget is not None:
@@ -232,7 +241,27 @@ def convert(model: str | Path, output: str | Path | None = None,
             release_memory()
             size = _to_tflite(onnx_path, source, card, config, checks, calib, tmp)
     return ConvertResult(out, config.to, config.int8, size, time.perf_counter() - started,
-                         checks, budget)
+                         checks, budget, int8_cost)
+
+
+def measure_int8_cost(float_path: Path, quantised: Any, card: ModelCard, images: Dataset
+                      ) -> Int8Cost:
+    """int8 (the QDQ reference reading of ``quantised``) against the float model at ``float_path``
+    on the first :data:`INT8_COST_IMAGES` real images: what the user gives up, label-free."""
+    from edgecnn.converters.torch_to_onnx import save_external
+    from edgecnn.int8_cost import measure
+    from edgecnn.runtimes import predict_all, reference_session
+
+    x = card.input.preprocess(images.images[:INT8_COST_IMAGES])
+    with tempfile.TemporaryDirectory(prefix="edgecnn-cost-") as tmp:
+        int8_path = Path(tmp) / "int8.onnx"
+        copy = type(quantised)()
+        copy.CopyFrom(quantised)
+        save_external(copy, int8_path)
+        floats = predict_all(reference_session(float_path), x)
+        int8s = predict_all(reference_session(int8_path), x)
+    names = [o.name for o in quantised.graph.output]
+    return measure(floats, int8s, names)
 
 
 def _search_budget(float_path: Path, card: ModelCard, calib: Dataset, config: ConvertConfig,
