@@ -417,9 +417,12 @@ def test_dilated_pooling_matches_onnxruntime(tmp_path, op, attrs):
     _close(_tflite(_model([node], (2, 3, 9, 8), want.shape, opset=19), x, tmp_path), want)
 
 
-NODE_CASES = ["test_lrn_default", "test_flatten_axis0", "test_instancenorm_example", "test_depthtospace_crd_mode_example",
-              "test_spacetodepth_crd_mode_example", "test_globalmaxpool",
-              "test_resize_upsample_scales_nearest", "test_resize_downsample_scales_linear"]
+NODE_CASES = ["test_lrn_default", "test_flatten_axis0", "test_instancenorm_example",
+              "test_depthtospace_crd_mode_example", "test_spacetodepth_crd_mode_example",
+              "test_globalmaxpool", "test_resize_upsample_scales_nearest",
+              "test_resize_downsample_scales_linear", "test_resize_downsample_scales_cubic",
+              "test_averagepool_2d_ceil", "test_lppool_2d_dilations",
+              "test_convtranspose_kernel_shape", "test_constant_pad_axes"]
 
 
 def test_onnx_backend_node_cases(tmp_path):
@@ -433,7 +436,8 @@ def test_onnx_backend_node_cases(tmp_path):
     outcomes = {name: coverage.classify(case, tmp_path) for name, case in cases.items()}
     assert not [o for o in outcomes.values() if o.status in ("silently wrong", "error")]
     passing = {n for n, o in outcomes.items() if o.status == "pass"}
-    assert passing >= {"test_flatten_axis0", "test_instancenorm_example", "test_depthtospace_crd_mode_example",
-                       "test_spacetodepth_crd_mode_example", "test_globalmaxpool",
-                       "test_resize_upsample_scales_nearest"}
-    assert outcomes["test_resize_downsample_scales_linear"].status == "refused"
+    assert passing == set(NODE_CASES) - {"test_lrn_default"}
+    # batch 5: edgecnn's self-check (16 images) cannot feed its batch-5 reference; the file the
+    # lowering writes is right (see the report in docs/coverage.md)
+    lrn = outcomes["test_lrn_default"]
+    assert lrn.status == "refused" and "lowering alone matches" in lrn.detail
