@@ -225,19 +225,17 @@ def test_the_child_catches_what_the_verifier_would(tmp_path, artefacts, monkeypa
 
 
 def test_each_file_and_shape_is_probed_once_per_process(tmp_path, artefacts, monkeypatch):
-    from edgecnn.targets import runner
-
     from edgecnn import isolation
     from edgecnn.runtimes import TFLiteSession, predict
 
     calls: list[Any] = []
-    real = runner.check_in_child
+    real = isolation._check
 
-    def counted(*args: Any, **kwargs: Any) -> dict[str, Any]:
-        calls.append(args[2])
-        return real(*args, **kwargs)
+    def counted(request: dict[str, Any]) -> dict[str, Any]:
+        calls.append(request["shape"])
+        return real(request)
 
-    monkeypatch.setattr(runner, "check_in_child", counted)
+    monkeypatch.setattr(isolation, "_check", counted)
     monkeypatch.setattr(isolation, "_probed", set())
     path = tmp_path / "m.tflite"
     path.write_bytes(artefacts["tflite"].read_bytes())
@@ -245,3 +243,19 @@ def test_each_file_and_shape_is_probed_once_per_process(tmp_path, artefacts, mon
         predict(TFLiteSession(path, 1, "ai_edge_litert.interpreter", "litert"),
                 np.zeros((4, 1, 28, 28), np.float32))
     assert calls == [None, [4, 28, 28, 1]]  # the file's own shape, then the batch used
+
+
+def test_a_fork_server_killed_from_outside_is_started_again(tmp_path, artefacts, monkeypatch):
+    import os
+    import signal
+
+    from edgecnn import isolation
+
+    monkeypatch.setattr(isolation, "_probed", set())
+    isolation.probe_tflite(artefacts["tflite"], "litert")
+    server = isolation._SERVER.process
+    assert server is not None and server.poll() is None
+    os.kill(server.pid, signal.SIGKILL)
+    server.wait()
+    isolation.probe_tflite(artefacts["tflite"], "litert", [2, 28, 28, 1])
+    assert isolation._SERVER.process is not None and isolation._SERVER.process.pid != server.pid
