@@ -37,3 +37,17 @@ if (_CHECKOUT / "pyproject.toml").is_file() and all(
         (folder / "__init__.py").is_file() for folder in _SUBPACKAGES.values()) and not any(
         isinstance(finder, _CheckoutSubpackages) for finder in sys.meta_path):
     sys.meta_path.append(_CheckoutSubpackages())
+
+# edgecnn.bench and edgecnn.validate name modules, which win over __getattr__ once imported:
+# those two functions are edgecnn.api.bench and edgecnn.api.validate
+_API = ("convert", "layers", "inspect", "ConvertConfig", "Thresholds")
+
+
+def __getattr__(name: str) -> object:
+    """``edgecnn.convert(...)`` and the rest of :mod:`edgecnn.api` above, imported on first
+    use (the CLI's start-up never pays for torch and onnxruntime it does not need)."""
+    if name in _API:
+        from edgecnn import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'edgecnn' has no attribute {name!r}")

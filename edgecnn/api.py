@@ -17,12 +17,12 @@ import time
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgecnn.card import ModelCard
-from edgecnn.data import SHIPPED_CALIBRATION_SET, Dataset, load_dataset
+from edgecnn.data import SHIPPED_CALIBRATION_SET, Dataset, TensorDataset, load_dataset
 from edgecnn.errors import BadInputError, ConversionError
 from edgecnn.fileio import atomic_path, check_output_path
 from edgecnn.inspection import ModelInfo, card_or_default, inspect_model, load_onnx
@@ -33,6 +33,9 @@ from edgecnn.quant_error import LayerReport
 from edgecnn.shipped import is_shipped, resolve_model
 from edgecnn.validate import ParityReport, Thresholds
 from edgecnn.validate import validate as _validate
+
+if TYPE_CHECKING:
+    from edgecnn.bench import BenchReport
 
 TARGET_FORMATS = ("onnx", "tflite")
 # TFLite int8 vs the QDQ reference, in output steps. A correct lowering differs only by rounding:
@@ -137,6 +140,23 @@ class ConvertResult:
     budget: BudgetResult | None = None  # what an accuracy budget chose, when one was given
     int8_cost: Int8Cost | None = None  # int8 against fp32 at the outputs, when quantised here
 
+    def __repr__(self) -> str:
+        kind = self.format + (" int8" if self.int8 else "")
+        check = next((f"{k}: {v}" for k, v in self.checks.items() if "max|Δ|" in k
+                      and "torch" not in k), "")
+        cost = f", int8 vs fp32: {self.checks['int8 vs fp32']}" if self.int8_cost else ""
+        return (f"<ConvertResult {self.path} ({kind}, {self.size_bytes / 1024:,.1f} KiB, "
+                f"{self.seconds:.1f} s{', ' + check if check else ''}{cost})>")
+
+    def run(self, x: Any, runtime: str | None = None) -> list[np.ndarray]:
+        """Run the converted file on ``x`` (float (N, C, H, W), an array or a tensor) through
+        ``runtime`` (the first installed for its format by default): every output, NCHW."""
+        from edgecnn.data import _as_array
+        from edgecnn.runtimes import open_session, predict_all, runtimes_for
+
+        batch = np.ascontiguousarray(_as_array(x, "x"), np.float32)
+        return predict_all(open_session(self.path, runtime or runtimes_for(self.path)[0]), batch)
+
     def rows(self) -> list[dict[str, Any]]:
         return [{"output": str(self.path), "format": self.format + (" int8" if self.int8 else ""),
                  "size KiB": round(self.size_bytes / 1024, 1), "seconds": round(self.seconds, 2),
@@ -154,9 +174,17 @@ def default_output(source: Path, config: ConvertConfig) -> Path:
     return default
 
 
-def convert(model: str | Path, output: str | Path | None = None,
-            config: ConvertConfig = ConvertConfig()) -> ConvertResult:
-    """Convert a .pt/.pt2/.onnx model to ONNX or TFLite (optionally int8); check; write."""
+def convert(model: str | Path | Any, output: str | Path | None = None,
+            config: ConvertConfig = ConvertConfig(), *, example_inputs: Any = None,
+            calibration: Any = None, card: ModelCard | None = None) -> ConvertResult:
+    """Convert a model to ONNX or TFLite (optionally int8), check the result, write it.
+
+    ``model`` is a .pt/.pt2/.onnx file, a shipped model's name, or a ``torch.nn.Module`` in
+    memory: then ``example_inputs`` (a tensor, or a tuple holding one (N, C, H, W) tensor) is
+    what ``torch.export`` traces it with, the batch left free. ``calibration`` is a data path,
+    a :class:`~edgecnn.data.Dataset`, or an iterable of preprocessed float (N, C, H, W) arrays
+    or tensors, or (x, y) pairs: a DataLoader (``config.calib`` names a path the same way).
+    ``card`` describes an in-memory module's input preprocessing and labels."""
     from edgecnn.converters import qdq
     from edgecnn.converters.quantize import (
         QuantConfig,
@@ -165,21 +193,42 @@ def convert(model: str | Path, output: str | Path | None = None,
         require_calibration,
     )
     from edgecnn.converters.torch_to_onnx import save_external
+    from edgecnn.loading import TorchModel, torch_model_from_module
 
     started = time.perf_counter()
-    source = resolve_model(model)
+    torch_model: TorchModel | None = None
+    if isinstance(model, (str, Path)):
+        if example_inputs is not None or card is not None:
+            raise BadInputError("example_inputs and card describe a torch.nn.Module given in "
+                                "memory; a model file carries its own")
+        source = resolve_model(model)
+    else:
+        torch_model = torch_model_from_module(model, example_inputs, card)
+        source = torch_model.path
+    if calibration is not None and not isinstance(calibration, Dataset):
+        if isinstance(calibration, (str, Path)):
+            config = replace(config, calib=Path(calibration))
+            calibration = None
+        else:
+            calibration = TensorDataset.from_batches(calibration)
+    if calibration is not None and not config.int8:
+        raise BadInputError("calibration data is for int8; set int8=True in the ConvertConfig")
     out = check_output_path(Path(output) if output else default_output(source, config),
                             inputs=(source, config.calib))
     checks: dict[str, Any] = {}
     budget: BudgetResult | None = None
     int8_cost: Int8Cost | None = None
-    onnx_model, card = _onnx_of(source, config, checks)
+    onnx_model, card = _onnx_of(source, config, checks, torch_model)
+    del torch_model
     release_memory()  # the PyTorch model is gone: give its memory back before the next step
     already_int8 = qdq.is_qdq(onnx_model)
     calib = None
     if config.int8 and not already_int8:
-        calib_path = require_calibration(config.calib, SHIPPED_CALIBRATION_SET)
-        calib = load_dataset(calib_path, split="train")
+        if calibration is not None:
+            calib = calibration
+        else:
+            calib = load_dataset(require_calibration(config.calib, SHIPPED_CALIBRATION_SET),
+                                 split="train")
         refuse_test_images(calib)
         with tempfile.TemporaryDirectory(prefix="edgecnn-") as tmp:
             float_path = Path(tmp) / "float.onnx"
@@ -252,7 +301,7 @@ def measure_int8_cost(float_path: Path, quantised: Any, card: ModelCard, images:
     from edgecnn.int8_cost import measure
     from edgecnn.runtimes import predict_all, reference_session
 
-    x = card.input.preprocess(images.images[:INT8_COST_IMAGES])
+    x = images.preprocessed(card.input, 0, INT8_COST_IMAGES)
     with tempfile.TemporaryDirectory(prefix="edgecnn-cost-") as tmp:
         int8_path = Path(tmp) / "int8.onnx"
         copy = type(quantised)()
@@ -319,17 +368,21 @@ def _check_onnx_bytes(data: bytes, source: Path) -> None:
                               "input model is broken or uses something edgecnn cannot keep") from None
 
 
-def _onnx_of(source: Path, config: ConvertConfig, checks: dict[str, Any]) -> tuple[Any, ModelCard]:
+def _onnx_of(source: Path, config: ConvertConfig, checks: dict[str, Any],
+             torch_model: Any = None) -> tuple[Any, ModelCard]:
+    """The ONNX model of ``source`` (or of ``torch_model``, a module given in memory)."""
     from edgecnn.converters import onnx_passes
     from edgecnn.converters.torch_to_onnx import card_from_onnx, export_onnx
     from edgecnn.loading import load_torch_model
 
     suffix = source.suffix.lower()
-    if suffix in (".pt", ".pt2"):
+    if torch_model is not None or suffix in (".pt", ".pt2"):
         if config.input_shape is not None:
             raise BadInputError("--input-shape applies to ONNX files; a PyTorch model is "
                                 "exported at the input size of its card or export")
-        torch_model = load_torch_model(source, trust_pickle=config.trust_pickle, arch=config.arch)
+        if torch_model is None:
+            torch_model = load_torch_model(source, trust_pickle=config.trust_pickle,
+                                           arch=config.arch)
         torch_model.card = config.with_preprocessing(torch_model.card)
         exported = export_onnx(torch_model, config.opset, release=True)
         checks["onnx max|Δ| vs torch"] = exported.max_abs_diff
@@ -434,7 +487,7 @@ def self_check_tflite(data: bytes | Path, onnx_model: Any, card: ModelCard, outp
 
     x = card.input.random_batch(8 if images is not None else 16)
     if images is not None:
-        x = np.concatenate([card.input.preprocess(images.images[:SELF_CHECK_IMAGES]), x])
+        x = np.concatenate([images.preprocessed(card.input, 0, SELF_CHECK_IMAGES), x])
     with tempfile.TemporaryDirectory(prefix="edgecnn-check-") as tmp:
         onnx_path, tfl_path = Path(tmp) / "m.onnx", Path(tmp) / "m.tflite"
         if isinstance(onnx_model, Path):
@@ -516,6 +569,41 @@ def validate(models: list[str | Path], data: str | Path | Dataset, *,
                      trust_pickle=trust_pickle, arch=arch)
 
 
+def bench(models: list[str | Path] | str | Path, target: str = "cpu", *,
+          runtime: str | None = None, threads: int | None = None, batch: int | None = None,
+          input_shape: tuple[int, ...] | None = None, warmup: int = 10, runs: int = 100,
+          min_time: float = 1.0, max_time: float = 300.0, npu: tuple[str, ...] = (),
+          data: str | Path | None = None, **ssh: Any) -> BenchReport:
+    """Benchmark ``models`` side by side on ``target`` (cpu, cuda, rpi, ethos-u, mcu), as
+    ``edgecnn bench`` does: the report's ``rows()`` are its table. ``input_shape`` (N, C, H, W)
+    sizes models with symbolic image dimensions; ``npu`` names Vela configurations for ethos-u;
+    ``data`` is mcu's parity images; ``ssh`` (host, port, identity, known_hosts, ssh_config,
+    timeout, setup, remote_python) reaches a Raspberry Pi for rpi."""
+    from edgecnn.bench import bench as run_bench
+    from edgecnn.targets.base import BenchConfig
+
+    paths = [resolve_model(m) for m in ([models] if isinstance(models, (str, Path)) else models)]
+    if npu and target != "ethos-u" or data and target != "mcu":
+        raise BadInputError("--npu is for --target ethos-u and --data for --target mcu")
+    if ssh and target != "rpi":
+        raise BadInputError(f"{', '.join(sorted(ssh))}: SSH settings are for --target rpi")
+    options: dict[str, Any] = dict(ssh)
+    if target == "ethos-u":
+        options = {"npu": tuple(n for given in npu for n in given.split(",") if n.strip())}
+    if target == "mcu" and data is not None:
+        options = {"data": Path(data)}
+    if input_shape is not None and batch is not None and batch != input_shape[0]:
+        raise BadInputError(f"--batch {batch} and --input-shape {','.join(map(str, input_shape))}"
+                            " disagree on the batch; give one")
+    try:
+        config = BenchConfig(runtime, threads, batch or (input_shape[0] if input_shape else None),
+                             warmup, runs, min_time, max_time,
+                             tuple(input_shape[1:]) if input_shape else None)
+    except ValueError as exc:
+        raise BadInputError(str(exc)) from None
+    return run_bench(paths, target, config, **options)
+
+
 def layers(float_model: str | Path, int8_model: str | Path, data: str | Path | Dataset, *,
            limit: int | None = 300, batch_size: int = 32, trust_pickle: bool = False,
            arch: str | None = None) -> LayerReport:
@@ -540,7 +628,7 @@ def layers(float_model: str | Path, int8_model: str | Path, data: str | Path | D
     dataset = data if isinstance(data, Dataset) else load_dataset(data, split="test")
     dataset = dataset.take(limit)
     dataset.check_fits(card.input)
-    x = card.input.preprocess(dataset.images)
+    x = dataset.preprocessed(card.input)
     with tqdm(total=len(x), desc="layers", unit="img", leave=False, disable=None) as bar:
         errors = layer_errors(reference, quantised, x, batch_size, bar, source=str(int8_path))
     return LayerReport(str(float_path), str(int8_path), str(dataset.source), len(x), errors)

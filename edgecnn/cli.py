@@ -424,31 +424,18 @@ def bench(models: tuple[Path, ...], target: str, runtime: str | None, threads: i
           npus: tuple[str, ...], data: Path | None, json_path: Path | None, csv_path: Path | None, md_path: Path | None,
           plot_path: Path | None, wide: bool) -> None:
     """Benchmark MODELS on a target: load, first inference, steady-state latency, RSS."""
-    from edgecnn.bench import bench as run_bench
+    from edgecnn.api import bench as run_bench
     from edgecnn.bench import plot_latencies
     from edgecnn.report import write_reports
-    from edgecnn.targets.base import BenchConfig
     require_matplotlib(plot_path)
     check_outputs(json_path, csv_path, md_path, plot_path, inputs=(*models, identity,
                                                                   known_hosts, ssh_config, data))
-    options: dict[str, Any] = {}
-    if npus and target != "ethos-u" or data and target != "mcu":
-        raise BadInputError("--npu is for --target ethos-u and --data for --target mcu")
-    if target == "ethos-u":
-        options = {"npu": tuple(n for given in npus for n in given.split(",") if n.strip())}
-    if target == "mcu" and data is not None:
-        options = {"data": data}
-    if target == "rpi":
-        options = dict(host=host, port=port, identity=identity, known_hosts=known_hosts,
-                       ssh_config=ssh_config, timeout=timeout, setup=setup,
-                       remote_python=remote_python)
-    if input_shape is not None and batch is not None and batch != input_shape[0]:
-        raise BadInputError(f"--batch {batch} and --input-shape {','.join(map(str, input_shape))}"
-                            " disagree on the batch; give one")
-    config = BenchConfig(runtime, threads, batch or (input_shape[0] if input_shape else None),
-                         warmup, runs, min_time, max_time,
-                         tuple(input_shape[1:]) if input_shape else None)
-    report = run_bench(list(models), target, config, **options)
+    ssh = dict(host=host, port=port, identity=identity, known_hosts=known_hosts,
+               ssh_config=ssh_config, timeout=timeout, setup=setup,
+               remote_python=remote_python) if target == "rpi" else {}
+    report = run_bench(list(models), target, runtime=runtime, threads=threads, batch=batch,
+                       input_shape=input_shape, warmup=warmup, runs=runs, min_time=min_time,
+                       max_time=max_time, npu=npus, data=data, **ssh)
     rows = report.rows()
     if rows:
         emit_table(rows, bench_columns(target, wide))

@@ -84,7 +84,70 @@ class Dataset:
         """Preprocessed (x, y) batches in dataset order."""
         for start in range(0, len(self), batch_size):
             stop = start + batch_size
-            yield spec.preprocess(self.images[start:stop]), self.labels[start:stop]
+            yield self.preprocessed(spec, start, stop), self.labels[start:stop]
+
+    def preprocessed(self, spec: InputSpec, start: int = 0, stop: int | None = None
+                     ) -> np.ndarray:
+        """Images ``start:stop`` as model input (float32 NCHW), by the card's preprocessing."""
+        return spec.preprocess(self.images[start:stop])
+
+
+class TensorDataset(Dataset):
+    """Model inputs already preprocessed (float32 NCHW), as a PyTorch DataLoader yields them:
+    the card's preprocessing is not applied again. Labels are -1 where none were given."""
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        _, c, h, w = self.images.shape
+        return (c, h, w)
+
+    def take(self, count: int | None) -> Dataset:
+        if count is None or count >= len(self):
+            return self
+        return TensorDataset(self.images[:count], self.labels[:count], self.source)
+
+    def preprocessed(self, spec: InputSpec, start: int = 0, stop: int | None = None
+                     ) -> np.ndarray:
+        return self.images[start:stop]
+
+    @classmethod
+    def from_batches(cls, batches: Any, source: str = "calibration batches",
+                     limit: int = 100_000) -> TensorDataset:
+        """Gather an iterable of arrays or tensors (N, C, H, W), or of (x, y) pairs as a
+        DataLoader yields them, up to ``limit`` images."""
+        xs: list[np.ndarray] = []
+        ys: list[np.ndarray] = []
+        count = 0
+        for item in batches:
+            x, y = (item[0], item[1]) if isinstance(item, (tuple, list)) else (item, None)
+            x = _as_array(x, source)
+            if x.ndim == 3:
+                x = x[None]
+            if x.ndim != 4 or (xs and x.shape[1:] != xs[0].shape[1:]):
+                raise DataError(f"{source}: a batch of shape {list(x.shape)}; give float "
+                                "(N, C, H, W) batches of one image size, preprocessed as the "
+                                "model expects")
+            check_allocation(source, (count + len(x), *x.shape[1:]), 4,
+                             "give fewer calibration batches")
+            xs.append(x.astype(np.float32, copy=False))
+            ys.append(np.full(len(x), -1, np.int64) if y is None
+                      else _as_array(y, source).astype(np.int64).reshape(-1))
+            count += len(x)
+            if count >= limit:
+                break
+        if not xs:
+            raise DataError(f"{source}: yielded no images; give at least one batch")
+        return cls(np.concatenate(xs)[:limit], np.concatenate(ys)[:limit], source)
+
+
+def _as_array(value: Any, source: str) -> np.ndarray:
+    """A numpy array from an array, a torch tensor (detached, on the CPU) or a nested list."""
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    array = np.asarray(value)
+    if not np.issubdtype(array.dtype, np.number):
+        raise DataError(f"{source}: holds {array.dtype} values; give numeric arrays or tensors")
+    return array
 
 
 def require_regular_file(path: Path) -> None:
@@ -297,7 +360,8 @@ def _shipped_test_images() -> frozenset[bytes]:
 def test_images_in(data: Dataset) -> int:
     """How many of ``data``'s images are MNIST test images, recognised by content (any file
     name, any container): calibration must never see them."""
-    if data.image_shape != (1, 28, 28) or not SHIPPED_TEST_SET.exists():
+    if (data.image_shape != (1, 28, 28) or data.images.dtype != np.uint8
+            or not SHIPPED_TEST_SET.exists()):
         return 0
     known = _shipped_test_images()
     return sum(image.tobytes() in known for image in data.images)

@@ -142,7 +142,7 @@ def _search(float_path: Path, card: ModelCard, calibration: Dataset, images: Dat
     from edgecnn.quant_error import layer_errors, worst_first
 
     images.check_fits(card.input)
-    x = card.input.preprocess(images.images)
+    x = images.preprocessed(card.input)
     labels = images.labels
     reference = _predictions(float_path, x)
     float_accuracy = 100 * float(np.mean(reference == labels))

@@ -20,7 +20,7 @@ import torch
 
 from edgecnn import zoo
 from edgecnn.card import CARD_ARCHIVE_NAME, InputSpec, ModelCard, read_sidecar
-from edgecnn.errors import ModelLoadError
+from edgecnn.errors import BadInputError, ConversionError, ModelLoadError
 from edgecnn.quiet import quiet
 
 FORMAT_EXPORTED = "torch.export"
@@ -124,6 +124,47 @@ def load_torch_model(path: str | Path, *, trust_pickle: bool = False,
     if any("/code/" in m for m in members) and any(m.endswith("constants.pkl") for m in members):
         return _load_torchscript(path)
     return _load_checkpoint(path, trust_pickle=trust_pickle, arch=arch)
+
+
+def torch_model_from_module(module: Any, example_inputs: Any,
+                            card: ModelCard | None = None) -> TorchModel:
+    """A ``torch.nn.Module`` in memory, exported with ``torch.export`` (batch free, as edgecnn's
+    own exports) from ``example_inputs``: a tensor or a tuple holding one (N, C, H, W) tensor.
+    Without a ``card`` the input is taken as pixels / 255, one label per output class."""
+    if not isinstance(module, torch.nn.Module):
+        raise BadInputError(f"cannot convert a {type(module).__name__}; give a model file, a "
+                            "shipped model's name or a torch.nn.Module")
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    if (not isinstance(example_inputs, (tuple, list)) or len(example_inputs) != 1
+            or not isinstance(example_inputs[0], torch.Tensor) or example_inputs[0].ndim != 4):
+        raise BadInputError("example_inputs: give one (N, C, H, W) float tensor (or a tuple "
+                            "holding it) for torch.export to trace the module with")
+    example = example_inputs[0].detach().to(torch.float32)
+    name = Path(f"{type(module).__name__}.pt2")
+    module = module.eval()
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    try:
+        with quiet("torch"):
+            program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
+            static_batch = None
+    except Exception:  # a module that fixes its batch (a view with the batch in it)
+        try:
+            with quiet("torch"):
+                program = torch.export.export(module, (example,))
+            static_batch = int(example.shape[0])
+        except Exception as exc:  # torch.export raises many types
+            raise ConversionError(f"{name.stem}: torch.export cannot trace this module "
+                                  f"({_first_line(exc)})") from None
+    input_shape, output_shape = _program_io_shapes(program)
+    input_shape = [static_batch or "batch", *example.shape[1:]]
+    if card is None:
+        card = _card_from_shapes(name, [int(d) if isinstance(d, int) else d
+                                        for d in input_shape], output_shape)
+        card = replace(card, parameters=sum(p.numel() for p in module.parameters()),
+                       extra={"card": "derived from the module: no card was given"})
+    return TorchModel(name, FORMAT_EXPORTED, program.module(), card, exported=program,
+                      nn_module=module, static_batch=static_batch)
 
 
 def _card_or_default(path: Path, embedded: str | None, arch: str | None) -> ModelCard:

@@ -74,3 +74,16 @@ def test_cli_tour_runs_line_by_line(checkout):
         assert "Traceback" not in done.stderr, line
         ran.append(line)
     assert len(ran) >= 8 and (checkout / "out" / "latency.png").exists()
+
+
+def test_python_api_block_runs_as_written(checkout):
+    """The README's Python API section, dedented and run as one script in the user's copy."""
+    section = README.split("## Python API", 1)[1].split("\n## ", 1)[0]
+    code = "\n".join(line[4:] for line in section.splitlines()
+                     if line.startswith("    ") or not line.strip())
+    script = checkout / "readme_api.py"
+    script.write_text(code.replace("runs=200", "runs=20"))  # the same call, a shorter run
+    done = _run(f"{sys.executable} {script}", checkout)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "ConvertResult" in done.stdout and "int8 vs fp32" in done.stdout
+    assert (checkout / "out" / "net_int8.tflite").exists()

@@ -1,0 +1,83 @@
+"""The Python API does what the CLI does, and takes a torch.nn.Module in memory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import edgecnn
+from edgecnn.errors import BadInputError
+
+
+class SmallNet(torch.nn.Module):
+    """A module as a notebook holds it: never saved to a file."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.head = torch.nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.conv(x)).mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def net() -> SmallNet:
+    torch.manual_seed(0)
+    return SmallNet().eval()
+
+
+def test_a_module_in_memory_converts_and_the_result_runs(tmp_path, net):
+    x = torch.rand(4, 3, 32, 32)
+    result = edgecnn.convert(net, tmp_path / "net.tflite", edgecnn.ConvertConfig("tflite"),
+                             example_inputs=(x[:1],))
+    with torch.no_grad():
+        want = net(x).numpy()
+    got = result.run(x)[0]  # the batch was left free: 4 images through a file traced on 1
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert "net.tflite (tflite" in repr(result) and "max|Δ| vs onnx" in repr(result)
+
+
+def test_a_dataloader_calibrates_int8(tmp_path, net):
+    images = torch.rand(96, 3, 32, 32)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(images, torch.zeros(96, dtype=torch.long)), batch_size=32)
+    result = edgecnn.convert(net, tmp_path / "net8.tflite",
+                             edgecnn.ConvertConfig("tflite", int8=True),
+                             example_inputs=images[:2], calibration=loader)
+    assert result.checks["calibration images"] == 96
+    assert result.int8_cost is not None and result.int8_cost.images == 96
+    with torch.no_grad():
+        want = net(images[:32]).numpy()
+    got = result.run(images[:32].numpy())[0]
+    assert np.mean(got.argmax(1) == want.argmax(1)) >= 0.9
+    assert 10 * np.log10(np.sum(want ** 2) / np.sum((want - got) ** 2)) > 20  # SQNR, dB
+
+
+@pytest.mark.parametrize("call, needle", [
+    (lambda net, t: edgecnn.convert(net, t / "x.onnx", example_inputs=torch.rand(3, 32, 32)),
+     "(N, C, H, W)"),
+    (lambda net, t: edgecnn.convert(net, t / "x.onnx", example_inputs=(torch.rand(1, 3, 8, 8),),
+                                    calibration=[torch.rand(1, 3, 8, 8)]), "int8=True"),
+    (lambda net, t: edgecnn.convert("lenet5", t / "x.onnx",
+                                    example_inputs=(torch.rand(1, 1, 28, 28),)), "in memory"),
+    (lambda net, t: edgecnn.convert(object(), t / "x.onnx"), "torch.nn.Module"),
+    (lambda net, t: edgecnn.convert(net, t / "x.onnx", edgecnn.ConvertConfig("onnx", int8=True),
+                                    example_inputs=(torch.rand(1, 3, 8, 8),),
+                                    calibration=[np.array(["a"])]), "numeric"),
+])
+def test_api_misuse_is_one_named_error(tmp_path, net, call, needle):
+    with pytest.raises(BadInputError) as caught:
+        call(net, tmp_path)
+    assert needle in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_bench_through_the_api(tmp_path):
+    from edgecnn.api import bench
+
+    report = bench("lenet5", runs=3, warmup=1, min_time=0.0)
+    rows = report.rows()
+    assert [r["runtime"] for r in rows] == ["torch"] and rows[0]["batch"] == 1
+    with pytest.raises(BadInputError, match="--target ethos-u"):
+        bench("lenet5", npu=("U55-128",))
