@@ -189,11 +189,18 @@ def test_conv_with_computed_weights_is_refused():
     _refused(_model(nodes, [], in_shape=(1, 1, 3, 3)), "Conv 'cv' weights are computed at run time")
 
 
-def test_one_dimensional_conv_is_refused():
+def test_one_dimensional_conv_is_the_two_dimensional_one_over_a_height_of_one():
+    """ECA's channel attention (issue 22; 1-D Convs were refused); 3-D ones still are."""
     nodes = [helper.make_node("Reshape", ["x", "s"], ["r"]),
              helper.make_node("Conv", ["r", "w"], ["y"], name="c1")]
-    _refused(_model(nodes, [_init("s", np.array([1, 4, 5], np.int64)), _init("w", _w(2, 4, 3))],
-                    in_shape=(1, 1, 4, 5)), "Conv 'c1' is 1-D")
+    ops = _check(_model(nodes, [_init("s", np.array([1, 4, 5], np.int64)),
+                                _init("w", _w(2, 4, 3))], in_shape=(1, 1, 4, 5)))
+    assert ("CONV_2D", 1) in ops
+    nodes = [helper.make_node("Reshape", ["x", "s"], ["r"]),
+             helper.make_node("Conv", ["r", "w"], ["y"], name="c3")]
+    _refused(_model(nodes, [_init("s", np.array([1, 1, 1, 4, 5], np.int64)),
+                            _init("w", _w(2, 1, 1, 3, 3))], in_shape=(1, 1, 4, 5)),
+             "Conv 'c3' is 3-D")
 
 
 # -- dense ------------------------------------------------------------------------------------

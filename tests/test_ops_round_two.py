@@ -194,6 +194,55 @@ def test_dynamo_export_at_opset_21_writes_group_normalization_and_converts(tmp_p
     _close(_via_api(model, x, tmp_path), _onnxruntime(model, x))
 
 
+@pytest.mark.parametrize("dynamo", [True, False])
+def test_torch_eca_channel_attention_converts(tmp_path, dynamo):
+    """timm's ECA module: a Conv1d across the pooled channels, sigmoid, expand_as."""
+    import io
+
+    import torch
+
+    class Eca(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = torch.nn.Conv2d(3, 16, 3, padding=1)
+            self.conv = torch.nn.Conv1d(1, 1, 3, padding=1, bias=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = torch.relu(self.stem(x))
+            y = self.conv(x.mean((2, 3)).view(x.shape[0], 1, -1))
+            return x * torch.sigmoid(y).view(x.shape[0], -1, 1, 1).expand_as(x)
+
+    torch.manual_seed(0)
+    net, example = Eca().eval(), torch.zeros(1, 3, 8, 8)
+    if dynamo:
+        model = torch.onnx.export(net, (example,), None, dynamo=True, opset_version=18,
+                                  input_names=["x"], output_names=["y"], optimize=True,
+                                  verbose=False).model_proto
+    else:
+        buffer = io.BytesIO()
+        torch.onnx.export(net, (example,), buffer, dynamo=False, opset_version=13,
+                          input_names=["x"], output_names=["y"])
+        model = onnx.load_from_string(buffer.getvalue())
+    x = _x(1, 3, 8, 8)
+    _close(_via_api(model, x, tmp_path), _onnxruntime(model, x))
+
+
+@pytest.mark.parametrize("attrs", [{"pads": [1, 2], "strides": [2]}, {"group": 2, "dilations": [2]},
+                                   {"auto_pad": "SAME_UPPER"}])
+def test_one_d_conv_over_several_channels_matches_onnxruntime(tmp_path, attrs):
+    """(N, C, H, W) -> (N, C, H*W) -> Conv1d -> back: the 1-D Conv's channels move too."""
+    group = attrs.get("group", 1)
+    inits = [numpy_helper.from_array(np.array([0, 4, -1], np.int64), "flat"),
+             numpy_helper.from_array(_x(6, 4 // group, 3), "w"),
+             numpy_helper.from_array(_x(6), "b")]
+    nodes = [helper.make_node("Reshape", ["x", "flat"], ["f"]),
+             helper.make_node("Conv", ["f", "w", "b"], ["c"], **attrs),
+             helper.make_node("Relu", ["c"], ["y"])]
+    x = _x(2, 4, 3, 5)
+    want = _onnxruntime(_model(nodes, (2, 4, 3, 5), ("n", "c", "l"), inits), x)
+    _close(_tflite(_model(nodes, (2, 4, 3, 5), want.shape, inits), x, tmp_path), want)
+
+
 @pytest.mark.parametrize("mode", ["DCR", "CRD"])
 def test_depth_to_space_matches_onnxruntime(tmp_path, mode):
     node = helper.make_node("DepthToSpace", ["x"], ["y"], blocksize=2, mode=mode)

@@ -393,6 +393,24 @@ def _expand_attention():
     return _case(nodes, inits + [shape], 4, 8)
 
 
+def _eca():
+    """ECA-Net's channel attention as timm writes it: a 1-D Conv across the channels of the
+    pooled map, then sigmoid and expand_as (issue 22)."""
+    conv, inits = _conv("c", "x", "a", 4, 4, pads=[1, 1, 1, 1])
+    inits += [numpy_helper.from_array(np.array([-1, 1, 4], np.int64), "row"),
+              numpy_helper.from_array(np.array([-1, 4, 1, 1], np.int64), "col"),
+              numpy_helper.from_array(_w(1, 1, 3), "k"),
+              numpy_helper.from_array(np.array([1, 4, 8, 8], np.int64), "shape")]
+    nodes = [conv, helper.make_node("GlobalAveragePool", ["a"], ["g"]),
+             helper.make_node("Reshape", ["g", "row"], ["r"]),
+             helper.make_node("Conv", ["r", "k"], ["k1"], pads=[1, 1]),
+             helper.make_node("Sigmoid", ["k1"], ["s"]),
+             helper.make_node("Reshape", ["s", "col"], ["c4"]),
+             helper.make_node("Expand", ["c4", "shape"], ["e"]),
+             helper.make_node("Mul", ["a", "e"], ["z"])]
+    return _case(nodes, inits, 4, 8)
+
+
 ROUND_TWO_CASES = {  # issue 22: ops users' files hold
     "LRN": {"size3": _chain("LRN", size=3, alpha=0.02, beta=0.75, bias=1.5),
             "size5_default": _chain("LRN", size=5)},
@@ -400,7 +418,7 @@ ROUND_TWO_CASES = {  # issue 22: ops users' files hold
     "DepthToSpace": {"dcr": _rearrange("DepthToSpace", 8, 2, 16, blocksize=2),
                      "crd": _rearrange("DepthToSpace", 8, 2, 16, blocksize=2, mode="CRD")},
     "SpaceToDepth": {"block2": _rearrange("SpaceToDepth", 4, 16, 4, blocksize=2)},
-    "Expand": {"channel_attention": _expand_attention},
+    "Expand": {"channel_attention": _expand_attention, "eca_1d_conv": _eca},
     "GlobalMaxPool": {"plain": _pool("GlobalMaxPool")},
     "LpPool": {"p2_3x3_pads": _pool("LpPool", kernel_shape=[3, 3], strides=[1, 1],
                                     pads=[1, 1, 1, 1], p=2)},

@@ -3,10 +3,20 @@ ConvTranspose -> TRANSPOSE_CONV (per group, with a zero-dilated filter where nee
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
 from edgecnn.converters.int8_forms import island
-from edgecnn.converters.lowering import LoweringContext, pad_spatial, spatial_padding
+from edgecnn.converters.lowering import (
+    NCHW_TO_NHWC,
+    LoweringContext,
+    Value,
+    pad_spatial,
+    reshape,
+    spatial_padding,
+)
+from edgecnn.converters.onnx_graph import WeightQuant
 from edgecnn.converters.ops import lower
 from edgecnn.converters.tflite_builder import QuantParams
 
@@ -56,9 +66,12 @@ def _bias(ctx: LoweringContext, node: onnx.NodeProto, channels: slice, input_ten
 @lower("Conv")
 def lower_conv(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     in_shape = ctx.shape(node.input[0])
+    if len(in_shape) == 3:
+        _conv1d(ctx, node)
+        return
     if len(in_shape) != 4:
         raise ConversionError(f"{ctx.graph.source}: Conv {node.name!r} is {len(in_shape) - 2}-D; "
-                              "only 2-D convolutions convert")
+                              "1-D and 2-D convolutions convert")
     n, c, h, w = in_shape
     if not ctx.is_const(node.input[1]):
         raise ConversionError(f"{ctx.graph.source}: Conv {node.name!r} weights are computed at run "
@@ -94,6 +107,47 @@ def lower_conv(ctx: LoweringContext, node: onnx.NodeProto) -> None:
                                        **common))
     else:
         _grouped(ctx, node, x, out.tensor, group, common)
+
+
+def _conv1d(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    """A 1-D Conv (ECA's channel attention, audio front ends) is the 2-D one over a height of
+    1: (N, C, L) stored as (N, L, C) is NHWC (N, 1, L, C) by a RESHAPE (no data moves), the
+    filter gains a unit height, and the output, NHWC (N, 1, L', C'), is the ONNX (N, C', L')
+    stored as (N, L', C'). The 2-D lowering writes it, int8 included."""
+    n, c, length = ctx.shape(node.input[0])
+    _, c_out, out_length = ctx.shape(node.output[0])
+    name = node.output[0]
+    x_name, w_name, y_name = name + "/as_2d_in", name + "/as_2d_w", name + "/as_2d"
+    stored = ctx.in_layout(node.input[0], (0, 2, 1))
+    x4 = ctx.scratch(x_name, (n, 1, length, c), ctx.builder.tensor_quant(stored.tensor))
+    reshape(ctx, stored.tensor, (n, 1, length, c), x4, x_name + "/shape")
+    ctx.values[x_name] = Value(x4, NCHW_TO_NHWC)
+    graph = ctx.graph
+    graph.shapes[x_name], graph.shapes[y_name] = (n, c, 1, length), (n, c_out, 1, out_length)
+    for one_d, two_d in ((node.input[0], x_name), (node.output[0], y_name)):
+        if one_d in graph.act_quant:
+            graph.act_quant[two_d] = graph.act_quant[one_d]
+    weight = ctx.const(node, 1)
+    graph.constants[w_name] = weight[:, :, None, :]
+    graph.shapes[w_name] = tuple(graph.constants[w_name].shape)
+    quant = ctx.weight_quant(node.input[1])
+    if quant is not None:
+        graph.weight_quant[w_name] = WeightQuant(quant.values[:, :, None, :], quant.scale,
+                                                 quant.zero_point, quant.axis)
+    lifted: dict[str, Any] = {"kernel_shape": [1, int(weight.shape[2])],
+                                 "group": int(ctx.attr(node, "group", 1))}
+    for key, unit in (("strides", 1), ("dilations", 1)):
+        lifted[key] = [unit, int(ctx.attr(node, key, [1])[0])]
+    pads = list(ctx.attr(node, "pads", [0, 0]))
+    lifted["pads"] = [0, int(pads[0]), 0, int(pads[1])]
+    auto_pad = ctx.attr(node, "auto_pad", "NOTSET")
+    if auto_pad != "NOTSET":
+        lifted["auto_pad"] = auto_pad
+    two_d = onnx.helper.make_node("Conv", [x_name, w_name, *node.input[2:]], [y_name],
+                                  name=node.name, **lifted)
+    lower_conv(ctx, two_d)
+    out = ctx.output_value(name, perm=(0, 2, 1))
+    reshape(ctx, ctx.values[y_name].tensor, (n, out_length, c_out), out.tensor, name + "/shape")
 
 
 def _grouped(ctx: LoweringContext, node: onnx.NodeProto, x: int, out: int, group: int,
