@@ -15,6 +15,7 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -26,8 +27,10 @@ from edgecnn.errors import ConversionError, DataError
 from edgecnn.memory import release_memory
 from edgecnn.quiet import quiet
 
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+# mse: per-tensor ranges by error minimisation over a histogram (converters/range_setting.py)
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile", "mse")
 EXTERNAL_DATA_BYTES = 64 << 20
+MSE_HISTOGRAM_BINS = 2048  # 8 bins per int8 step over the observed range
 CALIBRATION_BATCH_ELEMENTS = 1 << 19  # MNIST: batches of 100; 224x224x3: batches of 3
 
 
@@ -98,7 +101,8 @@ def quantize_onnx(model: onnx.ModelProto | Path, card: ModelCard, calibration: D
     calibration = calibration.take(config.max_images)
     calibration.check_fits(card.input)
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-              "percentile": CalibrationMethod.Percentile}[config.method]
+              "percentile": CalibrationMethod.Percentile,
+              "mse": CalibrationMethod.Entropy}[config.method]  # mse: the entropy histogram
     with tempfile.TemporaryDirectory(prefix="edgecnn-quant-") as tmp:
         src, dst = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
         if isinstance(model, Path):
@@ -123,7 +127,8 @@ def quantize_onnx(model: onnx.ModelProto | Path, card: ModelCard, calibration: D
             with quiet(""):  # onnxruntime logs advice on the root logger
                 cache = config.calibration_cache
                 if cache is None or not cache.exists():
-                    cache = _calibrate_apart(src, reader, method, big, Path(tmp))
+                    cache = _calibrate_apart(src, reader, method, big, Path(tmp),
+                                             mse=config.method == "mse")
                     if cache is not None and config.calibration_cache is not None:
                         shutil.copyfile(cache, config.calibration_cache)
                 quantize_static(
@@ -242,7 +247,7 @@ def _onnxruntime_errors() -> tuple[type[BaseException], ...]:
 
 
 def _calibrate_apart(src: Path, reader: DatasetCalibrationReader, method: object, big: bool,
-                     tmp: Path) -> Path | None:
+                     tmp: Path, mse: bool = False) -> Path | None:
     """Calibrate on its own and cache the ranges, so quantisation starts with memory freed.
 
     quantize_static otherwise holds the model while calibrating (model, augmented model and
@@ -253,12 +258,24 @@ def _calibrate_apart(src: Path, reader: DatasetCalibrationReader, method: object
     from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
 
     if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
+        if mse:
+            raise ConversionError("calibration method mse needs onnxruntime's "
+                                  "calibration_cache_path (1.20 or newer); upgrade onnxruntime "
+                                  "or use minmax")
         return None
+    options: dict[str, Any] = {"moving_average": False}
+    if mse:
+        options["num_bins"] = MSE_HISTOGRAM_BINS
     calibrator = create_calibrator(src, None, augmented_model_path=str(tmp / "augmented.onnx"),
                                    calibrate_method=method, use_external_data_format=big,
-                                   extra_options={"moving_average": False})
+                                   extra_options=options)
     calibrator.collect_data(reader)
-    ranges = calibrator.compute_data()
+    if mse:
+        from edgecnn.converters.range_setting import mse_tensors_data
+
+        ranges = mse_tensors_data(calibrator.collector.histogram_dict, method)
+    else:
+        ranges = calibrator.compute_data()
     del calibrator
     release_memory()
     cache = tmp / "ranges.json"

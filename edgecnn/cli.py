@@ -220,7 +220,7 @@ def _numbers(kind: type, count: int | None = None) -> Any:
 @click.option("--int8", is_flag=True, help="Full-integer int8 (static PTQ, QDQ for ONNX).")
 @click.option("--calib", type=PathArg, help="Calibration data (training images); default: the "
               "shipped 1,000-image MNIST training subset.")
-@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]),
+@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile", "mse"]),
               default="minmax", show_default=True)
 @click.option("--per-tensor", is_flag=True, help="Per-tensor instead of per-channel weights.")
 @click.option("--io-dtype", type=click.Choice(["float32", "int8", "uint8"]),
