@@ -86,10 +86,26 @@ def test_lrn_matches_onnxruntime(tmp_path, size, alpha, beta, bias):
     _close(_tflite(model, x, tmp_path), _onnxruntime(model, x))
 
 
-def test_even_lrn_window_is_refused_naming_the_node():
-    node = helper.make_node("LRN", ["x"], ["y"], name="lrn4", size=4)
+@pytest.mark.parametrize("size", [2, 4])
+def test_even_lrn_window_is_written_as_onnx_arithmetic(tmp_path, size):
+    """ONNX's even window is lopsided (one channel more after than before): TFLite's LRN
+    cannot hold it, so the sums are a banded 1x1 CONV_2D of the squares. onnxruntime refuses
+    even sizes, and ONNX's reference loops over the batch instead of the channels (onnx
+    1.23): the spec's formula, in float64, checks it."""
+    node = helper.make_node("LRN", ["x"], ["y"], size=size, alpha=0.3, beta=0.6, bias=1.5)
+    model = _model([node], (2, 7, 5, 4), (2, 7, 5, 4))
+    x = _x(2, 7, 5, 4) * 3
+    wide = x.astype(np.float64)
+    sums = np.stack([(wide[:, max(0, c - (size - 1) // 2):c + size // 2 + 1] ** 2).sum(1)
+                     for c in range(7)], axis=1)
+    want = wide / (1.5 + 0.3 / size * sums) ** 0.6
+    _close(_tflite(model, x, tmp_path), want.astype(np.float32))
+
+
+def test_lrn_of_size_zero_is_refused_naming_the_node():
+    node = helper.make_node("LRN", ["x"], ["y"], name="lrn0", size=0)
     model = _model([node], (1, 6, 4, 4), (1, 6, 4, 4))
-    with pytest.raises(ConversionError, match="LRN 'lrn4' has size=4") as caught:
+    with pytest.raises(ConversionError, match="LRN 'lrn0' has size=0") as caught:
         convert_onnx_to_tflite(model, "m.onnx")
     assert "\n" not in str(caught.value)
 

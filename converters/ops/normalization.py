@@ -145,18 +145,56 @@ def lower_lrn(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     """LOCAL_RESPONSE_NORMALIZATION over NHWC's channels. ONNX sums ``size`` channels,
     floor((size-1)/2) before and ceil((size-1)/2) after, and divides alpha by size; TFLite sums
     ``radius`` each side and takes alpha as is. So an odd size maps exactly (radius (size-1)/2,
-    alpha/size); an even one is lopsided, which TFLite's symmetric window cannot express."""
+    alpha/size); an even one is lopsided, which TFLite's symmetric window cannot express: it is
+    written as ONNX's arithmetic (:func:`_lopsided_lrn`)."""
     _image(ctx, node)
     size = int(ctx.attr(node, "size"))
-    if size < 1 or size % 2 == 0:
-        raise ConversionError(f"{ctx.graph.source}: LRN {node.name!r} has size={size}: an even "
-                              "window is lopsided in ONNX, and TFLite's "
-                              "LOCAL_RESPONSE_NORMALIZATION sums a symmetric one; use an odd size")
+    if size < 1:
+        raise ConversionError(f"{ctx.graph.source}: LRN {node.name!r} has size={size}; ONNX "
+                              "needs a window of at least one channel")
     alpha = float(ctx.attr(node, "alpha", 1e-4))
-    options = ctx.options("LocalResponseNormalizationOptions", radius=(size - 1) // 2,
-                          bias=float(ctx.attr(node, "bias", 1.0)),
-                          alpha=float(np.float32(alpha) / np.float32(size)),
-                          beta=float(ctx.attr(node, "beta", 0.75)))
+    bias, beta = float(ctx.attr(node, "bias", 1.0)), float(ctx.attr(node, "beta", 0.75))
     x = ctx.value(node.input[0]).tensor
     out = ctx.output_value(node.output[0])
+    if size % 2 == 0:
+        _lopsided_lrn(ctx, node.output[0], x, out.tensor, size, alpha, bias, beta)
+        return
+    options = ctx.options("LocalResponseNormalizationOptions", radius=(size - 1) // 2,
+                          bias=bias, alpha=float(np.float32(alpha) / np.float32(size)),
+                          beta=beta)
     ctx.add_op("LOCAL_RESPONSE_NORMALIZATION", [x], [out.tensor], options=options)
+
+
+def _lopsided_lrn(ctx: LoweringContext, name: str, x: int, out: int, size: int, alpha: float,
+                  bias: float, beta: float) -> None:
+    """x / (bias + alpha / size * window sum of x**2) ** beta, ONNX's formula: the squares'
+    window sums as a 1x1 CONV_2D whose filter is 1 on each output channel's window and 0
+    elsewhere (the zeros add exact zeros), then MUL, ADD, POW, DIV."""
+    shape = ctx.builder.tensor_shape(x)
+    channels = shape[3]
+    before, after = (size - 1) // 2, size // 2
+    band = np.zeros((channels, 1, 1, channels), np.float32)
+    for c in range(channels):
+        band[c, 0, 0, max(0, c - before):min(channels, c + after + 1)] = 1.0
+    no_act = {"fusedActivationFunction": 0}
+
+    def tensor(tag: str) -> int:
+        return ctx.scratch(f"{name}/{tag}", shape, None)
+
+    square, window, scaled, shifted, power = (tensor(t) for t in
+                                              ("square", "window", "scaled", "base", "power"))
+    ctx.add_op("MUL", [x, x], [square], options=ctx.options("MulOptions", **no_act))
+    ctx.add_op("CONV_2D", [square, ctx.builder.add_constant(name + "/window", band),
+                           ctx.builder.add_constant(name + "/no_bias",
+                                                    np.zeros(channels, np.float32))],
+               [window], options=ctx.options("Conv2DOptions", padding=1, strideH=1, strideW=1,
+                                             dilationHFactor=1, dilationWFactor=1, **no_act))
+    ctx.add_op("MUL", [window, ctx.builder.add_constant(
+        name + "/alpha", np.array([np.float32(alpha) / np.float32(size)], np.float32))],
+               [scaled], options=ctx.options("MulOptions", **no_act))
+    ctx.add_op("ADD", [scaled, ctx.builder.add_constant(name + "/bias",
+                                                        np.array([bias], np.float32))],
+               [shifted], options=ctx.options("AddOptions", **no_act))
+    ctx.add_op("POW", [shifted, ctx.builder.add_constant(name + "/beta",
+                                                         np.array([beta], np.float32))], [power])
+    ctx.add_op("DIV", [x, power], [out], options=ctx.options("DivOptions", **no_act))
