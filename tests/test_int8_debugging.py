@@ -346,3 +346,26 @@ def test_layers_refuses_data_of_the_wrong_shape(cli_runner, lenet_onnx, tmp_path
     assert result.exit_code == 2, result.output
     assert "rgb.npz" in result.output and "28" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_budget_that_cannot_be_met_is_said_after_the_bound(budget_images, tmp_path):
+    """The search tries plain int8, then error-minimising ranges, then every candidate layer
+    float at once: when even that misses, it stops there (3 quantisations, not one per layer)
+    and hands back the best it found; a met budget costs a binary search, not a linear one."""
+    from pathlib import Path as _Path
+
+    data = tmp_path / "budget.npz"
+    np.savez(data, x=budget_images.images[:1000], y=budget_images.labels[:1000])
+    unmet = convert(OUTLIER, tmp_path / "unmet.onnx", ConvertConfig(
+        "onnx", int8=True, per_channel=False, budget_data=_Path(data),
+        budget=Budget(min_agreement=100.0, max_float_layers=3)))
+    assert unmet.budget is not None and not unmet.budget.met
+    assert [len(t.float_nodes) for t in unmet.budget.trials] == [0, 0, 3]
+    assert [t.calib_method for t in unmet.budget.trials] == ["minmax", "mse", "minmax"]
+    met = convert(OUTLIER, tmp_path / "met.onnx", ConvertConfig(
+        "onnx", int8=True, per_channel=False, budget_data=_Path(data),
+        budget=Budget(max_drop=0.5)))
+    assert met.budget is not None and met.budget.met
+    candidates = len([t for t in met.budget.trials if t.float_nodes])
+    kept = len(met.budget.chosen.float_nodes)
+    assert candidates <= 1 + 6 + kept  # the bound, log2(47 layers) halvings, the pruning
