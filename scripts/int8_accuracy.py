@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -104,29 +105,60 @@ def average_precision(tp: np.ndarray, n_truth: int) -> float:
 Detections = tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes [K, 4], scores [K], classes [K]
 
 
-def map50(predictions: list[Detections], truths: list[tuple[np.ndarray, np.ndarray]],
-          iou_threshold: float = MATCH_IOU) -> float:
-    """Mean over classes holding truth of AP at IoU >= 0.5: each detection, best score first,
-    takes the unmatched true box of its class with the highest IoU in its image."""
-    classes = sorted({int(c) for _, labels in truths for c in labels})
-    aps = []
-    for c in classes:
-        dets = [(float(s), i, b) for i, (boxes, scores, cls) in enumerate(predictions)
-                for b, s, k in zip(boxes, scores, cls, strict=True) if k == c]
-        dets.sort(key=lambda d: -d[0])  # stable: ties keep image order
-        gt = {i: boxes[labels == c] for i, (boxes, labels) in enumerate(truths)}
-        used = {i: np.zeros(len(b), bool) for i, b in gt.items()}
-        tp = np.zeros(len(dets), bool)
-        for k, (_, i, box) in enumerate(dets):
-            if len(gt[i]) == 0:
-                continue
-            overlaps = np.where(used[i], -1.0, iou(box, gt[i]))
-            best = int(np.argmax(overlaps))
-            if overlaps[best] >= iou_threshold:
-                used[i][best] = True
-                tp[k] = True
-        aps.append(average_precision(tp, sum(len(b) for b in gt.values())))
-    return 100.0 * float(np.mean(aps)) if aps else float("nan")
+def match(pred: Detections, truth: tuple[np.ndarray, np.ndarray],
+          iou_threshold: float = MATCH_IOU) -> np.ndarray:
+    """True positives of one image's detections (in their order): best score first, each
+    takes the unmatched true box of its class with the highest IoU, if that IoU >= 0.5.
+    Matching never crosses images, so it is done per image once (and bootstraps reuse it)."""
+    boxes, scores, classes = pred
+    true_boxes, true_classes = truth
+    used = np.zeros(len(true_boxes), bool)
+    tp = np.zeros(len(scores), bool)
+    for k in np.argsort(-scores, kind="stable"):
+        candidates = (true_classes == classes[k]) & ~used
+        if not candidates.any():
+            continue
+        overlaps = np.where(candidates, iou(boxes[k], true_boxes), -1.0)
+        best = int(np.argmax(overlaps))
+        if overlaps[best] >= iou_threshold:
+            used[best] = tp[k] = True
+    return tp
+
+
+@dataclass
+class Matched:
+    """Every image's detections scored against its truth: what mAP50 is computed from."""
+
+    scores: list[np.ndarray]
+    classes: list[np.ndarray]
+    tp: list[np.ndarray]
+    truth_classes: list[np.ndarray]
+
+    def map50(self, images: np.ndarray | None = None) -> float:
+        """Mean over classes holding truth of VOC AP at IoU 0.5, over ``images`` (indices,
+        repeats allowed: a bootstrap sample) or all images."""
+        pick = np.arange(len(self.scores)) if images is None else images
+        scores = np.concatenate([self.scores[i] for i in pick])
+        classes = np.concatenate([self.classes[i] for i in pick])
+        tp = np.concatenate([self.tp[i] for i in pick])
+        truth = np.concatenate([self.truth_classes[i] for i in pick])
+        order = np.argsort(-scores, kind="stable")
+        classes, tp = classes[order], tp[order]
+        aps = [average_precision(tp[classes == c], int(np.sum(truth == c)))
+               for c in np.unique(truth)]
+        return 100.0 * float(np.mean(aps)) if aps else float("nan")
+
+
+def matched(predictions: list[Detections], truths: list[tuple[np.ndarray, np.ndarray]]
+            ) -> Matched:
+    return Matched([p[1] for p in predictions], [p[2] for p in predictions],
+                   [match(p, t) for p, t in zip(predictions, truths, strict=True)],
+                   [t[1] for t in truths])
+
+
+def map50(predictions: list[Detections], truths: list[tuple[np.ndarray, np.ndarray]]) -> float:
+    """mAP50 of ``predictions`` against ``truths`` (per image: boxes xyxy, classes)."""
+    return matched(predictions, truths).map50()
 
 
 def detections(raw: np.ndarray) -> list[Detections]:
@@ -286,12 +318,66 @@ def ort_quantize_static(fp32: Path, calib: np.ndarray, method: str, out: Path) -
     return out
 
 
+PEER_PYTHON = ROOT / ".peers" / "litert-torch" / "bin" / "python"
+
+
+def peer_child(archive: Path, calib: Path, target: Path) -> None:
+    """In litert-torch's own venv (no edgecnn there): its documented PT2E static int8
+    (symmetric, per-channel ``PT2EQuantizer``), calibrated on the same preprocessed images,
+    as ``scripts/peer_litert_torch.py`` drives it for the torchvision models."""
+    import litert_torch
+    import torch
+    from litert_torch.quantize import pt2e_quantizer
+    from litert_torch.quantize.quant_config import QuantConfig
+    from torchao.quantization.pt2e import quantize_pt2e
+
+    images = np.load(calib)["x"]
+    example = (torch.from_numpy(images[:1]),)
+    quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
+        pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
+    model = torch.export.load(str(archive)).module()
+    prepared = quantize_pt2e.prepare_pt2e(torch.export.export(model, example).module(), quantizer)
+    with torch.no_grad():
+        for start in range(0, len(images), 16):
+            prepared(torch.from_numpy(images[start:start + 16]))
+    quantized = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
+    litert_torch.convert(quantized, example, quant_config=QuantConfig(
+        pt2e_quantizer=quantizer)).export(str(target))
+
+
+def litert_torch_peer(case: Case, folder: Path) -> Path | None:
+    """litert-torch's int8 file of the same network and images, made in a child process of
+    the peer's interpreter; None (said on stderr) when the peer is absent or fails."""
+    import subprocess
+
+    import torch
+
+    if not PEER_PYTHON.is_file():
+        print(f"{case.name}: no litert-torch peer at {PEER_PYTHON}", file=sys.stderr)
+        return None
+    archive = case.source if isinstance(case.source, Path) else folder / f"{case.name}.pt2"
+    if not isinstance(case.source, Path):
+        torch.export.save(torch.export.export(case.source, (torch.from_numpy(case.calib[:1]),)),
+                          str(archive))
+    calib, target = folder / f"{case.name}_calib.npz", folder / f"{case.name}_litert_torch.tflite"
+    np.savez(calib, x=case.calib)
+    target.unlink(missing_ok=True)
+    done = subprocess.run([str(PEER_PYTHON), __file__, "--peer-child", str(archive), str(calib),
+                           str(target)], capture_output=True, text=True, timeout=1800)
+    if done.returncode != 0 or not target.is_file():
+        print(f"{case.name}: litert-torch failed: {done.stderr.strip()[-400:]}", file=sys.stderr)
+        return None
+    return target
+
+
 def convert_all(case: Case, method: str, folder: Path) -> dict[str, Path]:
     """fp32 ONNX, edgecnn's QDQ ONNX and int8 TFLite from it, and ORT's quantize_static."""
+    import torch
+
     from edgecnn.api import ConvertConfig, convert
 
-    example = {"example_inputs": __import__("torch").from_numpy(case.calib[:1])} \
-        if not isinstance(case.source, Path) else {}
+    in_memory = not isinstance(case.source, Path)  # a module: torch.export traces it here
+    example = {"example_inputs": torch.from_numpy(case.calib[:1])} if in_memory else {}
     batches = [case.calib[i:i + 32] for i in range(0, len(case.calib), 32)]
     files = {"fp32": convert(case.source, folder / f"{case.name}_fp32.onnx",
                              ConvertConfig("onnx"), **example).path}
@@ -302,6 +388,8 @@ def convert_all(case: Case, method: str, folder: Path) -> dict[str, Path]:
         qdq.path, folder / f"{case.name}_int8.tflite", ConvertConfig("tflite", int8=True)).path
     files["onnxruntime quantize_static"] = ort_quantize_static(
         files["fp32"], case.calib, method, folder / f"{case.name}_ort_int8.onnx")
+    if method == "minmax" and (peer := litert_torch_peer(case, folder)) is not None:
+        files["litert-torch PT2E int8 (LiteRT)"] = peer  # its quantizer has no method switch
     return files
 
 
@@ -354,14 +442,13 @@ def detector_cells(f_raw: np.ndarray, q_raw: np.ndarray, truth: list, f_dets: li
     from edgecnn.int8_cost import sqnr_db
 
     q_dets = f_dets if is_fp32 else detections(q_raw)
-    pick = lambda seq, idx: [seq[i] for i in idx]  # noqa: E731
     cells: dict[str, Any] = {"mAP50 vs true boxes": map50(q_dets, truth)}
     if is_fp32:
         return cells
     ref = as_truth(f_dets)
-    cells["mAP50 vs fp32"] = map50(q_dets, ref)
-    cells["mAP50 vs fp32 95% CI"] = bootstrap_ci(
-        lambda idx: map50(pick(q_dets, idx), pick(ref, idx)), len(ref), rounds=200)
+    scored = matched(q_dets, ref)
+    cells["mAP50 vs fp32"] = scored.map50()
+    cells["mAP50 vs fp32 95% CI"] = bootstrap_ci(scored.map50, len(ref))
     cells["fp32 boxes"] = sum(len(b) for b, _ in ref)
     cells["SQNR dB"] = sqnr_db(f_raw, q_raw)
     return cells
@@ -413,7 +500,7 @@ def report(rows: list[Row], notes: dict[str, str], method: str, seconds: float) 
     classifiers = [r for r in rows if "mAP50 vs true boxes" not in r.cells]
     detectors = [r for r in rows if "mAP50 vs true boxes" in r.cells]
     parts = [f"Measured {time.strftime('%Y-%m-%d', time.gmtime())} on {platform.machine()}, "
-             f"{__import__('os').cpu_count()} cores, no GPU, Python {platform.python_version()}; "
+             f"{os.cpu_count()} cores, no GPU, Python {platform.python_version()}; "
              f"`--calib-method {method}`; {seconds:.0f} s. Images:", ""]
     parts += [f"- {name}: {note}" for name, note in notes.items()]
     if classifiers:
@@ -427,6 +514,9 @@ def report(rows: list[Row], notes: dict[str, str], method: str, seconds: float) 
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--peer-child"]:  # in the peer's venv: no edgecnn, no argparse tour
+        peer_child(*(Path(a) for a in sys.argv[2:5]))
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--calib-method", default="minmax", choices=CALIB_METHODS)

@@ -219,7 +219,8 @@ def save(model, path: Path) -> None:
     import torch
 
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-    program = torch.export.export(model.eval(), (torch.zeros(1, 1, CANVAS, CANVAS),),
+    # an example batch of 2: a batch of 1 would be specialised and refuse the dynamic Dim
+    program = torch.export.export(model.eval(), (torch.zeros(2, 1, CANVAS, CANVAS),),
                                   dynamic_shapes=({0: batch},))
     buffer = io.BytesIO()
     torch.export.save(program, buffer)

@@ -57,6 +57,11 @@ def test_map50_by_hand() -> None:
     ]  # and a duplicate (FP, after the TP: AP of class 1 stays 1)
     # class 0: TP, FP, TP over 2 -> 5/6; class 1: TP, FP over 1 -> 1
     assert acc.map50(predictions, truths) == pytest.approx(100 * (5 / 6 + 1) / 2)
+    # a bootstrap sample reuses the per-image matches: image 0 twice has 2 truths of class 0,
+    # ranked TP, TP, FP, FP -> AP 1; class 1 has no truth there and does not count
+    scored = acc.matched(predictions, truths)
+    assert scored.map50(np.array([0, 1])) == pytest.approx(scored.map50())
+    assert scored.map50(np.array([0, 0])) == pytest.approx(100.0)
     # the right box with the wrong class is a false positive, and misses its truth
     wrong = [_dets([(square, 0.9, 1)]), _dets([(square, 0.9, 0), (far, 0.6, 1)])]
     assert acc.map50(wrong, truths) == pytest.approx(100 * (0.5 + 0.5) / 2)
