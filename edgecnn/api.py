@@ -488,6 +488,7 @@ def self_check_tflite(data: bytes | Path, onnx_model: Any, card: ModelCard, outp
     x = card.input.random_batch(8 if images is not None else 16)
     if images is not None:
         x = np.concatenate([images.preprocessed(card.input, 0, SELF_CHECK_IMAGES), x])
+    x = _whole_batches(x, onnx_model, card)
     with tempfile.TemporaryDirectory(prefix="edgecnn-check-") as tmp:
         onnx_path, tfl_path = Path(tmp) / "m.onnx", Path(tmp) / "m.tflite"
         if isinstance(onnx_model, Path):
@@ -521,6 +522,22 @@ def self_check_tflite(data: bytes | Path, onnx_model: Any, card: ModelCard, outp
                                   "report this model")
         worst = max(worst, diff)
     return {"tflite max|Δ| vs onnx": worst}
+
+
+def _whole_batches(x: np.ndarray, onnx_model: Any, card: ModelCard) -> np.ndarray:
+    """``x`` cut (or topped up with random images) to whole batches of a file exported for a
+    fixed batch (3, 5, ...): its reference cannot run a remainder."""
+    import onnx
+
+    model = (onnx.load(str(onnx_model), load_external_data=False)
+             if isinstance(onnx_model, Path) else onnx_model)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    batch = dims[0].dim_value if dims and dims[0].HasField("dim_value") else 0
+    if batch <= 1 or len(x) % batch == 0:
+        return x
+    if len(x) < batch:
+        return np.concatenate([x, card.input.random_batch(batch - len(x), seed=1)])
+    return x[:len(x) // batch * batch]
 
 
 def _check_layers(onnx_path: Path, tfl_path: Path, x: np.ndarray, runtime: str) -> str:
