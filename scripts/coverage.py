@@ -395,12 +395,21 @@ def _existing(out: Path) -> list[Row]:
     return rows
 
 
+NODE_SECTION = "<!-- onnx-node:start -->"
+
+
 def write(rows: list[Row], out: Path) -> None:
     host = machine()
     out.mkdir(parents=True, exist_ok=True)
     (out / "coverage.json").write_text(json.dumps(
         {"machine": host, "models": [asdict(r) for r in rows]}, indent=1) + "\n")
-    (out / "coverage.md").write_text(markdown(rows, host))
+    page = out / "coverage.md"
+    # the models' part is everything above the ONNX node tests' section (onnx_node_coverage.py
+    # fills that one between its markers): keep it when rewriting the rest
+    kept = page.read_text() if page.exists() else ""
+    start = kept.rfind("\n## ", 0, kept.find(NODE_SECTION)) + 1 if NODE_SECTION in kept else 0
+    section = kept[start:] if start else ""
+    page.write_text(markdown(rows, host).rstrip("\n") + ("\n\n" + section if section else "\n"))
 
 
 if __name__ == "__main__":
