@@ -30,7 +30,8 @@ from edgecnn.quiet import quiet
 # mse: per-tensor ranges by error minimisation over a histogram (converters/range_setting.py)
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile", "mse")
 EXTERNAL_DATA_BYTES = 64 << 20
-MSE_HISTOGRAM_BINS = 2048  # 8 bins per int8 step over the observed range
+MSE_HISTOGRAM_BINS = 2048
+BIAS_CORRECTION_IMAGES = 500  # calibration images the mean shifts are measured on  # 8 bins per int8 step over the observed range
 CALIBRATION_BATCH_ELEMENTS = 1 << 19  # MNIST: batches of 100; 224x224x3: batches of 3
 
 
@@ -49,6 +50,8 @@ class QuantConfig:
     # 7: weights within [-64, 64] (onnxruntime's reduce_range), so its u8s8 kernels cannot
     # saturate on x86 without VNNI (converters/qdq.py, encoding u8s7); activations keep 8 bits
     weight_bits: int = 8
+    # remove each Conv/Gemm's int8 mean shift from its bias (converters/bias_correction.py)
+    bias_correction: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in CALIBRATION_METHODS:
@@ -147,12 +150,17 @@ def quantize_onnx(model: onnx.ModelProto | Path, card: ModelCard, calibration: D
             detail = " ".join(str(exc).split())[:300]
             raise ConversionError(f"int8 quantisation failed: {detail}") from None
         quantized = onnx.load(dst)  # external data, if any, is read back in here
+        if config.bias_correction:
+            from edgecnn.converters.bias_correction import correct_biases
+
+            correct_biases(onnx.load(src), quantized, calibration.preprocessed(
+                card.input, 0, BIAS_CORRECTION_IMAGES))
     metadata = {p.key: p.value for p in quantized.metadata_props}  # one value per key
     metadata.update({p.key: p.value for p in model.metadata_props})
     metadata["edgecnn.quantization"] = (
         f"int8 QDQ, {config.method}, {'per-channel' if config.per_channel else 'per-tensor'} "
         f"{'' if config.weight_bits == 8 else '7-bit '}weights, {len(calibration)} calibration "
-        "images"
+        "images" + (", bias-corrected" if config.bias_correction else "")
         + (f", kept in float: {', '.join(config.float_nodes)}" if config.float_nodes else ""))
     del quantized.metadata_props[:]
     for key, value in metadata.items():

@@ -74,6 +74,7 @@ class ConvertConfig:
     # what an int8 TFLite file is written for: cpu (float islands where they are faster), npu
     # or mcu (integer-only: every op int8, or refused in one line); converters/islands.py
     int8_for: str = "cpu"
+    bias_correction: bool = False  # remove int8's mean shift per layer (opt-in: see README)
 
     def __post_init__(self) -> None:
         from edgecnn.converters.qdq import ONNX_INT8_ENCODINGS
@@ -105,6 +106,8 @@ class ConvertConfig:
             raise BadInputError(f"an accuracy budget keeps layers float, which --for "
                                 f"{self.int8_for} cannot hold; drop --max-drop/--min-agreement "
                                 "or convert with --for cpu")
+        if self.bias_correction and not self.int8:
+            raise BadInputError("--bias-correction corrects int8 layers; add --int8")
         if self.io_dtype not in (None, "float32") and not self.int8:
             raise BadInputError(f"--io-dtype {self.io_dtype} needs --int8")
         if self.to == "onnx" and (self.io_dtype or self.nchw_input):
@@ -238,7 +241,8 @@ def convert(model: str | Path | Any, output: str | Path | None = None,
             # the ONNX file's encoding decides its weights' width (7 bits for u8s7, which keeps
             # onnxruntime's u8s8 kernels exact on x86 without VNNI); TFLite keeps all 8
             bits = qdq.weight_bits(config.onnx_int8_encoding) if config.to == "onnx" else 8
-            quant_config = QuantConfig(config.calib_method, config.per_channel, weight_bits=bits)
+            quant_config = QuantConfig(config.calib_method, config.per_channel, weight_bits=bits,
+                                       bias_correction=config.bias_correction)
             if config.budget is not None:
                 budget = _search_budget(float_path, card, calib, config, quant_config)
                 report = budget.report

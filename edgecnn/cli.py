@@ -223,6 +223,8 @@ def _numbers(kind: type, count: int | None = None) -> Any:
 @click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile", "mse"]),
               default="minmax", show_default=True)
 @click.option("--per-tensor", is_flag=True, help="Per-tensor instead of per-channel weights.")
+@click.option("--bias-correction", is_flag=True, help="Remove each int8 layer's mean shift "
+              "from its bias (measured on the calibration images).")
 @click.option("--io-dtype", type=click.Choice(["float32", "int8", "uint8"]),
               help="TFLite I/O type (int8 models default to int8).")
 @click.option("--nchw-input", is_flag=True, help="Keep NCHW input (adds one leading TRANSPOSE).")
@@ -260,7 +262,8 @@ def convert(model: Path, to: str, int8: bool, calib: Path | None, calib_method: 
             opset: int, input_shape: tuple[int, ...] | None, mean: tuple[float, ...] | None,
             std: tuple[float, ...] | None, pixel_scale: float | None, max_drop: float | None,
             min_agreement: float | None, data: Path | None, max_float_layers: int | None,
-            int8_for: str, arch: str | None, trust_pickle: bool, output: Path | None) -> None:
+            int8_for: str, bias_correction: bool, arch: str | None, trust_pickle: bool,
+            output: Path | None) -> None:
     """Convert MODEL (.pt, .pt2 or .onnx) to ONNX or TFLite, optionally int8; with --max-drop
     or --min-agreement, exit 1 when no choice of float layers meets the budget (the best found
     is written)."""
@@ -276,7 +279,7 @@ def convert(model: Path, to: str, int8: bool, calib: Path | None, calib_method: 
               if max_drop is not None or min_agreement is not None else None)
     config = ConvertConfig(to, int8, calib, calib_method, not per_tensor, io_dtype, nchw_input,
                            opset, trust_pickle, arch, onnx_int8_encoding, input_shape, mean, std,
-                           pixel_scale, budget, data, int8_for)
+                           pixel_scale, budget, data, int8_for, bias_correction)
     result = run_convert(model, output, config)
     for key, value in result.rows()[0].items():
         click.echo(f"{key:>28}: {value}")
