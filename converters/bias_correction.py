@@ -40,6 +40,12 @@ class Layer:
     bias_scale: np.ndarray
     group: int
     trans_b: bool
+    weight_name: str = ""  # the int8 initializer (AdaRound rewrites it)
+    weight_scale: np.ndarray | None = None
+    weight_axis: int = 0
+    strides: tuple[int, ...] = ()
+    pads: tuple[int, ...] = ()
+    dilations: tuple[int, ...] = ()
 
 
 def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
@@ -73,8 +79,15 @@ def _layers(float_model: onnx.ModelProto, qdq: onnx.ModelProto) -> list[Layer]:
             node.name, node.op_type, act_q.input[0], float(scale), zero, bounds, weight,
             numpy_helper.to_array(float_inits[original.input[1]]).astype(np.float64),
             b_dq.input[0], numpy_helper.to_array(inits[b_dq.input[1]]).astype(np.float64),
-            _attr(node, "group", 1), bool(_attr(node, "transB", 0))))
+            _attr(node, "group", 1), bool(_attr(node, "transB", 0)), w_dq.input[0],
+            numpy_helper.to_array(inits[w_dq.input[1]]).astype(np.float64),
+            _attr(w_dq, "axis", 1), _ints(node, "strides"), _ints(node, "pads"),
+            _ints(node, "dilations")))
     return layers
+
+
+def _ints(node: onnx.NodeProto, name: str) -> tuple[int, ...]:
+    return next((tuple(int(v) for v in a.ints) for a in node.attribute if a.name == name), ())
 
 
 def _dequantised(dq: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> np.ndarray:

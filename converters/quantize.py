@@ -31,6 +31,7 @@ from edgecnn.quiet import quiet
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile", "mse")
 EXTERNAL_DATA_BYTES = 64 << 20
 MSE_HISTOGRAM_BINS = 2048
+ADAROUND_IMAGES = 64  # calibration images whose layer inputs AdaRound fits
 BIAS_CORRECTION_IMAGES = 500  # calibration images the mean shifts are measured on  # 8 bins per int8 step over the observed range
 CALIBRATION_BATCH_ELEMENTS = 1 << 19  # MNIST: batches of 100; 224x224x3: batches of 3
 
@@ -52,6 +53,8 @@ class QuantConfig:
     weight_bits: int = 8
     # remove each Conv/Gemm's int8 mean shift from its bias (converters/bias_correction.py)
     bias_correction: bool = False
+    # learn each Conv/Gemm weight's rounding, up or down (converters/adaround.py)
+    adaround: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in CALIBRATION_METHODS:
@@ -150,6 +153,11 @@ def quantize_onnx(model: onnx.ModelProto | Path, card: ModelCard, calibration: D
             detail = " ".join(str(exc).split())[:300]
             raise ConversionError(f"int8 quantisation failed: {detail}") from None
         quantized = onnx.load(dst)  # external data, if any, is read back in here
+        if config.adaround:
+            from edgecnn.converters.adaround import adaround
+
+            adaround(onnx.load(src), quantized, calibration.preprocessed(
+                card.input, 0, ADAROUND_IMAGES))
         if config.bias_correction:
             from edgecnn.converters.bias_correction import correct_biases
 
@@ -160,7 +168,8 @@ def quantize_onnx(model: onnx.ModelProto | Path, card: ModelCard, calibration: D
     metadata["edgecnn.quantization"] = (
         f"int8 QDQ, {config.method}, {'per-channel' if config.per_channel else 'per-tensor'} "
         f"{'' if config.weight_bits == 8 else '7-bit '}weights, {len(calibration)} calibration "
-        "images" + (", bias-corrected" if config.bias_correction else "")
+        "images" + (", AdaRound" if config.adaround else "")
+        + (", bias-corrected" if config.bias_correction else "")
         + (f", kept in float: {', '.join(config.float_nodes)}" if config.float_nodes else ""))
     del quantized.metadata_props[:]
     for key, value in metadata.items():
