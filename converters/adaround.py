@@ -26,6 +26,7 @@ from onnx import numpy_helper
 ZETA, GAMMA = 1.1, -0.1  # the rectified sigmoid's stretch
 ITERATIONS = 400
 REGULARISATION = 0.01
+BATCH = 8  # images per step, drawn from the calibration inputs
 SAMPLES = 2048  # output positions per step (conv outputs are subsampled)
 
 
@@ -73,26 +74,26 @@ def _rounded_up(layer: Layer, inputs: np.ndarray, seed: int = 0) -> np.ndarray |
     v = v.clone().requires_grad_(True)
     x = torch.tensor(inputs, dtype=torch.float32)
 
-    def run(weight: torch.Tensor) -> torch.Tensor:
+    def run(weight: torch.Tensor, rows: torch.Tensor | slice = slice(None)) -> torch.Tensor:
         if not conv:
-            return x @ (weight if layer.trans_b else weight.T).T
+            return x[rows] @ (weight if layer.trans_b else weight.T).T
         pads = layer.pads or (0, 0, 0, 0)
-        padded = F.pad(x, (pads[1], pads[3], pads[0], pads[2]))
+        padded = F.pad(x[rows], (pads[1], pads[3], pads[0], pads[2]))
         return F.conv2d(padded, weight, stride=layer.strides or 1,
                         dilation=layer.dilations or 1, groups=layer.group)
 
     with torch.no_grad():
         target = run(w)
-    flat = target.flatten()
     rng = np.random.default_rng(seed)
     optimiser = torch.optim.Adam([v], lr=1e-2)
     for step in range(ITERATIONS):
         beta = 20 - (20 - 2) * step / max(ITERATIONS - 1, 1)
         h = (torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA).clamp(0, 1)
         soft = scale * torch.clamp(floor + h, -128, 127)
-        out = run(soft).flatten()
-        pick = torch.as_tensor(rng.integers(0, flat.numel(), min(SAMPLES, flat.numel())))
-        loss = F.mse_loss(out[pick], flat[pick]) + REGULARISATION * (
+        rows = torch.as_tensor(rng.integers(0, len(x), min(BATCH, len(x))))
+        out, want = run(soft, rows).flatten(), target[rows].flatten()
+        pick = torch.as_tensor(rng.integers(0, out.numel(), min(SAMPLES, out.numel())))
+        loss = F.mse_loss(out[pick], want[pick]) + REGULARISATION * (
             1 - (2 * h - 1).abs().pow(beta)).sum() / h.numel()
         optimiser.zero_grad()
         loss.backward()

@@ -28,17 +28,11 @@ def test_rounding_that_cancels_beats_rounding_to_nearest():
 
 
 def test_adaround_end_to_end(tmp_path):
-    import onnx
-
     from edgecnn.api import ConvertConfig, convert
 
-    result = convert("lenet5", tmp_path / "ar.tflite",
-                     ConvertConfig("tflite", int8=True, adaround=True))
-    assert result.checks["tflite max|Δ| vs qdq reference (steps)"] <= 1
+    learned = convert("lenet5", tmp_path / "ar.tflite",
+                      ConvertConfig("tflite", int8=True, adaround=True))
+    assert learned.checks["tflite max|Δ| vs qdq reference (steps)"] <= 1
     plain = convert("lenet5", tmp_path / "plain.onnx", ConvertConfig("onnx", int8=True))
-    learned = convert("lenet5", tmp_path / "ar.onnx", ConvertConfig("onnx", int8=True,
-                                                                   adaround=True))
-    meta = {p.key: p.value for p in onnx.load(learned.path).metadata_props}
-    assert "AdaRound" in meta["edgecnn.quantization"]
     assert plain.int8_cost is not None and learned.int8_cost is not None
     assert learned.int8_cost.outputs[0].sqnr_db > plain.int8_cost.outputs[0].sqnr_db
