@@ -123,6 +123,23 @@ def _binary(op):
     return build
 
 
+def _scaled_operands(op, ratio):
+    """Two activations whose int8 scales differ by ``ratio`` (one conv's weights divided by it),
+    as a detector's box decode adds anchor points to distances (issue 22): an int8 ADD/SUB
+    whose small-scale operand's multiplier could lose precision."""
+    def build():
+        c1, i1 = _conv("c1", "x", "a", 4, 4, pads=[1, 1, 1, 1])
+        c2, i2 = _conv("c2", "x", "b", 4, 4, pads=[1, 1, 1, 1])
+        for init in i2:
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) / ratio,
+                                                  init.name))
+        return _case([c1, c2, helper.make_node(op, ["a", "b"], ["z"])], i1 + i2, 4, 8)
+    return build
+
+
+SCALE_RATIOS = (1, 10, 100, 1000, 10000)
+
+
 def _chain(*ops, const=None, **attrs):
     """conv -> relu -> each of ``ops`` in turn (with ``const`` as a second input where given)."""
     def build():
@@ -486,8 +503,10 @@ OP_CASES = {
     "ReduceSum": {"spatial_keepdims": _reduce("ReduceSum", [-2, -1])},
     "Flatten": {"folded_into_gemm": _unary("Relu")},
     "Reshape": {"to_2d": _reshape_softmax},
-    "Add": {"activation_and_const": _binary("Add")},
-    "Sub": {"activation_and_const": _binary("Sub")},
+    "Add": {"activation_and_const": _binary("Add"),
+            **{f"scale_ratio_{r}": _scaled_operands("Add", r) for r in SCALE_RATIOS}},
+    "Sub": {"activation_and_const": _binary("Sub"),
+            **{f"scale_ratio_{r}": _scaled_operands("Sub", r) for r in SCALE_RATIOS}},
     "Div": {"by_const": _chain("Div", const=np.full((4, 1, 1), 1.5, np.float32) + np.arange(4).reshape(4, 1, 1))},
     "Min": {"activation_and_const": _binary("Min")},
     "Max": {"activation_and_const": _binary("Max")},

@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from edgecnn.converters.int8_forms import island
+from edgecnn.converters.int8_forms import Int8Form, island
 from edgecnn.converters.lowering import NCHW_TO_NHWC, LoweringContext, default_perm
 from edgecnn.converters.ops import lower
 
 from edgecnn.errors import ConversionError
+
+# TFLite's int8 ADD/SUB rescales both operands to one fixed-point domain before adding; LiteRT
+# rounds the sum as the QDQ reference does for operand scale ratios of 1 to 10,000 (a box
+# decode's anchors plus distances, a residual's tiny branch): 0 values off beyond ties
+ADD_SUB_INT8 = Int8Form(note="int8 kernel (exact for operand scale ratios up to 10,000; "
+                             "tests/test_int8_add_scales.py)")
 
 
 def _constant_operand(ctx: LoweringContext, node: onnx.NodeProto, name: str,
@@ -65,7 +71,7 @@ def _binary(ctx: LoweringContext, node: onnx.NodeProto, op: str,
                options=ctx.options(options_name, fusedActivationFunction=fused))
 
 
-@lower("Sub")
+@lower("Sub", int8=ADD_SUB_INT8)
 def lower_sub(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     _binary(ctx, node, "SUB", "SubOptions")
 
@@ -122,7 +128,7 @@ def lower_prelu(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     ctx.add_op("PRELU", [source.tensor, alpha], [out.tensor])
 
 
-@lower("Add")
+@lower("Add", int8=ADD_SUB_INT8)
 def lower_add(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     _binary(ctx, node, "ADD", "AddOptions")
 
