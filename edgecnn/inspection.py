@@ -272,9 +272,14 @@ def _inspect_onnx(path: Path) -> ModelInfo:
             if q.input[0] == inputs[0].name:
                 consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer
                           if t.name in q.input[1:]}
-                inputs[0].quantization = (f"quantised inside: scale "
-                                          f"{float(consts[q.input[1]]):.6g}, zero point "
-                                          f"{int(consts[q.input[2]])}")
+                scale = consts.get(q.input[1]) if len(q.input) > 1 else None
+                zero = consts.get(q.input[2]) if len(q.input) > 2 else None
+                if scale is None or scale.size != 1 or (zero is not None and zero.size != 1):
+                    inputs[0].quantization = "quantised inside (computed scale)"
+                    continue  # a scale computed by the graph: onnxruntime checks it when run
+                inputs[0].quantization = (f"quantised inside: scale {float(scale.ravel()[0]):.6g}"
+                                          f", zero point "
+                                          f"{int(zero.ravel()[0]) if zero is not None else 0}")
     opset = {o.domain or "ai.onnx": o.version for o in model.opset_import}
     return ModelInfo(str(path), "onnx" + (" int8 QDQ" if quant else " fp32"), params, inputs,
                      outputs, [{"op": k, "count": v} for k, v in ops.most_common()],

@@ -154,6 +154,13 @@ def _collapse_batch(model: onnx.ModelProto) -> None:
     model.graph.output.append(helper.make_tensor_value_info("collapsed", TensorProto.FLOAT, None))
 
 
+def _input_scale_from_a_node(model: onnx.ModelProto) -> None:
+    """The input QuantizeLinear's scale read from a node output (fuzzing case 237)."""
+    quantize = next(n for n in model.graph.node if n.op_type == "QuantizeLinear")
+    gemm = next(n for n in model.graph.node if n.op_type == "Gemm")
+    quantize.input[1] = gemm.input[2]
+
+
 NAMED = {  # case -> (artefact, edit, command after the model, what the line must name)
     "a dropped scale (layers)": ("onnx_int8", _drop_scale, "layers",
                                  "which no input, initializer or node defines"),
@@ -168,6 +175,8 @@ NAMED = {  # case -> (artefact, edit, command after the model, what the line mus
                                           "onnxruntime cannot run the layer table"),
     "an output batch that ignores the input's": ("onnx", _collapse_batch, "validate",
                                                  "for a batch of"),
+    "an input scale computed by a node (bench)": ("onnx_int8", _input_scale_from_a_node,
+                                                  "bench", "onnxruntime cannot run it"),
 }
 
 
@@ -180,6 +189,7 @@ def test_errors_that_reached_the_safety_net_are_named(tmp_path, artefacts, case)
                         *(["--int8"] if artefact == "onnx_int8" else []),
                         "-o", str(tmp_path / "o.tflite")],
             "inspect": ["inspect", str(model)],
+            "bench": ["bench", str(model), "--runs", "2", "--warmup", "1"],
             "validate": ["validate", str(artefacts["onnx"]), str(model), "--limit", "64"],
             }[command]
     line = _refused(_run(args, tmp_path), needle)
