@@ -39,7 +39,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
-START, END = "<!-- accuracy:start -->", "<!-- accuracy:end -->"
+MARKERS = "<!-- accuracy-{}:start -->", "<!-- accuracy-{}:end -->"  # one section per method
 MODELS = ("efficientnet_lite0", "lenet5", "mobile_se_outlier", "mnist_detector")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -273,7 +273,8 @@ def detector_case() -> Case:
         print(f"{DETECTOR_PATH} is absent: training it (scripts/train_mnist_detector.py)",
               file=sys.stderr)
         det.save(det.train(5, 4000, 0), DETECTOR_PATH)
-    module = torch.export.load(str(DETECTOR_PATH)).module()
+    module = det.build_model()  # an exported program's module refuses .eval(): load weights
+    module.load_state_dict(torch.export.load(str(DETECTOR_PATH)).state_dict)
     digits, labels = det.load_mnist("train")
     calib = det.make_canvases(digits, labels, DETECTOR_CALIB, seed=10_000)
     digits, labels = det.load_mnist("t10k")
@@ -302,13 +303,15 @@ def ort_quantize_static(fp32: Path, calib: np.ndarray, method: str, out: Path) -
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, quantize_static
 
-    name = onnx.load(str(fp32), load_external_data=False).graph.input[0].name
+    graph_input = onnx.load(str(fp32), load_external_data=False).graph.input[0]
+    name, first = graph_input.name, graph_input.type.tensor_type.shape.dim[0]
+    step = first.dim_value or 16  # a fixed-batch export (EfficientNet's view(bs, -1)) takes 1
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = iter(np.array_split(calib, max(1, len(calib) // 16)))
+            self.batches = (calib[i:i + step] for i in range(0, len(calib), step))
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             batch = next(self.batches, None)
@@ -338,8 +341,8 @@ def peer_child(archive: Path, calib: Path, target: Path) -> None:
     model = torch.export.load(str(archive)).module()
     prepared = quantize_pt2e.prepare_pt2e(torch.export.export(model, example).module(), quantizer)
     with torch.no_grad():
-        for start in range(0, len(images), 16):
-            prepared(torch.from_numpy(images[start:start + 16]))
+        for start in range(len(images)):  # the graph was traced at batch 1, and stays so
+            prepared(torch.from_numpy(images[start:start + 1]))
     quantized = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
     litert_torch.convert(quantized, example, quant_config=QuantConfig(
         pt2e_quantizer=quantizer)).export(str(target))
@@ -474,7 +477,7 @@ def fmt(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, tuple):
-        return f"{value[0]:.1f}-{value[1]:.1f}"
+        return f"{value[0]:.2f}-{value[1]:.2f}"
     if isinstance(value, float):
         return "inf" if np.isinf(value) else f"{value:.2f}"
     return str(value)
@@ -496,12 +499,12 @@ def table(rows: list[Row], columns: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
-def report(rows: list[Row], notes: dict[str, str], method: str, seconds: float) -> str:
+def report(rows: list[Row], notes: dict[str, str], method: str) -> str:
     classifiers = [r for r in rows if "mAP50 vs true boxes" not in r.cells]
     detectors = [r for r in rows if "mAP50 vs true boxes" in r.cells]
     parts = [f"Measured {time.strftime('%Y-%m-%d', time.gmtime())} on {platform.machine()}, "
              f"{os.cpu_count()} cores, no GPU, Python {platform.python_version()}; "
-             f"`--calib-method {method}`; {seconds:.0f} s. Images:", ""]
+             f"`--calib-method {method}`. Images:", ""]
     parts += [f"- {name}: {note}" for name, note in notes.items()]
     if classifiers:
         parts += ["", "Classifiers (agreement, top-5 and SQNR against fp32's logits; accuracy "
@@ -521,8 +524,11 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--calib-method", default="minmax", choices=CALIB_METHODS)
     parser.add_argument("--out", type=Path, help="docs/int8-accuracy: fill the .md's section "
-                        "and write the .json")
+                        "of --calib-method and write OUT-METHOD.json")
     parser.add_argument("--work", type=Path, default=ROOT / "out" / "int8_accuracy")
+    parser.add_argument("--reuse", action="store_true", help="take a model's figures from the "
+                        "last run in --work (WORK/METHOD/MODEL.rows.json) instead of measuring "
+                        "it again")
     args = parser.parse_args()
     import torch
 
@@ -530,21 +536,31 @@ def main() -> None:
     started = time.perf_counter()
     rows: list[Row] = []
     notes: dict[str, str] = {}
+    folder = args.work / args.calib_method
+    folder.mkdir(parents=True, exist_ok=True)
     for name in args.models:
-        case = build_case(name)
-        notes[name] = case.images_note
-        folder = args.work / args.calib_method
-        folder.mkdir(parents=True, exist_ok=True)
-        rows += measure_case(case, args.calib_method, folder)
+        saved = folder / f"{name}.rows.json"
+        if not (args.reuse and saved.is_file()):
+            began = time.perf_counter()
+            case = build_case(name)
+            measured = measure_case(case, args.calib_method, folder)
+            saved.write_text(json.dumps({"note": case.images_note, "seconds": round(
+                time.perf_counter() - began), "rows": [vars(r) for r in measured]}, default=float))
+        record = json.loads(saved.read_text())
+        notes[name] = f"{record['note']}; measured in {record['seconds']} s"
+        rows += [Row(r["model"], r["reading"], {k: tuple(v) if isinstance(v, list) else v
+                                                for k, v in r["cells"].items()})
+                 for r in record["rows"]]
         print(f"{name}: done, {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    text = report(rows, notes, args.calib_method, time.perf_counter() - started)
+    text = report(rows, notes, args.calib_method)
     print(text)
     if args.out:
         md = args.out.with_suffix(".md")
         from edgecnn.report import fill_section
 
-        md.write_text(fill_section(md.read_text() if md.is_file() else "", START, END, text))
-        args.out.with_suffix(".json").write_text(json.dumps(
+        start, end = (m.format(args.calib_method) for m in MARKERS)
+        md.write_text(fill_section(md.read_text() if md.is_file() else "", start, end, text))
+        args.out.with_name(f"{args.out.name}-{args.calib_method}.json").write_text(json.dumps(
             [{"model": r.model, "reading": r.reading, **r.cells} for r in rows], indent=1,
             default=str) + "\n")
 
