@@ -31,6 +31,7 @@ from edgecnn.shipped import SHIPPED_CALIBRATION_SET, SHIPPED_DATA, SHIPPED_TEST_
 
 IDX_DTYPES: dict[int, Any] = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".pgm"}
+UNLABELLED = -1  # the label of an image that has none
 
 # name -> md5 of the decompressed IDX payload: mirrors recompress the .gz files, the payload is fixed
 MNIST_FILES = {
@@ -67,6 +68,11 @@ class Dataset:
         if count is None or count >= len(self):
             return self
         return Dataset(self.images[:count], self.labels[:count], self.source)
+
+    @property
+    def labelled(self) -> bool:
+        """False for images without labels (label -1): only agreement can be measured."""
+        return bool(np.all(self.labels >= 0))
 
     def check_fits(self, spec: InputSpec) -> None:
         """Refuse data whose image shape differs from what the model takes."""
@@ -265,20 +271,23 @@ def load_npz(path: Path) -> Dataset:
     _check_npz(path)
     try:
         with np.load(path, allow_pickle=False) as archive:
-            missing = [k for k in ("x", "y") if k not in archive.files]
-            if missing:
+            if "x" not in archive.files:
                 raise DataError(
                     f"{path}: .npz has arrays {sorted(archive.files)} but needs 'x' (uint8 images) "
-                    "and 'y' (labels)"
+                    "and, for accuracy, 'y' (labels)"
                 )
-            return _labelled(archive["x"], archive["y"], str(path))
+            x = archive["x"]
+            labels = archive["y"] if "y" in archive.files else np.full(len(x), UNLABELLED)
+            return _labelled(x, labels, str(path))
     except (OSError, ValueError, zipfile.BadZipFile) as exc:  # a member's CRC, for one
         raise DataError(f"{path}: not a readable .npz archive ({str(exc)[:200]}); re-save it "
                         "with np.savez") from None
 
 
 def load_image_folder(root: Path) -> Dataset:
-    """One subfolder per class, named by its label; classes sorted by name."""
+    """One subfolder per class, named by its label; classes sorted by name. Images lying in
+    ``root`` itself, with no class folders, are unlabelled (label -1): enough for agreement
+    with a reference model."""
     from PIL import Image, UnidentifiedImageError
 
     classes = sorted(p for p in root.iterdir() if p.is_dir())
@@ -286,6 +295,9 @@ def load_image_folder(root: Path) -> Dataset:
         classes.sort(key=lambda p: int(p.name))
     files = [(i, f) for i, c in enumerate(classes) for f in sorted(c.iterdir())
              if f.suffix.lower() in IMAGE_SUFFIXES]
+    if not classes:
+        files = [(UNLABELLED, f) for f in sorted(root.iterdir())
+                 if f.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
         raise DataError(
             f"{root}: image folder holds no images; expected one subfolder per class with "

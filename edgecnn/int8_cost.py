@@ -36,7 +36,10 @@ def sqnr_db(reference: np.ndarray, approximation: np.ndarray) -> float:
     signal = float(np.sum(f ** 2))
     if noise == 0.0:
         return math.inf
-    return 10.0 * math.log10(signal / noise) if signal > 0 else -math.inf
+    if not (math.isfinite(noise) and math.isfinite(signal)):
+        return math.nan  # non-finite outputs: no ratio to speak of
+    ratio = signal / noise
+    return 10.0 * math.log10(ratio) if ratio > 0 else -math.inf
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

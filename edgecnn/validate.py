@@ -23,6 +23,7 @@ from tqdm import tqdm
 from edgecnn.card import ModelCard
 from edgecnn.data import Dataset
 from edgecnn.errors import BadInputError, TargetUnavailableError
+from edgecnn.int8_cost import sqnr_db
 from edgecnn.runtimes import (
     QDQ_REFERENCE,
     RUNTIMES,
@@ -68,9 +69,9 @@ class ParityRow:
     artefact: str
     format: str
     runtime: str
-    top1_pct: float
-    delta_pp: float
-    ci95_pp: tuple[float, float]
+    top1_pct: float | None  # None: the images carry no labels
+    delta_pp: float | None
+    ci95_pp: tuple[float, float] | None
     agreement_pct: float
     identical_pct: float  # images whose whole logit vector equals the reference's
     max_abs_dlogit: float
@@ -81,6 +82,7 @@ class ParityRow:
     note: str = ""  # why an int8 runtime strays, or why it has no QDQ reference
     passed: bool = True
     failures: list[str] = field(default_factory=list)
+    sqnr_db: float = math.inf  # logits against the reference's (edgecnn.int8_cost)
 
 
 @dataclass
@@ -98,8 +100,10 @@ class ParityReport:
 
     def table_rows(self) -> list[dict[str, Any]]:
         return [{"artefact": r.artefact, "runtime": r.runtime, "top1 %": r.top1_pct,
-                 "Δ pp": r.delta_pp, "95% CI pp": f"[{r.ci95_pp[0]:+.2f}, {r.ci95_pp[1]:+.2f}]",
-                 "agree %": r.agreement_pct, "identical %": r.identical_pct,
+                 "Δ pp": r.delta_pp, "95% CI pp": (f"[{r.ci95_pp[0]:+.2f}, {r.ci95_pp[1]:+.2f}]"
+                                                   if r.ci95_pp is not None else None),
+                 "agree %": r.agreement_pct, "SQNR dB": r.sqnr_db,
+                 "identical %": r.identical_pct,
                  "max|Δlogit|": r.max_abs_dlogit,
                  "mean|Δlogit|": r.mean_abs_dlogit,
                  "steps vs QDQ": "" if r.qdq_max_steps is None else r.qdq_max_steps,
@@ -167,15 +171,22 @@ def compare(name: str, runtime: str, logits: np.ndarray, ref_logits: np.ndarray,
                             f"where the reference returns {ref_logits.shape[1]}; compare models "
                             "of the same classes")
     pred, ref_pred = logits.argmax(1), ref_logits.argmax(1)
-    correct, ref_correct = pred == labels, ref_pred == labels
-    delta, low, high = paired_ci(correct, ref_correct)
     diff = np.abs(logits - ref_logits)
-    row = ParityRow(name, "", runtime, 100 * correct.mean(), delta, (low, high),
-                    100 * (pred == ref_pred).mean(), 100 * float((diff <= 1e-6).all(1).mean()),
-                    float(diff.max()), float(diff.mean()),
-                    worst_classes(pred, ref_pred, labels, card.labels))
-    if thresholds.max_drop_pp is not None and -delta > thresholds.max_drop_pp:
-        row.failures.append(f"drop {-delta:.2f} pp > {thresholds.max_drop_pp}")
+    agreement = 100 * float((pred == ref_pred).mean())
+    identical = 100 * float((diff <= 1e-6).all(1).mean())
+    if np.all(labels >= 0):
+        correct, ref_correct = pred == labels, ref_pred == labels
+        delta, low, high = paired_ci(correct, ref_correct)
+        row = ParityRow(name, "", runtime, 100 * correct.mean(), delta, (low, high), agreement,
+                        identical, float(diff.max()), float(diff.mean()),
+                        worst_classes(pred, ref_pred, labels, card.labels))
+    else:  # unlabelled images: agreement and logit distance with the reference only
+        row = ParityRow(name, "", runtime, None, None, None, agreement, identical,
+                        float(diff.max()), float(diff.mean()), [])
+    row.sqnr_db = sqnr_db(ref_logits, logits)
+    if (thresholds.max_drop_pp is not None and row.delta_pp is not None
+            and -row.delta_pp > thresholds.max_drop_pp):
+        row.failures.append(f"drop {-row.delta_pp:.2f} pp > {thresholds.max_drop_pp}")
     if thresholds.min_agreement_pct is not None and row.agreement_pct < thresholds.min_agreement_pct:
         row.failures.append(f"agreement {row.agreement_pct:.2f}% < {thresholds.min_agreement_pct}%")
     row.passed = not row.failures
@@ -195,7 +206,10 @@ def validate(artefacts: list[Path], data: Dataset, card: ModelCard, *,
     if not artefacts:
         raise BadInputError("validate needs at least one model")
     data.check_fits(card.input)
-    if data.labels.min() < 0 or data.labels.max() >= len(card.labels):
+    if not data.labelled and thresholds.max_drop_pp is not None:
+        raise BadInputError(f"{data.source}: has no labels, so no accuracy to drop; gate on "
+                            "--min-agreement (agreement with the reference model) instead")
+    if data.labelled and data.labels.max() >= len(card.labels):
         raise BadInputError(f"{data.source}: labels run {data.labels.min()}..{data.labels.max()} "
                             f"but the model has {len(card.labels)} classes (0.."
                             f"{len(card.labels) - 1}); use data labelled for this model")

@@ -184,3 +184,32 @@ def test_an_unknown_runtime_is_refused_in_one_line(cli_runner, artefacts, runtim
     assert f"--runtime {runtime!r}: choose from litert, onnxruntime, tflite-micro, tflite-runtime, torch" \
         in result.output
     assert hint in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_images_without_labels_give_agreement_and_sqnr(cli_runner, tmp_path, artefacts):
+    """A third-party model's user rarely has labels: an .npz without 'y' or a folder of images
+    with no class folders still gives agreement with the reference and logit SQNR."""
+    from PIL import Image
+
+    from edgecnn.data import SHIPPED_TEST_SET, load_dataset
+
+    test = load_dataset(SHIPPED_TEST_SET, split="test").take(64)
+    npz = tmp_path / "unlabelled.npz"
+    np.savez(npz, x=test.images)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, image in enumerate(test.images[:16]):
+        Image.fromarray(image.reshape(28, 28)).save(folder / f"{i}.png")
+    for data in (npz, folder):
+        out = tmp_path / f"{data.stem}.json"
+        result = cli_runner.invoke(cli, ["validate", str(artefacts["onnx"]),
+                                         str(artefacts["tflite_int8"]), "--data", str(data),
+                                         "--min-agreement", "90", "--json", str(out)])
+        assert result.exit_code == 0, result.output
+        rows = json.loads(out.read_text())["rows"]
+        int8 = next(r for r in rows if r["artefact"].endswith(".tflite"))
+        assert int8["top1_pct"] is None and int8["agreement_pct"] >= 90
+        assert 15 < int8["sqnr_db"] < 80
+    refused = cli_runner.invoke(cli, ["validate", str(artefacts["onnx"]), "--data", str(npz),
+                                      "--max-drop", "1"])
+    assert refused.exit_code == 2 and "--min-agreement" in refused.output
