@@ -2,7 +2,7 @@
 QDQ ONNX reference reading and the int8 TFLite file on LiteRT) against fp32, side by side with
 onnxruntime's ``quantize_static`` on the same float ONNX and the same calibration images.
 
-    .venv/bin/python scripts/train_mnist_detector.py              # once (~5-10 min), or let
+    .venv/bin/python scripts/train_mnist_detector.py              # once (4-6 min), or let
     .venv/bin/python scripts/int8_accuracy.py                     #   this rebuild it if absent
     .venv/bin/python scripts/int8_accuracy.py --models lenet5 --calib-method percentile
     .venv/bin/python scripts/int8_accuracy.py --out docs/int8-accuracy   # fills its section
