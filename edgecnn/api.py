@@ -42,8 +42,11 @@ TARGET_FORMATS = ("onnx", "tflite")
 # LiteRT/XNNPACK requantise in float like the reference (0 steps but for ties), TFLite's builtin
 # kernels in fixed point (at most 1 step per requantisation, and a step in one layer can move the
 # next layer's output by a step too). A wrong lowering (layout, scale, zero point) is tens of
-# steps off, but a kernel whose arithmetic is subtly not the reference's may be 2 (issue 22): any
-# difference at the outputs has the layers checked (self_check_tflite).
+# steps off, but a kernel whose arithmetic is subtly not the reference's may be 2 (issue 22): on
+# LiteRT any difference at the outputs has the layers checked (self_check_tflite); tflite-runtime
+# only beyond 3 steps (its fixed-point kernels are a step off by design, and in 2.14 the preserved
+# copy of an int8 ADD's input read 88 steps off on a correct file: a false culprit).
+INT8_SELF_CHECK_STEPS = {"litert": 0, "tflite-runtime": 3}
 INT8_COST_IMAGES = 256  # calibration images compared at the outputs, int8 against fp32
 SELF_CHECK_IMAGES = 32  # real calibration images, plus 8 seeded random ones
 LAYER_CHECK_IMAGES = 1  # every activation is kept for the layer check (and exports are often batch 1)
@@ -521,7 +524,7 @@ def self_check_tflite(data: bytes | Path, onnx_model: Any, card: ModelCard, outp
         if output_quant is not None:
             steps = float(np.max(np.abs(gots[0] - wants[0]))) / output_quant.scale[0]
             result: dict[str, Any] = {"tflite max|Δ| vs qdq reference (steps)": round(steps, 2)}
-            if steps > 0:  # tie noise spread by depth, or a wrong lowering?
+            if steps > INT8_SELF_CHECK_STEPS.get(runtime, 3):  # ties, or a wrong lowering?
                 result["layer check"] = _check_layers(onnx_path, tfl_path,
                                                       x[:LAYER_CHECK_IMAGES], runtime,
                                                       integer_only)
