@@ -373,7 +373,8 @@ def litert_torch_peer(case: Case, folder: Path) -> Path | None:
     return target
 
 
-def convert_all(case: Case, method: str, folder: Path) -> dict[str, Path]:
+def convert_all(case: Case, method: str, folder: Path, extras: dict[str, bool]
+                ) -> dict[str, Path]:
     """fp32 ONNX, edgecnn's QDQ ONNX and int8 TFLite from it, and ORT's quantize_static."""
     import torch
 
@@ -385,13 +386,15 @@ def convert_all(case: Case, method: str, folder: Path) -> dict[str, Path]:
     files = {"fp32": convert(case.source, folder / f"{case.name}_fp32.onnx",
                              ConvertConfig("onnx"), **example).path}
     qdq = convert(files["fp32"], folder / f"{case.name}_int8.onnx",
-                  ConvertConfig("onnx", int8=True, calib_method=method), calibration=batches)
+                  ConvertConfig("onnx", int8=True, calib_method=method, **extras),
+                  calibration=batches)
     files["edgecnn int8 (QDQ reference)"] = qdq.path
     files["edgecnn int8 TFLite (LiteRT)"] = convert(
         qdq.path, folder / f"{case.name}_int8.tflite", ConvertConfig("tflite", int8=True)).path
     files["onnxruntime quantize_static"] = ort_quantize_static(
         files["fp32"], case.calib, method, folder / f"{case.name}_ort_int8.onnx")
-    if method == "minmax" and (peer := litert_torch_peer(case, folder)) is not None:
+    plain = method == "minmax" and not any(extras.values())
+    if plain and (peer := litert_torch_peer(case, folder)) is not None:
         files["litert-torch PT2E int8 (LiteRT)"] = peer  # its quantizer has no method switch
     return files
 
@@ -457,8 +460,8 @@ def detector_cells(f_raw: np.ndarray, q_raw: np.ndarray, truth: list, f_dets: li
     return cells
 
 
-def measure_case(case: Case, method: str, folder: Path) -> list[Row]:
-    files = convert_all(case, method, folder)
+def measure_case(case: Case, method: str, folder: Path, extras: dict[str, bool]) -> list[Row]:
+    files = convert_all(case, method, folder, extras)
     outputs = {reading: read(path, reading, case.evaluation) for reading, path in files.items()}
     f = outputs["fp32"]
     f_dets = detections(f) if case.kind == "detector" else []
@@ -499,12 +502,12 @@ def table(rows: list[Row], columns: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
-def report(rows: list[Row], notes: dict[str, str], method: str) -> str:
+def report(rows: list[Row], notes: dict[str, str], variant: str) -> str:
     classifiers = [r for r in rows if "mAP50 vs true boxes" not in r.cells]
     detectors = [r for r in rows if "mAP50 vs true boxes" in r.cells]
     parts = [f"Measured {time.strftime('%Y-%m-%d', time.gmtime())} on {platform.machine()}, "
              f"{os.cpu_count()} cores, no GPU, Python {platform.python_version()}; "
-             f"`--calib-method {method}`. Images:", ""]
+             f"`{variant}`. Images:", ""]
     parts += [f"- {name}: {note}" for name, note in notes.items()]
     if classifiers:
         parts += ["", "Classifiers (agreement, top-5 and SQNR against fp32's logits; accuracy "
@@ -523,6 +526,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--calib-method", default="minmax", choices=CALIB_METHODS)
+    parser.add_argument("--bias-correction", action="store_true",
+                        help="edgecnn's int8 with ConvertConfig(bias_correction=True)")
+    parser.add_argument("--adaround", action="store_true",
+                        help="edgecnn's int8 with ConvertConfig(adaround=True)")
     parser.add_argument("--out", type=Path, help="docs/int8-accuracy: fill the .md's section "
                         "of --calib-method and write OUT-METHOD.json")
     parser.add_argument("--work", type=Path, default=ROOT / "out" / "int8_accuracy")
@@ -536,14 +543,16 @@ def main() -> None:
     started = time.perf_counter()
     rows: list[Row] = []
     notes: dict[str, str] = {}
-    folder = args.work / args.calib_method
+    extras = {"bias_correction": args.bias_correction, "adaround": args.adaround}
+    variant = "-".join([args.calib_method, *(k.replace("_", "-") for k, v in extras.items() if v)])
+    folder = args.work / variant
     folder.mkdir(parents=True, exist_ok=True)
     for name in args.models:
         saved = folder / f"{name}.rows.json"
         if not (args.reuse and saved.is_file()):
             began = time.perf_counter()
             case = build_case(name)
-            measured = measure_case(case, args.calib_method, folder)
+            measured = measure_case(case, args.calib_method, folder, extras)
             saved.write_text(json.dumps({"note": case.images_note, "seconds": round(
                 time.perf_counter() - began), "rows": [vars(r) for r in measured]}, default=float))
         record = json.loads(saved.read_text())
@@ -552,15 +561,16 @@ def main() -> None:
                                                 for k, v in r["cells"].items()})
                  for r in record["rows"]]
         print(f"{name}: done, {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    text = report(rows, notes, args.calib_method)
+    flags = " ".join(f"--{k.replace('_', '-')}" for k, v in extras.items() if v)
+    text = report(rows, notes, f"--calib-method {args.calib_method} {flags}".strip())
     print(text)
     if args.out:
         md = args.out.with_suffix(".md")
         from edgecnn.report import fill_section
 
-        start, end = (m.format(args.calib_method) for m in MARKERS)
+        start, end = (m.format(variant) for m in MARKERS)
         md.write_text(fill_section(md.read_text() if md.is_file() else "", start, end, text))
-        args.out.with_name(f"{args.out.name}-{args.calib_method}.json").write_text(json.dumps(
+        args.out.with_name(f"{args.out.name}-{variant}.json").write_text(json.dumps(
             [{"model": r.model, "reading": r.reading, **r.cells} for r in rows], indent=1,
             default=str) + "\n")
 
