@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from edgecnn.converters.bias_correction import Layer, _layers
+from edgecnn.converters.bias_correction import Layer, _layers, float_activations
 from onnx import numpy_helper
 
 ZETA, GAMMA = 1.1, -0.1  # the rectified sigmoid's stretch
@@ -32,23 +32,8 @@ SAMPLES = 2048  # output positions per step (conv outputs are subsampled)
 
 def _layer_inputs(float_model: onnx.ModelProto, layers: list[Layer], x: np.ndarray
                   ) -> dict[str, np.ndarray]:
-    import tempfile
-    from pathlib import Path
-
-    from edgecnn.runtimes import predict_all, reference_session
-
-    names = list(dict.fromkeys(layer.activation for layer in layers))
-    probe = onnx.ModelProto()
-    probe.CopyFrom(float_model)
-    known = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
-                              for n in names if n not in known)
-    order = [o.name for o in probe.graph.output]
-    with tempfile.TemporaryDirectory(prefix="edgecnn-adaround-") as tmp:
-        path = Path(tmp) / "probe.onnx"
-        onnx.save(probe, path)
-        outputs = dict(zip(order, predict_all(reference_session(path), x), strict=True))
-    return {n: outputs[n] for n in names}
+    return float_activations(float_model, list(dict.fromkeys(lay.activation for lay in layers)),
+                             x)
 
 
 def _rounded_up(layer: Layer, inputs: np.ndarray, seed: int = 0) -> np.ndarray | None:

@@ -102,22 +102,30 @@ def _dequantised(dq: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> np.n
     return (q - zero.reshape(shape)) * scale.reshape(shape)
 
 
-def _channel_means(float_model: onnx.ModelProto, layers: list[Layer], x: np.ndarray
-                   ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Per input channel, the mean of each layer's float input and of its int8 reading."""
+def float_activations(float_model: onnx.ModelProto, names: list[str], x: np.ndarray
+                      ) -> dict[str, np.ndarray]:
+    """The float model's tensors ``names`` on the preprocessed images ``x`` (the QDQ reference
+    session, so every CPU computes the same)."""
     from edgecnn.runtimes import predict_all, reference_session
 
-    names = list(dict.fromkeys(layer.activation for layer in layers))
     probe = onnx.ModelProto()
     probe.CopyFrom(float_model)
     known = {o.name for o in probe.graph.output}
     probe.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
                               for n in names if n not in known)
     order = [o.name for o in probe.graph.output]
-    with tempfile.TemporaryDirectory(prefix="edgecnn-bias-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="edgecnn-activations-") as tmp:
         path = Path(tmp) / "probe.onnx"
         onnx.save(probe, path)
         outputs = dict(zip(order, predict_all(reference_session(path), x), strict=True))
+    return {n: outputs[n] for n in names}
+
+
+def _channel_means(float_model: onnx.ModelProto, layers: list[Layer], x: np.ndarray
+                   ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Per input channel, the mean of each layer's float input and of its int8 reading."""
+    names = list(dict.fromkeys(layer.activation for layer in layers))
+    outputs = float_activations(float_model, names, x)
     floats, quantised = {}, {}
     by_name = {layer.activation: layer for layer in layers}
     for name in names:
