@@ -29,18 +29,9 @@ def _model(nodes: list[onnx.NodeProto], in_shape: tuple[int, ...], out_shape: tu
 
 def _tflite(model: onnx.ModelProto, x: np.ndarray, tmp_path: Path) -> np.ndarray:
     """Convert with edgecnn, run on LiteRT (NHWC in and out), back to NCHW."""
-    from ai_edge_litert.interpreter import Interpreter
-
     path = tmp_path / "m.tflite"
     path.write_bytes(convert_onnx_to_tflite(model, "m.onnx").data)
-    interpreter = Interpreter(model_path=str(path))
-    detail = interpreter.get_input_details()[0]
-    interpreter.resize_tensor_input(detail["index"], [x.shape[0], *x.shape[2:], x.shape[1]])
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(detail["index"], np.ascontiguousarray(x.transpose(0, 2, 3, 1)))
-    interpreter.invoke()
-    y = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
-    return y.transpose(0, 3, 1, 2) if y.ndim == 4 else y
+    return _run_litert(path, x)
 
 
 def _via_api(model: onnx.ModelProto, x: np.ndarray, tmp_path: Path) -> np.ndarray:
@@ -48,10 +39,15 @@ def _via_api(model: onnx.ModelProto, x: np.ndarray, tmp_path: Path) -> np.ndarra
     from edgecnn.api import ConvertConfig, convert
 
     onnx.save(model, tmp_path / "user.onnx")
-    out = convert(tmp_path / "user.onnx", tmp_path / "user.tflite", ConvertConfig("tflite")).path
+    return _run_litert(convert(tmp_path / "user.onnx", tmp_path / "user.tflite",
+                               ConvertConfig("tflite")).path, x)
+
+
+def _run_litert(path: Path, x: np.ndarray) -> np.ndarray:
+    """An NHWC TFLite file on LiteRT, fed and read in NCHW."""
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_path=str(out))
+    interpreter = Interpreter(model_path=str(path))
     detail = interpreter.get_input_details()[0]
     interpreter.resize_tensor_input(detail["index"], [x.shape[0], *x.shape[2:], x.shape[1]])
     interpreter.allocate_tensors()
