@@ -170,8 +170,10 @@ class LoweringContext:
                               column_order=column_order)
 
     def scratch(self, name: str, shape: tuple[int, ...], quant: QuantParams | None) -> int:
-        return self.builder.add_tensor(name, shape, self.act_dtype, quant=quant,
-                                       dynamic_batch=True)
+        """An intermediate tensor: int8 (or uint8) where it has quantisation parameters, float32
+        where it has none (a float island's, in an int8 file)."""
+        dtype = self.act_dtype if quant is not None else np.float32
+        return self.builder.add_tensor(name, shape, dtype, quant=quant, dynamic_batch=True)
 
     def add_op(self, op: str, inputs: list[int], outputs: list[int], *, version: int = 1,
                options: object = None) -> None:

@@ -31,6 +31,7 @@ from edgecnn.quiet import quiet
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile", "mse")
 EXTERNAL_DATA_BYTES = 64 << 20
 MSE_HISTOGRAM_BINS = 2048
+MIXED_RANGE_RATIO = 32  # inputs of one output Concat this far apart in range keep it float
 ADAROUND_IMAGES = 64  # calibration images whose layer inputs AdaRound fits
 BIAS_CORRECTION_IMAGES = 500  # calibration images the mean shifts are measured on  # 8 bins per int8 step over the observed range
 CALIBRATION_BATCH_ELEMENTS = 1 << 19  # MNIST: batches of 100; 224x224x3: batches of 3
@@ -137,12 +138,14 @@ def quantize_onnx(model: onnx.ModelProto | Path, card: ModelCard, calibration: D
                                              mse=config.method == "mse")
                     if cache is not None and config.calibration_cache is not None:
                         shutil.copyfile(cache, config.calibration_cache)
+                mixed = _mixed_range_outputs(model, cache, config.float_nodes)
                 quantize_static(
                     str(src), str(dst), None if cache else reader, quant_format=QuantFormat.QDQ,
                     per_channel=config.per_channel, reduce_range=config.weight_bits == 7,
                     activation_type=QuantType.QInt8,
                     weight_type=QuantType.QInt8, calibrate_method=method,
-                    use_external_data_format=big, nodes_to_exclude=[*config.float_nodes, *_gelu_chains(model)],
+                    use_external_data_format=big,
+                    nodes_to_exclude=[*config.float_nodes, *_gelu_chains(model), *mixed],
                     **({"calibration_cache_path": str(cache)} if cache else {}),
                     extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
                                    "CalibMovingAverage": False,
@@ -218,6 +221,29 @@ def _gelu_chains(model: onnx.ModelProto) -> list[str]:
             continue
         names += [node.name for node in chain if node is not None]
     return names
+
+
+def _mixed_range_outputs(model: onnx.ModelProto, cache: Path | None,
+                         float_nodes: tuple[str, ...]) -> list[str]:
+    """Concat nodes writing a graph output from inputs whose calibrated ranges differ more than
+    :data:`MIXED_RANGE_RATIO` times: a detector's boxes (0..640) beside its class scores (0..1).
+    One int8 scale for both reads every score below half a box step as 0, so such a Concat
+    stays float (its inputs stay int8): the file's output is float32, the scores keep theirs."""
+    if cache is None:
+        return []
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    ranges = load_tensors_data(cache).data
+    outputs = {o.name for o in model.graph.output}
+    mixed = []
+    for node in model.graph.node:
+        if node.op_type != "Concat" or node.output[0] not in outputs or node.name in float_nodes:
+            continue
+        spans = [float(ranges[i].highest) - float(ranges[i].lowest) for i in node.input
+                 if i in ranges]
+        if len(spans) > 1 and min(spans) > 0 and max(spans) / min(spans) > MIXED_RANGE_RATIO:
+            mixed.append(node.name)
+    return mixed
 
 
 def _fixed_output_overrides(model: onnx.ModelProto,

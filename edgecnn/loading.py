@@ -148,11 +148,15 @@ def torch_model_from_module(module: Any, example_inputs: Any,
         with quiet("torch"):
             program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
             static_batch = None
-    except Exception:  # a module that fixes its batch (a view with the batch in it)
+    except Exception as exc:  # a module that fixes its batch (a view with the batch in it)
         try:
             with quiet("torch"):
                 program = torch.export.export(module, (example,))
             static_batch = int(example.shape[0])
+            warnings.warn(f"{name.stem}: torch.export cannot leave the batch free "
+                          f"({_first_line(exc)[:120]}); the files take batches of exactly "
+                          f"{static_batch} (trace with another example batch, or write "
+                          "x.flatten(1) for x.view(batch, -1))", stacklevel=3)
         except Exception as exc:  # torch.export raises many types
             raise ConversionError(f"{name.stem}: torch.export cannot trace this module "
                                   f"({_first_line(exc)})") from None

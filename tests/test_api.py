@@ -81,3 +81,22 @@ def test_bench_through_the_api(tmp_path):
     assert [r["runtime"] for r in rows] == ["torch"] and rows[0]["batch"] == 1
     with pytest.raises(BadInputError, match="--target ethos-u"):
         bench("lenet5", npu=("U55-128",))
+
+
+def test_a_module_that_pins_its_batch_is_exported_fixed_and_says_so(tmp_path):
+    class Pinned(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 2, 3)
+            self.fc = torch.nn.Linear(2 * 26 * 26, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.conv(x).view(1, -1))  # the batch written into the view
+
+    with pytest.warns(UserWarning, match="batches of exactly 1"):
+        result = edgecnn.convert(Pinned().eval(), tmp_path / "pinned.onnx",
+                                 example_inputs=torch.rand(1, 1, 28, 28))
+    import onnx
+
+    dims = onnx.load(result.path).graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_value == 1
