@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from edgecnn.converters.bias_correction import Layer, _layers, float_activations
 from onnx import numpy_helper
+
+from edgecnn.converters.bias_correction import Layer, _layers, float_activations
 
 ZETA, GAMMA = 1.1, -0.1  # the rectified sigmoid's stretch
 ITERATIONS = 400

@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 import onnx
+
 from edgecnn.converters.onnx_graph import Graph, attr
 
 GELU_TOLERANCE = 1e-6  # relative, on the constants 1/sqrt(2), 1 and 1/2 a float32 export writes

@@ -13,10 +13,10 @@ from collections.abc import Callable
 
 import numpy as np
 import onnx
+
 from edgecnn.converters.int8_forms import int8_form
 from edgecnn.converters.lowering import LoweringContext, Value
 from edgecnn.converters.tflite_builder import QuantParams
-
 from edgecnn.errors import ConversionError
 
 # Which ops are islands, when, and whether an integer-only file may write them in int8 is

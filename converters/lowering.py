@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 import onnx
+
 from edgecnn.converters.onnx_graph import Graph, WeightQuant, attr, node_label
 from edgecnn.converters.tflite_builder import QuantParams, TFLiteBuilder
-
 from edgecnn.errors import ConversionError
 
 FUSED_NONE, FUSED_RELU, FUSED_RELU_N1_TO_1, FUSED_RELU6 = 0, 1, 2, 3

@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 import onnx
+from onnx import numpy_helper, shape_inference
+
 from edgecnn.converters.onnx_passes import declared_batch
 from edgecnn.converters.qdq import QDQ_OPS, as_int8, to_int8
 from edgecnn.converters.tflite_builder import QuantParams
-from onnx import numpy_helper, shape_inference
-
 from edgecnn.errors import ConversionError
 
 

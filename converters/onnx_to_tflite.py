@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+
 from edgecnn.converters import qdq
 from edgecnn.converters.islands import lower_float_island, needs_float
 from edgecnn.converters.lowering import (
@@ -30,7 +31,6 @@ from edgecnn.converters.onnx_graph import Graph, load_graph, unsupported
 from edgecnn.converters.ops import LOWERINGS
 from edgecnn.converters.tflite_builder import QuantParams, TFLiteBuilder
 from edgecnn.converters.tflite_schema import min_runtime_for
-
 from edgecnn.errors import ConversionError, UnsupportedOpsError
 
 IO_DTYPES = {"float32": np.float32, "int8": np.int8, "uint8": np.uint8}

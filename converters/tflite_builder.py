@@ -13,6 +13,7 @@ from typing import Any
 
 import flatbuffers
 import numpy as np
+
 from edgecnn.converters.tflite_schema import MIN_RUNTIME, min_runtime_for, op_name, schema
 
 BUFFER_ALIGNMENT = 16

@@ -19,9 +19,9 @@ from typing import Any, cast
 import numpy as np
 import onnx
 import torch
-from edgecnn.converters import onnx_passes
 
 from edgecnn.card import ModelCard
+from edgecnn.converters import onnx_passes
 from edgecnn.errors import ConversionError
 from edgecnn.loading import FORMAT_TORCHSCRIPT, TorchModel, output_names
 from edgecnn.memory import release_memory

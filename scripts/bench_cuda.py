@@ -67,9 +67,8 @@ def bare_graph_loop(path: Path, batch: int, precision: str, runs: int = 300) -> 
 
 def case(path: Path, batch: int, precision: str, input_shape: tuple[int, ...] | None
          ) -> dict[str, Any]:
-    from edgecnn.targets.base import BenchConfig
-
     from edgecnn.bench import bench
+    from edgecnn.targets.base import BenchConfig
 
     config = BenchConfig(runtime=f"torch-cuda:{precision}*", batch=batch, runs=300,
                          min_time=2.0, image_shape=input_shape)

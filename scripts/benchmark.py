@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from edgecnn.targets.base import BenchConfig
 
 from edgecnn.api import ConvertConfig, convert
 from edgecnn.bench import bench
 from edgecnn.report import markdown_table
+from edgecnn.targets.base import BenchConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "models" / "lenet5.pt"

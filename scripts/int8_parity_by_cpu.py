@@ -64,7 +64,6 @@ def arm_rows(tflite: Path, onnx_u8: Path, images: int) -> list[dict]:
     x = card_or_default(tflite).input.preprocess(data.images)
     want = predict(reference_session(onnx_u8), x)
     from edgecnn.converters import qdq
-
     from edgecnn.inspection import load_onnx
     step = qdq.output_steps(load_onnx(onnx_u8))[0]
     with tempfile.TemporaryDirectory() as tmp:

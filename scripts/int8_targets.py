@@ -115,9 +115,9 @@ def litert_ratios(files: dict[str, Path], rounds: int = 30) -> dict[str, dict[st
     import time
 
     import numpy as np
-    from edgecnn.targets.cpu import model_input
 
     from edgecnn.runtimes import open_session
+    from edgecnn.targets.cpu import model_input
 
     x = model_input(files["fp32"], 1)
     sessions = {key: open_session(path, "litert", 1) for key, path in files.items()}

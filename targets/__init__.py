@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import importlib
 
-from edgecnn.targets.base import Target
-
 from edgecnn.errors import BadInputError
+from edgecnn.targets.base import Target
 
 TARGET_MODULES = {"cpu": "edgecnn.targets.cpu", "cuda": "edgecnn.targets.cuda",
                   "rpi": "edgecnn.targets.rpi", "ethos-u": "edgecnn.targets.ethos_u",

@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from edgecnn.targets import runner
-from edgecnn.targets.base import BenchConfig, BenchResult, Target
 
 from edgecnn.errors import CheckFailedError
 from edgecnn.runtimes import RUNTIMES, open_session, runtimes_for
+from edgecnn.targets import runner
+from edgecnn.targets.base import BenchConfig, BenchResult, Target
 
 
 def model_input(model: Path, batch: int, image_shape: tuple[int, ...] | None = None

@@ -21,11 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from edgecnn.targets import runner
-from edgecnn.targets.base import BenchConfig, BenchResult, Target
-from edgecnn.targets.cpu import model_input
-from edgecnn.targets.nvidia import gpu_clocks, nvidia_smi
-from edgecnn.targets.ort_device import DeviceBoundOnnx
 
 from edgecnn.errors import CheckFailedError, TargetUnavailableError
 from edgecnn.precision import (
@@ -35,6 +30,11 @@ from edgecnn.precision import (
     bf16_native,
     require_parity,
 )
+from edgecnn.targets import runner
+from edgecnn.targets.base import BenchConfig, BenchResult, Target
+from edgecnn.targets.cpu import model_input
+from edgecnn.targets.nvidia import gpu_clocks, nvidia_smi
+from edgecnn.targets.ort_device import DeviceBoundOnnx
 
 WARMUP_CEILING_S = 20.0  # a row whose latency never settles is timed after this much warm-up
 ORT_GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
@@ -157,7 +157,6 @@ def _reference(model: Path, x: np.ndarray) -> dict[str, list[np.ndarray]]:
 
         return {"fp32": load_torch_model(model).outputs(x)}
     from edgecnn.converters import qdq
-
     from edgecnn.inspection import load_onnx
 
     if qdq.is_qdq(load_onnx(model)):

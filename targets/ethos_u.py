@@ -24,9 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgecnn.targets.base import BenchConfig, BenchResult, Target
-
 from edgecnn.errors import BadInputError, TargetUnavailableError
+from edgecnn.targets.base import BenchConfig, BenchResult, Target
 
 # Vela's accelerator configurations, by the names Arm's datasheets use (U55-128 = ethos-u55-128)
 ACCELERATORS = ("U55-32", "U55-64", "U55-128", "U55-256", "U65-256", "U65-512", "U85-128",
@@ -141,7 +140,6 @@ def _summary(folder: Path) -> dict[str, float]:
 def cpu_operators(compiled: Path) -> Counter[str]:
     """Operators Vela left for the Cortex-M: everything in its output but its ethos-u ops."""
     from edgecnn.converters.tflite_schema import op_name
-
     from edgecnn.inspection import read_tflite
 
     model, _ = read_tflite(compiled)

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from edgecnn.targets import runner
-from edgecnn.targets.base import BenchConfig, BenchResult, Target
 
 from edgecnn.errors import BadInputError
+from edgecnn.targets import runner
+from edgecnn.targets.base import BenchConfig, BenchResult, Target
 
 PARITY_IMAGES = 100
 # against LiteRT's reference kernels TFLite Micro lands 0-1 steps away (the shipped models);
@@ -35,11 +35,10 @@ FLOAT_TOLERANCE = 1e-4  # a float model's outputs, relative to their largest mag
 def parity_images(model: Path, data: Path | None, count: int) -> tuple[np.ndarray, str]:
     """Real images for the parity check: ``data``, else the shipped MNIST test set when the
     model takes 28x28 grey images, else seeded random ones (said in the row)."""
-    from edgecnn.targets.cpu import model_input
-
     from edgecnn.data import load_dataset
     from edgecnn.inspection import card_or_default
     from edgecnn.shipped import SHIPPED_TEST_SET
+    from edgecnn.targets.cpu import model_input
 
     x = model_input(model, 1)
     card = card_or_default(model, tuple(x.shape[1:]))

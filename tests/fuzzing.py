@@ -213,6 +213,7 @@ def mutate_tflite(data: bytes, rng: random.Random) -> bytes:
     """One flatbuffer table of a real TFLite model changed, written back whole so every offset
     stays valid: what a hostile file looks like after the bounds checks pass."""
     import flatbuffers
+
     from edgecnn.converters.tflite_schema import schema
 
     fb = schema()

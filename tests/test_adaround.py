@@ -4,6 +4,7 @@ the option end to end."""
 from __future__ import annotations
 
 import numpy as np
+
 from edgecnn.converters.adaround import _rounded_up
 from edgecnn.converters.bias_correction import Layer
 

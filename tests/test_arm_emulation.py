@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from edgecnn.targets import runner
 
 from edgecnn.cli import cli
 from edgecnn.inspection import inspect_model
 from edgecnn.loading import default_card
 from edgecnn.runtimes import open_session, predict
+from edgecnn.targets import runner
 from tests.conftest import ROOT, nhwc, unavailable
 
 ARM_PYTHON = ROOT / ".arm" / "python"

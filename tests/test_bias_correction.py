@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from edgecnn.converters.bias_correction import correct_biases
 from onnx import TensorProto, helper, numpy_helper
+
+from edgecnn.converters.bias_correction import correct_biases
 
 W_FLOAT, W_SCALE, W_INT = 0.3, 0.25, 1  # the int8 weight reads 0.25: a 0.05 shortfall
 X_SCALE, X_ZERO = 0.5, 0  # uint8 input grid; x = 0.7 reads 0.5 (rounds down), 1.2 reads 1.0

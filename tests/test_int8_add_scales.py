@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from onnx import numpy_helper
+
+from edgecnn.api import ConvertConfig, convert
 from edgecnn.converters import onnx_passes
 from edgecnn.converters.lowering import LoweringContext, Value
 from edgecnn.converters.ops import LOWERINGS
 from edgecnn.converters.tflite_builder import QuantParams
-from onnx import numpy_helper
-
-from edgecnn.api import ConvertConfig, convert
 from edgecnn.data import Dataset
 from edgecnn.errors import ConversionError
 from edgecnn.int8_layers import _tflite_activations, compare_layers, first_unexplained

@@ -37,7 +37,6 @@ def test_total_error_is_onnxruntimes_cross_model_sqnr(lenet_onnx, test_set):
     """Our "total" SQNR of each tensor equals qdq_loss_debug's ``xmodel_err`` (float tensor vs
     the QDQ graph's dequantised tensor), computed by onnxruntime's own code from activations
     it collects itself (with the reference session options: no fused integer kernels)."""
-    from edgecnn.converters.qdq import reference_session_options
     from onnxruntime.quantization.calibrate import CalibrationDataReader
     from onnxruntime.quantization.qdq_loss_debug import (
         collect_activations,
@@ -47,6 +46,7 @@ def test_total_error_is_onnxruntimes_cross_model_sqnr(lenet_onnx, test_set):
     )
 
     from edgecnn.card import read_sidecar
+    from edgecnn.converters.qdq import reference_session_options
 
     float_path, int8_path = lenet_onnx
     card = read_sidecar(ROOT / "models" / "lenet5.pt")
@@ -286,10 +286,9 @@ def test_an_unmet_budget_writes_the_best_found_and_exits_1(cli_runner, budget_im
 def test_first_and_last_layers_kept_float_give_float_io(tmp_path, artefacts):
     """A first layer kept float leaves the input unquantised, a last one the output: the TFLite
     file then takes and gives float32, and matches its QDQ graph."""
+    from edgecnn.card import read_sidecar
     from edgecnn.converters.onnx_to_tflite import TFLiteConfig, convert_onnx_to_tflite
     from edgecnn.converters.quantize import QuantConfig, quantize_onnx
-
-    from edgecnn.card import read_sidecar
     from edgecnn.data import SHIPPED_CALIBRATION_SET, load_dataset
     from edgecnn.errors import ConversionError
     from edgecnn.runtimes import open_session, predict, reference_session
@@ -319,10 +318,9 @@ def test_a_layer_kept_float_between_int8_layers_is_a_float_island(tmp_path):
     """The projection of the last block kept float while its input (the SE product) and its
     output (read by the int8 head) stay quantised: the QDQ graph dequantises, convolves with
     float weights and quantises, and so must the TFLite file."""
+    from edgecnn.api import _onnx_of, self_check_tflite
     from edgecnn.converters.onnx_to_tflite import convert_onnx_to_tflite
     from edgecnn.converters.quantize import QuantConfig, quantize_onnx
-
-    from edgecnn.api import _onnx_of, self_check_tflite
     from edgecnn.data import SHIPPED_CALIBRATION_SET, load_dataset
     from edgecnn.quant_error import module_path
 

@@ -15,11 +15,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from edgecnn.converters import qdq
 from onnx import numpy_helper
 
 from edgecnn.api import ConvertConfig, convert
 from edgecnn.cli import cli
+from edgecnn.converters import qdq
 from edgecnn.loading import default_card
 from tests.conftest import LENET, unavailable
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
+
 from edgecnn.converters.lowering import (
     FUSED_NONE,
     FUSED_RELU,
@@ -24,8 +26,6 @@ from edgecnn.converters.lowering import (
 )
 from edgecnn.converters.onnx_graph import WeightQuant, load_graph
 from edgecnn.converters.tflite_builder import QuantParams, TFLiteBuilder
-from onnx import TensorProto, helper, numpy_helper
-
 from edgecnn.errors import ConversionError
 from tests.test_mutants_qdq import _model as qdq_model
 
@@ -493,6 +493,7 @@ def _run_transpose(shape: tuple[int, ...], perm: tuple[int, ...], run_batch: int
     """TRANSPOSE a float tensor of ``shape`` (built at that batch) by ``perm`` with
     transpose_tensor, run it in LiteRT at ``run_batch``; (got, numpy's, ops, TRANSPOSE perms)."""
     from ai_edge_litert.interpreter import Interpreter
+
     from edgecnn.converters.lowering import transpose_tensor
 
     ctx = _ctx(_relu_model())

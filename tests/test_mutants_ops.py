@@ -13,12 +13,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 from ai_edge_litert.interpreter import Interpreter
-from edgecnn.converters import qdq
-from edgecnn.converters.onnx_to_tflite import TFLiteConfig, convert_onnx_to_tflite
-from edgecnn.converters.quantize import QuantConfig, quantize_onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgecnn.card import InputSpec, ModelCard
+from edgecnn.converters import qdq
+from edgecnn.converters.onnx_to_tflite import TFLiteConfig, convert_onnx_to_tflite
+from edgecnn.converters.quantize import QuantConfig, quantize_onnx
 from edgecnn.data import Dataset
 from edgecnn.errors import ConversionError
 

@@ -13,9 +13,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from edgecnn.converters import qdq
 from onnx import TensorProto, helper, numpy_helper
 
+from edgecnn.converters import qdq
 from edgecnn.errors import ConversionError
 
 OPSET = [helper.make_opsetid("", 18)]

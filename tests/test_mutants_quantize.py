@@ -12,6 +12,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgecnn.card import InputSpec, ModelCard
 from edgecnn.converters.quantize import (
     CALIBRATION_METHODS,
     QuantConfig,
@@ -20,9 +23,6 @@ from edgecnn.converters.quantize import (
     refuse_test_images,
     require_calibration,
 )
-from onnx import TensorProto, helper, numpy_helper
-
-from edgecnn.card import InputSpec, ModelCard
 from edgecnn.data import Dataset
 from edgecnn.errors import ConversionError, DataError
 
@@ -246,8 +246,9 @@ def test_weights_stored_apart_count_towards_the_external_data_threshold(tmp_path
     """A model file whose weights live in ``<name>.data`` is big by the sum of both files; the
     quantiser then streams weights through files (``use_external_data_format``). quantize_static
     is only observed: the real one runs."""
-    import edgecnn.converters.quantize as quantize
     import onnxruntime.quantization
+
+    import edgecnn.converters.quantize as quantize
 
     model = _float_model()
     path = tmp_path / "float.onnx"

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter
+
 from edgecnn.converters.tflite_builder import BUFFER_ALIGNMENT, QuantParams, TFLiteBuilder
 
 

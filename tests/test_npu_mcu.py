@@ -257,7 +257,6 @@ def _export(module: torch.nn.Module, path: Path) -> Path:
 
 def _tensor_types(path: Path) -> set[str]:
     from edgecnn.converters.tflite_schema import schema
-
     from edgecnn.inspection import read_tflite
 
     model, _ = read_tflite(path)

@@ -191,8 +191,9 @@ def test_fixed_batch_1_onnx_converts_and_validates(cli_runner, artefacts, tmp_pa
 def test_onnx_written_weight_by_weight_is_the_same_model(tmp_path):
     """converters/onnx_writer.py: the file parses to the very model SerializeToString gives,
     metadata and every initializer included, and ``release`` empties the proto's weights."""
-    from edgecnn.converters.onnx_writer import save_model
     from onnx import TensorProto, helper, numpy_helper
+
+    from edgecnn.converters.onnx_writer import save_model
 
     rng = np.random.default_rng(0)
     weights = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from edgecnn.converters.onnx_to_tflite import convert_onnx_to_tflite
 from onnx import TensorProto, helper, numpy_helper
 
+from edgecnn.converters.onnx_to_tflite import convert_onnx_to_tflite
 from edgecnn.errors import ConversionError
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,14 +10,14 @@ import time
 import numpy as np
 import pytest
 import torch
-from edgecnn.targets import runner
-from edgecnn.targets.base import BenchResult
-from edgecnn.targets.cuda import DEFAULT_PLACEMENTS, OPTIONAL_PLACEMENTS, select_runtimes
 
 from edgecnn.cli import cli
 from edgecnn.errors import BadInputError, CheckFailedError, TargetUnavailableError
 from edgecnn.loading import load_torch_model
 from edgecnn.precision import TOLERANCE, ParityCheck, PlacedModel, Placement, check_parity
+from edgecnn.targets import runner
+from edgecnn.targets.base import BenchResult
+from edgecnn.targets.cuda import DEFAULT_PLACEMENTS, OPTIONAL_PLACEMENTS, select_runtimes
 from tests.conftest import LENET
 
 
@@ -249,6 +249,7 @@ def test_device_bound_onnx_gives_session_run_outputs_and_names_a_fallback(artefa
     """The GPU rows' IOBinding session, run on the CPU provider and CPU memory: the same
     numbers as session.run. Asking this CPU-only onnxruntime for CUDA is a fallback it names."""
     import onnxruntime as ort
+
     from edgecnn.targets.ort_device import DeviceBoundOnnx
 
     x = np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32)

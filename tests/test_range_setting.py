@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from edgecnn.converters.range_setting import LEVELS, SHRINK, mse_range
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from edgecnn.converters import onnx_passes
-from edgecnn.converters.int8_forms import int8_form
-from edgecnn.converters.ops import LOWERINGS
 from onnx import TensorProto, helper, numpy_helper
 
 from edgecnn.api import ConvertConfig, convert
 from edgecnn.card import InputSpec, ModelCard
+from edgecnn.converters import onnx_passes
+from edgecnn.converters.int8_forms import int8_form
+from edgecnn.converters.ops import LOWERINGS
 from edgecnn.errors import ConversionError, UnsupportedOpsError
 from edgecnn.inspection import inspect_model
 from edgecnn.int8_layers import compare_layers
@@ -602,7 +602,6 @@ NOT_QUANTISABLE = {("Upsample", "nearest_x2_opset9")}
 @pytest.mark.parametrize("op,name", [c for c in CASES if c not in NOT_QUANTISABLE])
 def test_int8_lowering_matches_the_qdq_model(tmp_path, op, name):
     from edgecnn.converters.quantize import quantize_onnx
-
     from edgecnn.data import Dataset
 
     model = _build(op, name)
@@ -643,7 +642,6 @@ def test_ops_with_fixed_int8_outputs_are_quantised_to_the_kernels_parameters(tmp
     leaves Tanh float: it runs as a float island.)"""
     from edgecnn.converters.int8_forms import fixed_output_params
     from edgecnn.converters.quantize import quantize_onnx
-
     from edgecnn.data import Dataset
 
     model = _build(op, name)
@@ -824,7 +822,6 @@ def test_int8_requantisation_is_the_qdq_arithmetic(tmp_path):
     (dequantise, round x / scale): every concatenated integer equals the reference's. A fused
     int8 -> int8 QUANTIZE (8-bit multiplier in XNNPACK) moved 2 % of them by a step."""
     from edgecnn.converters.quantize import quantize_onnx
-
     from edgecnn.data import Dataset
 
 
@@ -848,6 +845,7 @@ def test_fixed_batch_tflite_runs_any_batch_in_chunks(tmp_path, artefacts, test_s
     """A TFLite file written for batch 1 (onnx2tf's, most exporters') is fed image by image;
     its outputs equal those of the same model with a dynamic batch."""
     import flatbuffers
+
     from edgecnn.converters.tflite_schema import schema
 
     fb = schema()

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from edgecnn.converters.tflite_schema import schema
 
+from edgecnn.converters.tflite_schema import schema
 from edgecnn.errors import BadInputError, ModelLoadError
 
 HAS_TFLITE_RUNTIME = importlib.util.find_spec("tflite_runtime") is not None

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import onnx
+
 from edgecnn.converters.int8_forms import INT8_FORMS, KERNEL, Int8Form
 from edgecnn.converters.lowering import LoweringContext
-
 from edgecnn.registry import Registry
 
 Lowering = Callable[[LoweringContext, onnx.NodeProto], None]

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+
 from edgecnn.converters.int8_forms import fixed_output, island
 from edgecnn.converters.lowering import FUSED_RELU, FUSED_RELU6, FUSED_RELU_N1_TO_1, LoweringContext
 from edgecnn.converters.ops import lower
 from edgecnn.converters.tflite_builder import QuantParams
-
 from edgecnn.errors import ConversionError
 
 # the output parameters TFLite's int8 kernels demand, which the quantiser gives the QDQ graph

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+
 from edgecnn.converters.int8_forms import island
 from edgecnn.converters.lowering import (
     NCHW_TO_NHWC,
@@ -19,7 +20,6 @@ from edgecnn.converters.lowering import (
 from edgecnn.converters.onnx_graph import WeightQuant
 from edgecnn.converters.ops import lower
 from edgecnn.converters.tflite_builder import QuantParams
-
 from edgecnn.errors import ConversionError
 
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+
 from edgecnn.converters.int8_forms import conditional
 from edgecnn.converters.lowering import LoweringContext, reshape
 from edgecnn.converters.ops import lower
 from edgecnn.converters.ops.conv import _bias
 from edgecnn.converters.tflite_builder import QuantParams
-
 from edgecnn.errors import ConversionError
 
 

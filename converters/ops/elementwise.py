@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+
 from edgecnn.converters.int8_forms import Int8Form, island
 from edgecnn.converters.lowering import NCHW_TO_NHWC, LoweringContext, default_perm
 from edgecnn.converters.ops import lower
-
 from edgecnn.errors import ConversionError
 
 # TFLite's int8 ADD/SUB rescales both operands to one fixed-point domain before adding; LiteRT

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+
 from edgecnn.converters.int8_forms import island
 from edgecnn.converters.lowering import LoweringContext, reshape
 from edgecnn.converters.ops import lower
-
 from edgecnn.errors import ConversionError
 
 

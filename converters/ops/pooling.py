@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+
 from edgecnn.converters.int8_forms import conditional, island
 from edgecnn.converters.lowering import LoweringContext, pad_spatial, spatial_padding
 from edgecnn.converters.ops import lower
-
 from edgecnn.errors import ConversionError
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+
 from edgecnn.converters.lowering import LoweringContext, permuted, reshape
 from edgecnn.converters.ops import lower
-
 from edgecnn.errors import ConversionError
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+
 from edgecnn.converters.lowering import LoweringContext
 from edgecnn.converters.ops import lower
-
 from edgecnn.errors import ConversionError
 
 NCHW_TO_NHWC_AXIS = (0, 3, 1, 2)

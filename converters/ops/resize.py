@@ -22,10 +22,10 @@ from collections.abc import Callable
 
 import numpy as np
 import onnx
+
 from edgecnn.converters.int8_forms import conditional
 from edgecnn.converters.lowering import LoweringContext, reshape
 from edgecnn.converters.ops import lower
-
 from edgecnn.errors import ConversionError
 
 TFLITE_OPTIONS = ((False, False), (False, True), (True, False))  # (align_corners, half_pixel)

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+
 from edgecnn.converters.lowering import (
     NCHW_TO_NHWC,
     BatchAxisMoved,
@@ -22,7 +23,6 @@ from edgecnn.converters.lowering import (
 )
 from edgecnn.converters.ops import lower
 from edgecnn.converters.tflite_builder import QuantParams
-
 from edgecnn.errors import ConversionError
 
 DENSE_OPS = {"Gemm", "MatMul"}
