@@ -1,0 +1,172 @@
+"""The long tail: timm architectures (random weights) through edgecnn's fp32 TFLite conversion,
+each in its own process, with the reason for every failure and the TRANSPOSE count.
+
+    pip install -c constraints.txt timm       # into the project venv (not a dependency)
+    python scripts/timm_coverage.py           # ~35 models, 20-40 min on 2 cores
+    python scripts/timm_coverage.py --models mobilevit_xs ecaresnet26t --docs
+
+Each model is built with random weights (BatchNorm statistics and affine parameters
+re-randomised, so no branch is left at identity: MACHINE.md), exported with ``torch.export`` at
+batch 1 and the size given below, and converted with ``edgecnn convert X.pt2 --to tflite`` as a
+user would; edgecnn's own self-check compares the file with the exported model. A conversion
+that succeeds is checked again here: max |TFLite - PyTorch| on 2 random images, relative to
+the largest output. ``--docs`` fills the timm section of docs/coverage.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+# name -> input side; mobile and efficient CNNs, attention and hybrid ones
+MODELS: dict[str, int] = {
+    "mobilenetv3_small_100": 128, "mobilenetv3_large_100": 128, "mobilenetv2_100": 128,
+    "mobilenetv4_conv_small": 128, "efficientnet_b0": 128, "efficientnet_lite0": 128,
+    "tf_efficientnetv2_b0": 128, "mnasnet_100": 128, "fbnetc_100": 128, "ghostnet_100": 128,
+    "lcnet_050": 128, "hardcorenas_a": 128, "tinynet_e": 128, "mixnet_s": 128,
+    "rexnet_100": 128, "regnetx_002": 128, "regnety_002": 128, "resnet18": 128,
+    "resnet18d": 128, "seresnext26d_32x4d": 128, "ecaresnet26t": 128, "resnest14d": 128,
+    "dla34": 128, "densenet121": 128, "dpn68": 128, "cspresnet50": 128, "darknet17": 128,
+    "repvgg_a0": 128, "vgg11_bn": 128, "convnext_atto": 128, "edgenext_xx_small": 128,
+    "mobilevit_xxs": 128, "mobilevitv2_050": 128, "efficientformer_l1": 224,
+    "levit_128s": 224, "poolformer_s12": 128, "deit_tiny_patch16_224": 224,
+    "coat_lite_tiny": 224, "fastvit_t8": 128,
+}
+TIMEOUT_S = 900
+
+
+@dataclass
+class Result:
+    model: str
+    side: int
+    status: str  # converted, refused, export failed, build failed, error
+    seconds: float = 0.0
+    transposes: int | None = None
+    max_rel_err: float | None = None
+    reason: str = ""
+
+
+def _child(name: str, side: int, folder: Path) -> dict[str, object]:
+    """Build, export and convert one model (run in a fresh process)."""
+    import numpy as np
+    import torch
+    import torchvision_zoo
+
+    torchvision_zoo.models()  # timm imports torchvision: register it without its CUDA kernels
+    import timm
+
+    torch.manual_seed(0)
+    try:
+        model = timm.create_model(name, pretrained=False, num_classes=100).eval()
+    except Exception as exc:  # noqa: BLE001 - a report, not a library
+        return {"status": "build failed", "reason": str(exc).splitlines()[0][:200]}
+    with torch.no_grad():  # BatchNorm at identity leaves branches dead: re-randomise it
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+                if module.affine:
+                    module.weight.uniform_(0.5, 1.5)
+                    module.bias.uniform_(-0.1, 0.1)
+    example = torch.rand(1, 3, side, side)
+    try:
+        program = torch.export.export(model, (example,))
+    except Exception as exc:  # noqa: BLE001
+        return {"status": "export failed", "reason": str(exc).splitlines()[0][:200]}
+    path = folder / f"{name}.pt2"
+    torch.export.save(program, path)
+    out = folder / f"{name}.tflite"
+    done = subprocess.run([sys.executable, "-m", "edgecnn", "convert", str(path), "--to",
+                           "tflite", "-o", str(out)], capture_output=True, text=True,
+                          timeout=TIMEOUT_S)
+    if done.returncode != 0:
+        line = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
+        return {"status": "refused" if done.returncode == 2 else "error",
+                "reason": line.removeprefix("edgecnn: error: ")[:300]}
+    from edgecnn.api import inspect
+    from edgecnn.runtimes import open_session, predict
+
+    ops = {row["op"]: row["count"] for row in inspect(out).ops}
+    x = np.random.default_rng(1).random((2, 3, side, side), dtype=np.float32)
+    with torch.no_grad():
+        want = torch.cat([program.module()(torch.from_numpy(x[i:i + 1]))
+                          for i in range(2)]).numpy()
+    got = np.concatenate([predict(open_session(out, "litert"), x[i:i + 1]) for i in range(2)])
+    error = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-12))
+    return {"status": "converted", "transposes": ops.get("TRANSPOSE", 0),
+            "max_rel_err": error}
+
+
+def run(name: str, side: int) -> Result:
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="timm-") as tmp:
+        code = (f"import json, sys; sys.path.insert(0, {str(ROOT / 'scripts')!r}); "
+                "import timm_coverage as t; from pathlib import Path; "
+                f"print('RESULT' + json.dumps(t._child({name!r}, {side}, Path({tmp!r}))))")
+        try:
+            done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                  timeout=TIMEOUT_S, cwd=ROOT)
+        except subprocess.TimeoutExpired:
+            return Result(name, side, "error", TIMEOUT_S, reason=f"over {TIMEOUT_S} s")
+    seconds = time.perf_counter() - started
+    line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT")), None)
+    if line is None:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return Result(name, side, "error", seconds, reason=tail[:300])
+    return Result(name, side, seconds=seconds, **json.loads(line[len("RESULT"):]))
+
+
+def markdown(results: list[Result], seconds: float) -> str:
+    converted = [r for r in results if r.status == "converted"]
+    lines = [f"`python scripts/timm_coverage.py` (timm random weights, BatchNorm re-randomised, "
+             f"batch 1, fp32 TFLite on LiteRT): **{len(converted)} of {len(results)} convert**, "
+             f"each through edgecnn's self-check; {seconds / 60:.0f} min on the 2-core x86 "
+             "machine.", "",
+             "| model | input | status | TRANSPOSE | max rel err | s | reason |",
+             "|---|---:|---|---:|---:|---:|---|"]
+    for r in results:
+        err = f"{r.max_rel_err:.1e}" if r.max_rel_err is not None else ""
+        transposes = "" if r.transposes is None else str(r.transposes)
+        reason = r.reason.replace("|", "/")
+        lines.append(f"| {r.model} | {r.side} | {r.status} | {transposes} | {err} | "
+                     f"{r.seconds:.0f} | {reason} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="*", default=list(MODELS))
+    parser.add_argument("--docs", action="store_true", help="fill docs/coverage.md")
+    parser.add_argument("--json", type=Path)
+    options = parser.parse_args()
+    started = time.perf_counter()
+    results = []
+    for name in options.models:
+        result = run(name, MODELS.get(name, 128))
+        print(f"{name:28} {result.status:14} {result.transposes or '':>4} "
+              f"{result.max_rel_err or '':>10} {result.reason[:90]}", flush=True)
+        results.append(result)
+    text = markdown(results, time.perf_counter() - started)
+    print(text)
+    if options.json:
+        options.json.write_text(json.dumps([asdict(r) for r in results], indent=1))
+    if options.docs:
+        from edgecnn.report import fill_section
+
+        page = ROOT / "docs" / "coverage.md"
+        page.write_text(fill_section(page.read_text(), "<!-- timm:start -->",
+                                     "<!-- timm:end -->", text))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
