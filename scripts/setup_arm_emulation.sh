@@ -30,6 +30,8 @@ cat > "$ARM.tmp/python" <<SH
 #!/bin/sh
 # python3.11 for aarch64 under qemu user-mode emulation, with numpy and tflite-runtime
 here=\$(cd "\$(dirname "\$0")" && pwd)
+# the runner starts its crash-probe children with this wrapper, not the bare aarch64 binary
+export EDGECNN_RUNNER_PYTHON="\$here/python"
 PYTHONPATH="\$here/site" exec qemu-aarch64-static -L "\$here/root" "\$here/root/usr/bin/python3.11" "\$@"
 SH
 chmod +x "$ARM.tmp/python"

@@ -168,7 +168,9 @@ def check_in_child(path: str, runtime: str, shape: list[int] | None = None,
     ``{"timeout": seconds}``. ``memory_limit`` caps the child's address space."""
     import subprocess
 
-    args = [sys.executable, "-c", _CHILD, os.path.abspath(__file__), path, "--check",
+    # an emulated board's python is a wrapper script (qemu): it names itself here
+    python = os.environ.get("EDGECNN_RUNNER_PYTHON") or sys.executable
+    args = [python, "-c", _CHILD, os.path.abspath(__file__), path, "--check",
             "--runtime", runtime, "--deadline", str(timeout)]
     for flag, value in (("--shape", ",".join(map(str, shape or []))), ("--threads", threads),
                         ("--arena-size", arena_size), ("--memory-limit", memory_limit),
