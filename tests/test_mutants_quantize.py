@@ -68,13 +68,13 @@ def _metadata(model: onnx.ModelProto) -> dict[str, str]:
 
 # -- QuantConfig --------------------------------------------------------------------------
 def test_quant_config_checks_method_and_batch_size():
-    assert CALIBRATION_METHODS == ("minmax", "entropy", "percentile")
+    assert CALIBRATION_METHODS == ("minmax", "entropy", "percentile", "mse")
     for method in CALIBRATION_METHODS:
         QuantConfig(method=method)
     QuantConfig(batch_size=1)  # the smallest batch
-    with pytest.raises(ValueError, match="calibration method 'mse'; choose from minmax, entropy, "
-                                         "percentile"):
-        QuantConfig(method="mse")
+    with pytest.raises(ValueError, match="calibration method 'kl'; choose from minmax, entropy, "
+                                         "percentile, mse"):
+        QuantConfig(method="kl")
     with pytest.raises(ValueError, match="calibration batch size must be at least 1"):
         QuantConfig(batch_size=0)
 
