@@ -5,6 +5,8 @@ makes ``.peers/onnx2tf``)::
 
     .peers/onnx2tf/bin/python scripts/peer_onnx2tf.py --onnx MODEL.onnx --out DIR \
         [--int8 --calib CALIB.npz]
+    .peers/onnx2tf/bin/python scripts/peer_onnx2tf.py --onnx A.onnx B.onnx ... --out DIR
+        # several models in one call: one JSON line each, in order, as each finishes
     .peers/onnx2tf-tf/bin/python scripts/peer_onnx2tf.py --onnx MODEL.onnx --out DIR \
         --int8 --calib CALIB.npz --int8-backend tf_converter
 
@@ -278,7 +280,8 @@ def convert(onnx: Path, out: Path, variant: str, calib: Path | None, backend: st
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--onnx", type=Path, required=True, help="model to convert (kept intact)")
+    parser.add_argument("--onnx", type=Path, nargs="+", required=True,
+                        help="model(s) to convert (kept intact); one JSON line each")
     parser.add_argument("--out", type=Path, required=True, help="folder for .tflite and logs")
     parser.add_argument("--int8", action="store_true", help="also make full-integer int8")
     parser.add_argument("--calib", type=Path, help="npz with uint8 NHWC images x (and labels y)")
@@ -290,16 +293,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.int8 and args.calib is None:
         parser.error("--int8 needs --calib")
-    if not args.onnx.is_file():
-        parser.error(f"{args.onnx} does not exist")
+    missing = [str(path) for path in args.onnx if not path.is_file()]
+    if missing:
+        parser.error(f"{', '.join(missing)} does not exist")
     args.out.mkdir(parents=True, exist_ok=True)
-    result: dict[str, Any] = {"tool": f"{TOOL} {tool_version()}",
-                              "model": str(args.onnx.resolve())}
-    result["fp32"] = convert(args.onnx, args.out, "fp32", None, args.backend, args.timeout)
-    result["int8"] = (convert(args.onnx, args.out, "int8", args.calib,
-                              args.int8_backend or args.backend, args.timeout)
-                      if args.int8 else None)
-    print(json.dumps(result), flush=True)
+    for onnx in args.onnx:
+        result: dict[str, Any] = {"tool": f"{TOOL} {tool_version()}",
+                                  "model": str(onnx.resolve())}
+        result["fp32"] = convert(onnx, args.out, "fp32", None, args.backend, args.timeout)
+        result["int8"] = (convert(onnx, args.out, "int8", args.calib,
+                                  args.int8_backend or args.backend, args.timeout)
+                          if args.int8 else None)
+        print(json.dumps(result), flush=True)
     return 0
 
 
