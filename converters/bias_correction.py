@@ -106,7 +106,7 @@ def float_activations(float_model: onnx.ModelProto, names: list[str], x: np.ndar
                       ) -> dict[str, np.ndarray]:
     """The float model's tensors ``names`` on the preprocessed images ``x`` (the QDQ reference
     session, so every CPU computes the same)."""
-    from edgecnn.runtimes import predict_all, reference_session
+    from edgecnn.runtimes.sessions import predict_all, reference_session
 
     probe = onnx.ModelProto()
     probe.CopyFrom(float_model)

@@ -108,7 +108,7 @@ def convert_onnx_to_tflite(model: onnx.ModelProto, source: str,
         # written for that batch, where no axis is special
         ctx, input_quant, output_quant = _lower(graph, source, config, io_dtype, fixed_batch=True)
     builder = ctx.builder
-    card = next((p.value for p in model.metadata_props if p.key == "edgecnn.card"), None)
+    card = next((p.value for p in model.metadata_props if p.key == "edgecnn.files.card"), None)
     if card:
         builder.metadata["edgecnn_card"] = card.encode()
     if graph.quantized:  # validate finds this file's QDQ reference by the fingerprint
@@ -158,7 +158,7 @@ def _lower(graph: Graph, source: str, config: TFLiteConfig, io_dtype: str, *,
 def _stored_layouts(ctx: LoweringContext) -> bytes:
     """How each activation whose TFLite tensor keeps its ONNX name is stored, where that is not
     the default (NHWC at rank 4, the ONNX order otherwise): the layer check
-    (:mod:`edgecnn.int8_layers`) reads it to compare and feed integers in the same order. A
+    (:mod:`edgecnn.checks.int8_self_check`) reads it to compare and feed integers in the same order. A
     flattened value's column order is zlib-compressed (it is a few regular runs)."""
     layouts: dict[str, dict[str, object]] = {}
     for name, value in ctx.values.items():

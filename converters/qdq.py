@@ -16,7 +16,7 @@ weights. Measured in docs/onnx-int8.md:
   set, exact on VNNI x86 and ARM. On x86 without VNNI those kernels use VPMADDUBSW, whose int16
   pair sums saturate on 8-bit weights (32 output steps off on LeNet-5), unless the session sets
   ``session.x64quantprecision=1``: onnxruntime then moves the weights to u8 at load and runs the
-  exact u8u8 kernels. edgecnn's own sessions set it on exactly those CPUs (:mod:`edgecnn.cpu`);
+  exact u8u8 kernels. edgecnn's own sessions set it on exactly those CPUs (:mod:`edgecnn.runtimes.sessions.isa`);
   the file's metadata says so for everyone else's.
 - **u8s7**: u8s8 with the weights quantised within 7 bits ([-64, 64], onnxruntime's
   ``reduce_range``), so 255 x 64 x 2 = 32640 cannot saturate and no session option is needed.

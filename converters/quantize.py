@@ -21,9 +21,9 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
-from edgecnn.card import ModelCard
-from edgecnn.data import Dataset
 from edgecnn.errors import ConversionError, DataError
+from edgecnn.files.card import ModelCard
+from edgecnn.files.data import Dataset
 from edgecnn.memory import release_memory
 from edgecnn.quiet import quiet
 
@@ -340,7 +340,7 @@ def _op_coverage(model: onnx.ModelProto) -> tuple[dict[str, int], dict[str, int]
 
 def require_calibration(path: str | Path | None, default: Path) -> Path:
     """Resolve the calibration data path, refusing test sets and missing defaults."""
-    from edgecnn.data import is_test_split
+    from edgecnn.files.data import is_test_split
 
     if path is None:
         if not default.exists():
@@ -355,7 +355,7 @@ def require_calibration(path: str | Path | None, default: Path) -> Path:
 
 def refuse_test_images(data: Dataset) -> None:
     """Calibration data must not contain test images, whatever its file is called."""
-    from edgecnn.data import test_images_in
+    from edgecnn.files.data import test_images_in
 
     found = test_images_in(data)
     if found:

@@ -20,17 +20,17 @@ import numpy as np
 import onnx
 import torch
 
-from edgecnn.card import ModelCard
 from edgecnn.converters import onnx_passes
 from edgecnn.errors import ConversionError
-from edgecnn.loading import FORMAT_TORCHSCRIPT, TorchModel, output_names
+from edgecnn.files.card import ModelCard
+from edgecnn.files.torch_files import FORMAT_TORCHSCRIPT, TorchModel, output_names
 from edgecnn.memory import release_memory
 from edgecnn.quiet import onnxruntime_log_severity, quiet
 
 DEFAULT_OPSET = 18
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
-CARD_METADATA_KEY = "edgecnn.card"
+CARD_METADATA_KEY = "edgecnn.files.card"
 SELF_CHECK_RTOL = 1e-4
 
 

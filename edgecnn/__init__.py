@@ -38,7 +38,7 @@ if (_CHECKOUT / "pyproject.toml").is_file() and all(
         isinstance(finder, _CheckoutSubpackages) for finder in sys.meta_path):
     sys.meta_path.append(_CheckoutSubpackages())
 
-# edgecnn.bench and edgecnn.validate name modules, which win over __getattr__ once imported:
+# edgecnn.bench and edgecnn.checks.validate name modules, which win over __getattr__ once imported:
 # those two functions are edgecnn.api.bench and edgecnn.api.validate
 _API = ("convert", "layers", "inspect", "ConvertConfig", "Thresholds")
 

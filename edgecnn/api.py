@@ -1,13 +1,13 @@
 """The Python API: everything the CLI does, as functions returning typed results.
 
     from edgecnn import api
-    from edgecnn.shipped import SHIPPED_TEST_SET
+    from edgecnn.files.shipped import SHIPPED_TEST_SET
     result = api.convert("lenet5", output="lenet5_int8.tflite",
                          config=api.ConvertConfig("tflite", int8=True))
     report = api.validate(["lenet5", result.path], data=SHIPPED_TEST_SET)
 
 A model argument is a path or the short name of a shipped model (``lenet5``, see
-:mod:`edgecnn.shipped`).
+:mod:`edgecnn.files.shipped`).
 """
 
 from __future__ import annotations
@@ -21,18 +21,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgecnn.card import ModelCard
-from edgecnn.data import SHIPPED_CALIBRATION_SET, Dataset, TensorDataset, load_dataset
+from edgecnn.checks.budget import Budget, BudgetResult
+from edgecnn.checks.int8_cost import Int8Cost
+from edgecnn.checks.layer_table import LayerReport
+from edgecnn.checks.validate import ParityReport, Thresholds
+from edgecnn.checks.validate import validate as _validate
 from edgecnn.errors import BadInputError, ConversionError
-from edgecnn.fileio import atomic_path, check_output_path
+from edgecnn.files.card import ModelCard
+from edgecnn.files.data import SHIPPED_CALIBRATION_SET, Dataset, TensorDataset, load_dataset
+from edgecnn.files.outputs import atomic_path, check_output_path
+from edgecnn.files.shipped import is_shipped, resolve_model
 from edgecnn.inspection import ModelInfo, card_or_default, inspect_model, load_onnx
-from edgecnn.int8_budget import Budget, BudgetResult
-from edgecnn.int8_cost import Int8Cost
 from edgecnn.memory import release_memory
-from edgecnn.quant_error import LayerReport
-from edgecnn.shipped import is_shipped, resolve_model
-from edgecnn.validate import ParityReport, Thresholds
-from edgecnn.validate import validate as _validate
 
 if TYPE_CHECKING:
     from edgecnn.bench import BenchReport
@@ -158,8 +158,8 @@ class ConvertResult:
     def run(self, x: Any, runtime: str | None = None) -> list[np.ndarray]:
         """Run the converted file on ``x`` (float (N, C, H, W), an array or a tensor) through
         ``runtime`` (the first installed for its format by default): every output, NCHW."""
-        from edgecnn.data import _as_array
-        from edgecnn.runtimes import open_session, predict_all, runtimes_for
+        from edgecnn.files.data import _as_array
+        from edgecnn.runtimes.sessions import open_session, predict_all, runtimes_for
 
         batch = np.ascontiguousarray(_as_array(x, "x"), np.float32)
         return predict_all(open_session(self.path, runtime or runtimes_for(self.path)[0]), batch)
@@ -189,7 +189,7 @@ def convert(model: str | Path | Any, output: str | Path | None = None,
     ``model`` is a .pt/.pt2/.onnx file, a shipped model's name, or a ``torch.nn.Module`` in
     memory: then ``example_inputs`` (a tensor, or a tuple holding one (N, C, H, W) tensor) is
     what ``torch.export`` traces it with, the batch left free. ``calibration`` is a data path,
-    a :class:`~edgecnn.data.Dataset`, or an iterable of preprocessed float (N, C, H, W) arrays
+    a :class:`~edgecnn.files.data.Dataset`, or an iterable of preprocessed float (N, C, H, W) arrays
     or tensors, or (x, y) pairs: a DataLoader (``config.calib`` names a path the same way).
     ``card`` describes an in-memory module's input preprocessing and labels."""
     from edgecnn.converters import qdq
@@ -200,7 +200,7 @@ def convert(model: str | Path | Any, output: str | Path | None = None,
         require_calibration,
     )
     from edgecnn.converters.torch_to_onnx import save_external
-    from edgecnn.loading import TorchModel, torch_model_from_module
+    from edgecnn.files.torch_files import TorchModel, torch_model_from_module
 
     started = time.perf_counter()
     torch_model: TorchModel | None = None
@@ -306,9 +306,9 @@ def measure_int8_cost(float_path: Path, quantised: Any, card: ModelCard, images:
                       ) -> Int8Cost:
     """int8 (the QDQ reference reading of ``quantised``) against the float model at ``float_path``
     on the first :data:`INT8_COST_IMAGES` real images: what the user gives up, label-free."""
+    from edgecnn.checks.int8_cost import measure
     from edgecnn.converters.torch_to_onnx import save_external
-    from edgecnn.int8_cost import measure
-    from edgecnn.runtimes import predict_all, reference_session
+    from edgecnn.runtimes.sessions import predict_all, reference_session
 
     x = images.preprocessed(card.input, 0, INT8_COST_IMAGES)
     with tempfile.TemporaryDirectory(prefix="edgecnn-cost-") as tmp:
@@ -325,11 +325,11 @@ def measure_int8_cost(float_path: Path, quantised: Any, card: ModelCard, images:
 def _search_budget(float_path: Path, card: ModelCard, calib: Dataset, config: ConvertConfig,
                    quant_config: Any) -> BudgetResult:
     """Quantise keeping the fewest layers float that meet ``config.budget`` (see
-    :mod:`edgecnn.int8_budget`), measured on ``--data`` (default: the shipped MNIST test set)."""
+    :mod:`edgecnn.checks.budget`), measured on ``--data`` (default: the shipped MNIST test set)."""
     from tqdm import tqdm
 
-    from edgecnn.data import SHIPPED_TEST_SET
-    from edgecnn.int8_budget import search
+    from edgecnn.checks.budget import search
+    from edgecnn.files.data import SHIPPED_TEST_SET
 
     assert config.budget is not None
     images = load_dataset(config.budget_data or SHIPPED_TEST_SET, split="test")
@@ -382,7 +382,7 @@ def _onnx_of(source: Path, config: ConvertConfig, checks: dict[str, Any],
     """The ONNX model of ``source`` (or of ``torch_model``, a module given in memory)."""
     from edgecnn.converters import onnx_passes
     from edgecnn.converters.torch_to_onnx import card_from_onnx, export_onnx
-    from edgecnn.loading import load_torch_model
+    from edgecnn.files.torch_files import load_torch_model
 
     suffix = source.suffix.lower()
     if torch_model is not None or suffix in (".pt", ".pt2"):
@@ -431,7 +431,7 @@ def _onnx_of(source: Path, config: ConvertConfig, checks: dict[str, Any],
 def _card_from_onnx_shapes(source: Path, model: Any, shape: tuple[int, ...]) -> ModelCard:
     """A card for an ONNX file without one: its input size, one label per class on the first
     output's axis 1 (logits or a segmentation map); a sidecar card wins when present."""
-    from edgecnn.card import InputSpec, read_sidecar
+    from edgecnn.files.card import InputSpec, read_sidecar
 
     sidecar = read_sidecar(source)
     if sidecar is not None:
@@ -497,7 +497,7 @@ def self_check_tflite(data: bytes | Path, onnx_model: Any, card: ModelCard, outp
     requantisations are allowed a step beside ties.
     """
     from edgecnn.converters.torch_to_onnx import save_external
-    from edgecnn.runtimes import open_session, predict_all, reference_session, runtimes_for
+    from edgecnn.runtimes.sessions import open_session, predict_all, reference_session, runtimes_for
 
     x = card.input.random_batch(8 if images is not None else 16)
     if images is not None:
@@ -576,10 +576,10 @@ def _whole_batches(x: np.ndarray, onnx_model: Any, card: ModelCard) -> np.ndarra
 
 def _check_layers(onnx_path: Path, tfl_path: Path, x: np.ndarray, runtime: str,
                   integer_only: bool = False) -> str:
-    """Tell tie noise from a wrong lowering (see :mod:`edgecnn.int8_layers`): every layer whose
+    """Tell tie noise from a wrong lowering (see :mod:`edgecnn.checks.int8_self_check`): every layer whose
     inputs match the QDQ reference exactly must match it within one step, and on LiteRT (float
     requantisation, as the reference) off by a step only beside a rounding tie."""
-    from edgecnn.int8_layers import (
+    from edgecnn.checks.int8_self_check import (
         TIE_STEPS,
         compare_layers,
         first_unexplained,
@@ -609,7 +609,7 @@ def validate(models: list[str | Path], data: str | Path | Dataset, *,
              runtime: str | None = None, limit: int | None = None,
              batch_size: int = 500, trust_pickle: bool = False,
              arch: str | None = None, placements: tuple[str, ...] = ()) -> ParityReport:
-    """Parity report of ``models`` on labelled ``data`` (see :mod:`edgecnn.validate`);
+    """Parity report of ``models`` on labelled ``data`` (see :mod:`edgecnn.checks.validate`);
     ``placements`` (e.g. ``("torch-cuda:fp16",)``) add rows for each PyTorch model."""
     paths = [resolve_model(m) for m in models]
     ref = resolve_model(reference) if reference else None
@@ -660,11 +660,11 @@ def bench(models: list[str | Path] | str | Path, target: str = "cpu", *,
 def layers(float_model: str | Path, int8_model: str | Path, data: str | Path | Dataset, *,
            limit: int | None = 300, batch_size: int = 32, trust_pickle: bool = False,
            arch: str | None = None) -> LayerReport:
-    """Own and total int8 error of every quantised tensor (see :mod:`edgecnn.quant_error`)."""
+    """Own and total int8 error of every quantised tensor (see :mod:`edgecnn.checks.layer_table`)."""
     from tqdm import tqdm
 
+    from edgecnn.checks.layer_table import LayerReport, layer_errors
     from edgecnn.converters import qdq
-    from edgecnn.quant_error import LayerReport, layer_errors
 
     float_path, int8_path = resolve_model(float_model), resolve_model(int8_model)
     if int8_path.suffix.lower() != ".onnx":

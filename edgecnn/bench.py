@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecnn.errors import BadInputError
-from edgecnn.fileio import atomic_path
+from edgecnn.files.outputs import atomic_path
 from edgecnn.targets import get_target
 from edgecnn.targets.base import BenchConfig, BenchResult
 
@@ -74,9 +74,9 @@ def check_activations(model: Path, batch: int) -> None:
     """Refuse a batch whose activations would not fit edgecnn's one-array limit, before any
     runtime allocates them: the input alone (313 MB at ``--batch 100000`` of MNIST) passes while
     the first convolution's output needs 1.8 GB."""
+    from edgecnn.files.limits import check_allocation
+    from edgecnn.files.onnx_bounds import check_tensor_sizes
     from edgecnn.inspection import load_onnx, read_tflite
-    from edgecnn.limits import check_allocation
-    from edgecnn.onnx_bounds import check_tensor_sizes
 
     fix = "bench a smaller --batch"
     if model.suffix == ".onnx":

@@ -24,13 +24,13 @@ PathArg = click.Path(path_type=Path)
 
 
 class ModelPath(click.ParamType):
-    """A model file, or the short name of a shipped model (``lenet5``): see edgecnn.shipped."""
+    """A model file, or the short name of a shipped model (``lenet5``): see edgecnn.files.shipped."""
 
     name = "model"
 
     def convert(self, value: Any, param: click.Parameter | None,
                 ctx: click.Context | None) -> Path:
-        from edgecnn.shipped import resolve_model
+        from edgecnn.files.shipped import resolve_model
         return resolve_model(value)
 
 
@@ -102,7 +102,7 @@ def require_matplotlib(plot_path: Path | None) -> None:
 def check_outputs(*paths: Path | None, inputs: tuple[Path | None, ...] = ()) -> None:
     """Refuse unwritable report paths, and any that is one of ``inputs`` or another output,
     before any work starts."""
-    from edgecnn.fileio import check_output_path
+    from edgecnn.files.outputs import check_output_path
     given = [p for p in paths if p]
     for i, path in enumerate(given):
         check_output_path(path, [*inputs, *given[:i]])
@@ -117,8 +117,8 @@ def zoo(as_json: bool) -> None:
     """List the model zoo: name, input shape, parameter count, and the trained models that ship
     (name one in place of a path: `edgecnn inspect lenet5`)."""
     from edgecnn import zoo as model_zoo
-    from edgecnn.card import read_sidecar
-    from edgecnn.shipped import shipped_models
+    from edgecnn.files.card import read_sidecar
+    from edgecnn.files.shipped import shipped_models
 
     trained: dict[str, list[str]] = {}
     for short_name, path in shipped_models().items():
@@ -150,7 +150,7 @@ def train(arch: str, data: Path, download: bool, epochs: int, seed: int, batch_s
           lr: float, output: Path) -> None:
     """Train a zoo architecture on MNIST and save it with its model card."""
     from edgecnn import zoo as model_zoo
-    from edgecnn.data import download_mnist, load_dataset
+    from edgecnn.files.data import download_mnist, load_dataset
     from edgecnn.train import TrainConfig, save_model
     from edgecnn.train import train as train_model
 
@@ -272,7 +272,7 @@ def convert(model: Path, to: str, int8: bool, calib: Path | None, calib_method: 
     is written)."""
     from edgecnn.api import ConvertConfig
     from edgecnn.api import convert as run_convert
-    from edgecnn.int8_budget import Budget
+    from edgecnn.checks.budget import Budget
     if calib is not None and not int8:
         raise BadInputError("--calib only applies with --int8; add --int8 or drop --calib")
     if max_float_layers is not None and max_drop is None and min_agreement is None:
@@ -319,9 +319,9 @@ def validate(models: tuple[Path, ...], data: Path | None, reference: Path | None
              placements: tuple[str, ...]) -> None:
     """Parity report of MODELS against a reference; exit 1 when a threshold breaks."""
     from edgecnn.api import validate as run_validate
-    from edgecnn.data import SHIPPED_TEST_SET
+    from edgecnn.checks.validate import Thresholds
+    from edgecnn.files.data import SHIPPED_TEST_SET
     from edgecnn.report import write_reports
-    from edgecnn.validate import Thresholds
     if limit is not None and limit < 1:
         raise BadInputError(f"--limit {limit}: give a number of images >= 1")
     if batch_size < 1:
@@ -363,8 +363,8 @@ def layers(float_model: Path, int8_model: Path, data: Path | None, limit: int, b
     FLOAT_MODEL, worst own error first. "own": the layer fed float inputs; "total": int8 end to
     end. SQNR in dB (higher is better), max error in quantisation steps."""
     from edgecnn.api import layers as run_layers
-    from edgecnn.data import SHIPPED_TEST_SET
-    from edgecnn.quant_error import plot_sqnr
+    from edgecnn.checks.layer_table import plot_sqnr
+    from edgecnn.files.data import SHIPPED_TEST_SET
     from edgecnn.report import write_reports
     if limit < 1 or batch_size < 1 or (top is not None and top < 1):
         raise BadInputError("--limit, --batch-size and --top take numbers >= 1")
@@ -483,7 +483,7 @@ def bench_columns(target: str, wide: bool) -> list[str]:
 @click.option("--mirror", "mirrors", multiple=True, help="Base URL (repeatable).")
 def download_mnist_cmd(dest: Path, mirrors: tuple[str, ...]) -> None:
     """Fetch the four MNIST IDX files into DEST, verifying their checksums."""
-    from edgecnn.data import MNIST_MIRRORS, download_mnist
+    from edgecnn.files.data import MNIST_MIRRORS, download_mnist
     download_mnist(dest, mirrors or MNIST_MIRRORS)
     click.echo(f"MNIST ready in {dest}")
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from edgecnn.card import InputSpec, ModelCard
 from edgecnn.errors import BadInputError, ModelLoadError
+from edgecnn.files.card import InputSpec, ModelCard
 
 ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 10: "float16"}
 
@@ -52,7 +52,7 @@ def load_onnx(path: Path) -> Any:
     if not model.graph.node:
         raise ModelLoadError(f"{path}: ONNX file holds no graph; re-export it")
     from edgecnn.converters.qdq import check_quant_params
-    from edgecnn.onnx_bounds import check_onnx_graph
+    from edgecnn.files.onnx_bounds import check_onnx_graph
 
     weights = {t.name for t in model.graph.initializer}
     if not [i for i in model.graph.input if i.name not in weights]:
@@ -69,7 +69,7 @@ def check_declared_sizes(model: Any, path: Path) -> None:
     (ConstantOfShape) over the memory budget, before onnxruntime allocates them."""
     from onnx import helper, numpy_helper
 
-    from edgecnn.limits import check_allocation
+    from edgecnn.files.limits import check_allocation
 
     for tensor in model.graph.initializer:
         if tensor.data_location == 1:  # external data: sized by its own file
@@ -102,7 +102,7 @@ def check_declared_sizes(model: Any, path: Path) -> None:
 
 def read_tflite(path: Path) -> Any:
     from edgecnn.converters.tflite_schema import schema
-    from edgecnn.tflite_verify import verify_tflite
+    from edgecnn.files.tflite_verify import verify_tflite
 
     if not path.is_file():
         raise ModelLoadError(f"{path}: no such model file")
@@ -166,7 +166,7 @@ def read_card(path: Path, **torch_options: Any) -> ModelCard | None:
     ``torch_options`` (trust_pickle, arch) apply to PyTorch files."""
     suffix = path.suffix.lower()
     if suffix in (".pt", ".pt2"):
-        from edgecnn.loading import load_torch_model
+        from edgecnn.files.torch_files import load_torch_model
         return load_torch_model(path, **torch_options).card
     if suffix == ".onnx":
         from edgecnn.converters.torch_to_onnx import card_from_onnx
@@ -194,7 +194,7 @@ def fixed_batch(path: Path) -> int | None:
     runs. Pickled .pt modules take any batch."""
     suffix = path.suffix.lower()
     if suffix == ".pt2":
-        from edgecnn.loading import load_torch_model
+        from edgecnn.files.torch_files import load_torch_model
 
         return load_torch_model(path).static_batch
     if suffix in (".onnx", ".tflite"):
@@ -222,7 +222,7 @@ def inspect_model(path: str | Path, *, trust_pickle: bool = False,
 
 
 def _inspect_torch(path: Path, trust_pickle: bool, arch: str | None) -> ModelInfo:
-    from edgecnn.loading import load_torch_model
+    from edgecnn.files.torch_files import load_torch_model
 
     model = load_torch_model(path, trust_pickle=trust_pickle, arch=arch)
     spec = model.card.input

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edgecnn.fileio import write_text_atomic
+from edgecnn.files.outputs import write_text_atomic
 
 Row = dict[str, Any]
 

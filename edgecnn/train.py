@@ -19,11 +19,11 @@ from torch import nn
 from tqdm import tqdm
 
 from edgecnn import zoo
-from edgecnn.card import CARD_ARCHIVE_NAME, ModelCard, card_path_for, sha256_of
-from edgecnn.data import Dataset
 from edgecnn.errors import DataError
-from edgecnn.fileio import atomic_path, write_text_atomic
-from edgecnn.loading import default_card
+from edgecnn.files.card import CARD_ARCHIVE_NAME, ModelCard, card_path_for, sha256_of
+from edgecnn.files.data import Dataset
+from edgecnn.files.outputs import atomic_path, write_text_atomic
+from edgecnn.files.torch_files import default_card
 
 MAX_BATCH = 1 << 16
 

@@ -29,8 +29,8 @@ def bare_graph_loop(path: Path, batch: int, precision: str, runs: int = 300) -> 
     import numpy as np
     import torch
 
-    from edgecnn.loading import load_torch_model
-    from edgecnn.precision import move_module
+    from edgecnn.files.torch_files import load_torch_model
+    from edgecnn.runtimes.placements import move_module
 
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
     model = load_torch_model(path)

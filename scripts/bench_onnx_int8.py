@@ -51,7 +51,7 @@ def cpu_name() -> str:
 
 def source_and_calibration(name: str, folder: Path) -> tuple[Path, Path | None]:
     if name in SHIPPED:
-        from edgecnn.shipped import resolve_model
+        from edgecnn.files.shipped import resolve_model
         return resolve_model(name), None  # the shipped MNIST calibration set
     import torchvision_zoo
 
@@ -69,10 +69,10 @@ def quantize_static_peer(fp32: Path, calib: Path | None, out: Path) -> Path:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from edgecnn.card import read_sidecar
-    from edgecnn.data import load_dataset
+    from edgecnn.files.card import read_sidecar
+    from edgecnn.files.data import load_dataset
+    from edgecnn.files.shipped import SHIPPED_CALIBRATION_SET
     from edgecnn.inspection import card_or_default
-    from edgecnn.shipped import SHIPPED_CALIBRATION_SET
 
     card = read_sidecar(fp32) or card_or_default(fp32)
     data = load_dataset(calib or SHIPPED_CALIBRATION_SET, split="train").take(

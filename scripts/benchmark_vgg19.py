@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from edgecnn import zoo
-from edgecnn.loading import default_card
+from edgecnn.files.torch_files import default_card
 from edgecnn.train import save_model
 
 ROOT = Path(__file__).resolve().parent.parent

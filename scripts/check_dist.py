@@ -28,9 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # What a user's install needs: the shipped model and its card, both data sets, the Pi runner.
 WHEEL_MUST_HOLD = (
     "edgecnn/cli.py",
-    "edgecnn/shipped.py",
+    "edgecnn/files/shipped.py",
     "edgecnn/converters/ops/__init__.py",
-    "edgecnn/targets/runner.py",
+    "edgecnn/targets/support/runner.py",
     "edgecnn/models/lenet5.pt",
     "edgecnn/models/lenet5.json",
     "edgecnn/models/mobile_se_outlier.pt",

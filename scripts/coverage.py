@@ -114,8 +114,8 @@ MEASURE = r'''
 import json, sys
 import numpy as np
 from pathlib import Path
-from edgecnn.loading import load_torch_model
-from edgecnn.runtimes import open_session, predict_all
+from edgecnn.files.torch_files import load_torch_model
+from edgecnn.runtimes.sessions import open_session, predict_all
 from edgecnn.inspection import inspect_model
 pt2, tflite, qdq, tflite_int8, calib = (Path(a) if a != "-" else None for a in sys.argv[2:7])
 out = {}
@@ -132,8 +132,8 @@ if tflite is not None:
                               for g, w in zip(got, want))
     out["fp32_transposes"] = transposes(tflite)
 if tflite_int8 is not None:
-    from edgecnn.int8_layers import compare_layers, pinned_identical_share
-    from edgecnn.runtimes import reference_session
+    from edgecnn.checks.int8_self_check import compare_layers, pinned_identical_share
+    from edgecnn.runtimes.sessions import reference_session
     images = np.load(calib)["x"][:8].astype(np.float32).transpose(0, 3, 1, 2) / 255.0
     want = predict_all(reference_session(qdq), images)[0]
     got = predict_all(open_session(tflite_int8, "litert"), images)[0]
@@ -251,7 +251,7 @@ def machine() -> dict[str, Any]:
     import onnxruntime
     import torch
 
-    from edgecnn.cpu import cpu_class
+    from edgecnn.runtimes.isa import cpu_class
 
     return {"cpu": cpu, "cores": os.cpu_count(), "cpu_class": cpu_class(),
             "python": platform.python_version(), "torch": torch.__version__,
@@ -308,7 +308,7 @@ def markdown(rows: list[Row], host: dict[str, Any]) -> str:
         "the QDQ reference (onnxruntime, optimisations off) on one calibration-like image, "
         "layer by layer, and on 8 at the output. *layer-wise identical %* is the share of equal "
         "integers over every quantised activation when each reference layer is fed the integers "
-        "LiteRT computed before it (`edgecnn.int8_layers`, pinned): what the lowering itself "
+        "LiteRT computed before it (`edgecnn.checks.int8_self_check`, pinned): what the lowering itself "
         "decides. *off-tie* counts the values among them that differ although the reference's "
         "real value was not on a rounding half (0 means: every difference is a tie that float "
         "error decided). *output identical %* and *max steps* are over the model's output end "

@@ -15,7 +15,7 @@ mobile_se_outlier on the MNIST test set (labels), and a detector trained here
 
 Why these measures: a classifier's user sees its top-1, so agreement with fp32 (all images,
 and where fp32 is confident), fp32's top-1 within int8's top-5 and the logit SQNR
-(``edgecnn.int8_cost.measure``), and accuracy where labels exist. A detector's user sees boxes
+(``edgecnn.checks.int8_cost.measure``), and accuracy where labels exist. A detector's user sees boxes
 after NMS, so mAP50 of the int8 detections with fp32's detections (score >= 0.25) as ground
 truth, and mAP50 of each against the true boxes. The 95 % intervals are bootstrap intervals
 over images (the images are the noise: a handful of flips moves small sets by whole points).
@@ -252,8 +252,8 @@ def efficientnet_case() -> Case:
 
 
 def mnist_case(name: str) -> Case:
-    from edgecnn.data import load_dataset
-    from edgecnn.shipped import SHIPPED_CALIBRATION_SET, resolve_model
+    from edgecnn.files.data import load_dataset
+    from edgecnn.files.shipped import SHIPPED_CALIBRATION_SET, resolve_model
 
     calib = load_dataset(SHIPPED_CALIBRATION_SET, split="train").take(MNIST_CALIB)
     test = load_dataset(ROOT / "models" / "data" / "mnist", split="test")
@@ -402,7 +402,7 @@ def convert_all(case: Case, method: str, folder: Path, extras: dict[str, bool]
 def read(path: Path, reading: str, x: np.ndarray) -> np.ndarray:
     """The first output of ``path`` on ``x``: the reference (no graph optimisation) for
     edgecnn's QDQ file, plain onnxruntime for the rest of ONNX, LiteRT for TFLite."""
-    from edgecnn.runtimes import open_session, predict_all, reference_session
+    from edgecnn.runtimes.sessions import open_session, predict_all, reference_session
 
     if "QDQ reference" in reading:
         session = reference_session(path, threads=2)
@@ -424,7 +424,7 @@ class Row:
 
 def classifier_cells(f: np.ndarray, q: np.ndarray, labels: np.ndarray | None,
                      is_fp32: bool) -> dict[str, Any]:
-    from edgecnn.int8_cost import measure
+    from edgecnn.checks.int8_cost import measure
 
     cells: dict[str, Any] = {}
     if labels is not None:
@@ -445,7 +445,7 @@ def classifier_cells(f: np.ndarray, q: np.ndarray, labels: np.ndarray | None,
 
 def detector_cells(f_raw: np.ndarray, q_raw: np.ndarray, truth: list, f_dets: list,
                    is_fp32: bool) -> dict[str, Any]:
-    from edgecnn.int8_cost import sqnr_db
+    from edgecnn.checks.int8_cost import sqnr_db
 
     q_dets = f_dets if is_fp32 else detections(q_raw)
     cells: dict[str, Any] = {"mAP50 vs true boxes": map50(q_dets, truth)}

@@ -53,9 +53,9 @@ def validate_rows(models: list[Path], images: int, out: Path, cpu: str | None) -
 
 
 def arm_rows(tflite: Path, onnx_u8: Path, images: int) -> list[dict]:
-    from edgecnn.data import SHIPPED_TEST_SET, load_dataset
+    from edgecnn.files.data import SHIPPED_TEST_SET, load_dataset
     from edgecnn.inspection import card_or_default
-    from edgecnn.runtimes import predict, reference_session
+    from edgecnn.runtimes.sessions import predict, reference_session
 
     arm_python = ROOT / ".arm" / "python"
     if not arm_python.exists():
@@ -95,7 +95,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "int8-by-cpu")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    from edgecnn.cpu import cpu_class
+    from edgecnn.runtimes.isa import cpu_class
 
     models = artefacts(args.out)
     sections, record = [], {}

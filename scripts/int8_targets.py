@@ -116,7 +116,7 @@ def litert_ratios(files: dict[str, Path], rounds: int = 30) -> dict[str, dict[st
 
     import numpy as np
 
-    from edgecnn.runtimes import open_session
+    from edgecnn.runtimes.sessions import open_session
     from edgecnn.targets.cpu import model_input
 
     x = model_input(files["fp32"], 1)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecnn.data import SHIPPED_CALIBRATION_SET, load_dataset
+from edgecnn.files.data import SHIPPED_CALIBRATION_SET, load_dataset
 
 PER_CLASS = 100
 

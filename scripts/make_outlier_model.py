@@ -40,8 +40,8 @@ def rescale(module: torch.nn.Module, factor: float = FACTOR, channel: int = CHAN
 
 def main() -> int:
     from edgecnn import zoo
-    from edgecnn.data import load_dataset
-    from edgecnn.loading import load_torch_model
+    from edgecnn.files.data import load_dataset
+    from edgecnn.files.torch_files import load_torch_model
     from edgecnn.train import TrainConfig, save_model, train
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

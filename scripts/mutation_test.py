@@ -2,8 +2,8 @@
 lowering core, op lowerings and TFLite builder.
 
 A small, self-contained mutation runner (standard library only). It was written instead of using
-mutmut 3 because mutmut names mutants after the file path (``targets/runner.py`` ->
-``targets.runner``) while this project imports that file as ``edgecnn.targets.runner`` through
+mutmut 3 because mutmut names mutants after the file path (``targets/support/runner.py`` ->
+``targets.runner``) while this project imports that file as ``edgecnn.targets.support.runner`` through
 setuptools ``package-dir``, and because an editable install points every import at the original
 checkout rather than at mutmut's ``mutants/`` copy; see docs/testing.md.
 
@@ -71,14 +71,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 TARGETS = {
     "validate": {
-        "file": "edgecnn/validate.py",
+        "file": "edgecnn/checks/validate.py",
         "functions": ["Thresholds.__post_init__", "paired_ci", "worst_classes", "compare",
                       "Int8References.measure"],
         "tests": ["tests/test_validate.py", "tests/test_int8_portable.py",
                   "-k", "not haswell and not avx2"],
     },
     "runner": {
-        "file": "targets/runner.py",
+        "file": "targets/support/runner.py",
         "functions": ["latency_stats", "measure"],
         # the two fast unit tests first so that -x stops early on a mutant they kill
         "tests": ["tests/test_bench.py::test_latency_statistics_by_hand",
@@ -88,7 +88,7 @@ TARGETS = {
                   "tests/test_bench.py::test_measure_honours_min_time_and_times_each_run"],
     },
     "precision": {
-        "file": "edgecnn/precision.py",
+        "file": "edgecnn/runtimes/placements.py",
         "functions": ["Placement.__post_init__", "Placement.parse", "ParityCheck.passed",
                       "ParityCheck.failure", "check_parity", "require_parity", "move_module"],
         "tests": ["tests/test_precision.py"],

@@ -1,9 +1,9 @@
 """How far fp16, bf16 (and on a GPU, tf32) PyTorch moves a model's outputs from CPU fp32: the
-measurement behind :data:`edgecnn.precision.TOLERANCE`.
+measurement behind :data:`edgecnn.runtimes.placements.TOLERANCE`.
 
 For each model: the same random images (the card's preprocessing) through every placement this
 machine has (``torch-cpu:fp16/bf16``; with a GPU also ``torch-cuda:*``), compared with CPU fp32
-by :func:`edgecnn.precision.check_parity`: the worst output's max|y - ref| / max|ref|, NaN/inf
+by :func:`edgecnn.runtimes.placements.check_parity`: the worst output's max|y - ref| / max|ref|, NaN/inf
 values, and top-1 changes on decisive images. Writes docs/precision.json and docs/precision.md::
 
     python scripts/precision_error.py models/lenet5.pt models/mobile_se_outlier.pt \\
@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 def placements() -> list[str]:
     import torch
 
-    from edgecnn.precision import bf16_native
+    from edgecnn.runtimes.placements import bf16_native
 
     names = ["torch-cpu:fp16", "torch-cpu:bf16"]
     if torch.cuda.is_available():
@@ -40,8 +40,8 @@ def placements() -> list[str]:
 def measure(path: Path, images: int) -> dict[str, Any]:
     import numpy as np
 
-    from edgecnn.loading import load_torch_model
-    from edgecnn.precision import PlacedModel, Placement, backend_flags, check_parity
+    from edgecnn.files.torch_files import load_torch_model
+    from edgecnn.runtimes.placements import PlacedModel, Placement, backend_flags, check_parity
 
     model = load_torch_model(path)
     step = model.static_batch or images

@@ -93,7 +93,7 @@ def _child(name: str, side: int, folder: Path) -> dict[str, object]:
         return {"status": "refused" if done.returncode == 2 else "error",
                 "reason": line.removeprefix("edgecnn: error: ")[:300]}
     from edgecnn.api import inspect
-    from edgecnn.runtimes import open_session, predict
+    from edgecnn.runtimes.sessions import open_session, predict
 
     ops = {row["op"]: row["count"] for row in inspect(out).ops}
     x = np.random.default_rng(1).random((2, 3, side, side), dtype=np.float32)

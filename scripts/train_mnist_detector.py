@@ -59,7 +59,7 @@ class DetectionSet:
 def load_mnist(split: str) -> tuple[np.ndarray, np.ndarray]:
     """MNIST digits (uint8 ``[N, 28, 28]``) and labels from /work/shared/data/mnist
     (``train``) or the shipped test set (``t10k``)."""
-    from edgecnn.data import read_idx
+    from edgecnn.files.data import read_idx
 
     folder = MNIST if split == "train" else ROOT / "models" / "data" / "mnist"
     images = read_idx(folder / f"{split}-images-idx3-ubyte.gz")

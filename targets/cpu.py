@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 
 from edgecnn.errors import CheckFailedError
-from edgecnn.runtimes import RUNTIMES, open_session, runtimes_for
-from edgecnn.targets import runner
+from edgecnn.runtimes.sessions import RUNTIMES, open_session, runtimes_for
 from edgecnn.targets.base import BenchConfig, BenchResult, Target
+from edgecnn.targets.support import runner
 
 
 def model_input(model: Path, batch: int, image_shape: tuple[int, ...] | None = None
@@ -68,8 +68,8 @@ def placement_parity(model: Path, runtime: str, x: np.ndarray,
     input before it is timed: exit 1 when it is fast but wrong. Other rows: None."""
     if not RUNTIMES.get(runtime).opt_in:
         return None
-    from edgecnn.loading import load_torch_model
-    from edgecnn.precision import Placement, require_parity
+    from edgecnn.files.torch_files import load_torch_model
+    from edgecnn.runtimes.placements import Placement, require_parity
 
     return require_parity(model.name, runtime, outputs, load_torch_model(model).outputs(x),
                           Placement.parse(runtime).tolerance).record()
@@ -104,7 +104,7 @@ class CPUTarget(Target):
         for runtime in runtimes_for(model, config.runtime):
             warm_up_runtime(model, runtime, config.threads)
             if model.suffix == ".tflite":  # its child-process probe at this batch (cached per
-                # file and shape, edgecnn.isolation) happens here, not inside "load ms"
+                # file and shape, edgecnn.runtimes.isolation) happens here, not inside "load ms"
                 open_session(model, runtime, config.threads).bind(x)
             try:
                 result = bench_in_process(model, runtime, config, self.name, x)

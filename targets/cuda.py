@@ -1,6 +1,6 @@
 """CUDA GPUs, measured the way GPUs are deployed.
 
-PyTorch files get one row per placement (:mod:`edgecnn.precision`): eager fp32, fp16 and bf16;
+PyTorch files get one row per placement (:mod:`edgecnn.runtimes.placements`): eager fp32, fp16 and bf16;
 ``tuned`` (channels_last with cuDNN autotuning) and ``graph`` (tuned, captured once and replayed
 as a CUDA graph: no Python or launch overhead). ONNX files, fp32 or QDQ int8 (the files the CPU
 and TFLite paths use), get onnxruntime-gpu's CUDA and TensorRT providers.
@@ -23,18 +23,18 @@ from typing import Any
 import numpy as np
 
 from edgecnn.errors import CheckFailedError, TargetUnavailableError
-from edgecnn.precision import (
+from edgecnn.runtimes.placements import (
     TOLERANCE,
     Placement,
     backend_flags,
     bf16_native,
     require_parity,
 )
-from edgecnn.targets import runner
 from edgecnn.targets.base import BenchConfig, BenchResult, Target
 from edgecnn.targets.cpu import model_input
-from edgecnn.targets.nvidia import gpu_clocks, nvidia_smi
-from edgecnn.targets.ort_device import DeviceBoundOnnx
+from edgecnn.targets.support import runner
+from edgecnn.targets.support.nvidia import gpu_clocks, nvidia_smi
+from edgecnn.targets.support.ort_device import DeviceBoundOnnx
 
 WARMUP_CEILING_S = 20.0  # a row whose latency never settles is timed after this much warm-up
 ORT_GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
@@ -150,10 +150,10 @@ def _no_provider_message() -> str:
 
 def _reference(model: Path, x: np.ndarray) -> dict[str, list[np.ndarray]]:
     """CPU outputs on the bench input: fp32, and for a QDQ file its int8 reference reading."""
-    from edgecnn.runtimes import open_session, predict_all, reference_session
+    from edgecnn.runtimes.sessions import open_session, predict_all, reference_session
 
     if model.suffix.lower() != ".onnx":
-        from edgecnn.loading import load_torch_model
+        from edgecnn.files.torch_files import load_torch_model
 
         return {"fp32": load_torch_model(model).outputs(x)}
     from edgecnn.converters import qdq
@@ -213,7 +213,7 @@ def _torch_row(model: Path, placement: Placement, config: BenchConfig, x: np.nda
                reference: list[np.ndarray], info: dict[str, Any]) -> BenchResult:
     import torch
 
-    from edgecnn.precision import PlacedModel
+    from edgecnn.runtimes.placements import PlacedModel
 
     allocated, reserved = _fresh_gpu_memory()
     started = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Microcontrollers: the file run by TFLite Micro's own kernels on the host (edgecnn.tflm).
+"""Microcontrollers: the file run by TFLite Micro's own kernels on the host (edgecnn.runtimes.tflm).
 
 A board's speed cannot be measured here, but what decides whether a file ships to an MCU can:
 that TFLite Micro has a kernel for every op, the arena the file needs (bisected, as a board's is
@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from edgecnn.errors import BadInputError
-from edgecnn.targets import runner
 from edgecnn.targets.base import BenchConfig, BenchResult, Target
+from edgecnn.targets.support import runner
 
 PARITY_IMAGES = 100
 # against LiteRT's reference kernels TFLite Micro lands 0-1 steps away (the shipped models);
@@ -35,9 +35,9 @@ FLOAT_TOLERANCE = 1e-4  # a float model's outputs, relative to their largest mag
 def parity_images(model: Path, data: Path | None, count: int) -> tuple[np.ndarray, str]:
     """Real images for the parity check: ``data``, else the shipped MNIST test set when the
     model takes 28x28 grey images, else seeded random ones (said in the row)."""
-    from edgecnn.data import load_dataset
+    from edgecnn.files.data import load_dataset
+    from edgecnn.files.shipped import SHIPPED_TEST_SET
     from edgecnn.inspection import card_or_default
-    from edgecnn.shipped import SHIPPED_TEST_SET
     from edgecnn.targets.cpu import model_input
 
     x = model_input(model, 1)
@@ -78,7 +78,7 @@ class MCUTarget(Target):
         self.failures: list[str] = []  # files TFLite Micro runs, but not as LiteRT does
 
     def probe(self) -> dict[str, Any]:
-        from edgecnn.tflm import _interpreter_module
+        from edgecnn.runtimes.tflm import _interpreter_module
 
         _interpreter_module()  # one line when tflite-micro is missing
         from importlib.metadata import version
@@ -87,8 +87,8 @@ class MCUTarget(Target):
                 "host": platform.machine()}
 
     def run(self, model: Path, config: BenchConfig) -> list[BenchResult]:
-        from edgecnn.runtimes import TFLiteSession, predict
-        from edgecnn.tflm import MicroSession, smallest_arena
+        from edgecnn.runtimes.sessions import TFLiteSession, predict
+        from edgecnn.runtimes.tflm import MicroSession, smallest_arena
 
         if model.suffix.lower() != ".tflite":
             raise BadInputError(f"{model}: --target mcu runs int8 .tflite files; write one with "

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from edgecnn.errors import RemoteError, TargetUnavailableError
-from edgecnn.targets import runner
 from edgecnn.targets.base import BenchConfig, BenchResult, Target
-from edgecnn.targets.ssh import SSHClient, SSHConfig, refuse_option_like
+from edgecnn.targets.support import runner
+from edgecnn.targets.support.ssh import SSHClient, SSHConfig, refuse_option_like
 
 ARM_MACHINES = {"aarch64", "arm64", "armv7l", "armv6l"}
 RUNNER_SOURCE = Path(runner.__file__)

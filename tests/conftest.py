@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edgecnn.data import SHIPPED_TEST_SET, load_dataset
+from edgecnn.files.data import SHIPPED_TEST_SET, load_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"

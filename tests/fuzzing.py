@@ -59,7 +59,7 @@ def make_seeds(root: Path) -> dict[str, Path]:
     from PIL import Image
 
     from edgecnn.api import ConvertConfig, convert
-    from edgecnn.data import load_dataset
+    from edgecnn.files.data import load_dataset
 
     root.mkdir(parents=True, exist_ok=True)
     seeds = {"pt": root / "lenet5.pt", "card": root / "lenet5.json"}

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from edgecnn.cli import cli
+from edgecnn.files.torch_files import default_card
 from edgecnn.inspection import inspect_model
-from edgecnn.loading import default_card
-from edgecnn.runtimes import open_session, predict
-from edgecnn.targets import runner
+from edgecnn.runtimes.sessions import open_session, predict
+from edgecnn.targets.support import runner
 from tests.conftest import ROOT, nhwc, unavailable
 
 ARM_PYTHON = ROOT / ".arm" / "python"

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from edgecnn.cli import cli
-from edgecnn.targets import runner
+from edgecnn.targets.support import runner
 from tests.conftest import _free_port
 
 STAT_FIELDS = {"mean_us", "std_us", "p50_us", "p90_us", "p99_us", "min_us", "max_us",

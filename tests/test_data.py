@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 
 from edgecnn.cli import cli
-from edgecnn.data import (
+from edgecnn.errors import DataError
+from edgecnn.files.data import (
     SHIPPED_CALIBRATION_SET,
     download_mnist,
     is_test_split,
     load_dataset,
     read_idx,
 )
-from edgecnn.errors import DataError
 
 
 def test_idx_reader_matches_an_independent_parse(shared_mnist):

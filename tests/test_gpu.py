@@ -10,8 +10,14 @@ import pytest
 import torch
 
 from edgecnn.cli import cli
-from edgecnn.loading import load_torch_model
-from edgecnn.precision import TOLERANCE, PlacedModel, Placement, backend_flags, bf16_native
+from edgecnn.files.torch_files import load_torch_model
+from edgecnn.runtimes.placements import (
+    TOLERANCE,
+    PlacedModel,
+    Placement,
+    backend_flags,
+    bf16_native,
+)
 from edgecnn.targets.cuda import DEFAULT_PLACEMENTS
 from tests.conftest import LENET
 from tests.test_precision import overflowing_pt2  # noqa: F401  (a fixture)

@@ -129,7 +129,7 @@ def test_ssh_words_are_never_options(cli_runner, tmp_path, sshd, option, value):
 def test_remote_command_after_the_host_is_not_an_ssh_option(tmp_path, sshd):
     """Even a word that slipped through reaches the remote shell as a command, not ssh."""
     from edgecnn.errors import RemoteError
-    from edgecnn.targets.ssh import SSHClient, SSHConfig
+    from edgecnn.targets.support.ssh import SSHClient, SSHConfig
 
     marker = tmp_path / "MARKER"
     client = SSHClient(SSHConfig("root@127.0.0.1", sshd["port"], sshd["base"] / "client_key",

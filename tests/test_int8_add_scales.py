@@ -18,13 +18,13 @@ import pytest
 from onnx import numpy_helper
 
 from edgecnn.api import ConvertConfig, convert
+from edgecnn.checks.int8_self_check import _tflite_activations, compare_layers, first_unexplained
 from edgecnn.converters import onnx_passes
 from edgecnn.converters.lowering import LoweringContext, Value
 from edgecnn.converters.ops import LOWERINGS
 from edgecnn.converters.tflite_builder import QuantParams
-from edgecnn.data import Dataset
 from edgecnn.errors import ConversionError
-from edgecnn.int8_layers import _tflite_activations, compare_layers, first_unexplained
+from edgecnn.files.data import Dataset
 from tests.test_tflite import SCALE_RATIOS, _build, _float_card, _images
 
 # a real value this close to a half is a tie the two float orders may round either way

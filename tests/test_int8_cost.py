@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
-from edgecnn.int8_cost import measure, sqnr_db
+from edgecnn.checks.int8_cost import measure, sqnr_db
 
 
 def test_sqnr_is_signal_over_noise_in_db():

@@ -16,11 +16,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgecnn.api import ConvertConfig, convert, layers
+from edgecnn.checks.budget import Budget
+from edgecnn.checks.layer_table import layer_errors
 from edgecnn.cli import cli
-from edgecnn.data import Dataset
 from edgecnn.errors import BadInputError
-from edgecnn.int8_budget import Budget
-from edgecnn.quant_error import layer_errors
+from edgecnn.files.data import Dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTLIER = ROOT / "models" / "mobile_se_outlier.pt"
@@ -45,8 +45,8 @@ def test_total_error_is_onnxruntimes_cross_model_sqnr(lenet_onnx, test_set):
         modify_model_output_intermediate_tensors,
     )
 
-    from edgecnn.card import read_sidecar
     from edgecnn.converters.qdq import reference_session_options
+    from edgecnn.files.card import read_sidecar
 
     float_path, int8_path = lenet_onnx
     card = read_sidecar(ROOT / "models" / "lenet5.pt")
@@ -233,8 +233,8 @@ def budget_images(test_set) -> Dataset:
 
 
 def _accuracy(path: Path, images: Dataset, runtime: str) -> float:
-    from edgecnn.card import read_sidecar
-    from edgecnn.runtimes import open_session, predict
+    from edgecnn.files.card import read_sidecar
+    from edgecnn.runtimes.sessions import open_session, predict
 
     card = read_sidecar(OUTLIER)
     session = open_session(path, runtime)
@@ -286,12 +286,12 @@ def test_an_unmet_budget_writes_the_best_found_and_exits_1(cli_runner, budget_im
 def test_first_and_last_layers_kept_float_give_float_io(tmp_path, artefacts):
     """A first layer kept float leaves the input unquantised, a last one the output: the TFLite
     file then takes and gives float32, and matches its QDQ graph."""
-    from edgecnn.card import read_sidecar
     from edgecnn.converters.onnx_to_tflite import TFLiteConfig, convert_onnx_to_tflite
     from edgecnn.converters.quantize import QuantConfig, quantize_onnx
-    from edgecnn.data import SHIPPED_CALIBRATION_SET, load_dataset
     from edgecnn.errors import ConversionError
-    from edgecnn.runtimes import open_session, predict, reference_session
+    from edgecnn.files.card import read_sidecar
+    from edgecnn.files.data import SHIPPED_CALIBRATION_SET, load_dataset
+    from edgecnn.runtimes.sessions import open_session, predict, reference_session
 
     card = read_sidecar(ROOT / "models" / "lenet5.pt")
     calib = load_dataset(SHIPPED_CALIBRATION_SET, split="train")
@@ -319,10 +319,10 @@ def test_a_layer_kept_float_between_int8_layers_is_a_float_island(tmp_path):
     output (read by the int8 head) stay quantised: the QDQ graph dequantises, convolves with
     float weights and quantises, and so must the TFLite file."""
     from edgecnn.api import _onnx_of, self_check_tflite
+    from edgecnn.checks.layer_table import module_path
     from edgecnn.converters.onnx_to_tflite import convert_onnx_to_tflite
     from edgecnn.converters.quantize import QuantConfig, quantize_onnx
-    from edgecnn.data import SHIPPED_CALIBRATION_SET, load_dataset
-    from edgecnn.quant_error import module_path
+    from edgecnn.files.data import SHIPPED_CALIBRATION_SET, load_dataset
 
     model, card = _onnx_of(OUTLIER, ConvertConfig("onnx"), {})
     node = next(n.name for n in model.graph.node if module_path(n) == "blocks.3.project.1")

@@ -20,14 +20,14 @@ from onnx import numpy_helper
 from edgecnn.api import ConvertConfig, convert
 from edgecnn.cli import cli
 from edgecnn.converters import qdq
-from edgecnn.loading import default_card
+from edgecnn.files.torch_files import default_card
 from tests.conftest import LENET, unavailable
 
 QEMU = shutil.which("qemu-x86_64-static")
 
 
 def _reference(path: Path, x: np.ndarray) -> np.ndarray:
-    """The QDQ graph's float reading, written out here independently of edgecnn.runtimes."""
+    """The QDQ graph's float reading, written out here independently of edgecnn.runtimes.sessions."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -128,7 +128,7 @@ def test_validate_measures_int8_against_the_qdq_reference(cli_runner, artefacts,
     ref_row = rows[(artefacts["onnx_int8"].name, "qdq-reference")]
     assert ref_row["qdq_max_steps"] == 0 and ref_row["qdq_identical_pct"] == 100.0
     assert ref_row["top1_pct"] == pytest.approx(100 * (want.argmax(1) == test_set.labels[:2000]).mean())
-    from edgecnn.runtimes import open_session, predict
+    from edgecnn.runtimes.sessions import open_session, predict
     for runtime in ("litert", "tflite-runtime"):
         row = rows[(artefacts["tflite_int8"].name, runtime)]
         got = predict(open_session(artefacts["tflite_int8"], runtime), x)
@@ -213,7 +213,7 @@ def test_emulated_cpu_is_avx2_without_vnni():
     if QEMU is None:
         _on_haswell("--version")
     probe = subprocess.run([QEMU, "-cpu", "Haswell", sys.executable, "-c",
-                            "from edgecnn.cpu import cpu_class; print(cpu_class())"],
+                            "from edgecnn.runtimes.isa import cpu_class; print(cpu_class())"],
                            capture_output=True, text=True, timeout=300)
     assert probe.stdout.strip() == "x86-64 AVX2 (no VNNI)", probe.stderr[-500:]
 
@@ -240,7 +240,7 @@ def test_on_avx2_every_encoding_is_exact_in_edgecnns_sessions(encodings, tmp_pat
 
 PLAIN_VS_PRECISE = """
 import sys, numpy as np, onnxruntime as ort
-from edgecnn.cpu import exact_int8_options
+from edgecnn.runtimes.isa import exact_int8_options
 path, x = sys.argv[1], np.load(sys.argv[2])
 def run(options):
     s = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])

@@ -15,12 +15,12 @@ import pytest
 from ai_edge_litert.interpreter import Interpreter
 from onnx import TensorProto, helper, numpy_helper
 
-from edgecnn.card import InputSpec, ModelCard
 from edgecnn.converters import qdq
 from edgecnn.converters.onnx_to_tflite import TFLiteConfig, convert_onnx_to_tflite
 from edgecnn.converters.quantize import QuantConfig, quantize_onnx
-from edgecnn.data import Dataset
 from edgecnn.errors import ConversionError
+from edgecnn.files.card import InputSpec, ModelCard
+from edgecnn.files.data import Dataset
 
 RNG = np.random.default_rng(7)
 # float32 TFLite kernels and onnxruntime sum in different orders; over the few dozen products

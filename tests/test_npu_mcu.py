@@ -142,8 +142,8 @@ def test_mcu_outputs_match_tflite_micro_run_by_hand(micro, artefacts, test_set):
     own API fed the same integers by hand."""
     from tflite_micro import runtime
 
-    from edgecnn.loading import default_card
-    from edgecnn.runtimes import open_session, predict
+    from edgecnn.files.torch_files import default_card
+    from edgecnn.runtimes.sessions import open_session, predict
 
     x = default_card("lenet5").input.preprocess(test_set.images[:20])
     ours = predict(open_session(artefacts["tflite_int8"], "tflite-micro"), x)
@@ -189,7 +189,7 @@ def test_mcu_parity_gate_fails_when_a_kernel_computes_something_else(micro, arte
                                                                      monkeypatch):
     """The gate, watched failing: TFLite Micro's outputs moved by 5 steps on one value (as a
     kernel with another rounding or a wrong multiplier would) fail the bench with one line."""
-    from edgecnn.tflm import MicroSession
+    from edgecnn.runtimes.tflm import MicroSession
 
     read = MicroSession._read
 
@@ -265,8 +265,8 @@ def _tensor_types(path: Path) -> set[str]:
 
 
 def _pinned_layers_within_a_step(qdq: Path, tflite: Path, test_set) -> None:
-    from edgecnn.int8_layers import compare_layers, first_unexplained
-    from edgecnn.loading import default_card
+    from edgecnn.checks.int8_self_check import compare_layers, first_unexplained
+    from edgecnn.files.torch_files import default_card
 
     x = default_card("lenet5").input.preprocess(test_set.images[:4])
     diffs = compare_layers(qdq, tflite, x)

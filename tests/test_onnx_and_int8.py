@@ -11,9 +11,9 @@ import torch
 from edgecnn import zoo
 from edgecnn.api import ConvertConfig, convert
 from edgecnn.cli import cli
-from edgecnn.data import SHIPPED_CALIBRATION_SET
 from edgecnn.errors import ConversionError, DataError
-from edgecnn.loading import default_card
+from edgecnn.files.data import SHIPPED_CALIBRATION_SET
+from edgecnn.files.torch_files import default_card
 from edgecnn.train import save_model
 from tests.conftest import LENET
 
@@ -49,7 +49,7 @@ def test_fp32_onnx_matches_pytorch_on_1000_test_images(zoo_models, test_set, tmp
     model = onnx.load(result.path)
     onnx.checker.check_model(model)
     assert model.opset_import[0].version >= 17
-    assert {p.key for p in model.metadata_props} >= {"edgecnn.card", "edgecnn.labels"}
+    assert {p.key for p in model.metadata_props} >= {"edgecnn.files.card", "edgecnn.labels"}
     assert _ort(result.path, x[:7]).shape == (7, 10)  # dynamic batch
 
 
@@ -79,7 +79,7 @@ def test_batchnorm_is_folded_and_dropout_removed(tmp_path):
     module[1].running_var.uniform_(0.5, 2)
     card = default_card("lenet5")
     path = tmp_path / "bn.pt"
-    from edgecnn.card import ModelCard
+    from edgecnn.files.card import ModelCard
     save_model(module, ModelCard("custom", 0, card.input, card.labels), path)
     out = convert(path, tmp_path / "bn.onnx", ConvertConfig("onnx")).path
     types = [n.op_type for n in onnx.load(out).graph.node]
@@ -203,7 +203,7 @@ def test_onnx_written_weight_by_weight_is_the_same_model(tmp_path):
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], weights)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.metadata_props.add(key="edgecnn.card", value="{}")
+    model.metadata_props.add(key="edgecnn.files.card", value="{}")
     expected = onnx.load_from_string(model.SerializeToString())
     size = save_model(model, tmp_path / "m.onnx", release=True)
     assert size == (tmp_path / "m.onnx").stat().st_size == expected.ByteSize()
@@ -216,8 +216,8 @@ def test_an_ir3_file_listing_its_weights_as_inputs_converts(artefacts, tmp_path,
     write that): those inputs are constants, and int8 quantisation used to fail on the file."""
     from onnx import helper
 
-    from edgecnn.loading import default_card
-    from edgecnn.runtimes import open_session, predict
+    from edgecnn.files.torch_files import default_card
+    from edgecnn.runtimes.sessions import open_session, predict
 
     model = onnx.load(artefacts["onnx"])
     for tensor in model.graph.initializer:

@@ -13,11 +13,11 @@ import torch
 
 from edgecnn.cli import cli
 from edgecnn.errors import BadInputError, CheckFailedError, TargetUnavailableError
-from edgecnn.loading import load_torch_model
-from edgecnn.precision import TOLERANCE, ParityCheck, PlacedModel, Placement, check_parity
-from edgecnn.targets import runner
+from edgecnn.files.torch_files import load_torch_model
+from edgecnn.runtimes.placements import TOLERANCE, ParityCheck, PlacedModel, Placement, check_parity
 from edgecnn.targets.base import BenchResult
 from edgecnn.targets.cuda import DEFAULT_PLACEMENTS, OPTIONAL_PLACEMENTS, select_runtimes
+from edgecnn.targets.support import runner
 from tests.conftest import LENET
 
 
@@ -250,7 +250,7 @@ def test_device_bound_onnx_gives_session_run_outputs_and_names_a_fallback(artefa
     numbers as session.run. Asking this CPU-only onnxruntime for CUDA is a fallback it names."""
     import onnxruntime as ort
 
-    from edgecnn.targets.ort_device import DeviceBoundOnnx
+    from edgecnn.targets.support.ort_device import DeviceBoundOnnx
 
     x = np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32)
     for name in ("onnx", "onnx_int8"):
@@ -267,7 +267,7 @@ def test_device_bound_onnx_gives_session_run_outputs_and_names_a_fallback(artefa
 
 
 def test_a_provider_that_did_not_load_is_named_by_its_missing_library():
-    from edgecnn.targets.ort_device import load_failure_reason
+    from edgecnn.targets.support.ort_device import load_failure_reason
 
     # onnxruntime-gpu 1.23.2 on this CPU machine, as its log read (colour codes included)
     log = ("\x1b[1;31m2026-11-25 03:12:19.531591803 [E:onnxruntime:Default, provider_bridge_ort"
@@ -371,7 +371,7 @@ def test_an_all_failing_bench_still_writes_its_record(cli_runner, overflowing_pt
 def test_gpu_clock_state_is_empty_without_nvidia_smi_and_named_with_it():
     import shutil
 
-    from edgecnn.targets.nvidia import gpu_clocks
+    from edgecnn.targets.support.nvidia import gpu_clocks
 
     state = gpu_clocks()  # no recursion, no exception, whatever the machine
     if shutil.which("nvidia-smi") is None:
@@ -381,7 +381,7 @@ def test_gpu_clock_state_is_empty_without_nvidia_smi_and_named_with_it():
 
 
 def test_backend_flags_pin_fp32_and_autotuning_for_a_row_and_restore_them():
-    from edgecnn.precision import backend_flags
+    from edgecnn.runtimes.placements import backend_flags
 
     def flags() -> tuple:
         conv = getattr(torch.backends.cudnn, "conv", None)

@@ -13,8 +13,8 @@ import pytest
 
 from edgecnn.api import ConvertConfig, default_output
 from edgecnn.cli import cli
-from edgecnn.data import load_dataset
-from edgecnn.shipped import (
+from edgecnn.files.data import load_dataset
+from edgecnn.files.shipped import (
     SHIPPED_CALIBRATION_SET,
     SHIPPED_ROOT,
     SHIPPED_TEST_SET,

@@ -8,15 +8,21 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgecnn.api import ConvertConfig, convert
-from edgecnn.card import InputSpec, ModelCard
+from edgecnn.checks.int8_self_check import compare_layers
 from edgecnn.converters import onnx_passes
 from edgecnn.converters.int8_forms import int8_form
 from edgecnn.converters.ops import LOWERINGS
 from edgecnn.errors import ConversionError, UnsupportedOpsError
+from edgecnn.files.card import InputSpec, ModelCard
+from edgecnn.files.torch_files import default_card
 from edgecnn.inspection import inspect_model
-from edgecnn.int8_layers import compare_layers
-from edgecnn.loading import default_card
-from edgecnn.runtimes import RUNTIMES, OnnxSession, open_session, predict, reference_session
+from edgecnn.runtimes.sessions import (
+    RUNTIMES,
+    OnnxSession,
+    open_session,
+    predict,
+    reference_session,
+)
 from tests.conftest import LENET, unavailable
 
 TFLITE_RUNTIMES = [n for n in ("litert", "tflite-runtime")]
@@ -602,7 +608,7 @@ NOT_QUANTISABLE = {("Upsample", "nearest_x2_opset9")}
 @pytest.mark.parametrize("op,name", [c for c in CASES if c not in NOT_QUANTISABLE])
 def test_int8_lowering_matches_the_qdq_model(tmp_path, op, name):
     from edgecnn.converters.quantize import quantize_onnx
-    from edgecnn.data import Dataset
+    from edgecnn.files.data import Dataset
 
     model = _build(op, name)
     onnx_passes.clean(model)  # as edgecnn does before quantising any ONNX model
@@ -642,7 +648,7 @@ def test_ops_with_fixed_int8_outputs_are_quantised_to_the_kernels_parameters(tmp
     leaves Tanh float: it runs as a float island.)"""
     from edgecnn.converters.int8_forms import fixed_output_params
     from edgecnn.converters.quantize import quantize_onnx
-    from edgecnn.data import Dataset
+    from edgecnn.files.data import Dataset
 
     model = _build(op, name)
     onnx_passes.clean(model)
@@ -822,7 +828,7 @@ def test_int8_requantisation_is_the_qdq_arithmetic(tmp_path):
     (dequantise, round x / scale): every concatenated integer equals the reference's. A fused
     int8 -> int8 QUANTIZE (8-bit multiplier in XNNPACK) moved 2 % of them by a step."""
     from edgecnn.converters.quantize import quantize_onnx
-    from edgecnn.data import Dataset
+    from edgecnn.files.data import Dataset
 
 
     model = _build("Concat", "channels")

@@ -1,7 +1,7 @@
 """Crafted TFLite files whose indices are all in range (issue 24): each is made from a real
 converted LeNet-5 with the flatbuffer object API and refused, exit 2 with one stderr line,
-before an interpreter sees it (edgecnn.tflite_verify); a file that passes the verifier but
-crashes a kernel is refused by its first run in a child process (edgecnn.isolation). Before
+before an interpreter sees it (edgecnn.files.tflite_verify); a file that passes the verifier but
+crashes a kernel is refused by its first run in a child process (edgecnn.runtimes.isolation). Before
 these gates, tflite-runtime aborted with "double free or corruption" and both interpreters
 segfaulted."""
 
@@ -147,7 +147,7 @@ def test_crafted_file_is_refused_in_one_line(tmp_path, artefacts, case):
 
 @pytest.mark.parametrize("kind", ["tflite", "tflite_int8"])
 def test_edgecnn_files_pass_the_verifier(artefacts, kind):
-    from edgecnn.tflite_verify import verify_tflite
+    from edgecnn.files.tflite_verify import verify_tflite
 
     verify_tflite(artefacts[kind])  # mapped
     verify_tflite(artefacts[kind], artefacts[kind].read_bytes())
@@ -156,8 +156,8 @@ def test_edgecnn_files_pass_the_verifier(artefacts, kind):
 def test_a_free_batch_written_as_tensorflow_does_passes(tmp_path, artefacts):
     """TensorFlow's converter writes shape [1, ...] and shape_signature [-1, ...] on every
     activation; that is a free batch, not a negative dimension."""
-    from edgecnn.runtimes import TFLiteSession, predict
-    from edgecnn.tflite_verify import verify_tflite
+    from edgecnn.files.tflite_verify import verify_tflite
+    from edgecnn.runtimes.sessions import TFLiteSession, predict
 
     def free_batch(model: Any, graph: Any) -> None:
         constants = {i for i, t in enumerate(graph.tensors)
@@ -175,7 +175,7 @@ def test_a_free_batch_written_as_tensorflow_does_passes(tmp_path, artefacts):
 
 def test_big_files_are_verified_on_the_mapped_file(tmp_path, artefacts, monkeypatch):
     """Files over STRUCTURE_CHECK_BYTES skip read_tflite's unpacking, not the verifier."""
-    from edgecnn import runtimes
+    from edgecnn.runtimes.sessions import sessions as runtimes
 
     monkeypatch.setattr(runtimes, "STRUCTURE_CHECK_BYTES", 0)
     path = _crafted(artefacts["tflite"], tmp_path, _reversed)
@@ -199,7 +199,7 @@ def test_the_device_runner_reports_a_crash_as_its_error(tmp_path, artefacts):
     of its own, and its JSON error becomes the bench's one line on the host."""
     import json
 
-    from edgecnn.targets import runner
+    from edgecnn.targets.support import runner
 
     path = _crafted(artefacts["tflite"], tmp_path, _stride_zero)
     done = subprocess.run([sys.executable, runner.__file__, str(path), "--runtime",
@@ -214,8 +214,8 @@ def test_the_child_catches_what_the_verifier_would(tmp_path, artefacts, monkeypa
     """Defence in depth: with the verifier off, reversed operators pass tflite-runtime at the
     file's own batch and crash it at the batch validate uses; the probe at that batch says so
     and this process lives on."""
-    from edgecnn import tflite_verify
-    from edgecnn.runtimes import TFLiteSession
+    from edgecnn.files import tflite_verify
+    from edgecnn.runtimes.sessions import TFLiteSession
 
     monkeypatch.setattr(tflite_verify, "_verify", lambda path, buf: None)
     path = _crafted(artefacts["tflite"], tmp_path, _reversed)
@@ -225,8 +225,8 @@ def test_the_child_catches_what_the_verifier_would(tmp_path, artefacts, monkeypa
 
 
 def test_each_file_and_shape_is_probed_once_per_process(tmp_path, artefacts, monkeypatch):
-    from edgecnn import isolation
-    from edgecnn.runtimes import TFLiteSession, predict
+    from edgecnn.runtimes import isolation
+    from edgecnn.runtimes.sessions import TFLiteSession, predict
 
     calls: list[Any] = []
     real = isolation._check
@@ -249,7 +249,7 @@ def test_a_fork_server_killed_from_outside_is_started_again(tmp_path, artefacts,
     import os
     import signal
 
-    from edgecnn import isolation
+    from edgecnn.runtimes import isolation
 
     monkeypatch.setattr(isolation, "_probed", set())
     isolation.probe_tflite(artefacts["tflite"], "litert")

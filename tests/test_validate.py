@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from edgecnn.checks.validate import Thresholds, compare, paired_ci, worst_classes
 from edgecnn.cli import cli
-from edgecnn.loading import default_card
-from edgecnn.validate import Thresholds, compare, paired_ci, worst_classes
+from edgecnn.files.torch_files import default_card
 from tests.conftest import LENET
 
 
@@ -191,7 +191,7 @@ def test_images_without_labels_give_agreement_and_sqnr(cli_runner, tmp_path, art
     with no class folders still gives agreement with the reference and logit SQNR."""
     from PIL import Image
 
-    from edgecnn.data import SHIPPED_TEST_SET, load_dataset
+    from edgecnn.files.data import SHIPPED_TEST_SET, load_dataset
 
     test = load_dataset(SHIPPED_TEST_SET, split="test").take(64)
     npz = tmp_path / "unlabelled.npz"

@@ -8,8 +8,8 @@ import torch
 
 from edgecnn import zoo
 from edgecnn.api import ConvertConfig, convert
-from edgecnn.loading import default_card
-from edgecnn.runtimes import OnnxSession, open_session, predict
+from edgecnn.files.torch_files import default_card
+from edgecnn.runtimes.sessions import OnnxSession, open_session, predict
 from edgecnn.train import save_model
 
 pytestmark = pytest.mark.slow

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from edgecnn import zoo
-from edgecnn.card import card_path_for, sha256_of
 from edgecnn.cli import cli
 from edgecnn.errors import ModelLoadError
-from edgecnn.loading import load_torch_model
+from edgecnn.files.card import card_path_for, sha256_of
+from edgecnn.files.torch_files import load_torch_model
 from tests.conftest import LENET
 
 EXPECTED_PARAMETERS = {"lenet5": 61_706, "lenet5-3x3": 60_074, "cnn4": 121_514,
@@ -188,7 +188,7 @@ def test_python_m_edgecnn_runs_from_the_checkout_whatever_the_install():
     script = ("import runpy, sys\n"
               f"sys.path.insert(0, {str(ROOT)!r})\n"
               "sys.meta_path[:] = [m for m in sys.meta_path if 'editable' not in repr(m).lower()]\n"
-              "import edgecnn.targets.runner, edgecnn.converters.quantize\n"
+              "import edgecnn.targets.support.runner, edgecnn.converters.quantize\n"
               "sys.argv = ['edgecnn', 'zoo', '--json']\n"
               "runpy.run_module('edgecnn', run_name='__main__')\n")
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,

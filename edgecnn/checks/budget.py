@@ -1,7 +1,7 @@
 """An accuracy budget for int8: keep the fewest layers in float so the budget holds.
 
 Before any layer is kept float, activation ranges by error minimisation (``mse``) are tried.
-Then the layer table of :mod:`edgecnn.quant_error` orders the candidates by their own error (the
+Then the layer table of :mod:`edgecnn.checks.layer_table` orders the candidates by their own error (the
 worst first); the prefix with every candidate float is tried at once, so a budget that cannot be
 met is said after three quantisations, with the best found. Otherwise a binary search finds the
 shortest prefix that meets it (log2 of the layer count quantisations: 6 for 47 layers, 7 for 80,
@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 import onnx
 
-from edgecnn.card import ModelCard
 from edgecnn.converters.quantize import QuantConfig, QuantReport, quantize_onnx
-from edgecnn.data import Dataset
 from edgecnn.errors import BadInputError
+from edgecnn.files.card import ModelCard
+from edgecnn.files.data import Dataset
 from edgecnn.quiet import onnxruntime_log_severity
 
 # Ops whose int8 form only moves or selects values already on a grid: keeping them float saves
@@ -122,7 +122,7 @@ class BudgetResult:
 
 
 def _predictions(model: onnx.ModelProto | Path, x: np.ndarray) -> np.ndarray:
-    from edgecnn.runtimes import predict, reference_session
+    from edgecnn.runtimes.sessions import predict, reference_session
 
     with tempfile.TemporaryDirectory(prefix="edgecnn-budget-") as tmp:
         path = Path(tmp) / "m.onnx"
@@ -146,7 +146,7 @@ def search(float_path: Path, card: ModelCard, calibration: Dataset, images: Data
 
 def _search(float_path: Path, card: ModelCard, calibration: Dataset, images: Dataset,
             budget: Budget, config: QuantConfig, progress: Any) -> BudgetResult:
-    from edgecnn.quant_error import layer_errors, worst_first
+    from edgecnn.checks.layer_table import layer_errors, worst_first
 
     images.check_fits(card.input)
     x = images.preprocessed(card.input)
@@ -234,8 +234,8 @@ def _host_latency_us(model: onnx.ModelProto, x: np.ndarray) -> float:
     keeping layers float costs on this host, measured in about a second."""
     import onnxruntime as ort
 
-    from edgecnn.cpu import exact_int8_options
-    from edgecnn.targets.runner import measure
+    from edgecnn.runtimes.isa import exact_int8_options
+    from edgecnn.targets.support.runner import measure
 
     options = exact_int8_options(ort.SessionOptions())
     options.intra_op_num_threads = 1

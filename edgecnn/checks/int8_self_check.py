@@ -97,10 +97,10 @@ def _tflite_activations(tflite_path: Path, x: np.ndarray,
                         interpreter_module: str) -> tuple[dict[str, np.ndarray], str]:
     """Every int8 tensor LiteRT (or tflite-runtime) computes for ``x`` (NCHW), by name, and the
     name its quantised input carries."""
-    from edgecnn.isolation import probe_tflite, runtime_of
+    from edgecnn.runtimes.isolation import probe_tflite, runtime_of
 
     shape = [len(x), *x.shape[2:], x.shape[1]]
-    # verified, then run once in a child process at this shape (edgecnn.isolation)
+    # verified, then run once in a child process at this shape (edgecnn.runtimes.isolation)
     probe_tflite(tflite_path, runtime_of(interpreter_module), shape, preserve_all_tensors=True)
     interpreter = importlib.import_module(interpreter_module).Interpreter(
         model_path=str(tflite_path), experimental_preserve_all_tensors=True)

@@ -278,7 +278,7 @@ def plot_sqnr(errors: list[LayerError], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from edgecnn.fileio import atomic_path
+    from edgecnn.files.outputs import atomic_path
 
     ordered = sorted(errors, key=lambda e: e.depth)
     depth = [e.depth for e in ordered]

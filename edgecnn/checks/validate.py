@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from edgecnn.card import ModelCard
-from edgecnn.data import Dataset
+from edgecnn.checks.int8_cost import sqnr_db
 from edgecnn.errors import BadInputError, TargetUnavailableError
-from edgecnn.int8_cost import sqnr_db
-from edgecnn.runtimes import (
+from edgecnn.files.card import ModelCard
+from edgecnn.files.data import Dataset
+from edgecnn.runtimes.sessions import (
     QDQ_REFERENCE,
     RUNTIMES,
     model_format,
@@ -82,7 +82,7 @@ class ParityRow:
     note: str = ""  # why an int8 runtime strays, or why it has no QDQ reference
     passed: bool = True
     failures: list[str] = field(default_factory=list)
-    sqnr_db: float = math.inf  # logits against the reference's (edgecnn.int8_cost)
+    sqnr_db: float = math.inf  # logits against the reference's (edgecnn.checks.int8_cost)
 
 
 @dataclass
@@ -201,7 +201,7 @@ def validate(artefacts: list[Path], data: Dataset, card: ModelCard, *,
     int8 artefacts also against their QDQ reference. ``placements`` (torch-cuda:fp16, ...) add
     rows for each PyTorch file, so a GPU deployment's accuracy cost shows beside the others.
     ``torch_options`` (trust_pickle, arch) apply to PyTorch files."""
-    from edgecnn.cpu import cpu_class
+    from edgecnn.runtimes.isa import cpu_class
 
     if not artefacts:
         raise BadInputError("validate needs at least one model")
@@ -251,8 +251,8 @@ def validate(artefacts: list[Path], data: Dataset, card: ModelCard, *,
 
 def _check_placements(placements: tuple[str, ...], models: list[Path]) -> None:
     """Each placement must be a known PyTorch one that can run here: one line before any work."""
-    from edgecnn.precision import Placement
-    from edgecnn.runtimes import PLACED_RUNTIMES
+    from edgecnn.runtimes.placements import Placement
+    from edgecnn.runtimes.sessions import PLACED_RUNTIMES
 
     for name in placements:
         if name not in PLACED_RUNTIMES:
@@ -270,7 +270,7 @@ def _gate_placement(row: ParityRow, placement: str, logits: np.ndarray,
     """A reduced-precision row is held to the check `bench` applies before timing it (the
     precision's relative tolerance, no NaN/inf, no decisive top-1 change), when the reference is
     the same model in fp32 on the CPU; against another reference it is only reported."""
-    from edgecnn.precision import Placement, check_parity
+    from edgecnn.runtimes.placements import Placement, check_parity
 
     if not against_own_fp32:
         row.note = "placement check skipped: the reference is not this model's CPU fp32"
@@ -321,7 +321,7 @@ class Int8References:
     def measure(self, row: ParityRow, path: Path, logits: np.ndarray,
                 thresholds: Thresholds) -> None:
         """Fill ``row``'s distance from the QDQ reference; flag or fail a straying runtime."""
-        from edgecnn.cpu import int8_stray_reason
+        from edgecnn.runtimes.isa import int8_stray_reason
 
         source = self._source(path)
         if source is None:

@@ -69,7 +69,7 @@ class InputSpec:
 
     def random_batch(self, count: int, seed: int = 0) -> np.ndarray:
         """``count`` seeded random images, preprocessed: input for self-checks and benchmarks."""
-        from edgecnn.limits import check_allocation
+        from edgecnn.files.limits import check_allocation
 
         c, h, w = self.shape
         check_allocation(f"input batch of {count}", (count, c, h, w), 4,

@@ -23,11 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from edgecnn.card import InputSpec
 from edgecnn.errors import DataError
-from edgecnn.fileio import atomic_path, check_output_path
-from edgecnn.limits import check_allocation, check_zip_members
-from edgecnn.shipped import SHIPPED_CALIBRATION_SET, SHIPPED_DATA, SHIPPED_TEST_SET  # noqa: F401
+from edgecnn.files.card import InputSpec
+from edgecnn.files.limits import check_allocation, check_zip_members
+from edgecnn.files.outputs import atomic_path, check_output_path
+from edgecnn.files.shipped import SHIPPED_CALIBRATION_SET, SHIPPED_DATA, SHIPPED_TEST_SET  # noqa: F401
 
 IDX_DTYPES: dict[int, Any] = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".pgm"}

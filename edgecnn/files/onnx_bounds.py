@@ -25,7 +25,7 @@ import onnx
 from onnx import helper
 
 from edgecnn.errors import ModelLoadError
-from edgecnn.limits import check_allocation
+from edgecnn.files.limits import check_allocation
 
 # ResNet-152 has ~500 nodes, the largest CNN exports a few thousand; a million Identity nodes in
 # a 30 MB file otherwise takes onnxruntime past 2.5 GB before it fails natively.

@@ -10,7 +10,7 @@ LiteRT's own flatbuffer verifier checks offsets only. This module checks those f
 flatbuffer's lazy accessors, so nothing is unpacked: a 500 MB float file costs milliseconds and
 no copy (it is read through ``mmap``). Each refusal is one line naming the file, the subgraph,
 the operator or tensor, and the fix: re-convert the model. A file that passes may still crash
-a kernel; :mod:`edgecnn.isolation` runs such files once in a child process first.
+a kernel; :mod:`edgecnn.runtimes.isolation` runs such files once in a child process first.
 """
 
 from __future__ import annotations
@@ -184,7 +184,7 @@ class _Graph:
 
     # -- tensors --------------------------------------------------------------------------
     def check_tensor(self, t: int) -> None:
-        from edgecnn.limits import check_allocation
+        from edgecnn.files.limits import check_allocation
 
         tensor = self.tensors[t]
         kind, shape = int(tensor.Type()), [int(d) for d in _ints(tensor, "Shape")]

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from edgecnn import zoo
-from edgecnn.card import CARD_ARCHIVE_NAME, InputSpec, ModelCard, read_sidecar
 from edgecnn.errors import BadInputError, ConversionError, ModelLoadError
+from edgecnn.files.card import CARD_ARCHIVE_NAME, InputSpec, ModelCard, read_sidecar
 from edgecnn.quiet import quiet
 
 FORMAT_EXPORTED = "torch.export"
@@ -99,7 +99,7 @@ def default_card(arch: str) -> ModelCard:
 
 
 def _zip_members(path: Path) -> list[str]:
-    from edgecnn.limits import check_zip_members
+    from edgecnn.files.limits import check_zip_members
 
     try:
         with zipfile.ZipFile(path) as archive:
@@ -186,7 +186,7 @@ def _card_or_default(path: Path, embedded: str | None, arch: str | None) -> Mode
 
 
 def _load_exported(path: Path, members: list[str], trust_pickle: bool) -> TorchModel:
-    from edgecnn.archive_guard import check_export_archive, weights_only_unpickling
+    from edgecnn.files.archive_guard import check_export_archive, weights_only_unpickling
 
     if trust_pickle:
         warnings.warn(f"{path}: --trust-pickle lets torch.export.load unpickle archive members in "

@@ -1,12 +1,12 @@
 """Every TFLite file runs once in a child process before an interpreter loads it in-process.
 
-The verifier (:mod:`edgecnn.tflite_verify`) refuses malformed structure, but a kernel can still
+The verifier (:mod:`edgecnn.files.tflite_verify`) refuses malformed structure, but a kernel can still
 crash on a file it passes: tflite-runtime 2.14 dies of SIGFPE on a CONV_2D of stride 0 (LiteRT
 refuses it cleanly), and tflite-runtime's arena planner crashes on some graphs only once they
 are resized to a larger batch. In-process, such a crash kills edgecnn without a word, or
 corrupts its memory and lets it go on. So, as fast tools do, the first time a process is about
 to load a file (at each input shape it will use, with the session's options) a child process
-runs :func:`edgecnn.targets.runner.check_tflite`: load, allocate, invoke once on zeros, exit. A
+runs :func:`edgecnn.targets.support.runner.check_tflite`: load, allocate, invoke once on zeros, exit. A
 crash or a hang there becomes one line and exit 2; then the file runs in-process as before, so
 bench's timed loop has no IPC in it. The child's address space is capped, its core dumps are
 off, its stdout and stderr never reach the user, and it is killed after a timeout.
@@ -60,8 +60,8 @@ def probe_tflite(path: Path, runtime: str, shape: list[int] | tuple[int, ...] | 
     """Refuse ``path`` in one line if ``runtime`` (litert, tflite-runtime, tflite-micro)
     crashes or hangs loading it, allocating it at ``shape`` (its own when None) and invoking
     it once, in a child process. The file is verified first (cheap, on the mapped file)."""
-    from edgecnn.targets import runner
-    from edgecnn.tflite_verify import verify_tflite
+    from edgecnn.files.tflite_verify import verify_tflite
+    from edgecnn.targets.support import runner
 
     path = Path(path)
     key = (_digest(path), runtime, tuple(int(d) for d in shape) if shape else None, threads,
@@ -86,9 +86,9 @@ def probe_tflite(path: Path, runtime: str, shape: list[int] | tuple[int, ...] | 
 
 
 def _check(request: dict[str, Any]) -> dict[str, Any]:
-    """:func:`edgecnn.targets.runner.check_tflite` in a child forked by the fork server, or in
+    """:func:`edgecnn.targets.support.runner.check_tflite` in a child forked by the fork server, or in
     a fresh Python where there is no fork server."""
-    from edgecnn.targets import runner
+    from edgecnn.targets.support import runner
 
     report = _SERVER.check(request) if hasattr(os, "fork") else None
     if report is not None:
@@ -99,7 +99,7 @@ def _check(request: dict[str, Any]) -> dict[str, Any]:
 
 
 class _ForkServer:
-    """``runner.py --serve`` (:func:`edgecnn.targets.runner.serve_checks`), started by the first
+    """``runner.py --serve`` (:func:`edgecnn.targets.support.runner.serve_checks`), started by the first
     probe and kept for the life of the process: it has numpy and the runtimes imported, so a
     probe is a fork, a load and an invoke (milliseconds), not a Python start-up. It ends when
     this process closes its input (at exit, or when this process dies)."""
@@ -142,7 +142,7 @@ class _ForkServer:
         return process.stdout.readline()
 
     def _start(self) -> subprocess.Popen[bytes] | None:
-        from edgecnn.targets import runner
+        from edgecnn.targets.support import runner
 
         env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
         try:

@@ -170,7 +170,7 @@ class PlacedModel:
                  arch: str | None = None) -> None:
         import torch
 
-        from edgecnn.loading import load_torch_model
+        from edgecnn.files.torch_files import load_torch_model
 
         reason = placement.unavailable_reason()
         if reason:
@@ -256,7 +256,7 @@ class PlacedModel:
 
 def host_arrays(result: Any) -> list[np.ndarray]:
     """A model's (possibly nested) result as float32 numpy arrays, flattened in the order
-    :func:`edgecnn.loading.output_leaves` gives the CPU reference's."""
+    :func:`edgecnn.files.torch_files.output_leaves` gives the CPU reference's."""
     import torch
     from torch.utils import _pytree
 
@@ -265,7 +265,7 @@ def host_arrays(result: Any) -> list[np.ndarray]:
 
 
 class PlacedSession:
-    """A :class:`edgecnn.runtimes.Session` over a placement, for `validate` and CPU `bench`
+    """A :class:`edgecnn.runtimes.sessions.Session` over a placement, for `validate` and CPU `bench`
     rows (eager modes). Like the CPU ``torch`` session it times the forward passes only: the
     input moves to the device at ``bind``, outputs come back at ``outputs``. Fixed-batch
     exports are fed chunk by chunk."""

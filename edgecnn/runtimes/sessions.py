@@ -110,7 +110,7 @@ class TorchSession:
                  arch: str | None = None) -> None:
         import torch
 
-        from edgecnn.loading import load_torch_model
+        from edgecnn.files.torch_files import load_torch_model
 
         if threads:
             torch.set_num_threads(threads)
@@ -123,7 +123,7 @@ class TorchSession:
         self._x = self._torch.from_numpy(np.ascontiguousarray(x, np.float32))
 
     def invoke(self) -> None:
-        from edgecnn.loading import output_leaves
+        from edgecnn.files.torch_files import output_leaves
 
         step = self.model.static_batch
         if step and len(self._x) % step:
@@ -170,7 +170,7 @@ class OnnxSession:
         import onnxruntime as ort
 
         from edgecnn.converters.qdq import reference_session_options
-        from edgecnn.cpu import exact_int8_options
+        from edgecnn.runtimes.isa import exact_int8_options
 
         options = reference_session_options() if reference else exact_int8_options(
             ort.SessionOptions())
@@ -230,16 +230,16 @@ class TFLiteSession:
                  reference_kernels: bool = False) -> None:
         """``reference_kernels``: TFLite's builtin reference kernels, no delegate (the code
         TFLite Micro's kernels share), where the runtime offers them."""
+        from edgecnn.files.tflite_verify import verify_tflite
         from edgecnn.inspection import read_tflite
-        from edgecnn.isolation import probe_tflite
-        from edgecnn.tflite_verify import verify_tflite
+        from edgecnn.runtimes.isolation import probe_tflite
 
         if not path.is_file() or path.stat().st_size <= STRUCTURE_CHECK_BYTES:
-            read_tflite(path)  # verified (edgecnn.tflite_verify) before any interpreter reads it
+            read_tflite(path)  # verified (edgecnn.files.tflite_verify) before any interpreter reads it
         else:
             verify_tflite(path)
         self._threads, self._reference_kernels = threads, reference_kernels
-        # run once in a child process first (edgecnn.isolation): a kernel crash is one line
+        # run once in a child process first (edgecnn.runtimes.isolation): a kernel crash is one line
         probe_tflite(path, runtime, threads=threads, reference_kernels=reference_kernels)
         interpreter_module = importlib.import_module(module)
         self.runtime = runtime
@@ -284,7 +284,7 @@ class TFLiteSession:
             self.nhwc = x.ndim == 4 and self.model_shape[1:] != tuple(x.shape[1:])
             shape = (x.shape[0], *x.shape[2:], x.shape[1]) if self.nhwc else x.shape
             if tuple(shape) != self.model_shape:  # a new batch: its own first run in a child
-                from edgecnn.isolation import probe_tflite
+                from edgecnn.runtimes.isolation import probe_tflite
 
                 probe_tflite(self.path, self.runtime, shape, threads=self._threads,
                              reference_kernels=self._reference_kernels)
@@ -344,14 +344,14 @@ def quantize_input(x: np.ndarray, detail: dict) -> np.ndarray:
 
 
 RUNTIMES.register("torch")(Runtime("torch", (".pt", ".pt2"), "torch", TorchSession))
-# PyTorch at other precisions and devices (edgecnn.precision), scored when asked for by name
+# PyTorch at other precisions and devices (edgecnn.runtimes.placements), scored when asked for by name
 PLACED_RUNTIMES = ("torch-cpu:fp16", "torch-cpu:bf16", "torch-cuda:fp32", "torch-cuda:tf32",
                    "torch-cuda:fp16", "torch-cuda:bf16")
 
 
 def _placed_opener(name: str) -> Callable[..., Session]:
     def open_placed(path: Path, threads: int | None, **options: Any) -> Session:
-        from edgecnn.precision import PlacedSession, Placement
+        from edgecnn.runtimes.placements import PlacedSession, Placement
 
         return PlacedSession(path, threads, Placement.parse(name), **options)
     return open_placed
@@ -375,11 +375,11 @@ RUNTIMES.register("tflite-runtime")(Runtime(
 
 
 def _open_micro(path: Path, threads: int | None) -> Session:
-    from edgecnn.tflm import MicroSession
+    from edgecnn.runtimes.tflm import MicroSession
 
     return MicroSession(path, threads)
 
 
-# the microcontroller runtime (edgecnn.tflm): scored when named, e.g. validate --runtime tflite-micro
+# the microcontroller runtime (edgecnn.runtimes.tflm): scored when named, e.g. validate --runtime tflite-micro
 RUNTIMES.register("tflite-micro")(Runtime("tflite-micro", (".tflite",), "tflite_micro",
                                           _open_micro, opt_in=True))

@@ -46,10 +46,10 @@ def _details(detail: dict[str, Any]) -> dict[str, Any]:
 
 
 def _probe(path: Path, arena_size: int) -> None:
-    """Open and invoke the file once in a child process (edgecnn.isolation): a crash of TFLite
+    """Open and invoke the file once in a child process (edgecnn.runtimes.isolation): a crash of TFLite
     Micro's kernels is one line. The bisection's smaller arenas then run in-process: there
     TFLite Micro's planner only fails to fit tensors, before any kernel runs."""
-    from edgecnn.isolation import probe_tflite
+    from edgecnn.runtimes.isolation import probe_tflite
 
     _interpreter_module()  # one line when tflite-micro is missing
     probe_tflite(path, RUNTIME, arena_size=min(arena_size, MAX_ARENA))
@@ -130,7 +130,7 @@ def smallest_arena(path: Path) -> int:
 
 
 class MicroSession:
-    """A :class:`edgecnn.runtimes.Session` over TFLite Micro: NCHW float batches in, float
+    """A :class:`edgecnn.runtimes.sessions.Session` over TFLite Micro: NCHW float batches in, float
     outputs out, one image per invoke (TFLite Micro cannot resize a tensor)."""
 
     runtime = RUNTIME
@@ -160,7 +160,7 @@ class MicroSession:
         self._x, self._y = x, None
 
     def invoke(self) -> None:
-        from edgecnn.runtimes import quantize_input
+        from edgecnn.runtimes.sessions import quantize_input
 
         assert self._x is not None
         x = self._x
