@@ -33,6 +33,7 @@ EXTERNAL_DATA_BYTES = 64 << 20
 MSE_HISTOGRAM_BINS = 2048
 MIXED_RANGE_RATIO = 32  # inputs of one output Concat this far apart in range keep it float
 ADAROUND_IMAGES = 64  # calibration images whose layer inputs AdaRound fits
+CLE_IMAGES = 256  # calibration images whose pre-activation minimums bound absorbed biases
 BIAS_CORRECTION_IMAGES = 500  # calibration images the mean shifts are measured on  # 8 bins per int8 step over the observed range
 CALIBRATION_BATCH_ELEMENTS = 1 << 19  # MNIST: batches of 100; 224x224x3: batches of 3
 
@@ -56,6 +57,9 @@ class QuantConfig:
     bias_correction: bool = False
     # learn each Conv/Gemm weight's rounding, up or down (converters/adaround.py)
     adaround: bool = False
+    # equalise consecutive Conv/Gemm weight ranges and absorb high biases in the float model
+    # before calibration (converters/cross_layer_equalization.py)
+    cross_layer_equalization: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in CALIBRATION_METHODS:
@@ -121,6 +125,10 @@ def quantize_onnx(model: onnx.ModelProto | Path, card: ModelCard, calibration: D
             onnx.save(model, src)
         big = src.stat().st_size + sum(p.stat().st_size for p in src.parent.glob(
             src.name + ".data")) > EXTERNAL_DATA_BYTES  # stream weights through files
+        equalized = ""
+        if config.cross_layer_equalization:  # before calibration: the ranges are its model's
+            src, equalized = _equalized(src, Path(tmp) / "equalized.onnx", big,
+                                        calibration.preprocessed(card.input, 0, CLE_IMAGES))
         input_name = model.graph.input[0].name
         # every activation of a batch is held at once: keep batch x image size bounded
         batch = max(1, min(config.batch_size, CALIBRATION_BATCH_ELEMENTS // calibration.images[0].size))
@@ -132,12 +140,12 @@ def quantize_onnx(model: onnx.ModelProto | Path, card: ModelCard, calibration: D
         reader = DatasetCalibrationReader(calibration, card, input_name, batch)
         try:
             with quiet(""):  # onnxruntime logs advice on the root logger
-                cache = config.calibration_cache
+                cache = keep = _cache_path(config)
                 if cache is None or not cache.exists():
                     cache = _calibrate_apart(src, reader, method, big, Path(tmp),
                                              mse=config.method == "mse")
-                    if cache is not None and config.calibration_cache is not None:
-                        shutil.copyfile(cache, config.calibration_cache)
+                    if cache is not None and keep is not None:
+                        shutil.copyfile(cache, keep)
                 mixed = _mixed_range_outputs(model, cache, config.float_nodes)
                 quantize_static(
                     str(src), str(dst), None if cache else reader, quant_format=QuantFormat.QDQ,
@@ -173,12 +181,33 @@ def quantize_onnx(model: onnx.ModelProto | Path, card: ModelCard, calibration: D
         f"{'' if config.weight_bits == 8 else '7-bit '}weights, {len(calibration)} calibration "
         "images" + (", AdaRound" if config.adaround else "")
         + (", bias-corrected" if config.bias_correction else "")
+        + (f", {equalized}" if equalized else "")
         + (f", kept in float: {', '.join(config.float_nodes)}" if config.float_nodes else ""))
     del quantized.metadata_props[:]
     for key, value in metadata.items():
         quantized.metadata_props.add(key=key, value=value)
     done, left = _op_coverage(quantized)
     return QuantReport(quantized, done, left, len(calibration))
+
+
+def _cache_path(config: QuantConfig) -> Path | None:
+    """Where this config's calibrated ranges are cached: an equalised model's ranges are
+    another model's, so they get a file of their own."""
+    cache = config.calibration_cache
+    if cache is None or not config.cross_layer_equalization:
+        return cache
+    return cache.with_name(f"{cache.stem}-cle{cache.suffix}")
+
+
+def _equalized(src: Path, dst: Path, big: bool, images: np.ndarray) -> tuple[Path, str]:
+    """The float model at ``src`` cross-layer-equalised (converters/cross_layer_equalization.py),
+    saved at ``dst``, and what was done, for the quantisation note."""
+    from edgecnn.converters.cross_layer_equalization import equalize
+
+    model = onnx.load(src)
+    done = equalize(model, images)
+    onnx.save(model, dst, save_as_external_data=big, location=dst.name + ".data")
+    return dst, done.summary()
 
 
 def _name_unnamed_nodes(model: onnx.ModelProto) -> None:
