@@ -29,9 +29,10 @@ from edgecnn.checks.validate import validate as _validate
 from edgecnn.errors import BadInputError, ConversionError
 from edgecnn.files.card import ModelCard
 from edgecnn.files.data import SHIPPED_CALIBRATION_SET, Dataset, TensorDataset, load_dataset
+from edgecnn.files.model_files import card_or_default, load_onnx
 from edgecnn.files.outputs import atomic_path, check_output_path
 from edgecnn.files.shipped import is_shipped, resolve_model
-from edgecnn.inspection import ModelInfo, card_or_default, inspect_model, load_onnx
+from edgecnn.inspection import ModelInfo, inspect_model
 from edgecnn.memory import release_memory
 
 if TYPE_CHECKING:

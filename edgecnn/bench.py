@@ -75,8 +75,8 @@ def check_activations(model: Path, batch: int) -> None:
     runtime allocates them: the input alone (313 MB at ``--batch 100000`` of MNIST) passes while
     the first convolution's output needs 1.8 GB."""
     from edgecnn.files.limits import check_allocation
+    from edgecnn.files.model_files import load_onnx, read_tflite
     from edgecnn.files.onnx_bounds import check_tensor_sizes
-    from edgecnn.inspection import load_onnx, read_tflite
 
     fix = "bench a smaller --batch"
     if model.suffix == ".onnx":

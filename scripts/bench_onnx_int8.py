@@ -71,8 +71,8 @@ def quantize_static_peer(fp32: Path, calib: Path | None, out: Path) -> Path:
 
     from edgecnn.files.card import read_sidecar
     from edgecnn.files.data import load_dataset
+    from edgecnn.files.model_files import card_or_default
     from edgecnn.files.shipped import SHIPPED_CALIBRATION_SET
-    from edgecnn.inspection import card_or_default
 
     card = read_sidecar(fp32) or card_or_default(fp32)
     data = load_dataset(calib or SHIPPED_CALIBRATION_SET, split="train").take(

@@ -54,7 +54,7 @@ def validate_rows(models: list[Path], images: int, out: Path, cpu: str | None) -
 
 def arm_rows(tflite: Path, onnx_u8: Path, images: int) -> list[dict]:
     from edgecnn.files.data import SHIPPED_TEST_SET, load_dataset
-    from edgecnn.inspection import card_or_default
+    from edgecnn.files.model_files import card_or_default
     from edgecnn.runtimes.sessions import predict, reference_session
 
     arm_python = ROOT / ".arm" / "python"
@@ -64,7 +64,7 @@ def arm_rows(tflite: Path, onnx_u8: Path, images: int) -> list[dict]:
     x = card_or_default(tflite).input.preprocess(data.images)
     want = predict(reference_session(onnx_u8), x)
     from edgecnn.converters import qdq
-    from edgecnn.inspection import load_onnx
+    from edgecnn.files.model_files import load_onnx
     step = qdq.output_steps(load_onnx(onnx_u8))[0]
     with tempfile.TemporaryDirectory() as tmp:
         np.save(Path(tmp) / "x.npy", np.ascontiguousarray(x.transpose(0, 2, 3, 1)))

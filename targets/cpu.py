@@ -23,7 +23,8 @@ def model_input(model: Path, batch: int, image_shape: tuple[int, ...] | None = N
     from dataclasses import replace
 
     from edgecnn.errors import BadInputError
-    from edgecnn.inspection import card_or_default, inspect_model
+    from edgecnn.files.model_files import card_or_default
+    from edgecnn.inspection import inspect_model
 
     declared = inspect_model(model).inputs[0]
     shape = list(declared.shape[1:])

@@ -157,7 +157,7 @@ def _reference(model: Path, x: np.ndarray) -> dict[str, list[np.ndarray]]:
 
         return {"fp32": load_torch_model(model).outputs(x)}
     from edgecnn.converters import qdq
-    from edgecnn.inspection import load_onnx
+    from edgecnn.files.model_files import load_onnx
 
     if qdq.is_qdq(load_onnx(model)):
         return {"int8": predict_all(reference_session(model), x)}

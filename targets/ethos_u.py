@@ -140,7 +140,7 @@ def _summary(folder: Path) -> dict[str, float]:
 def cpu_operators(compiled: Path) -> Counter[str]:
     """Operators Vela left for the Cortex-M: everything in its output but its ethos-u ops."""
     from edgecnn.converters.tflite_schema import op_name
-    from edgecnn.inspection import read_tflite
+    from edgecnn.files.model_files import read_tflite
 
     model, _ = read_tflite(compiled)
     names: Counter[str] = Counter()
@@ -170,7 +170,7 @@ class EthosUTarget(Target):
         return {"compiler": f"vela {version('ethos-u-vela')}", "accelerators": self.accelerators}
 
     def run(self, model: Path, config: BenchConfig) -> list[BenchResult]:
-        from edgecnn.inspection import read_tflite
+        from edgecnn.files.model_files import read_tflite
 
         if model.suffix.lower() != ".tflite":
             raise BadInputError(f"{model}: --target ethos-u compiles int8 .tflite files; write "

@@ -36,8 +36,8 @@ def parity_images(model: Path, data: Path | None, count: int) -> tuple[np.ndarra
     """Real images for the parity check: ``data``, else the shipped MNIST test set when the
     model takes 28x28 grey images, else seeded random ones (said in the row)."""
     from edgecnn.files.data import load_dataset
+    from edgecnn.files.model_files import card_or_default
     from edgecnn.files.shipped import SHIPPED_TEST_SET
-    from edgecnn.inspection import card_or_default
     from edgecnn.targets.cpu import model_input
 
     x = model_input(model, 1)
@@ -52,7 +52,7 @@ def parity_images(model: Path, data: Path | None, count: int) -> tuple[np.ndarra
 
 def output_step(model: Path) -> float | None:
     """The first output's quantisation step (of the tensor a float output is dequantised from)."""
-    from edgecnn.inspection import read_tflite
+    from edgecnn.files.model_files import read_tflite
 
     tflite, _ = read_tflite(model)
     graph = tflite.subgraphs[0]

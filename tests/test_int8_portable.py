@@ -105,7 +105,7 @@ def test_u8s7_asked_of_an_eight_bit_file_is_stored_as_uint8_and_says_why(cli_run
 
 
 def test_int8_tflite_records_its_qdq_fingerprint(artefacts):
-    from edgecnn.inspection import tflite_metadata
+    from edgecnn.files.model_files import tflite_metadata
 
     recorded = tflite_metadata(artefacts["tflite_int8"], "edgecnn_qdq_fingerprint")
     assert recorded is not None

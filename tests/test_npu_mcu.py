@@ -257,7 +257,7 @@ def _export(module: torch.nn.Module, path: Path) -> Path:
 
 def _tensor_types(path: Path) -> set[str]:
     from edgecnn.converters.tflite_schema import schema
-    from edgecnn.inspection import read_tflite
+    from edgecnn.files.model_files import read_tflite
 
     model, _ = read_tflite(path)
     names = {v: k for k, v in vars(schema().TensorType).items() if not k.startswith("_")}

@@ -21,8 +21,9 @@ from conftest import ROOT, unavailable
 from edgecnn.api import ConvertConfig, convert
 from edgecnn.checks.int8_self_check import compare_layers, first_unexplained, pinned_identical_share
 from edgecnn.cli import cli
+from edgecnn.files.model_files import tflite_metadata
 from edgecnn.files.torch_files import load_torch_model
-from edgecnn.inspection import inspect_model, tflite_metadata
+from edgecnn.inspection import inspect_model
 from edgecnn.runtimes.sessions import OnnxSession, open_session, predict_all, reference_session
 
 sys.path.insert(0, str(ROOT / "scripts"))

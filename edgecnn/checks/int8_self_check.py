@@ -127,7 +127,7 @@ def _tflite_activations(tflite_path: Path, x: np.ndarray,
 def _stored_layouts(tflite_path: Path) -> dict[str, dict]:
     """The converter's record of activations stored in a non-default order (empty for files
     written by other tools, whose rank-4 tensors are taken as NHWC)."""
-    from edgecnn.inspection import tflite_metadata
+    from edgecnn.files.model_files import tflite_metadata
 
     recorded = tflite_metadata(Path(tflite_path), "edgecnn_layouts")
     return json.loads(recorded) if recorded else {}

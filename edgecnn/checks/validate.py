@@ -287,7 +287,7 @@ class Int8References:
 
     def __init__(self, paths: list[Path], data: Dataset, card: ModelCard, batch_size: int) -> None:
         from edgecnn.converters import qdq
-        from edgecnn.inspection import load_onnx
+        from edgecnn.files.model_files import load_onnx
 
         self._data, self._card, self._batch_size = data, card, batch_size
         self._onnx: dict[Path, tuple[str, float | None, str | None]] = {}
@@ -309,7 +309,7 @@ class Int8References:
             return path
         if model_format(path) != "tflite":
             return None
-        from edgecnn.inspection import tflite_metadata
+        from edgecnn.files.model_files import tflite_metadata
 
         recorded = tflite_metadata(path, "edgecnn_qdq_fingerprint")
         if recorded is None:

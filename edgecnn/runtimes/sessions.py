@@ -230,8 +230,8 @@ class TFLiteSession:
                  reference_kernels: bool = False) -> None:
         """``reference_kernels``: TFLite's builtin reference kernels, no delegate (the code
         TFLite Micro's kernels share), where the runtime offers them."""
+        from edgecnn.files.model_files import read_tflite
         from edgecnn.files.tflite_verify import verify_tflite
-        from edgecnn.inspection import read_tflite
         from edgecnn.runtimes.isolation import probe_tflite
 
         if not path.is_file() or path.stat().st_size <= STRUCTURE_CHECK_BYTES:

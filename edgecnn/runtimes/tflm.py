@@ -104,7 +104,7 @@ def _runs_with(path: Path, arena_size: int) -> bool:
 
 def smallest_arena(path: Path) -> int:
     """The smallest tensor arena (bytes, to 16) this file allocates and runs in."""
-    from edgecnn.inspection import read_tflite
+    from edgecnn.files.model_files import read_tflite
 
     read_tflite(path)  # verified before TFLite Micro parses it
     _probe(path, PROBE_ARENA + 16 * path.stat().st_size)
@@ -137,7 +137,7 @@ class MicroSession:
 
     def __init__(self, path: Path, threads: int | None = None,
                  arena_size: int | None = None) -> None:
-        from edgecnn.inspection import read_tflite
+        from edgecnn.files.model_files import read_tflite
 
         model, _ = read_tflite(path)  # verified before TFLite Micro parses it
         self.path = path
