@@ -108,7 +108,7 @@ def convert_onnx_to_tflite(model: onnx.ModelProto, source: str,
         # written for that batch, where no axis is special
         ctx, input_quant, output_quant = _lower(graph, source, config, io_dtype, fixed_batch=True)
     builder = ctx.builder
-    card = next((p.value for p in model.metadata_props if p.key == "edgecnn.files.card"), None)
+    card = next((p.value for p in model.metadata_props if p.key == "edgecnn.card"), None)
     if card:
         builder.metadata["edgecnn_card"] = card.encode()
     if graph.quantized:  # validate finds this file's QDQ reference by the fingerprint

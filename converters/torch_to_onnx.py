@@ -30,7 +30,7 @@ from edgecnn.quiet import onnxruntime_log_severity, quiet
 DEFAULT_OPSET = 18
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
-CARD_METADATA_KEY = "edgecnn.files.card"
+CARD_METADATA_KEY = "edgecnn.card"
 SELF_CHECK_RTOL = 1e-4
 
 

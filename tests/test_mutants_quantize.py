@@ -112,14 +112,14 @@ def test_weights_are_symmetric_int8_per_channel_or_per_tensor(per_channel):
 
 
 def test_report_counts_ops_images_and_records_the_settings():
-    report = quantize_onnx(_float_model(metadata={"edgecnn.files.card": "{}", "mine": "kept"}), _card(),
+    report = quantize_onnx(_float_model(metadata={"edgecnn.card": "{}", "mine": "kept"}), _card(),
                            _data(30), QuantConfig(method="minmax", max_images=25))
     assert report.calibration_images == 25  # max_images caps the set
     assert report.quantized_ops == {"Conv": 1, "Sigmoid": 1} and report.float_ops == {}
     meta = _metadata(report.model)
     assert meta["edgecnn.quantization"] == ("int8 QDQ, minmax, per-channel weights, "
                                             "25 calibration images")
-    assert meta["mine"] == "kept" and meta["edgecnn.files.card"] == "{}"
+    assert meta["mine"] == "kept" and meta["edgecnn.card"] == "{}"
     assert len(report.model.metadata_props) == len(meta)  # one entry per key
     per_tensor = quantize_onnx(_float_model(), _card(), _data(7),
                                QuantConfig(per_channel=False, max_images=None))

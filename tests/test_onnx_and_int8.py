@@ -49,7 +49,7 @@ def test_fp32_onnx_matches_pytorch_on_1000_test_images(zoo_models, test_set, tmp
     model = onnx.load(result.path)
     onnx.checker.check_model(model)
     assert model.opset_import[0].version >= 17
-    assert {p.key for p in model.metadata_props} >= {"edgecnn.files.card", "edgecnn.labels"}
+    assert {p.key for p in model.metadata_props} >= {"edgecnn.card", "edgecnn.labels"}
     assert _ort(result.path, x[:7]).shape == (7, 10)  # dynamic batch
 
 
@@ -203,7 +203,7 @@ def test_onnx_written_weight_by_weight_is_the_same_model(tmp_path):
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], weights)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.metadata_props.add(key="edgecnn.files.card", value="{}")
+    model.metadata_props.add(key="edgecnn.card", value="{}")
     expected = onnx.load_from_string(model.SerializeToString())
     size = save_model(model, tmp_path / "m.onnx", release=True)
     assert size == (tmp_path / "m.onnx").stat().st_size == expected.ByteSize()
