@@ -626,28 +626,20 @@ def validate(models: list[str | Path], data: str | Path | Dataset, *,
 def bench(models: list[str | Path] | str | Path, target: str = "cpu", *,
           runtime: str | None = None, threads: int | None = None, batch: int | None = None,
           input_shape: tuple[int, ...] | None = None, warmup: int = 10, runs: int = 100,
-          min_time: float = 1.0, max_time: float = 300.0, npu: tuple[str, ...] = (),
-          data: str | Path | None = None, **ssh: Any) -> BenchReport:
-    """Benchmark ``models`` side by side on ``target`` (cpu, cuda, rpi, ethos-u, mcu), as
-    ``edgecnn bench`` does: the report's ``rows()`` are its table. ``input_shape`` (N, C, H, W)
-    sizes models with symbolic image dimensions; ``npu`` names Vela configurations for ethos-u;
-    ``data`` is mcu's parity images; ``ssh`` (host, port, identity, known_hosts, ssh_config,
-    timeout, setup, remote_python) reaches a Raspberry Pi for rpi."""
+          min_time: float = 1.0, max_time: float = 300.0, **target_options: Any) -> BenchReport:
+    """Benchmark ``models`` side by side on ``target`` (see ``edgecnn.targets.target_names()``:
+    cpu, cuda, ethos-u, mcu, rpi), as ``edgecnn bench`` does: the report's ``rows()`` are its
+    table and ``table_columns()`` its columns. ``input_shape`` (N, C, H, W) sizes models with
+    symbolic image dimensions. ``target_options`` are the target's own, its constructor's
+    arguments: ``npu`` (Vela configurations) for ethos-u, ``data`` (parity images) for mcu,
+    ``host``, ``port``, ``identity``, ``known_hosts``, ``ssh_config``, ``timeout``, ``setup``
+    and ``remote_python`` for rpi over SSH; one the target does not take is refused."""
     from edgecnn.bench import bench as run_bench
     from edgecnn.targets.base import BenchConfig
 
     paths = [resolve_model(m) for m in ([models] if isinstance(models, (str, Path)) else models)]
-    if npu and target != "ethos-u" or data and target != "mcu":
-        raise BadInputError("--npu is for --target ethos-u and --data for --target mcu")
-    if ssh and target != "rpi":
-        raise BadInputError(f"{', '.join(sorted(ssh))}: SSH settings are for --target rpi")
-    options: dict[str, Any] = dict(ssh)
-    if target == "ethos-u":
-        options = {"npu": tuple(n for given in npu for n in given.split(",") if n.strip())}
-    if target == "mcu" and data is not None:
-        options = {"data": Path(data)}
     if input_shape is not None and batch is not None and batch != input_shape[0]:
-        raise BadInputError(f"--batch {batch} and --input-shape {','.join(map(str, input_shape))}"
+        raise BadInputError(f"batch={batch} and input_shape={','.join(map(str, input_shape))}"
                             " disagree on the batch; give one")
     try:
         config = BenchConfig(runtime, threads, batch or (input_shape[0] if input_shape else None),
@@ -655,7 +647,7 @@ def bench(models: list[str | Path] | str | Path, target: str = "cpu", *,
                              tuple(input_shape[1:]) if input_shape else None)
     except ValueError as exc:
         raise BadInputError(str(exc)) from None
-    return run_bench(paths, target, config, **options)
+    return run_bench(paths, target, config, **target_options)
 
 
 def layers(float_model: str | Path, int8_model: str | Path, data: str | Path | Dataset, *,

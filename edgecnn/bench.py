@@ -19,6 +19,11 @@ class BenchReport:
     results: list[BenchResult]
     notes: list[str] = field(default_factory=list)  # rows skipped, and why
     failures: list[str] = field(default_factory=list)  # rows fast but wrong (parity check)
+    columns: list[str] = field(default_factory=list)  # the target's table, as it declares it
+    wide_columns: list[str] = field(default_factory=list)  # ... with --wide
+
+    def table_columns(self, wide: bool = False) -> list[str]:
+        return self.wide_columns if wide else self.columns
 
     @property
     def passed(self) -> bool:
@@ -52,8 +57,8 @@ def bench(models: list[Path], target: str, config: BenchConfig = BenchConfig(),
     results: list[BenchResult] = []
     for model, batch in batches.items():
         results += adapter.run(model, replace(config, batch=batch))
-    return BenchReport(target, config, results, list(getattr(adapter, "notes", [])),
-                       list(getattr(adapter, "failures", [])))
+    return BenchReport(target, config, results, list(adapter.notes), list(adapter.failures),
+                       adapter.table_columns(), adapter.table_columns(wide=True))
 
 
 def _batch_for(model: Path, asked: int | None) -> int:

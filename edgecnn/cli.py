@@ -19,6 +19,7 @@ import click
 
 from edgecnn import __version__
 from edgecnn.errors import BadInputError, EdgecnnError, ExitStatus
+from edgecnn.targets import target_names
 
 PathArg = click.Path(path_type=Path)
 
@@ -386,8 +387,7 @@ def layers(float_model: Path, int8_model: Path, data: Path | None, limit: int, b
 
 @cli.command()
 @click.argument("models", type=ModelArg, nargs=-1, required=True)
-@click.option("--target", type=click.Choice(["cpu", "cuda", "rpi", "ethos-u", "mcu"]),
-              default="cpu", show_default=True,
+@click.option("--target", type=click.Choice(target_names()), default="cpu", show_default=True,
               help="ethos-u: compile with Arm's Vela, report its NPU share and estimate; mcu: run "
               "TFLite Micro's kernels, report the arena and parity with LiteRT's reference "
               "kernels.")
@@ -436,17 +436,17 @@ def bench(models: tuple[Path, ...], target: str, runtime: str | None, threads: i
     require_matplotlib(plot_path)
     check_outputs(json_path, csv_path, md_path, plot_path, inputs=(*models, identity,
                                                                   known_hosts, ssh_config, data))
-    ssh = dict(host=host, port=port, identity=identity, known_hosts=known_hosts,
-               ssh_config=ssh_config, timeout=timeout, setup=setup,
-               remote_python=remote_python) if target == "rpi" else {}
+    options = _given_target_options(target, dict(
+        host=host, port=port, identity=identity, known_hosts=known_hosts, ssh_config=ssh_config,
+        timeout=timeout, setup=setup, remote_python=remote_python, npu=npus, data=data))
     report = run_bench(list(models), target, runtime=runtime, threads=threads, batch=batch,
                        input_shape=input_shape, warmup=warmup, runs=runs, min_time=min_time,
-                       max_time=max_time, npu=npus, data=data, **ssh)
+                       max_time=max_time, **options)
     rows = report.rows()
     if rows:
-        emit_table(rows, bench_columns(target, wide))
+        emit_table(rows, report.table_columns(wide))
     # written even when every row failed its parity check: CI keeps the record of why
-    write_reports(report.to_dict(), rows, list(rows[0]) if rows else bench_columns(target, wide),
+    write_reports(report.to_dict(), rows, list(rows[0]) if rows else report.table_columns(wide),
                   json_path=json_path, csv_path=csv_path, markdown_path=md_path,
                   title=f"edgecnn bench --target {target}")
     if plot_path and rows:
@@ -457,25 +457,26 @@ def bench(models: tuple[Path, ...], target: str, runtime: str | None, threads: i
         sys.exit(int(ExitStatus.CHECK_FAILED))
 
 
-def bench_columns(target: str, wide: bool) -> list[str]:
-    """The table's columns; a GPU's rows add GPU time, GPU memory and the parity pre-check."""
-    if target == "cuda":
-        return ["model", "runtime", "batch", "p50 µs", "p90 µs", "p99 µs", "min µs",
-                "GPU p50 µs", "img/s", "GPU alloc MB", "GPU reserved MB", "peak RSS MB",
-                "max rel err", *(["load ms", "first ms", "warm-up runs"] if wide else []),
-                "speed-up"]
-    if target == "ethos-u":  # compiled, not run: Vela's estimate and memory
-        return ["model", "runtime", "NPU ops %", "CPU ops", "est. µs", "SRAM KiB", "flash KiB",
-                "DRAM KiB", *(["MACs", "size KiB"] if wide else []), "compiler"]
-    if target == "mcu":
-        return ["model", "runtime", "arena KiB", "steps vs LiteRT ref", "agree %", "parity on",
-                "p50 µs", "size KiB", *(["load ms", "max|Δ| vs LiteRT ref"] if wide else [])]
-    if wide:
-        return ["model", "runtime", "batch", "size KiB", "load ms", "first ms", "p50 µs",
-                "mean µs", "std µs", "p90 µs", "p99 µs", "min µs", "max µs", "img/s",
-                "peak RSS MB", "p50 ratio"]
-    return ["model", "runtime", "batch", "p50 µs", "p99 µs", "img/s", "size KiB", "peak RSS MB",
-            "speed-up"]
+def _given_target_options(target: str, values: dict[str, Any]) -> dict[str, Any]:
+    """The target options given on the command line (their defaults are the target's own);
+    a flag the target does not take is refused, naming the targets that take it."""
+    from click.core import ParameterSource
+
+    from edgecnn.targets import target_options, targets_taking
+
+    context = click.get_current_context()
+    parameter = {"npu": "npus"}  # option name -> click parameter name, where they differ
+    given = {name: value for name, value in values.items()
+             if context.get_parameter_source(parameter.get(name, name))
+             is ParameterSource.COMMANDLINE}
+    takes = target_options(target)
+    for name in given:
+        if name not in takes:
+            owners = targets_taking(name, besides=target)
+            raise BadInputError(f"--{name.replace('_', '-')} is not an option of --target "
+                                f"{target}" + (f"; it is for --target {', '.join(owners)}"
+                                               if owners else ""))
+    return given
 
 
 @cli.command("download-mnist")

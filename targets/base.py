@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 MAX_RUNS = 10_000_000
 MAX_TIME_CEILING_S = 24 * 3600.0
@@ -58,6 +58,18 @@ class BenchResult:
     # a target's own columns (an NPU's operator share and memory, an MCU's arena and parity)
     columns: dict[str, Any] = field(default_factory=dict)
 
+    def with_gpu_columns(self) -> BenchResult:
+        """This row with a GPU's columns (time from CUDA events, memory, the parity pre-check,
+        warm-up runs) added to ``columns``."""
+        gpu, memory, parity = self.gpu_stats or {}, self.gpu_memory_mb or {}, self.parity or {}
+        self.columns.update({
+            "GPU p50 µs": gpu.get("p50_us", ""), "GPU p99 µs": gpu.get("p99_us", ""),
+            "GPU alloc MB": memory.get("allocated", ""),
+            "GPU reserved MB": memory.get("reserved", ""),
+            "max rel err": parity.get("max_rel_error", ""),
+            "warm-up runs": "" if self.warmup_runs is None else self.warmup_runs})
+        return self
+
     def row(self) -> dict[str, Any]:
         s = self.stats
         return {"model": self.model, "target": self.target, "runtime": self.runtime,
@@ -66,25 +78,35 @@ class BenchResult:
                 "mean µs": s["mean_us"], "std µs": s["std_us"], "p90 µs": s["p90_us"],
                 "p99 µs": s["p99_us"], "min µs": s["min_us"], "max µs": s["max_us"],
                 "runs": s["runs"], "img/s": s["throughput_ips"], "peak RSS MB": self.peak_rss_mb,
-                **self.gpu_row(), **self.columns}
-
-    def gpu_row(self) -> dict[str, Any]:
-        """The GPU columns, for rows of the cuda target only."""
-        if self.target != "cuda":
-            return {}
-        gpu, memory, parity = self.gpu_stats or {}, self.gpu_memory_mb or {}, self.parity or {}
-        return {"GPU p50 µs": gpu.get("p50_us", ""), "GPU p99 µs": gpu.get("p99_us", ""),
-                "GPU alloc MB": memory.get("allocated", ""),
-                "GPU reserved MB": memory.get("reserved", ""),
-                "max rel err": parity.get("max_rel_error", ""),
-                "warm-up runs": "" if self.warmup_runs is None else self.warmup_runs}
+                **self.columns}
 
 
 class Target(ABC):
     """One place models run: the host CPU, a CUDA GPU, a Raspberry Pi, an Ethos-U NPU (compiled
-    and estimated by Vela), a microcontroller (TFLite Micro's kernels)."""
+    and estimated by Vela), a microcontroller (TFLite Micro's kernels).
 
-    name: str
+    A target is one module in ``targets/`` whose ``TARGET`` is a subclass of this: its
+    constructor's keyword arguments are its options (``edgecnn bench`` refuses an option no
+    target of that name takes), and its table, notes and failures are declared here, so adding
+    a target touches nothing outside its module.
+    """
+
+    name: ClassVar[str]
+    # the bench table's columns, by default and with --wide (keys of BenchResult.row())
+    columns: ClassVar[tuple[str, ...]] = (
+        "model", "runtime", "batch", "p50 µs", "p99 µs", "img/s", "size KiB", "peak RSS MB",
+        "speed-up")
+    wide_columns: ClassVar[tuple[str, ...]] = (
+        "model", "runtime", "batch", "size KiB", "load ms", "first ms", "p50 µs", "mean µs",
+        "std µs", "p90 µs", "p99 µs", "min µs", "max µs", "img/s", "peak RSS MB", "p50 ratio")
+
+    def __init__(self) -> None:
+        self.notes: list[str] = []  # rows skipped, and why: printed, not a failure
+        self.failures: list[str] = []  # rows that failed a check: bench exits 1
+
+    @classmethod
+    def table_columns(cls, wide: bool = False) -> list[str]:
+        return list(cls.wide_columns if wide else cls.columns)
 
     @abstractmethod
     def probe(self) -> dict[str, Any]:

@@ -90,9 +90,6 @@ def warm_up_runtime(model: Path, runtime: str, threads: int | None) -> None:
 class CPUTarget(Target):
     name = "cpu"
 
-    def __init__(self) -> None:
-        self.failures: list[str] = []  # reduced-precision rows that failed their parity check
-
     def probe(self) -> dict[str, Any]:
         return {"machine": platform.machine(), "processor": platform.processor(),
                 "python": platform.python_version(),

@@ -59,10 +59,11 @@ def select_runtimes(available: list[str], asked: str | None) -> list[str]:
 
 class CUDATarget(Target):
     name = "cuda"
-
-    def __init__(self) -> None:
-        self.notes: list[str] = []  # rows skipped, and why
-        self.failures: list[str] = []  # rows that failed their parity check: exit 1
+    # GPU time and memory, and the parity pre-check against the CPU fp32 reference
+    columns = ("model", "runtime", "batch", "p50 µs", "p90 µs", "p99 µs", "min µs", "GPU p50 µs",
+               "img/s", "GPU alloc MB", "GPU reserved MB", "peak RSS MB", "max rel err",
+               "speed-up")
+    wide_columns = (*columns[:-1], "load ms", "first ms", "warm-up runs", "speed-up")
 
     def probe(self) -> dict[str, Any]:
         info: dict[str, Any] = {"torch_cuda": False, "onnxruntime_providers": []}
@@ -238,7 +239,7 @@ def _torch_row(model: Path, placement: Placement, config: BenchConfig, x: np.nda
                        load_ms, first_ms, runner.latency_stats(wall, len(x)), runner.peak_rss_mb(),
                        [s * 1e6 for s in wall], device,
                        gpu_stats=runner.latency_stats(gpu, len(x)), gpu_memory_mb=memory,
-                       parity=check.record(), warmup_runs=warm)
+                       parity=check.record(), warmup_runs=warm).with_gpu_columns()
 
 
 def _onnx_row(model: Path, provider: str, config: BenchConfig, x: np.ndarray,
@@ -262,7 +263,7 @@ def _onnx_row(model: Path, provider: str, config: BenchConfig, x: np.ndarray,
     return BenchResult(model.name, "cuda", runtime, len(x), model.stat().st_size / 1024,
                        load_ms, first_ms, runner.latency_stats(wall, len(x)), runner.peak_rss_mb(),
                        [s * 1e6 for s in wall], device, parity=check.record(),
-                       warmup_runs=warm)
+                       warmup_runs=warm).with_gpu_columns()
 
 
 TARGET = CUDATarget

@@ -157,11 +157,17 @@ def cpu_operators(compiled: Path) -> Counter[str]:
 
 class EthosUTarget(Target):
     name = "ethos-u"
+    # compiled, not run: Vela's estimate and memory
+    columns = ("model", "runtime", "NPU ops %", "CPU ops", "est. µs", "SRAM KiB", "flash KiB",
+               "DRAM KiB", "compiler")
+    wide_columns = (*columns[:-1], "MACs", "size KiB", "compiler")
 
-    def __init__(self, npu: tuple[str, ...] = (DEFAULT_ACCELERATOR,)) -> None:
-        self.accelerators = [accelerator(n) for n in npu or (DEFAULT_ACCELERATOR,)]
-        self.notes: list[str] = []
-        self.failures: list[str] = []  # files the default compiler refuses
+    def __init__(self, npu: tuple[str, ...] | str = (DEFAULT_ACCELERATOR,)) -> None:
+        """``npu``: Vela configurations, each entry possibly comma-separated (U55-128,U85-256)."""
+        super().__init__()  # failures: files the default compiler refuses
+        names = [n.strip() for given in ((npu,) if isinstance(npu, str) else npu)
+                 for n in given.split(",") if n.strip()]
+        self.accelerators = [accelerator(n) for n in names or (DEFAULT_ACCELERATOR,)]
 
     def probe(self) -> dict[str, Any]:
         require_vela()

@@ -71,11 +71,15 @@ def output_step(model: Path) -> float | None:
 
 class MCUTarget(Target):
     name = "mcu"
+    columns = ("model", "runtime", "arena KiB", "steps vs LiteRT ref", "agree %", "parity on",
+               "p50 µs", "size KiB")
+    wide_columns = (*columns, "load ms", "max|Δ| vs LiteRT ref")
 
-    def __init__(self, data: Path | None = None, images: int = PARITY_IMAGES) -> None:
-        self.data, self.images = data, images
-        self.notes: list[str] = []
-        self.failures: list[str] = []  # files TFLite Micro runs, but not as LiteRT does
+    def __init__(self, data: str | Path | None = None, images: int = PARITY_IMAGES) -> None:
+        """``data``: labelled images for the parity check (default: the shipped MNIST test set
+        for 28x28 grey models)."""
+        super().__init__()  # failures: files TFLite Micro runs, but not as LiteRT does
+        self.data, self.images = (Path(data) if data is not None else None), images
 
     def probe(self) -> dict[str, Any]:
         from edgecnn.runtimes.tflm import _interpreter_module

@@ -31,6 +31,7 @@ class RaspberryPiTarget(Target):
                  identity: Path | None = None, known_hosts: Path | None = None,
                  ssh_config: Path | None = None, timeout: float = 60.0, setup: bool = False,
                  remote_python: str = "python3") -> None:
+        super().__init__()
         self.remote = None
         if host:
             self.remote = SSHClient(SSHConfig(host, port, identity, known_hosts, ssh_config,

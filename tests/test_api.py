@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import edgecnn
+from edgecnn.cli import cli
 from edgecnn.errors import BadInputError
 
 
@@ -79,8 +80,22 @@ def test_bench_through_the_api(tmp_path):
     report = bench("lenet5", runs=3, warmup=1, min_time=0.0)
     rows = report.rows()
     assert [r["runtime"] for r in rows] == ["torch"] and rows[0]["batch"] == 1
-    with pytest.raises(BadInputError, match="--target ethos-u"):
+    with pytest.raises(BadInputError, match=r"'npu' is not an option of target cpu \(it is for ethos-u\)"):
         bench("lenet5", npu=("U55-128",))
+
+
+def test_targets_are_found_by_module_name_and_declare_their_options():
+    from edgecnn.targets import target_names, target_options
+
+    assert target_names() == ["cpu", "cuda", "ethos-u", "mcu", "rpi"]  # support/ and base are not
+    assert target_options("ethos-u") == ["npu"] and target_options("cpu") == []
+    assert "known_hosts" in target_options("rpi")
+
+
+def test_bench_refuses_a_flag_its_target_does_not_take(cli_runner):
+    result = cli_runner.invoke(cli, ["bench", "lenet5", "--host", "pi@example"])
+    assert result.exit_code == 2
+    assert "--host is not an option of --target cpu; it is for --target rpi" in result.output
 
 
 def test_a_module_that_pins_its_batch_is_exported_fixed_and_says_so(tmp_path):

@@ -184,7 +184,7 @@ def test_gpu_columns_belong_to_cuda_rows_only():
     cpu = BenchResult("m", "cpu", "torch", 1, 1.0, 1.0, 1.0, stats, 10.0)
     cuda = BenchResult("m", "cuda", "torch-cuda:fp16", 1, 1.0, 1.0, 1.0, stats, 10.0,
                        gpu_stats=stats, gpu_memory_mb={"allocated": 5.0, "reserved": 8.0},
-                       parity={"max_rel_error": 1e-3}, warmup_runs=40)
+                       parity={"max_rel_error": 1e-3}, warmup_runs=40).with_gpu_columns()
     assert "GPU p50 µs" not in cpu.row()
     row = cuda.row()
     assert row["GPU alloc MB"] == 5.0 and row["GPU reserved MB"] == 8.0
