@@ -32,6 +32,7 @@ from edgecnn.converters.ops import LOWERINGS
 from edgecnn.converters.tflite_builder import QuantParams, TFLiteBuilder
 from edgecnn.converters.tflite_schema import min_runtime_for
 from edgecnn.errors import ConversionError, UnsupportedOpsError
+from edgecnn.files import metadata
 
 IO_DTYPES = {"float32": np.float32, "int8": np.int8, "uint8": np.uint8}
 # what an int8 file is written for (--for): cpu keeps float islands where an int8 kernel is
@@ -108,15 +109,15 @@ def convert_onnx_to_tflite(model: onnx.ModelProto, source: str,
         # written for that batch, where no axis is special
         ctx, input_quant, output_quant = _lower(graph, source, config, io_dtype, fixed_batch=True)
     builder = ctx.builder
-    card = next((p.value for p in model.metadata_props if p.key == "edgecnn.card"), None)
+    card = next((p.value for p in model.metadata_props if p.key == metadata.ONNX_CARD), None)
     if card:
-        builder.metadata["edgecnn_card"] = card.encode()
+        builder.metadata[metadata.TFLITE_CARD] = card.encode()
     if graph.quantized:  # validate finds this file's QDQ reference by the fingerprint
-        builder.metadata["edgecnn_qdq_fingerprint"] = qdq.fingerprint(model, str(weights_dir or "")).encode()
-        builder.metadata["edgecnn_input_quantization"] = json.dumps(
+        builder.metadata[metadata.TFLITE_QDQ_FINGERPRINT] = qdq.fingerprint(model, str(weights_dir or "")).encode()
+        builder.metadata[metadata.TFLITE_INPUT_QUANTIZATION] = json.dumps(
             {"dtype": io_dtype, "scale": input_quant.scale[0] if input_quant else None,
              "zero_point": input_quant.zero_point[0] if input_quant else None}).encode()
-        builder.metadata["edgecnn_layouts"] = _stored_layouts(ctx)
+        builder.metadata[metadata.TFLITE_LAYOUTS] = _stored_layouts(ctx)
     graph.constants.clear()  # the weights the lowering read: the builder holds what it wrote
     graph.constants.lazy.clear()
     data = builder.serialize(release=True)

@@ -44,6 +44,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from edgecnn.errors import ConversionError
+from edgecnn.files import metadata
 from edgecnn.quiet import onnxruntime_log_severity
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
@@ -248,7 +249,8 @@ ENCODING_NOTES = {
 
 def record_encoding(model: onnx.ModelProto, stored: str) -> None:
     """Name the encoding and what running it exactly takes in the file's metadata."""
-    notes = {"edgecnn.int8_encoding": stored, "edgecnn.onnxruntime": ENCODING_NOTES[stored]}
+    notes = {metadata.ONNX_INT8_ENCODING: stored,
+             metadata.ONNX_ONNXRUNTIME_NOTES: ENCODING_NOTES[stored]}
     kept = [p for p in model.metadata_props if p.key not in notes]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)

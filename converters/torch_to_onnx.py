@@ -22,6 +22,7 @@ import torch
 
 from edgecnn.converters import onnx_passes
 from edgecnn.errors import ConversionError
+from edgecnn.files import metadata
 from edgecnn.files.card import ModelCard
 from edgecnn.files.torch_files import FORMAT_TORCHSCRIPT, TorchModel, output_names
 from edgecnn.memory import release_memory
@@ -30,7 +31,7 @@ from edgecnn.quiet import onnxruntime_log_severity, quiet
 DEFAULT_OPSET = 18
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
-CARD_METADATA_KEY = "edgecnn.card"
+CARD_METADATA_KEY = metadata.ONNX_CARD
 SELF_CHECK_RTOL = 1e-4
 
 
@@ -167,8 +168,8 @@ def _export_failure(exc: BaseException) -> str:
 def attach_card(model: onnx.ModelProto, card: ModelCard) -> None:
     """Record ``card`` (and its labels and preprocessing) as ONNX metadata."""
     entries = {CARD_METADATA_KEY: card.to_json(),
-               "edgecnn.labels": json.dumps(list(card.labels)),
-               "edgecnn.preprocessing": json.dumps(card.input.to_dict())}
+               metadata.ONNX_LABELS: json.dumps(list(card.labels)),
+               metadata.ONNX_PREPROCESSING: json.dumps(card.input.to_dict())}
     if card.sha256:
         entries["edgecnn.source_sha256"] = card.sha256
     kept = [p for p in model.metadata_props if p.key not in entries]

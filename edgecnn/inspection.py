@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from edgecnn.errors import BadInputError, ModelLoadError
+from edgecnn.files import metadata
 from edgecnn.files.model_files import load_onnx, read_tflite, tflite_metadata
 
 ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 10: "float16"}
@@ -115,7 +116,7 @@ def _inspect_onnx(path: Path) -> ModelInfo:
     ops = Counter(n.op_type for n in model.graph.node)
     inputs = [_onnx_tensor(i) for i in model.graph.input if i.name not in inits]
     outputs = [_onnx_tensor(o) for o in model.graph.output]
-    quant = next((p.value for p in model.metadata_props if p.key == "edgecnn.quantization"), "")
+    quant = next((p.value for p in model.metadata_props if p.key == metadata.ONNX_QUANTIZATION), "")
     if not quant and ops.get("QuantizeLinear"):
         quant = "QDQ int8"
     if quant:
@@ -233,7 +234,7 @@ def _inspect_tflite(path: Path) -> ModelInfo:
     used = list(counts)
     params, overhead = _tflite_parameters(model, graph, fb)
     inputs = [tensor(i) for i in graph.inputs]
-    recorded = tflite_metadata(path, "edgecnn_input_quantization")
+    recorded = tflite_metadata(path, metadata.TFLITE_INPUT_QUANTIZATION)
     if recorded and inputs[0].dtype == "float32":  # float I/O: the first op quantises
         try:
             inner = json.loads(recorded)

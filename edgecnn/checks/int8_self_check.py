@@ -35,6 +35,7 @@ import onnx.numpy_helper
 
 from edgecnn.converters.onnx_passes import declared_batch
 from edgecnn.converters.qdq import reference_inference_session
+from edgecnn.files import metadata
 
 TIE_STEPS = 1  # one rounding tie: the most a layer with identical inputs may differ
 
@@ -129,7 +130,7 @@ def _stored_layouts(tflite_path: Path) -> dict[str, dict]:
     written by other tools, whose rank-4 tensors are taken as NHWC)."""
     from edgecnn.files.model_files import tflite_metadata
 
-    recorded = tflite_metadata(Path(tflite_path), "edgecnn_layouts")
+    recorded = tflite_metadata(Path(tflite_path), metadata.TFLITE_LAYOUTS)
     return json.loads(recorded) if recorded else {}
 
 

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from edgecnn.checks.int8_cost import sqnr_db
 from edgecnn.errors import BadInputError, TargetUnavailableError
+from edgecnn.files import metadata
 from edgecnn.files.card import ModelCard
 from edgecnn.files.data import Dataset
 from edgecnn.runtimes.sessions import (
@@ -311,9 +312,9 @@ class Int8References:
             return None
         from edgecnn.files.model_files import tflite_metadata
 
-        recorded = tflite_metadata(path, "edgecnn_qdq_fingerprint")
+        recorded = tflite_metadata(path, metadata.TFLITE_QDQ_FINGERPRINT)
         if recorded is None:
-            return None if tflite_metadata(path, "edgecnn_input_quantization") is None else (
+            return None if tflite_metadata(path, metadata.TFLITE_INPUT_QUANTIZATION) is None else (
                 "int8 file without a quantisation fingerprint: no QDQ reference")
         match = next((p for p, (fp, _, _) in self._onnx.items() if fp == recorded.decode(errors="replace")), None)
         return match or "no QDQ reference: add the int8 .onnx it was converted from"

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from edgecnn.errors import BadInputError, ModelLoadError
+from edgecnn.files import metadata
 from edgecnn.files.card import InputSpec, ModelCard
 
 
@@ -147,7 +148,7 @@ def read_card(path: Path, **torch_options: Any) -> ModelCard | None:
         from edgecnn.converters.torch_to_onnx import card_from_onnx
         return card_from_onnx(load_onnx(path), str(path))
     if suffix == ".tflite":
-        data = tflite_metadata(path, "edgecnn_card")
+        data = tflite_metadata(path, metadata.TFLITE_CARD)
         return (ModelCard.from_json(data.decode(errors="replace"), str(path))
                 if data is not None else None)
     raise BadInputError(f"{path}: unknown model format {path.suffix!r}")
