@@ -4,6 +4,8 @@ Run it with the peer's own interpreter (``scripts/setup_peers.sh`` makes ``.peer
 
     .peers/litert-torch/bin/python scripts/peer_litert_torch.py --model resnet18 --size 224 \
         --out DIR [--int8 --calib CALIB.npz]
+    .peers/litert-torch/bin/python scripts/peer_litert_torch.py --pt2 MODEL.pt2 --size 160 \
+        --out DIR [--int8 --calib CALIB.npz]
 
 Why it is built the way it is:
 
@@ -20,6 +22,10 @@ Why it is built the way it is:
   ``x / 255`` in NCHW, ``convert_pt2e``, then ``litert_torch.convert`` with that quantizer. The
   quantize/dequantize pairs at the graph's ends fold into the model's input and output, so the
   result is full-integer with int8 I/O (``input_dtype``/``output_dtype`` in the JSON).
+* ``--pt2`` converts the program of a ``torch.export`` archive (``torch.export.load(...)
+  .module()``) instead: models whose libraries are not installed in the peer's venv
+  (Ultralytics, segmentation-models-pytorch), exactly the graph edgecnn converts. Both venvs
+  run torch 2.13.0, so the archive loads unchanged.
 * litert-torch keeps PyTorch's NCHW at the model's input and output.
 """
 
@@ -53,15 +59,18 @@ def tool_version() -> str:
 
 
 def child(model_name: str, size: int, variant: str, calib: Path | None, target: Path,
-          timing: Path) -> None:
+          timing: Path, pt2: Path | None = None) -> None:
     """Build, (for int8) quantize, convert and write one model; runs in the child process."""
     import litert_torch
     import torch
 
-    sys.path.insert(0, str(SCRIPTS))
-    import torchvision_zoo
+    if pt2 is not None:
+        model = torch.export.load(str(pt2)).module()
+    else:
+        sys.path.insert(0, str(SCRIPTS))
+        import torchvision_zoo
 
-    model = torchvision_zoo.build(model_name)
+        model = torchvision_zoo.build(model_name)
     example = (torch.randn(1, 3, size, size),)
     start = time.perf_counter()
     if variant == "int8":
@@ -89,9 +98,9 @@ def child(model_name: str, size: int, variant: str, calib: Path | None, target: 
 
 
 def convert(model_name: str, size: int, out: Path, variant: str, calib: Path | None,
-            timeout_s: float) -> dict[str, Any]:
+            timeout_s: float, pt2: Path | None = None) -> dict[str, Any]:
     """One conversion in a child process; the result record for ``variant``."""
-    stem = f"{model_name}_{size}"
+    stem = f"{pt2.stem if pt2 is not None else model_name}_{size}"
     log = out / f"{stem}.litert_torch.{variant}.log"
     target = out / f"{stem}.litert_torch.{variant}.tflite"
     target.unlink(missing_ok=True)
@@ -100,11 +109,14 @@ def convert(model_name: str, size: int, out: Path, variant: str, calib: Path | N
                               "io_layout": None, "log": str(log.resolve())}
     with tempfile.TemporaryDirectory(prefix=f"peer_litert_torch_{variant}_") as temp:
         timing = Path(temp) / "timing.json"
-        command = [sys.executable, str(Path(__file__).resolve()), "--child", "--model",
-                   model_name, "--size", str(size), "--out", str(out), "--variant", variant,
-                   "--target", str(target), "--timing", str(timing)]
+        command = [sys.executable, str(Path(__file__).resolve()), "--child", "--size",
+                   str(size), "--out", str(out), "--variant", variant, "--target", str(target),
+                   "--timing", str(timing)]
+        command += ["--model", model_name] if pt2 is None else []
         if calib is not None:
             command += ["--calib", str(calib.resolve())]
+        if pt2 is not None:
+            command += ["--pt2", str(pt2.resolve())]
         stats = run_child(command, log, Path(temp), timeout_s)
         record["seconds"] = round(stats.seconds, 2)
         record["peak_rss_mb"] = round(stats.peak_rss_mb, 1)
@@ -120,7 +132,9 @@ def convert(model_name: str, size: int, out: Path, variant: str, calib: Path | N
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="torchvision model name, e.g. resnet18")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="torchvision model name, e.g. resnet18")
+    source.add_argument("--pt2", type=Path, help="a torch.export archive to convert instead")
     parser.add_argument("--size", type=int, default=224, help="input height and width")
     parser.add_argument("--out", type=Path, required=True, help="folder for .tflite and logs")
     parser.add_argument("--int8", action="store_true", help="also make a PT2E int8 model")
@@ -132,15 +146,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timing", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        child(args.model, args.size, args.variant, args.calib, args.target, args.timing)
+        child(args.model, args.size, args.variant, args.calib, args.target, args.timing,
+              args.pt2)
         return 0
     if args.int8 and args.calib is None:
         parser.error("--int8 needs --calib")
     args.out.mkdir(parents=True, exist_ok=True)
-    result: dict[str, Any] = {"tool": tool_version(), "model": f"{args.model} {args.size}"}
-    result["fp32"] = convert(args.model, args.size, args.out, "fp32", None, args.timeout)
-    result["int8"] = (convert(args.model, args.size, args.out, "int8", args.calib, args.timeout)
-                      if args.int8 else None)
+    name = args.model or str(args.pt2)
+    result: dict[str, Any] = {"tool": tool_version(), "model": f"{name} {args.size}"}
+    result["fp32"] = convert(args.model, args.size, args.out, "fp32", None, args.timeout,
+                             args.pt2)
+    result["int8"] = (convert(args.model, args.size, args.out, "int8", args.calib, args.timeout,
+                              args.pt2) if args.int8 else None)
     print(json.dumps(result), flush=True)
     return 0
 
