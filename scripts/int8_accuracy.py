@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 MARKERS = "<!-- accuracy-{}:start -->", "<!-- accuracy-{}:end -->"  # one section per method
 MODELS = ("efficientnet_lite0", "lenet5", "mobile_se_outlier", "mnist_detector")
-CALIB_METHODS = ("minmax", "entropy", "percentile")
+CALIB_METHODS = ("minmax", "entropy", "percentile", "mse")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
           "retina", "motorcycle", "camera", "brick", "grass", "gravel")
@@ -299,7 +299,7 @@ def build_case(name: str) -> Case:
 def ort_quantize_static(fp32: Path, calib: np.ndarray, method: str, out: Path) -> Path:
     """onnxruntime's int8 with its defaults (QDQ, int8 activations and weights, per-tensor)
     on the same float ONNX and images; only the calibration method follows ``--calib-method``
-    (MinMax, its default, for minmax)."""
+    (MinMax, its default, for minmax and for edgecnn's own mse, which it does not have)."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, quantize_static
 
@@ -307,7 +307,7 @@ def ort_quantize_static(fp32: Path, calib: np.ndarray, method: str, out: Path) -
     name, first = graph_input.name, graph_input.type.tensor_type.shape.dim[0]
     step = first.dim_value or 16  # a fixed-batch export (EfficientNet's view(bs, -1)) takes 1
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}
+               "percentile": CalibrationMethod.Percentile, "mse": CalibrationMethod.MinMax}
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -373,26 +373,94 @@ def litert_torch_peer(case: Case, folder: Path) -> Path | None:
     return target
 
 
+def relu6_as_relu(model: Any) -> int:
+    """AIMET's first step of cross-layer equalisation: every ReLU6 (``Clip`` to [0, 6]) becomes
+    a ReLU, which commutes with the scales. It changes the float model (values above 6 pass):
+    the number replaced."""
+    from onnx import helper, numpy_helper
+
+    bounds = {t.name: float(numpy_helper.to_array(t)) for t in model.graph.initializer
+              if not t.dims}
+    replaced = 0
+    for index, node in enumerate(model.graph.node):
+        if node.op_type == "Clip" and [bounds.get(n) for n in node.input[1:3]] == [0.0, 6.0]:
+            model.graph.node[index].CopyFrom(helper.make_node(
+                "Relu", node.input[:1], node.output, name=node.name))
+            replaced += 1
+    return replaced
+
+
+def equalized_fp32(fp32: Path, calib: np.ndarray, target: Path, relu6: bool = False) -> Path:
+    """The float ONNX cross-layer-equalised as ``QuantConfig(cross_layer_equalization=True)``
+    does before calibrating (the same first calibration images bound the absorbed biases);
+    with ``relu6``, its ReLU6s made ReLUs first, as AIMET does."""
+    import onnx
+
+    from edgecnn.converters.cross_layer_equalization import equalize
+    from edgecnn.converters.quantize import CLE_IMAGES
+
+    model = onnx.load(str(fp32))
+    if relu6:
+        print(f"{fp32.name}: {relu6_as_relu(model)} ReLU6 made ReLU", file=sys.stderr)
+    done = equalize(model, calib[:CLE_IMAGES])
+    print(f"{fp32.name}: {done.summary()}; left alone: {len(done.skipped)} pairs "
+          f"({', '.join(sorted({why for *_, why in done.skipped})) or 'none'})", file=sys.stderr)
+    onnx.save(model, str(target))
+    return target
+
+
+SCRIPT_ONLY = ("cross_layer_equalization", "relu6_as_relu")  # not (yet) ConvertConfig fields
+
+
+def edgecnn_int8(fp32: Path, case: Case, method: str, folder: Path, extras: dict[str, bool],
+                 equalized: Path | None) -> Path:
+    """edgecnn's QDQ ONNX. Cross-layer equalisation goes through ``ConvertConfig`` where it
+    has the field; until then through the equalised float file, which is what it computes."""
+    from dataclasses import fields
+
+    from edgecnn.api import ConvertConfig, convert
+
+    batches = [case.calib[i:i + 32] for i in range(0, len(case.calib), 32)]
+    options = {k: v for k, v in extras.items() if k not in SCRIPT_ONLY}
+    source = fp32
+    if extras.get("relu6_as_relu"):  # another float model: edgecnn has no such option
+        source = equalized or fp32
+    elif extras.get("cross_layer_equalization"):
+        if "cross_layer_equalization" in {f.name for f in fields(ConvertConfig)}:
+            options["cross_layer_equalization"] = True
+        elif equalized is not None:
+            source = equalized
+    return convert(source, folder / f"{case.name}_int8.onnx",
+                   ConvertConfig("onnx", int8=True, calib_method=method, **options),
+                   calibration=batches).path
+
+
 def convert_all(case: Case, method: str, folder: Path, extras: dict[str, bool]
                 ) -> dict[str, Path]:
-    """fp32 ONNX, edgecnn's QDQ ONNX and int8 TFLite from it, and ORT's quantize_static."""
+    """fp32 ONNX, edgecnn's QDQ ONNX and int8 TFLite from it, and ORT's quantize_static (and,
+    with cross-layer equalisation, the equalised fp32 and ORT's quantize_static of it)."""
     import torch
 
     from edgecnn.api import ConvertConfig, convert
 
     in_memory = not isinstance(case.source, Path)  # a module: torch.export traces it here
     example = {"example_inputs": torch.from_numpy(case.calib[:1])} if in_memory else {}
-    batches = [case.calib[i:i + 32] for i in range(0, len(case.calib), 32)]
     files = {"fp32": convert(case.source, folder / f"{case.name}_fp32.onnx",
                              ConvertConfig("onnx"), **example).path}
-    qdq = convert(files["fp32"], folder / f"{case.name}_int8.onnx",
-                  ConvertConfig("onnx", int8=True, calib_method=method, **extras),
-                  calibration=batches)
-    files["edgecnn int8 (QDQ reference)"] = qdq.path
+    equalized = None
+    if extras.get("cross_layer_equalization"):
+        equalized = equalized_fp32(files["fp32"], case.calib, folder / f"{case.name}_fp32_cle.onnx",
+                                   extras.get("relu6_as_relu", False))
+        files["fp32 after CLE (float)"] = equalized
+    qdq = edgecnn_int8(files["fp32"], case, method, folder, extras, equalized)
+    files["edgecnn int8 (QDQ reference)"] = qdq
     files["edgecnn int8 TFLite (LiteRT)"] = convert(
-        qdq.path, folder / f"{case.name}_int8.tflite", ConvertConfig("tflite", int8=True)).path
+        qdq, folder / f"{case.name}_int8.tflite", ConvertConfig("tflite", int8=True)).path
     files["onnxruntime quantize_static"] = ort_quantize_static(
         files["fp32"], case.calib, method, folder / f"{case.name}_ort_int8.onnx")
+    if equalized is not None:  # the paper's setting: per-tensor weights, after CLE
+        files["onnxruntime quantize_static after CLE"] = ort_quantize_static(
+            equalized, case.calib, method, folder / f"{case.name}_ort_cle_int8.onnx")
     plain = method == "minmax" and not any(extras.values())
     if plain and (peer := litert_torch_peer(case, folder)) is not None:
         files["litert-torch PT2E int8 (LiteRT)"] = peer  # its quantizer has no method switch
@@ -530,6 +598,14 @@ def main() -> None:
                         help="edgecnn's int8 with ConvertConfig(bias_correction=True)")
     parser.add_argument("--adaround", action="store_true",
                         help="edgecnn's int8 with ConvertConfig(adaround=True)")
+    parser.add_argument("--cross-layer-equalization", action="store_true",
+                        help="edgecnn's int8 with cross-layer equalisation "
+                        "(QuantConfig(cross_layer_equalization=True)), and onnxruntime's "
+                        "quantize_static of the equalised float model beside the plain one")
+    parser.add_argument("--relu6-as-relu", action="store_true",
+                        help="with --cross-layer-equalization: make every ReLU6 a ReLU first, "
+                        "as AIMET does (changes the float model; still measured against the "
+                        "original fp32)")
     parser.add_argument("--out", type=Path, help="docs/int8-accuracy: fill the .md's section "
                         "of --calib-method and write OUT-METHOD.json")
     parser.add_argument("--work", type=Path, default=ROOT / "out" / "int8_accuracy")
@@ -543,7 +619,9 @@ def main() -> None:
     started = time.perf_counter()
     rows: list[Row] = []
     notes: dict[str, str] = {}
-    extras = {"bias_correction": args.bias_correction, "adaround": args.adaround}
+    extras = {"bias_correction": args.bias_correction, "adaround": args.adaround,
+              "cross_layer_equalization": args.cross_layer_equalization or args.relu6_as_relu,
+              "relu6_as_relu": args.relu6_as_relu}
     variant = "-".join([args.calib_method, *(k.replace("_", "-") for k, v in extras.items() if v)])
     folder = args.work / variant
     folder.mkdir(parents=True, exist_ok=True)
