@@ -193,3 +193,22 @@ def test_quantize_with_the_flag_equalises_first(tmp_path):
     # per-tensor weights: the depthwise layer's small channels round to nothing without it
     assert sqnr(equalized) > sqnr(plain) + 6, (sqnr(equalized), sqnr(plain))
     assert cache.read_bytes() != (tmp_path / "ranges-cle.json").read_bytes()
+
+
+def test_the_tflite_file_of_an_equalised_model_reads_as_its_qdq_model(tmp_path):
+    """Equalised before calibration, the model has one set of scales: the TFLite file written
+    from the QDQ model computes what the QDQ reference computes."""
+    from edgecnn.converters import qdq
+    from edgecnn.converters.onnx_to_tflite import TFLiteConfig, convert_onnx_to_tflite
+    from edgecnn.runtimes.sessions import open_session, predict
+
+    quantized = _quantize(_separable(), _images(64, seed=2), cross_layer_equalization=True)
+    x = _images(16, seed=3)
+    want = qdq.reference_inference_session(quantized).run(None, {"x": x})[0]
+    path = tmp_path / "cle.tflite"
+    path.write_bytes(convert_onnx_to_tflite(quantized, "cle", TFLiteConfig(io_dtype="float32"))
+                     .data)
+    got = predict(open_session(path, "litert"), x)
+    step = float(_weights(quantized)["y_scale"])  # the output's int8 step
+    assert got.shape == want.shape
+    assert np.max(np.abs(got - want)) <= step * 1.001  # a rounding tie at most
