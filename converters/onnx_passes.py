@@ -218,6 +218,62 @@ def _group_norm_nodes(model: onnx.ModelProto, node: onnx.NodeProto,
             make("Add", [f"{name}/scaled", f"{name}/bias"], [y], name=name)]
 
 
+def stack_sum_to_add(model: onnx.ModelProto) -> int:
+    """ReduceSum over axis 0 of a Concat (axis 0) of tensors each Unsqueezed at axis 0 ->
+    a chain of Add: ``torch.stack(xs).sum(dim=0)``, as segmentation-models-pytorch's FPN merges
+    its pyramid, exported as Unsqueeze, Concat, ReduceSum(keepdims=0). The same sum, without the
+    5-D stack whose first axis TFLite would take for the batch (the reduction was refused as
+    one over the batch axis). Returns how many sums were rewritten."""
+    if not any(n.op_type == "ReduceSum" for n in model.graph.node):
+        return 0
+    producers = {out: n for n in model.graph.node for out in n.output}
+    users = consumers(model)
+    graph_outputs = {o.name for o in model.graph.output}
+    rewritten = 0
+    for node in list(model.graph.node):
+        if node.op_type != "ReduceSum" or _reduce_axes(model, node) != [0]:
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        concat = producers.get(node.input[0])
+        if attrs.get("keepdims", 1) != 0 or concat is None or concat.op_type != "Concat":
+            continue
+        if onnx.helper.get_attribute_value(concat.attribute[0]) != 0 or len(
+                users.get(concat.output[0], [])) != 1 or concat.output[0] in graph_outputs:
+            continue
+        stacked = [producers.get(name) for name in concat.input]
+        if len(stacked) < 2 or not all(u is not None and u.op_type == "Unsqueeze"
+                                       and _unsqueeze_axes(model, u) == [0]
+                                       and len(users.get(u.output[0], [])) == 1
+                                       for u in stacked):
+            continue
+        terms = [u.input[0] for u in stacked if u is not None]
+        name = node.name or node.output[0]
+        nodes = list(model.graph.node)
+        after = nodes[nodes.index(node) + 1] if nodes[-1] is not node else None
+        adds, total = [], terms[0]
+        for i, term in enumerate(terms[1:], start=1):
+            out = node.output[0] if i == len(terms) - 1 else f"{name}/sum{i}"
+            adds.append(onnx.helper.make_node("Add", [total, term], [out], name=f"{name}/add{i}"))
+            total = out
+        for new in adds:  # the exporter's record of the module it came from stays
+            new.metadata_props.extend(node.metadata_props)
+        for old in [node, concat, *stacked]:
+            model.graph.node.remove(old)
+        # where the ReduceSum was: after every term, before every user of the sum
+        position = list(model.graph.node).index(after) if after is not None else len(
+            model.graph.node)
+        for offset, new in enumerate(adds):
+            model.graph.node.insert(position + offset, new)
+        rewritten += 1
+    if rewritten:
+        prune_initializers(model)
+    return rewritten
+
+
+def _unsqueeze_axes(model: onnx.ModelProto, node: onnx.NodeProto) -> list[int] | None:
+    return _reduce_axes(model, node)  # axes as an input (opset 13+) or an attribute
+
+
 def drop_initializer_inputs(model: onnx.ModelProto) -> int:
     """Remove graph inputs that an initializer gives a value: before IR version 4 the spec had
     every initializer listed among the inputs (Caffe2-era and older exporters write them so),
@@ -238,6 +294,7 @@ def clean(model: onnx.ModelProto) -> dict[str, int]:
     return {"batchnorm_folded": fold_batch_norm(model),
             "pass_through_removed": remove_pass_through(model),
             "group_norm_unfolded": group_norm_to_instance_norm(model),
+            "stack_sum_added": stack_sum_to_add(model),
             "spatial_mean_pooled": spatial_mean_to_global_pool(model)}
 
 
@@ -266,17 +323,18 @@ def fix_input_shape(model: onnx.ModelProto, shape: tuple[int, ...] | None, sourc
     if shape is None:
         if any(not isinstance(d, int) for d in current[1:]):
             raise ConversionError(f"{source}: input {value.name!r} has shape {current}; pass "
-                                  "--input-shape N,C,H,W (e.g. 1,3,224,224) to fix its symbolic "
-                                  "dims")
+                                  "input_shape N,C,H,W (e.g. 1,3,224,224) to fix its symbolic "
+                                  "dims", parameters=("input_shape",))
         return False
     if len(shape) != len(current):
-        raise ConversionError(f"{source}: --input-shape has {len(shape)} dims but input "
-                              f"{value.name!r} has {len(current)} ({current})")
+        raise ConversionError(f"{source}: input_shape has {len(shape)} dims but input "
+                              f"{value.name!r} has {len(current)} ({current})",
+                              parameters=("input_shape",))
     for axis, (have, want) in enumerate(zip(current, shape, strict=True)):
         if isinstance(have, int) and have != want and not (axis == 0 and have == 0):
-            raise ConversionError(f"{source}: --input-shape {','.join(map(str, shape))} "
+            raise ConversionError(f"{source}: input_shape={','.join(map(str, shape))} "
                                   f"conflicts with input {value.name!r} {current} (axis {axis} "
-                                  f"is fixed at {have})")
+                                  f"is fixed at {have})", parameters=("input_shape",))
     for dim, want in zip(dims, shape, strict=True):
         dim.Clear()
         dim.dim_value = want
