@@ -67,7 +67,8 @@ def needs_float(ctx: LoweringContext, node: onnx.NodeProto) -> bool:
         return False
     raise ConversionError(f"{ctx.graph.source}: {node.op_type} node {node.name!r} has no "
                           f"integer-only form ({reason}); an NPU or MCU file cannot hold a float "
-                          "op: convert with --for cpu to run it as a float island")
+                          "op: convert with int8_for=cpu to run it as a float island",
+                          parameters=("int8_for",))
 
 
 def _int8_per_tensor(ctx: LoweringContext, name: str) -> bool:

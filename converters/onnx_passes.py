@@ -323,17 +323,18 @@ def fix_input_shape(model: onnx.ModelProto, shape: tuple[int, ...] | None, sourc
     if shape is None:
         if any(not isinstance(d, int) for d in current[1:]):
             raise ConversionError(f"{source}: input {value.name!r} has shape {current}; pass "
-                                  "--input-shape N,C,H,W (e.g. 1,3,224,224) to fix its symbolic "
-                                  "dims")
+                                  "input_shape N,C,H,W (e.g. 1,3,224,224) to fix its symbolic "
+                                  "dims", parameters=("input_shape",))
         return False
     if len(shape) != len(current):
-        raise ConversionError(f"{source}: --input-shape has {len(shape)} dims but input "
-                              f"{value.name!r} has {len(current)} ({current})")
+        raise ConversionError(f"{source}: input_shape has {len(shape)} dims but input "
+                              f"{value.name!r} has {len(current)} ({current})",
+                              parameters=("input_shape",))
     for axis, (have, want) in enumerate(zip(current, shape, strict=True)):
         if isinstance(have, int) and have != want and not (axis == 0 and have == 0):
-            raise ConversionError(f"{source}: --input-shape {','.join(map(str, shape))} "
+            raise ConversionError(f"{source}: input_shape={','.join(map(str, shape))} "
                                   f"conflicts with input {value.name!r} {current} (axis {axis} "
-                                  f"is fixed at {have})")
+                                  f"is fixed at {have})", parameters=("input_shape",))
     for dim, want in zip(dims, shape, strict=True):
         dim.Clear()
         dim.dim_value = want

@@ -31,7 +31,7 @@ from edgecnn.converters.onnx_graph import Graph, load_graph, unsupported
 from edgecnn.converters.ops import LOWERINGS
 from edgecnn.converters.tflite_builder import QuantParams, TFLiteBuilder
 from edgecnn.converters.tflite_schema import min_runtime_for
-from edgecnn.errors import ConversionError, UnsupportedOpsError
+from edgecnn.errors import ConversionError, ParameterError, UnsupportedOpsError
 from edgecnn.files import metadata
 
 IO_DTYPES = {"float32": np.float32, "int8": np.int8, "uint8": np.uint8}
@@ -51,9 +51,11 @@ class TFLiteConfig:
 
     def __post_init__(self) -> None:
         if self.io_dtype is not None and self.io_dtype not in IO_DTYPES:
-            raise ValueError(f"io dtype {self.io_dtype!r}; choose from {', '.join(IO_DTYPES)}")
+            raise ParameterError(f"io_dtype={self.io_dtype!r}; choose from "
+                                 f"{', '.join(IO_DTYPES)}", "io_dtype")
         if self.target not in INT8_TARGETS:
-            raise ValueError(f"--for {self.target!r}; choose from {', '.join(INT8_TARGETS)}")
+            raise ParameterError(f"int8_for={self.target!r}; choose from "
+                                 f"{', '.join(INT8_TARGETS)}", "int8_for")
 
     @property
     def integer_only(self) -> bool:
@@ -94,7 +96,8 @@ def convert_onnx_to_tflite(model: onnx.ModelProto, source: str,
                                        for name in [graph.input_name, *graph.output_names])
     io_dtype = config.io_dtype or ("int8" if graph.quantized and not float_io else "float32")
     if not graph.quantized and io_dtype != "float32":
-        raise ConversionError(f"{source}: --io-dtype {io_dtype} needs an int8 model; add --int8")
+        raise ConversionError(f"{source}: io_dtype={io_dtype} needs an int8 model; add int8=True",
+                              parameters=("io_dtype", "int8"))
     moved: str | None = None
     try:
         ctx, input_quant, output_quant = _lower(graph, source, config, io_dtype, fixed_batch=False)
@@ -188,7 +191,8 @@ def _add_input(ctx: LoweringContext, io_dtype: str, nchw: bool) -> QuantParams |
     quant = ctx.quant(name) if name in ctx.graph.act_quant or not ctx.int8 else None
     if ctx.int8 and quant is None and io_dtype != "float32":
         raise ConversionError(f"{ctx.graph.source}: input {name!r} is float in the QDQ graph "
-                              f"(its first layer is kept float); drop --io-dtype {io_dtype}")
+                              f"(its first layer is kept float); drop io_dtype={io_dtype}",
+                              parameters=("io_dtype",))
     io_quant = _io_params(quant, io_dtype) if quant is not None else None
     outer_shape = nchw_shape if nchw else nhwc_shape
     outer_quant = io_quant if io_dtype != "float32" else None  # float input: quantised inside
@@ -227,7 +231,8 @@ def _add_outputs(ctx: LoweringContext, io_dtype: str) -> QuantParams | None:
         real = ctx.builder.tensor_dtype(tensor) == np.float32
         if ctx.int8 and real and io_dtype != "float32":
             raise ConversionError(f"{ctx.graph.source}: output {name!r} is float in the QDQ "
-                                  f"graph; --io-dtype {io_dtype} needs it quantised")
+                                  f"graph; io_dtype={io_dtype} needs it quantised",
+                                  parameters=("io_dtype",))
         if ctx.int8 and io_dtype != "int8" and not real:
             quant = ctx.builder.tensor_quant(tensor)
             ctx.builder.tensors[tensor].name = name + "/int8"

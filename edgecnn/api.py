@@ -26,7 +26,7 @@ from edgecnn.checks.int8_cost import Int8Cost
 from edgecnn.checks.layer_table import LayerReport
 from edgecnn.checks.validate import ParityReport, Thresholds
 from edgecnn.checks.validate import validate as _validate
-from edgecnn.errors import BadInputError, ConversionError
+from edgecnn.errors import BadInputError, ConversionError, ParameterError
 from edgecnn.files.card import ModelCard
 from edgecnn.files.data import SHIPPED_CALIBRATION_SET, Dataset, TensorDataset, load_dataset
 from edgecnn.files.model_files import card_or_default, load_onnx
@@ -84,43 +84,53 @@ class ConvertConfig:
     def __post_init__(self) -> None:
         from edgecnn.converters.qdq import ONNX_INT8_ENCODINGS
 
+        if self.calib is not None and not self.int8:
+            raise ParameterError("calib only applies with int8=True; add int8=True or drop calib",
+                                 "calib", "int8")
         if (self.budget is not None or self.budget_data is not None) and not self.int8:
-            raise BadInputError("--max-drop, --min-agreement and --data choose which layers of an "
-                                "int8 model stay float; add --int8")
+            raise ParameterError("an accuracy budget (max_drop_pp or min_agreement_pct, measured "
+                                 "on budget_data) chooses which layers of an int8 model stay "
+                                 "float; add int8=True", "max_drop_pp", "min_agreement_pct",
+                                 "budget_data", "int8")
         if self.budget_data is not None and self.budget is None:
-            raise BadInputError("--data is what an accuracy budget is measured on; add --max-drop "
-                                "PP or --min-agreement PCT, or drop --data")
+            raise ParameterError("budget_data is what an accuracy budget is measured on; add "
+                                 "max_drop_pp or min_agreement_pct, or drop budget_data",
+                                 "budget_data", "max_drop_pp", "min_agreement_pct")
 
         if self.to not in TARGET_FORMATS:
-            raise BadInputError(f"--to {self.to!r}; choose from {', '.join(TARGET_FORMATS)}")
+            raise ParameterError(f"to={self.to!r}; choose from {', '.join(TARGET_FORMATS)}", "to")
         if self.onnx_int8_encoding not in ONNX_INT8_ENCODINGS:
-            raise BadInputError(f"--onnx-int8-encoding {self.onnx_int8_encoding!r}; choose from "
-                                f"{', '.join(ONNX_INT8_ENCODINGS)}")
+            raise ParameterError(f"onnx_int8_encoding={self.onnx_int8_encoding!r}; choose from "
+                                 f"{', '.join(ONNX_INT8_ENCODINGS)}", "onnx_int8_encoding")
         from edgecnn.converters.onnx_to_tflite import INT8_TARGETS
 
         if self.int8_for not in INT8_TARGETS:
-            raise BadInputError(f"--for {self.int8_for!r}; choose from {', '.join(INT8_TARGETS)}")
+            raise ParameterError(f"int8_for={self.int8_for!r}; choose from "
+                                 f"{', '.join(INT8_TARGETS)}", "int8_for")
         if self.int8_for != "cpu" and (self.to != "tflite" or not self.int8):
-            raise BadInputError(f"--for {self.int8_for} writes an integer-only int8 TFLite file; "
-                                "add --to tflite --int8")
+            raise ParameterError(f"int8_for={self.int8_for} writes an integer-only int8 TFLite "
+                                 "file; add to=tflite int8=True", "int8_for", "to", "int8")
         if self.int8_for != "cpu" and self.io_dtype == "float32":
-            raise BadInputError(f"--for {self.int8_for} writes int8 (or uint8) I/O: float I/O "
-                                "would add a float QUANTIZE and DEQUANTIZE; drop --io-dtype "
-                                "float32")
+            raise ParameterError(f"int8_for={self.int8_for} writes int8 (or uint8) I/O: float I/O "
+                                 "would add a float QUANTIZE and DEQUANTIZE; drop io_dtype=float32",
+                                 "int8_for", "io_dtype")
         if self.int8_for != "cpu" and self.budget is not None:
-            raise BadInputError(f"an accuracy budget keeps layers float, which --for "
-                                f"{self.int8_for} cannot hold; drop --max-drop/--min-agreement "
-                                "or convert with --for cpu")
+            raise ParameterError(f"an accuracy budget keeps layers float, which int8_for="
+                                 f"{self.int8_for} cannot hold; drop max_drop_pp/"
+                                 "min_agreement_pct or convert with int8_for=cpu", "int8_for",
+                                 "max_drop_pp", "min_agreement_pct")
         if (self.bias_correction or self.adaround) and not self.int8:
-            raise BadInputError("--bias-correction and --adaround change int8 layers; add --int8")
+            raise ParameterError("bias_correction and adaround change int8 layers; add int8=True",
+                                 "bias_correction", "adaround", "int8")
         if self.io_dtype not in (None, "float32") and not self.int8:
-            raise BadInputError(f"--io-dtype {self.io_dtype} needs --int8")
+            raise ParameterError(f"io_dtype={self.io_dtype} needs int8=True", "io_dtype", "int8")
         if self.to == "onnx" and (self.io_dtype or self.nchw_input):
-            raise BadInputError("--io-dtype and --nchw-input apply to --to tflite only")
+            raise ParameterError("io_dtype and nchw_input apply to to=tflite only", "io_dtype",
+                                 "nchw_input", "to")
         if self.input_shape is not None and (
                 len(self.input_shape) != 4 or not all(1 <= d <= 16384 for d in self.input_shape)):
-            raise BadInputError(f"--input-shape {','.join(map(str, self.input_shape))}: give four "
-                                "sizes N,C,H,W, each 1..16384 (e.g. 1,3,224,224)")
+            raise ParameterError(f"input_shape={','.join(map(str, self.input_shape))}: give four "
+                                 "sizes N,C,H,W, each 1..16384 (e.g. 1,3,224,224)", "input_shape")
 
     def with_preprocessing(self, card: ModelCard) -> ModelCard:
         """``card`` with --mean/--std/--pixel-scale applied (checked like any card)."""
@@ -133,7 +143,8 @@ class ConvertConfig:
                            pixel_scale=(self.pixel_scale if self.pixel_scale is not None
                                         else spec.pixel_scale))
         except ValueError as exc:
-            raise BadInputError(f"--mean/--std/--pixel-scale: {exc}") from None
+            raise ParameterError(f"mean/std/pixel_scale: {exc}", "mean", "std",
+                                 "pixel_scale") from None
         return replace(card, input=spec)
 
 
@@ -388,8 +399,8 @@ def _onnx_of(source: Path, config: ConvertConfig, checks: dict[str, Any],
     suffix = source.suffix.lower()
     if torch_model is not None or suffix in (".pt", ".pt2"):
         if config.input_shape is not None:
-            raise BadInputError("--input-shape applies to ONNX files; a PyTorch model is "
-                                "exported at the input size of its card or export")
+            raise ParameterError("input_shape applies to ONNX files; a PyTorch model is "
+                                 "exported at the input size of its card or export", "input_shape")
         if torch_model is None:
             torch_model = load_torch_model(source, trust_pickle=config.trust_pickle,
                                            arch=config.arch)
@@ -432,19 +443,17 @@ def _onnx_of(source: Path, config: ConvertConfig, checks: dict[str, Any],
 def _card_from_onnx_shapes(source: Path, model: Any, shape: tuple[int, ...]) -> ModelCard:
     """A card for an ONNX file without one: its input size, one label per class on the first
     output's axis 1 (logits or a segmentation map); a sidecar card wins when present."""
-    from edgecnn.files.card import InputSpec, read_sidecar
+    from edgecnn.files.card import card_from_shapes, read_sidecar
 
     sidecar = read_sidecar(source)
     if sidecar is not None:
         return sidecar
     dims = [d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim]
-    classes = dims[1] if len(dims) > 1 and dims[1] > 0 else 10
     try:
-        spec = InputSpec(tuple(int(d) for d in shape))  # type: ignore[arg-type]
+        return card_from_shapes(source.stem, tuple(int(d) for d in shape), dims,
+                                derived_from="the ONNX file")
     except ValueError as exc:
         raise ConversionError(f"{source}: input shape {list(shape)}: {exc}") from None
-    return ModelCard(source.stem, 0, spec, tuple(str(i) for i in range(classes)),
-                     extra={"card": "derived from the ONNX file: no card was given"})
 
 
 def _self_check_images(calib: Path | None, card: ModelCard) -> Dataset | None:
@@ -605,6 +614,13 @@ def _check_layers(onnx_path: Path, tfl_path: Path, x: np.ndarray, runtime: str,
             "through depth)")
 
 
+def _check_counts(**counts: int | None) -> None:
+    """Image counts and batch sizes are whole numbers >= 1 (None: all, or the default)."""
+    for name, value in counts.items():
+        if value is not None and value < 1:
+            raise ParameterError(f"{name}={value}: give a number >= 1", name)
+
+
 def validate(models: list[str | Path], data: str | Path | Dataset, *,
              reference: str | Path | None = None, thresholds: Thresholds = Thresholds(),
              runtime: str | None = None, limit: int | None = None,
@@ -612,6 +628,7 @@ def validate(models: list[str | Path], data: str | Path | Dataset, *,
              arch: str | None = None, placements: tuple[str, ...] = ()) -> ParityReport:
     """Parity report of ``models`` on labelled ``data`` (see :mod:`edgecnn.checks.validate`);
     ``placements`` (e.g. ``("torch-cuda:fp16",)``) add rows for each PyTorch model."""
+    _check_counts(limit=limit, batch_size=batch_size)
     paths = [resolve_model(m) for m in models]
     ref = resolve_model(reference) if reference else None
     card_source = ref or next((p for p in paths if p.suffix in (".pt", ".pt2")), paths[0])
@@ -639,14 +656,11 @@ def bench(models: list[str | Path] | str | Path, target: str = "cpu", *,
 
     paths = [resolve_model(m) for m in ([models] if isinstance(models, (str, Path)) else models)]
     if input_shape is not None and batch is not None and batch != input_shape[0]:
-        raise BadInputError(f"batch={batch} and input_shape={','.join(map(str, input_shape))}"
-                            " disagree on the batch; give one")
-    try:
-        config = BenchConfig(runtime, threads, batch or (input_shape[0] if input_shape else None),
-                             warmup, runs, min_time, max_time,
-                             tuple(input_shape[1:]) if input_shape else None)
-    except ValueError as exc:
-        raise BadInputError(str(exc)) from None
+        raise ParameterError(f"batch={batch} and input_shape={','.join(map(str, input_shape))}"
+                             " disagree on the batch; give one", "batch", "input_shape")
+    config = BenchConfig(runtime, threads, batch or (input_shape[0] if input_shape else None),
+                         warmup, runs, min_time, max_time,
+                         tuple(input_shape[1:]) if input_shape else None)
     return run_bench(paths, target, config, **target_options)
 
 
@@ -659,6 +673,7 @@ def layers(float_model: str | Path, int8_model: str | Path, data: str | Path | D
     from edgecnn.checks.layer_table import LayerReport, layer_errors
     from edgecnn.converters import qdq
 
+    _check_counts(limit=limit, batch_size=batch_size)
     float_path, int8_path = resolve_model(float_model), resolve_model(int8_model)
     if int8_path.suffix.lower() != ".onnx":
         raise BadInputError(f"{int8_path}: give the int8 ONNX (QDQ) file; a .tflite is compared "

@@ -38,6 +38,18 @@ class ModelPath(click.ParamType):
 ModelArg = ModelPath()
 
 
+# The flag that sets an API parameter, where it is not the name with dashes (errors.py:
+# library messages name API parameters, and this respells them)
+FLAG_OF = {"max_drop_pp": "--max-drop", "min_agreement_pct": "--min-agreement",
+           "max_int8_steps": "--max-steps", "int8_for": "--for", "budget_data": "--data",
+           "learning_rate": "--lr",
+           "placements": "--placement"}
+
+
+def flag_of(parameter: str) -> str:
+    return FLAG_OF.get(parameter, "--" + parameter.replace("_", "-"))
+
+
 class EdgecnnGroup(click.Group):
     """Maps library errors to one stderr line and an exit status."""
 
@@ -49,7 +61,8 @@ class EdgecnnGroup(click.Group):
         except (EdgecnnError, ValueError) as exc:  # ValueError: config dataclass validation
             if ctx.meta.get("edgecnn.traceback"):
                 raise
-            click.echo(f"edgecnn: error: {exc}", err=True)
+            message = exc.respelled(flag_of) if isinstance(exc, EdgecnnError) else str(exc)
+            click.echo(f"edgecnn: error: {message}", err=True)
             ctx.exit(int(getattr(exc, "exit_status", ExitStatus.BAD_INPUT)))
         except KeyboardInterrupt:
             click.echo("edgecnn: interrupted", err=True)
@@ -274,13 +287,8 @@ def convert(model: Path, to: str, int8: bool, calib: Path | None, calib_method: 
     from edgecnn.api import ConvertConfig
     from edgecnn.api import convert as run_convert
     from edgecnn.checks.budget import Budget
-    if calib is not None and not int8:
-        raise BadInputError("--calib only applies with --int8; add --int8 or drop --calib")
-    if max_float_layers is not None and max_drop is None and min_agreement is None:
-        raise BadInputError("--max-float-layers limits an accuracy budget; add --max-drop PP or "
-                            "--min-agreement PCT")
     budget = (Budget(max_drop, min_agreement, max_float_layers)
-              if max_drop is not None or min_agreement is not None else None)
+              if (max_drop, min_agreement, max_float_layers) != (None, None, None) else None)
     config = ConvertConfig(to, int8, calib, calib_method, not per_tensor, io_dtype, nchw_input,
                            opset, trust_pickle, arch, onnx_int8_encoding, input_shape, mean, std,
                            pixel_scale, budget, data, int8_for, bias_correction, adaround)
@@ -323,10 +331,6 @@ def validate(models: tuple[Path, ...], data: Path | None, reference: Path | None
     from edgecnn.checks.validate import Thresholds
     from edgecnn.files.data import SHIPPED_TEST_SET
     from edgecnn.report import write_reports
-    if limit is not None and limit < 1:
-        raise BadInputError(f"--limit {limit}: give a number of images >= 1")
-    if batch_size < 1:
-        raise BadInputError(f"--batch-size {batch_size}: give a number >= 1")
     check_outputs(json_path, csv_path, md_path, inputs=(*models, reference, data))
     report = run_validate(list(models), data or SHIPPED_TEST_SET, reference=reference,
                           thresholds=Thresholds(max_drop, min_agreement, max_steps), runtime=runtime,
@@ -367,8 +371,8 @@ def layers(float_model: Path, int8_model: Path, data: Path | None, limit: int, b
     from edgecnn.checks.layer_table import plot_sqnr
     from edgecnn.files.data import SHIPPED_TEST_SET
     from edgecnn.report import write_reports
-    if limit < 1 or batch_size < 1 or (top is not None and top < 1):
-        raise BadInputError("--limit, --batch-size and --top take numbers >= 1")
+    if top is not None and top < 1:
+        raise BadInputError(f"--top {top}: give a number of layers >= 1")
     require_matplotlib(plot_path)
     check_outputs(json_path, csv_path, md_path, plot_path, inputs=(float_model, int8_model, data))
     report = run_layers(float_model, int8_model, data or SHIPPED_TEST_SET, limit=limit,

@@ -8,6 +8,8 @@ calls ``sys.exit`` and Python callers can catch precise types.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from enum import IntEnum
 
 
@@ -21,13 +23,41 @@ class ExitStatus(IntEnum):
 
 
 class EdgecnnError(Exception):
-    """Base class: a problem the user can fix, reported as one line."""
+    """Base class: a problem the user can fix, reported as one line.
+
+    A message that names arguments spells them as the Python API does (``max_drop_pp=-1.0``,
+    ``int8_for``) and lists them in ``parameters``, so that the CLI can respell exactly those as
+    its flags (``--max-drop -1.0``, ``--for``): library errors speak in API terms.
+    """
 
     exit_status: ExitStatus = ExitStatus.BAD_INPUT
+
+    def __init__(self, *args: object, parameters: tuple[str, ...] = ()) -> None:
+        super().__init__(*args)
+        self.parameters = parameters
+
+    def respelled(self, spell: Callable[[str], str]) -> str:
+        """The message with each of ``parameters`` written as ``spell(name)``: ``name=True``
+        becomes the bare flag, ``name=value`` the flag and its value."""
+        text = str(self)
+        for name in sorted(self.parameters, key=len, reverse=True):
+            flag, word = spell(name), rf"(?<![\w.-]){re.escape(name)}"
+            text = re.sub(word + r"=True\b", flag, text)
+            text = re.sub(word + "=", flag + " ", text)
+            text = re.sub(word + r"(?!\w)", flag, text)
+        return text
 
 
 class BadInputError(EdgecnnError):
     """A file, dataset or argument that edgecnn cannot use as given."""
+
+
+class ParameterError(BadInputError, ValueError):
+    """An argument that cannot be used as given (a config's validation): a ValueError to Python
+    callers, exit status 2 to the CLI. Name the parameters: ``ParameterError(msg, "runs")``."""
+
+    def __init__(self, message: str, *parameters: str) -> None:
+        super().__init__(message, parameters=parameters)
 
 
 class ModelLoadError(BadInputError):

@@ -19,7 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from edgecnn import zoo
-from edgecnn.errors import DataError
+from edgecnn.errors import DataError, ParameterError
 from edgecnn.files.card import CARD_ARCHIVE_NAME, ModelCard, card_path_for, sha256_of
 from edgecnn.files.data import Dataset
 from edgecnn.files.outputs import atomic_path, write_text_atomic
@@ -40,9 +40,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if not 1 <= self.epochs <= 10_000 or not 1 <= self.batch_size <= 65_536:
-            raise ValueError("--epochs must be 1..10000 and --batch-size 1..65536")
+            raise ParameterError("epochs must be 1..10000 and batch_size 1..65536", "epochs",
+                                 "batch_size")
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
-            raise ValueError("--lr must be a finite number > 0")
+            raise ParameterError("learning_rate must be a finite number > 0", "learning_rate")
 
 
 def evaluate(module: nn.Module, data: Dataset, card: ModelCard, batch_size: int = 1000) -> float:

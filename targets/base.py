@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from edgecnn.errors import ParameterError
+
 MAX_RUNS = 10_000_000
 MAX_TIME_CEILING_S = 24 * 3600.0
 
@@ -24,15 +26,18 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         if (self.batch is not None and self.batch < 1) or self.runs < 1 or self.warmup < 0:
-            raise ValueError("--batch and --runs must be >= 1; --warmup >= 0")
+            raise ParameterError("batch and runs must be >= 1; warmup >= 0", "batch", "runs",
+                                 "warmup")
         if not 0 <= self.min_time <= self.max_time <= MAX_TIME_CEILING_S:
-            raise ValueError(f"need 0 <= --min-time <= --max-time <= {MAX_TIME_CEILING_S:g} s "
-                             f"(got {self.min_time:g} and {self.max_time:g})")
+            raise ParameterError(f"need 0 <= min_time <= max_time <= {MAX_TIME_CEILING_S:g} s "
+                                 f"(got {self.min_time:g} and {self.max_time:g})", "min_time",
+                                 "max_time")
         if self.runs > MAX_RUNS or self.warmup > MAX_RUNS:
-            raise ValueError(f"--runs and --warmup are capped at {MAX_RUNS:,}; --max-time bounds "
-                             "the wall time")
+            raise ParameterError(f"runs and warmup are capped at {MAX_RUNS:,}; max_time bounds "
+                                 "the wall time", "runs", "warmup", "max_time")
         if self.threads is not None and not 1 <= self.threads <= 1024:
-            raise ValueError(f"--threads {self.threads}: give 1..1024, or leave it out")
+            raise ParameterError(f"threads={self.threads}: give 1..1024, or leave it out",
+                                 "threads")
 
 
 @dataclass

@@ -115,3 +115,24 @@ def test_a_module_that_pins_its_batch_is_exported_fixed_and_says_so(tmp_path):
 
     dims = onnx.load(result.path).graph.input[0].type.tensor_type.shape.dim
     assert dims[0].dim_value == 1
+
+
+def test_library_errors_name_api_parameters_and_the_cli_respells_them_as_flags(cli_runner):
+    from edgecnn.checks.budget import Budget
+    from edgecnn.errors import ParameterError
+
+    with pytest.raises(ParameterError, match=r"^max_drop_pp=-1.0: give accuracy points, 0..100$"):
+        Budget(max_drop_pp=-1.0)
+    with pytest.raises(ValueError, match=r"int8_for='gpu'; choose from"):  # a ValueError too
+        edgecnn.ConvertConfig("tflite", int8=True, int8_for="gpu")
+    with pytest.raises(ParameterError, match=r"calib only applies with int8=True"):
+        edgecnn.ConvertConfig("onnx", calib="x.npz")
+    result = cli_runner.invoke(cli, ["convert", "lenet5", "--to", "tflite", "--int8",
+                                     "--max-drop", "-1"])
+    assert result.output == "edgecnn: error: --max-drop -1.0: give accuracy points, 0..100\n"
+    result = cli_runner.invoke(cli, ["convert", "lenet5", "--to", "onnx", "--calib", "x.npz"])
+    assert "--calib only applies with --int8; add --int8 or drop --calib" in result.output
+    result = cli_runner.invoke(cli, ["validate", "lenet5", "--limit", "0"])
+    assert result.exit_code == 2 and "--limit 0: give a number >= 1" in result.output
+    with pytest.raises(ParameterError, match="limit=0"):
+        edgecnn.api.validate(["lenet5"], "x.npz", limit=0)

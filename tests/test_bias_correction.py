@@ -73,5 +73,5 @@ def test_bias_correction_end_to_end(tmp_path):
                           ConvertConfig("onnx", int8=True, bias_correction=True))
     meta = {p.key: p.value for p in onnx.load(onnx_result.path).metadata_props}
     assert "bias-corrected" in meta["edgecnn.quantization"]
-    with pytest.raises(BadInputError, match="add --int8"):
+    with pytest.raises(BadInputError, match="add int8=True"):
         ConvertConfig("onnx", bias_correction=True)

@@ -201,12 +201,12 @@ def test_layers_cli_refusals_and_files(cli_runner, lenet_onnx, tmp_path):
 
 # -- the budget ------------------------------------------------------------------------------
 @pytest.mark.parametrize("kwargs,message", [
-    ({"max_drop": -1.0}, "--max-drop -1.0: give accuracy points"),
-    ({"max_drop": float("nan")}, "--max-drop nan"),
-    ({"min_agreement": 100.5}, "--min-agreement 100.5: give a percentage"),
-    ({"max_drop": 1.0, "min_agreement": 99.0}, "give one budget"),
+    ({"max_drop_pp": -1.0}, "max_drop_pp=-1.0: give accuracy points"),
+    ({"max_drop_pp": float("nan")}, "max_drop_pp=nan"),
+    ({"min_agreement_pct": 100.5}, "min_agreement_pct=100.5: give a percentage"),
+    ({"max_drop_pp": 1.0, "min_agreement_pct": 99.0}, "give one budget"),
     ({}, "give one budget"),
-    ({"max_drop": 1.0, "max_float_layers": -1}, "--max-float-layers -1"),
+    ({"max_drop_pp": 1.0, "max_float_layers": -1}, "max_float_layers=-1"),
 ])
 def test_budgets_that_cannot_be_expressed_are_refused(kwargs, message):
     with pytest.raises(BadInputError, match=message.replace("(", r"\(")):
@@ -219,8 +219,9 @@ def test_budget_cli_refusals(cli_runner):
             (["--max-drop", "0.5"], "add --int8"),
             (["--int8", "--max-drop", "nan"], "--max-drop nan"),
             (["--int8", "--min-agreement", "101"], "--min-agreement 101.0"),
-            (["--int8", "--data", "x.npz"], "add --max-drop PP or --min-agreement PCT"),
-            (["--int8", "--max-float-layers", "2"], "limits an accuracy budget")):
+            (["--int8", "--data", "x.npz"], "add --max-drop or --min-agreement, or drop --data"),
+            (["--int8", "--max-float-layers", "2"],
+             "give one budget: --max-drop or --min-agreement")):
         result = cli_runner.invoke(cli, ["convert", lenet, "--to", "tflite", *args])
         assert result.exit_code == 2, result.output
         assert message in result.output and len(result.output.strip().splitlines()) == 1
@@ -310,7 +311,7 @@ def test_first_and_last_layers_kept_float_give_float_io(tmp_path, artefacts):
     # in between are identical (but for a value within float error of a tie) and the float
     # ends differ by summation order only: convert's float self-check bound
     assert np.max(np.abs(got - want)) <= 1e-4 * max(1.0, float(np.max(np.abs(want))))
-    with pytest.raises(ConversionError, match="drop --io-dtype int8"):
+    with pytest.raises(ConversionError, match="drop io_dtype=int8"):
         convert_onnx_to_tflite(report.model, "islands", TFLiteConfig("int8"))
 
 
@@ -356,13 +357,13 @@ def test_a_budget_that_cannot_be_met_is_said_after_the_bound(budget_images, tmp_
     np.savez(data, x=budget_images.images[:1000], y=budget_images.labels[:1000])
     unmet = convert(OUTLIER, tmp_path / "unmet.onnx", ConvertConfig(
         "onnx", int8=True, per_channel=False, budget_data=_Path(data),
-        budget=Budget(min_agreement=100.0, max_float_layers=3)))
+        budget=Budget(min_agreement_pct=100.0, max_float_layers=3)))
     assert unmet.budget is not None and not unmet.budget.met
     assert [len(t.float_nodes) for t in unmet.budget.trials] == [0, 0, 3]
     assert [t.calib_method for t in unmet.budget.trials] == ["minmax", "mse", "minmax"]
     met = convert(OUTLIER, tmp_path / "met.onnx", ConvertConfig(
         "onnx", int8=True, per_channel=False, budget_data=_Path(data),
-        budget=Budget(max_drop=0.5)))
+        budget=Budget(max_drop_pp=0.5)))
     assert met.budget is not None and met.budget.met
     candidates = len([t for t in met.budget.trials if t.float_nodes])
     kept = len(met.budget.chosen.float_nodes)

@@ -195,3 +195,28 @@ def test_python_m_edgecnn_runs_from_the_checkout_whatever_the_install():
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert {r["name"] for r in json.loads(result.stdout)} == set(EXPECTED_PARAMETERS)
+
+
+def test_a_card_derived_from_shapes_counts_classes_on_output_axis_1_or_says_it_cannot():
+    from edgecnn.files.card import card_from_shapes
+
+    logits = card_from_shapes("net", (3, 32, 32), ["batch", 7], derived_from="the ONNX file")
+    assert logits.labels == tuple("0123456") and logits.input.shape == (3, 32, 32)
+    assert logits.extra["card"] == "derived from the ONNX file: no card was given"
+    segmenter = card_from_shapes("seg", (3, 64, 64), [1, 21, 64, 64], derived_from="the export")
+    assert len(segmenter.labels) == 21
+    for unknown in (["batch", "classes"], [1, 0], []):  # symbolic, ONNX's 0 for unknown, none
+        card = card_from_shapes("x", (1, 28, 28), unknown, derived_from="the export")
+        assert card.labels == ("0",) and "class count is not fixed" in card.extra["card"]
+    with pytest.raises(ValueError):
+        card_from_shapes("x", (28, 28), ["batch", 10], derived_from="the export")
+
+
+def test_tflite_input_quantisation_clips_to_the_input_type_not_to_int8():
+    from edgecnn.runtimes.sessions import quantize_input
+
+    x = np.array([-1.0, 0.0, 0.6, 2.0], np.float32)
+    uint8 = quantize_input(x, {"dtype": np.uint8, "quantization": (1 / 255, 0)})
+    assert uint8.dtype == np.uint8 and uint8.tolist() == [0, 0, 153, 255]
+    int8 = quantize_input(x, {"dtype": np.int8, "quantization": (1 / 255, -128)})
+    assert int8.tolist() == [-128, -128, 25, 127]

@@ -13,7 +13,6 @@ files share; the TFLite file then carries the same layers as float islands.
 
 from __future__ import annotations
 
-import math
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,8 +21,9 @@ from typing import Any
 import numpy as np
 import onnx
 
+from edgecnn.checks.accuracy_limits import AccuracyLimits
 from edgecnn.converters.quantize import QuantConfig, QuantReport, quantize_onnx
-from edgecnn.errors import BadInputError
+from edgecnn.errors import ParameterError
 from edgecnn.files.card import ModelCard
 from edgecnn.files.data import Dataset
 from edgecnn.quiet import onnxruntime_log_severity
@@ -37,35 +37,24 @@ PRUNE_UP_TO = 12  # kept sets this small are pruned layer by layer (one quantisa
 
 
 @dataclass(frozen=True)
-class Budget:
-    """The accuracy an int8 model may give up against its float model: accuracy points on
-    labelled images, or argmax agreement in percent."""
+class Budget(AccuracyLimits):
+    """The accuracy an int8 model may give up against its float model: one of the limits that
+    ``validate`` checks (accuracy points on labelled images, or argmax agreement in percent),
+    and optionally a cap on the layers kept float."""
 
-    max_drop: float | None = None
-    min_agreement: float | None = None
     max_float_layers: int | None = None  # keep at most this many layers float (latency, size)
 
     def __post_init__(self) -> None:
         if self.max_float_layers is not None and self.max_float_layers < 0:
-            raise BadInputError(f"--max-float-layers {self.max_float_layers}: give a count >= 0")
-        if (self.max_drop is None) == (self.min_agreement is None):
-            raise BadInputError("give one budget: --max-drop PP or --min-agreement PCT")
-        if self.max_drop is not None and not (math.isfinite(self.max_drop)
-                                              and 0 <= self.max_drop <= 100):
-            raise BadInputError(f"--max-drop {self.max_drop}: give accuracy points, 0..100")
-        if self.min_agreement is not None and not (math.isfinite(self.min_agreement)
-                                                   and 0 <= self.min_agreement <= 100):
-            raise BadInputError(f"--min-agreement {self.min_agreement}: give a percentage, "
-                                "0..100")
+            raise ParameterError(f"max_float_layers={self.max_float_layers}: give a count >= 0",
+                                 "max_float_layers")
+        if (self.max_drop_pp is None) == (self.min_agreement_pct is None):
+            raise ParameterError("give one budget: max_drop_pp or min_agreement_pct",
+                                 "max_drop_pp", "min_agreement_pct")
+        super().__post_init__()
 
     def met(self, trial: Trial) -> bool:
-        if self.max_drop is not None:
-            return trial.drop_pp <= self.max_drop
-        return trial.agreement_pct >= (self.min_agreement or 0.0)
-
-    def describe(self) -> str:
-        return (f"accuracy drop <= {self.max_drop} pp" if self.max_drop is not None
-                else f"argmax agreement >= {self.min_agreement} %")
+        return not self.broken_by(trial.drop_pp, trial.agreement_pct)
 
 
 @dataclass(frozen=True)
@@ -104,7 +93,7 @@ class BudgetResult:
         verdict = "met" if self.met else "NOT met (best found)"
         measured = (f"int8 {self.chosen.accuracy_pct:.2f} % vs float "
                     f"{self.float_accuracy_pct:.2f} % ({-self.chosen.drop_pp:+.2f} pp), "
-                    if self.budget.max_drop is not None else "")  # labels unused otherwise
+                    if self.budget.max_drop_pp is not None else "")  # labels unused otherwise
         ranges = ("; activation ranges by error minimisation (mse)"
                   if self.chosen.calib_method == "mse" else "")
         return (f"{self.budget.describe()} {verdict}: {measured}agreement "
@@ -257,6 +246,6 @@ def _float_weights(model: onnx.ModelProto, nodes: tuple[str, ...]) -> int:
 
 
 def _better(new: Trial, old: Trial, budget: Budget) -> bool:
-    if budget.max_drop is not None:
+    if budget.max_drop_pp is not None:
         return new.drop_pp < old.drop_pp
     return new.agreement_pct > old.agreement_pct

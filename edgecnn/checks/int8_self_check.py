@@ -99,6 +99,7 @@ def _tflite_activations(tflite_path: Path, x: np.ndarray,
     """Every int8 tensor LiteRT (or tflite-runtime) computes for ``x`` (NCHW), by name, and the
     name its quantised input carries."""
     from edgecnn.runtimes.isolation import probe_tflite, runtime_of
+    from edgecnn.runtimes.sessions import quantize_input
 
     shape = [len(x), *x.shape[2:], x.shape[1]]
     # verified, then run once in a child process at this shape (edgecnn.runtimes.isolation)
@@ -110,9 +111,7 @@ def _tflite_activations(tflite_path: Path, x: np.ndarray,
     interpreter.allocate_tensors()
     scale, zero = detail["quantization"]
     data = x.transpose(0, 2, 3, 1)
-    if detail["dtype"] != np.float32:
-        data = np.clip(np.round(data / scale) + zero, -128, 127).astype(detail["dtype"])
-    interpreter.set_tensor(detail["index"], data)
+    interpreter.set_tensor(detail["index"], quantize_input(data, detail))
     interpreter.invoke()
     found = {}
     for tensor in interpreter.get_tensor_details():

@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from edgecnn.checks.accuracy_limits import AccuracyLimits
 from edgecnn.checks.int8_cost import sqnr_db
-from edgecnn.errors import BadInputError, TargetUnavailableError
+from edgecnn.errors import BadInputError, ParameterError, TargetUnavailableError
 from edgecnn.files import metadata
 from edgecnn.files.card import ModelCard
 from edgecnn.files.data import Dataset
@@ -44,25 +45,18 @@ INT8_FLAG_STEPS = 2.0
 
 
 @dataclass(frozen=True)
-class Thresholds:
-    """Limits that fail the report; None disables a check."""
+class Thresholds(AccuracyLimits):
+    """Limits that fail the report (accuracy drop and agreement, as the budget's), and int8's
+    output distance from the QDQ reference in quantisation steps; None disables a check."""
 
-    max_drop_pp: float | None = None  # accuracy loss vs the reference, percentage points
-    min_agreement_pct: float | None = None  # argmax agreement with the reference
-    max_int8_steps: float | None = None  # int8 output distance from the QDQ reference
+    max_int8_steps: float | None = None
 
     def __post_init__(self) -> None:
-        for name, value in (("--max-drop", self.max_drop_pp),
-                            ("--min-agreement", self.min_agreement_pct),
-                            ("--max-steps", self.max_int8_steps)):
-            if value is not None and not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number, not {value}")
-        if self.max_drop_pp is not None and self.max_drop_pp < 0:
-            raise ValueError("--max-drop must be >= 0")
-        if self.max_int8_steps is not None and self.max_int8_steps < 0:
-            raise ValueError("--max-steps must be >= 0")
-        if self.min_agreement_pct is not None and not 0 <= self.min_agreement_pct <= 100:
-            raise ValueError("--min-agreement must be within 0..100")
+        super().__post_init__()
+        if self.max_int8_steps is not None and not (math.isfinite(self.max_int8_steps)
+                                                    and self.max_int8_steps >= 0):
+            raise ParameterError(f"max_int8_steps={self.max_int8_steps}: give a number of steps "
+                                 ">= 0", "max_int8_steps")
 
 
 @dataclass
@@ -185,11 +179,8 @@ def compare(name: str, runtime: str, logits: np.ndarray, ref_logits: np.ndarray,
         row = ParityRow(name, "", runtime, None, None, None, agreement, identical,
                         float(diff.max()), float(diff.mean()), [])
     row.sqnr_db = sqnr_db(ref_logits, logits)
-    if (thresholds.max_drop_pp is not None and row.delta_pp is not None
-            and -row.delta_pp > thresholds.max_drop_pp):
-        row.failures.append(f"drop {-row.delta_pp:.2f} pp > {thresholds.max_drop_pp}")
-    if thresholds.min_agreement_pct is not None and row.agreement_pct < thresholds.min_agreement_pct:
-        row.failures.append(f"agreement {row.agreement_pct:.2f}% < {thresholds.min_agreement_pct}%")
+    row.failures += thresholds.broken_by(None if row.delta_pp is None else -row.delta_pp,
+                                         row.agreement_pct)
     row.passed = not row.failures
     return row
 
@@ -208,8 +199,9 @@ def validate(artefacts: list[Path], data: Dataset, card: ModelCard, *,
         raise BadInputError("validate needs at least one model")
     data.check_fits(card.input)
     if not data.labelled and thresholds.max_drop_pp is not None:
-        raise BadInputError(f"{data.source}: has no labels, so no accuracy to drop; gate on "
-                            "--min-agreement (agreement with the reference model) instead")
+        raise ParameterError(f"{data.source}: has no labels, so no accuracy to drop; gate on "
+                             "min_agreement_pct (agreement with the reference model) instead",
+                             "min_agreement_pct")
     if data.labelled and data.labels.max() >= len(card.labels):
         raise BadInputError(f"{data.source}: labels run {data.labels.min()}..{data.labels.max()} "
                             f"but the model has {len(card.labels)} classes (0.."
@@ -217,7 +209,8 @@ def validate(artefacts: list[Path], data: Dataset, card: ModelCard, *,
     if runtime and runtime not in RUNTIMES:
         extra = (f"; the {QDQ_REFERENCE} row comes with every int8 ONNX file"
                  if runtime == QDQ_REFERENCE else "")
-        raise BadInputError(f"--runtime {runtime!r}: choose from {', '.join(RUNTIMES)}{extra}")
+        raise ParameterError(f"runtime={runtime!r}: choose from {', '.join(RUNTIMES)}{extra}",
+                             "runtime")
     reference = reference or artefacts[0]
     _check_placements(placements, [*artefacts, reference])
     paths = list(dict.fromkeys([reference, *artefacts]))
@@ -227,8 +220,8 @@ def validate(artefacts: list[Path], data: Dataset, card: ModelCard, *,
     ref_logits = run_logits(reference, ref_runtime, data, card, batch_size, **torch_options)
     readers = {p for p in paths if runtime and p.suffix.lower() in RUNTIMES.get(runtime).suffixes}
     if runtime and not readers:
-        raise BadInputError(f"--runtime {runtime} reads none of the models given; it reads "
-                            f"{', '.join(RUNTIMES.get(runtime).suffixes)} files")
+        raise ParameterError(f"runtime={runtime} reads none of the models given; it reads "
+                             f"{', '.join(RUNTIMES.get(runtime).suffixes)} files", "runtime")
     rows = []
     for path in paths:
         names = runtimes_for(path, runtime if path in readers else None)
@@ -257,13 +250,14 @@ def _check_placements(placements: tuple[str, ...], models: list[Path]) -> None:
 
     for name in placements:
         if name not in PLACED_RUNTIMES:
-            raise BadInputError(f"--placement {name!r}: choose from {', '.join(PLACED_RUNTIMES)}")
+            raise ParameterError(f"placements={name!r}: choose from "
+                                 f"{', '.join(PLACED_RUNTIMES)}", "placements")
         reason = Placement.parse(name).unavailable_reason()
         if reason:
-            raise TargetUnavailableError(f"--placement {name}: {reason}")
+            raise TargetUnavailableError(f"placements={name}: {reason}", parameters=("placements",))
     if placements and not any(model_format(p) == "pytorch" for p in models):
-        raise BadInputError("--placement scores PyTorch models; give a .pt or .pt2 file among "
-                            "the models")
+        raise ParameterError("placements score PyTorch models; give a .pt or .pt2 file among "
+                             "the models", "placements")
 
 
 def _gate_placement(row: ParityRow, placement: str, logits: np.ndarray,

@@ -155,6 +155,23 @@ class ModelCard:
         return replace(self, sha256=sha256)
 
 
+def card_from_shapes(name: str, image_shape: tuple[int, ...], output_shape: Any = (), *,
+                     derived_from: str) -> ModelCard:
+    """The card of a file or module that carries none: its own (C, H, W) input, x = pixels / 255,
+    and one label per class on the first output's axis 1 (logits, or a segmentation map's
+    channels). Where that axis is not a fixed number, one label, and the card says so: a
+    guessed class count (10, as if every model were MNIST) would pass labels it cannot judge.
+    Raises ValueError for a shape that is no image."""
+    dims = list(output_shape)
+    known = len(dims) > 1 and isinstance(dims[1], int) and dims[1] > 0
+    note = f"derived from {derived_from}: no card was given"
+    if not known:
+        note += "; its class count is not fixed, so one label"
+    spec = InputSpec(tuple(image_shape))  # type: ignore[arg-type]  # it checks the length
+    return ModelCard(name, 0, spec, tuple(str(i) for i in range(dims[1] if known else 1)),
+                     extra={"card": note})
+
+
 def card_path_for(model_path: Path) -> Path:
     """The sidecar card of ``models/lenet5.pt`` is ``models/lenet5.json``."""
     return model_path.with_suffix(CARD_SUFFIX)

@@ -12,7 +12,7 @@ import numpy as np
 
 from edgecnn.errors import BadInputError, ModelLoadError
 from edgecnn.files import metadata
-from edgecnn.files.card import InputSpec, ModelCard
+from edgecnn.files.card import ModelCard, card_from_shapes
 
 
 def load_onnx(path: Path) -> Any:
@@ -161,4 +161,4 @@ def card_or_default(path: Path, shape: tuple[int, int, int] | None = None,
         return card
     if shape is None:
         raise ModelLoadError(f"{path}: carries no edgecnn card; its preprocessing is unknown")
-    return ModelCard("unknown", 0, InputSpec(shape), tuple(str(i) for i in range(10)))
+    return card_from_shapes(path.stem, shape, derived_from="the file's input shape")

@@ -20,7 +20,13 @@ import torch
 
 from edgecnn import zoo
 from edgecnn.errors import BadInputError, ConversionError, ModelLoadError
-from edgecnn.files.card import CARD_ARCHIVE_NAME, InputSpec, ModelCard, read_sidecar
+from edgecnn.files.card import (
+    CARD_ARCHIVE_NAME,
+    InputSpec,
+    ModelCard,
+    card_from_shapes,
+    read_sidecar,
+)
 from edgecnn.quiet import quiet
 
 FORMAT_EXPORTED = "torch.export"
@@ -164,9 +170,8 @@ def torch_model_from_module(module: Any, example_inputs: Any,
     input_shape = [static_batch or "batch", *example.shape[1:]]
     if card is None:
         card = _card_from_shapes(name, [int(d) if isinstance(d, int) else d
-                                        for d in input_shape], output_shape)
-        card = replace(card, parameters=sum(p.numel() for p in module.parameters()),
-                       extra={"card": "derived from the module: no card was given"})
+                                        for d in input_shape], output_shape, "the module")
+        card = replace(card, parameters=sum(p.numel() for p in module.parameters()))
     return TorchModel(name, FORMAT_EXPORTED, program.module(), card, exported=program,
                       nn_module=module, static_batch=static_batch)
 
@@ -230,22 +235,19 @@ def _program_io_shapes(program: torch.export.ExportedProgram) -> tuple[list[Any]
     return (shape(inputs[0]) if inputs else []), (shape(outputs[0]) if outputs else [])
 
 
-def _card_from_shapes(path: Path, input_shape: list[Any], output_shape: list[Any]) -> ModelCard:
+def _card_from_shapes(path: Path, input_shape: list[Any], output_shape: list[Any],
+                      derived_from: str = "the export") -> ModelCard:
     """The card of a card-less export: its own input shape, one label per output class, and
     x = pixels / 255 (say otherwise with a card beside the file)."""
     if len(input_shape) != 4 or not all(isinstance(d, int) for d in input_shape[1:]):
         raise ModelLoadError(f"{path}: carries no model card and its input is {input_shape}; "
                              "edgecnn needs an (N, C, H, W) image input of fixed C, H, W: "
                              f"export it so, or put a card beside it ({path.with_suffix('.json').name})")
-    # (N, classes) logits or an (N, classes, H, W) segmentation map: the classes lie on axis 1
-    classes = (output_shape[1] if len(output_shape) > 1 and isinstance(output_shape[1], int)
-               else 1)
     try:
-        spec = InputSpec(tuple(input_shape[1:]))
+        return card_from_shapes(path.stem, tuple(input_shape[1:]), output_shape,
+                                derived_from=derived_from)
     except ValueError as exc:
         raise ModelLoadError(f"{path}: input shape {input_shape}: {exc}") from None
-    return ModelCard(path.stem, 0, spec, tuple(str(i) for i in range(classes)),
-                     extra={"card": "derived from the export: no card was given"})
 
 
 def _load_torchscript(path: Path) -> TorchModel:
