@@ -80,6 +80,9 @@ class ConvertConfig:
     int8_for: str = "cpu"
     bias_correction: bool = False  # remove int8's mean shift per layer (opt-in: see README)
     adaround: bool = False  # learn each weight's rounding (opt-in: see README)
+    # equalise consecutive layers' weight ranges before calibrating (opt-in: see
+    # docs/int8-accuracy.md for where it helps)
+    cross_layer_equalization: bool = False
 
     def __post_init__(self) -> None:
         from edgecnn.converters.qdq import ONNX_INT8_ENCODINGS
@@ -119,9 +122,11 @@ class ConvertConfig:
                                  f"{self.int8_for} cannot hold; drop max_drop_pp/"
                                  "min_agreement_pct or convert with int8_for=cpu", "int8_for",
                                  "max_drop_pp", "min_agreement_pct")
-        if (self.bias_correction or self.adaround) and not self.int8:
-            raise ParameterError("bias_correction and adaround change int8 layers; add int8=True",
-                                 "bias_correction", "adaround", "int8")
+        if (self.bias_correction or self.adaround or self.cross_layer_equalization) \
+                and not self.int8:
+            raise ParameterError("bias_correction, adaround and cross_layer_equalization change "
+                                 "int8 layers; add int8=True", "bias_correction", "adaround",
+                                 "cross_layer_equalization", "int8")
         if self.io_dtype not in (None, "float32") and not self.int8:
             raise ParameterError(f"io_dtype={self.io_dtype} needs int8=True", "io_dtype", "int8")
         if self.to == "onnx" and (self.io_dtype or self.nchw_input):
@@ -259,7 +264,8 @@ def convert(model: str | Path | Any, output: str | Path | None = None,
             bits = qdq.weight_bits(config.onnx_int8_encoding) if config.to == "onnx" else 8
             quant_config = QuantConfig(config.calib_method, config.per_channel, weight_bits=bits,
                                        bias_correction=config.bias_correction,
-                                       adaround=config.adaround)
+                                       adaround=config.adaround,
+                                       cross_layer_equalization=config.cross_layer_equalization)
             if config.budget is not None:
                 budget = _search_budget(float_path, card, calib, config, quant_config)
                 report = budget.report

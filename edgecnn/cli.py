@@ -241,6 +241,10 @@ def _numbers(kind: type, count: int | None = None) -> Any:
               "from its bias (measured on the calibration images).")
 @click.option("--adaround", is_flag=True, help="Learn each int8 weight's rounding, up or down, "
               "so every layer's output is closest to float (AdaRound; seconds per layer).")
+@click.option("--cross-layer-equalization", is_flag=True, help="Before calibrating, equalise "
+              "the weight ranges of consecutive Conv/Gemm layers joined by ReLU and absorb high "
+              "biases (Nagel et al. 2019); the float model's outputs are kept, ReLU6 pairs are "
+              "left alone. Helps channels of very different ranges, most with --per-tensor.")
 @click.option("--io-dtype", type=click.Choice(["float32", "int8", "uint8"]),
               help="TFLite I/O type (int8 models default to int8).")
 @click.option("--nchw-input", is_flag=True, help="Keep NCHW input (adds one leading TRANSPOSE).")
@@ -278,7 +282,8 @@ def convert(model: Path, to: str, int8: bool, calib: Path | None, calib_method: 
             opset: int, input_shape: tuple[int, ...] | None, mean: tuple[float, ...] | None,
             std: tuple[float, ...] | None, pixel_scale: float | None, max_drop: float | None,
             min_agreement: float | None, data: Path | None, max_float_layers: int | None,
-            int8_for: str, bias_correction: bool, adaround: bool, arch: str | None,
+            int8_for: str, bias_correction: bool, adaround: bool,
+            cross_layer_equalization: bool, arch: str | None,
             trust_pickle: bool,
             output: Path | None) -> None:
     """Convert MODEL (.pt, .pt2 or .onnx) to ONNX or TFLite, optionally int8; with --max-drop
@@ -291,7 +296,8 @@ def convert(model: Path, to: str, int8: bool, calib: Path | None, calib_method: 
               if (max_drop, min_agreement, max_float_layers) != (None, None, None) else None)
     config = ConvertConfig(to, int8, calib, calib_method, not per_tensor, io_dtype, nchw_input,
                            opset, trust_pickle, arch, onnx_int8_encoding, input_shape, mean, std,
-                           pixel_scale, budget, data, int8_for, bias_correction, adaround)
+                           pixel_scale, budget, data, int8_for, bias_correction, adaround,
+                           cross_layer_equalization)
     result = run_convert(model, output, config)
     for key, value in result.rows()[0].items():
         click.echo(f"{key:>28}: {value}")

@@ -212,3 +212,17 @@ def test_the_tflite_file_of_an_equalised_model_reads_as_its_qdq_model(tmp_path):
     step = float(_weights(quantized)["y_scale"])  # the output's int8 step
     assert got.shape == want.shape
     assert np.max(np.abs(got - want)) <= step * 1.001  # a rounding tie at most
+
+
+def test_convert_takes_it_as_a_flag_and_records_it(cli_runner, tmp_path):
+    from edgecnn.cli import cli
+
+    out = tmp_path / "lenet5_cle.onnx"
+    result = cli_runner.invoke(cli, ["convert", "lenet5", "--to", "onnx", "--int8",
+                                     "--cross-layer-equalization", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    meta = {p.key: p.value for p in onnx.load(out).metadata_props}
+    assert "cross-layer-equalised (3 pairs" in meta["edgecnn.quantization"]
+    refused = cli_runner.invoke(cli, ["convert", "lenet5", "--to", "onnx",
+                                      "--cross-layer-equalization"])
+    assert refused.exit_code == 2 and "add --int8" in refused.output
