@@ -323,11 +323,11 @@ def fix_input_shape(model: onnx.ModelProto, shape: tuple[int, ...] | None, sourc
     if shape is None:
         if any(not isinstance(d, int) for d in current[1:]):
             raise ConversionError(f"{source}: input {value.name!r} has shape {current}; pass "
-                                  "input_shape N,C,H,W (e.g. 1,3,224,224) to fix its symbolic "
+                                  "`input_shape` N,C,H,W (e.g. 1,3,224,224) to fix its symbolic "
                                   "dims", parameters=("input_shape",))
         return False
     if len(shape) != len(current):
-        raise ConversionError(f"{source}: input_shape has {len(shape)} dims but input "
+        raise ConversionError(f"{source}: `input_shape` has {len(shape)} dims but input "
                               f"{value.name!r} has {len(current)} ({current})",
                               parameters=("input_shape",))
     for axis, (have, want) in enumerate(zip(current, shape, strict=True)):

@@ -373,8 +373,8 @@ def require_calibration(path: str | Path | None, default: Path) -> Path:
 
     if path is None:
         if not default.exists():
-            raise DataError(f"int8 needs calibration data and the default {default} is missing; "
-                            "pass training images as calib", parameters=("int8", "calib"))
+            raise DataError(f"`int8` needs calibration data and the default {default} is missing; "
+                            "pass training images as `calib`", parameters=("int8", "calib"))
         return default
     if is_test_split(path):
         raise DataError(f"{path}: is a test set; calibrating on it would leak test data into the "

@@ -88,16 +88,16 @@ class ConvertConfig:
         from edgecnn.converters.qdq import ONNX_INT8_ENCODINGS
 
         if self.calib is not None and not self.int8:
-            raise ParameterError("calib only applies with int8=True; add int8=True or drop calib",
+            raise ParameterError("`calib` only applies with int8=True; add int8=True or drop `calib`",
                                  "calib", "int8")
         if (self.budget is not None or self.budget_data is not None) and not self.int8:
-            raise ParameterError("an accuracy budget (max_drop_pp or min_agreement_pct, measured "
-                                 "on budget_data) chooses which layers of an int8 model stay "
+            raise ParameterError("an accuracy budget (`max_drop_pp` or `min_agreement_pct`, "
+                                 "measured on `budget_data`) chooses which layers of an int8 model stay "
                                  "float; add int8=True", "max_drop_pp", "min_agreement_pct",
                                  "budget_data", "int8")
         if self.budget_data is not None and self.budget is None:
-            raise ParameterError("budget_data is what an accuracy budget is measured on; add "
-                                 "max_drop_pp or min_agreement_pct, or drop budget_data",
+            raise ParameterError("`budget_data` is what an accuracy budget is measured on; add "
+                                 "`max_drop_pp` or `min_agreement_pct`, or drop `budget_data`",
                                  "budget_data", "max_drop_pp", "min_agreement_pct")
 
         if self.to not in TARGET_FORMATS:
@@ -119,18 +119,18 @@ class ConvertConfig:
                                  "int8_for", "io_dtype")
         if self.int8_for != "cpu" and self.budget is not None:
             raise ParameterError(f"an accuracy budget keeps layers float, which int8_for="
-                                 f"{self.int8_for} cannot hold; drop max_drop_pp/"
-                                 "min_agreement_pct or convert with int8_for=cpu", "int8_for",
+                                 f"{self.int8_for} cannot hold; drop `max_drop_pp`/"
+                                 "`min_agreement_pct` or convert with int8_for=cpu", "int8_for",
                                  "max_drop_pp", "min_agreement_pct")
         if (self.bias_correction or self.adaround or self.cross_layer_equalization) \
                 and not self.int8:
-            raise ParameterError("bias_correction, adaround and cross_layer_equalization change "
+            raise ParameterError("`bias_correction`, `adaround` and `cross_layer_equalization` change "
                                  "int8 layers; add int8=True", "bias_correction", "adaround",
                                  "cross_layer_equalization", "int8")
         if self.io_dtype not in (None, "float32") and not self.int8:
             raise ParameterError(f"io_dtype={self.io_dtype} needs int8=True", "io_dtype", "int8")
         if self.to == "onnx" and (self.io_dtype or self.nchw_input):
-            raise ParameterError("io_dtype and nchw_input apply to to=tflite only", "io_dtype",
+            raise ParameterError("`io_dtype` and `nchw_input` apply to to=tflite only", "io_dtype",
                                  "nchw_input", "to")
         if self.input_shape is not None and (
                 len(self.input_shape) != 4 or not all(1 <= d <= 16384 for d in self.input_shape)):
@@ -148,7 +148,7 @@ class ConvertConfig:
                            pixel_scale=(self.pixel_scale if self.pixel_scale is not None
                                         else spec.pixel_scale))
         except ValueError as exc:
-            raise ParameterError(f"mean/std/pixel_scale: {exc}", "mean", "std",
+            raise ParameterError(f"`mean`/`std`/`pixel_scale`: {exc}", "mean", "std",
                                  "pixel_scale") from None
         return replace(card, input=spec)
 
@@ -405,7 +405,7 @@ def _onnx_of(source: Path, config: ConvertConfig, checks: dict[str, Any],
     suffix = source.suffix.lower()
     if torch_model is not None or suffix in (".pt", ".pt2"):
         if config.input_shape is not None:
-            raise ParameterError("input_shape applies to ONNX files; a PyTorch model is "
+            raise ParameterError("`input_shape` applies to ONNX files; a PyTorch model is "
                                  "exported at the input size of its card or export", "input_shape")
         if torch_model is None:
             torch_model = load_torch_model(source, trust_pickle=config.trust_pickle,

@@ -46,6 +46,11 @@ FLAG_OF = {"max_drop_pp": "--max-drop", "min_agreement_pct": "--min-agreement",
            "placements": "--placement"}
 
 
+# the one --runtime grammar (edgecnn.runtimes.sessions.RUNTIME_GRAMMAR; not imported here:
+# the CLI starts without numpy)
+RUNTIME_HELP = "comma-separated names or globs, e.g. onnxruntime,litert or 'torch-cuda:*:graph'"
+
+
 def flag_of(parameter: str) -> str:
     return FLAG_OF.get(parameter, "--" + parameter.replace("_", "-"))
 
@@ -313,7 +318,7 @@ def convert(model: Path, to: str, int8: bool, calib: Path | None, calib_method: 
               help="Labelled data (IDX folder/file, .npz, image folder); default: the shipped "
                    "MNIST test set.")
 @click.option("--reference", type=ModelArg, help="Reference model (default: the first MODEL).")
-@click.option("--runtime", help="Restrict .tflite/.onnx files to one runtime.")
+@click.option("--runtime", help=f"Only these runtimes for the files they read: {RUNTIME_HELP}.")
 @click.option("--placement", "placements", multiple=True, metavar="RUNTIME",
               help="Also score each PyTorch model here, e.g. torch-cuda:fp16, torch-cuda:bf16, "
                    "torch-cpu:bf16 (repeatable).")
@@ -401,10 +406,9 @@ def layers(float_model: Path, int8_model: Path, data: Path | None, limit: int, b
               help="ethos-u: compile with Arm's Vela, report its NPU share and estimate; mcu: run "
               "TFLite Micro's kernels, report the arena and parity with LiteRT's reference "
               "kernels.")
-@click.option("--runtime", help="One runtime only (torch, torch-cpu:bf16, onnxruntime, litert, "
-              "tflite-runtime); "
-              "on cuda, names or globs, comma-separated (torch-cuda:fp16, 'torch-cuda:*:graph', "
-              "onnxruntime:CUDAExecutionProvider).")
+@click.option("--runtime", help=f"Only these runtimes: {RUNTIME_HELP} (cpu: torch, "
+              "torch-cpu:bf16, onnxruntime, litert, tflite-runtime; cuda: torch-cuda:fp16, "
+              "onnxruntime:CUDAExecutionProvider, ...; rpi: the board's).")
 @click.option("--threads", type=int, help="Intra-op threads (default: the runtime's).")
 @click.option("--batch", type=int,
               help="Images per run [default: the model's fixed batch, else 1].")

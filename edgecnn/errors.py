@@ -25,9 +25,11 @@ class ExitStatus(IntEnum):
 class EdgecnnError(Exception):
     """Base class: a problem the user can fix, reported as one line.
 
-    A message that names arguments spells them as the Python API does (``max_drop_pp=-1.0``,
-    ``int8_for``) and lists them in ``parameters``, so that the CLI can respell exactly those as
-    its flags (``--max-drop -1.0``, ``--for``): library errors speak in API terms.
+    A message that names arguments spells them as the Python API does, ``name=value`` or a bare
+    name in backticks (``max_drop_pp=-1.0``, ```int8_for```), and lists them in ``parameters``,
+    so that the CLI can respell exactly those as its flags (``--max-drop -1.0``, ``--for``):
+    library errors speak in API terms. Bare words are never respelled (``runtime`` is also a
+    word).
     """
 
     exit_status: ExitStatus = ExitStatus.BAD_INPUT
@@ -37,14 +39,14 @@ class EdgecnnError(Exception):
         self.parameters = parameters
 
     def respelled(self, spell: Callable[[str], str]) -> str:
-        """The message with each of ``parameters`` written as ``spell(name)``: ``name=True``
-        becomes the bare flag, ``name=value`` the flag and its value."""
+        """The message with each of ``parameters`` written as ``spell(name)``: ``name=True`` and
+        ```name``` become the flag, ``name=value`` the flag and its value."""
         text = str(self)
         for name in sorted(self.parameters, key=len, reverse=True):
             flag, word = spell(name), rf"(?<![\w.-]){re.escape(name)}"
+            text = text.replace(f"`{name}`", flag)
             text = re.sub(word + r"=True\b", flag, text)
             text = re.sub(word + "=", flag + " ", text)
-            text = re.sub(word + r"(?!\w)", flag, text)
         return text
 
 

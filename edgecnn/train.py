@@ -40,10 +40,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if not 1 <= self.epochs <= 10_000 or not 1 <= self.batch_size <= 65_536:
-            raise ParameterError("epochs must be 1..10000 and batch_size 1..65536", "epochs",
+            raise ParameterError("`epochs` must be 1..10000 and `batch_size` 1..65536", "epochs",
                                  "batch_size")
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
-            raise ParameterError("learning_rate must be a finite number > 0", "learning_rate")
+            raise ParameterError("`learning_rate` must be a finite number > 0", "learning_rate")
 
 
 def evaluate(module: nn.Module, data: Dataset, card: ModelCard, batch_size: int = 1000) -> float:

@@ -26,14 +26,14 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         if (self.batch is not None and self.batch < 1) or self.runs < 1 or self.warmup < 0:
-            raise ParameterError("batch and runs must be >= 1; warmup >= 0", "batch", "runs",
+            raise ParameterError("`batch` and `runs` must be >= 1; `warmup` >= 0", "batch", "runs",
                                  "warmup")
         if not 0 <= self.min_time <= self.max_time <= MAX_TIME_CEILING_S:
-            raise ParameterError(f"need 0 <= min_time <= max_time <= {MAX_TIME_CEILING_S:g} s "
+            raise ParameterError(f"need 0 <= `min_time` <= `max_time` <= {MAX_TIME_CEILING_S:g} s "
                                  f"(got {self.min_time:g} and {self.max_time:g})", "min_time",
                                  "max_time")
         if self.runs > MAX_RUNS or self.warmup > MAX_RUNS:
-            raise ParameterError(f"runs and warmup are capped at {MAX_RUNS:,}; max_time bounds "
+            raise ParameterError(f"`runs` and `warmup` are capped at {MAX_RUNS:,}; `max_time` bounds "
                                  "the wall time", "runs", "warmup", "max_time")
         if self.threads is not None and not 1 <= self.threads <= 1024:
             raise ParameterError(f"threads={self.threads}: give 1..1024, or leave it out",

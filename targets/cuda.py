@@ -14,7 +14,6 @@ torch.cuda and onnxruntime-gpu are probed only here: a machine without them neve
 
 from __future__ import annotations
 
-import fnmatch
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +29,7 @@ from edgecnn.runtimes.placements import (
     bf16_native,
     require_parity,
 )
+from edgecnn.runtimes.sessions import match_runtimes, named_exactly
 from edgecnn.targets.base import BenchConfig, BenchResult, Target
 from edgecnn.targets.cpu import model_input
 from edgecnn.targets.support import runner
@@ -46,14 +46,13 @@ OPTIONAL_PLACEMENTS = ("torch-cuda:tf32", "torch-cuda:tf32:tuned", "torch-cuda:t
 ORT_TOLERANCE = {"CUDAExecutionProvider": TOLERANCE["fp32"],
                  "TensorrtExecutionProvider": TOLERANCE["tf32"], "int8": 5e-2}
 def select_runtimes(available: list[str], asked: str | None) -> list[str]:
-    """``--runtime`` narrows the rows: comma-separated names or globs (``torch-cuda:*:graph``)."""
+    """``runtime`` narrows the rows (the one grammar: names or globs, ``torch-cuda:*:graph``)."""
     if asked is None:
         return [name for name in available if name not in OPTIONAL_PLACEMENTS]
-    patterns = [p.strip() for p in asked.split(",") if p.strip()]
-    chosen = [name for name in available if any(fnmatch.fnmatchcase(name, p) for p in patterns)]
+    chosen = match_runtimes(asked, available)
     if not chosen:
-        raise TargetUnavailableError(f"cuda: --runtime {asked!r} matches none of "
-                                     f"{', '.join(available)}")
+        raise TargetUnavailableError(f"cuda: runtime={asked!r} matches none of "
+                                     f"{', '.join(available)}", parameters=("runtime",))
     return chosen
 
 
@@ -112,7 +111,7 @@ class CUDATarget(Target):
         x = model_input(model, config.batch or 1, config.image_shape)
         reference = _reference(model, x)
         results, failed_before = [], len(self.failures)
-        named = {p.strip() for p in (config.runtime or "").split(",")}
+        named = named_exactly(config.runtime)
         for name in names:
             try:
                 results.append(self._row(model, name, config, x, reference, info))

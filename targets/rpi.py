@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecnn.errors import RemoteError, TargetUnavailableError
+from edgecnn.runtimes.sessions import match_runtimes, named_exactly
 from edgecnn.targets.base import BenchConfig, BenchResult, Target
 from edgecnn.targets.support import runner
 from edgecnn.targets.support.ssh import SSHClient, SSHConfig, refuse_option_like
@@ -132,12 +133,16 @@ class RaspberryPiTarget(Target):
         device = self._probe(directory)
         remote_model = f"{directory}/{model.name}"
         self.remote.upload(model.read_bytes(), remote_model)
-        runtimes = [config.runtime] if config.runtime else device["runtimes"]
+        runtimes = (match_runtimes(config.runtime, device["runtimes"]) if config.runtime
+                    else device["runtimes"])
+        missing = named_exactly(config.runtime) - set(runtimes)
+        if missing or not runtimes:
+            absent = ", ".join(sorted(missing)) or "none of its runtimes"
+            raise RemoteError(f"{self.remote.config.host}: runtime={config.runtime!r}: {absent} not "
+                              f"installed there (found {', '.join(device['runtimes'])})",
+                              parameters=("runtime",))
         results = []
         for runtime in runtimes:
-            if runtime not in device["runtimes"]:
-                raise RemoteError(f"{self.remote.config.host}: runtime {runtime!r} is not "
-                                  f"installed there (found {', '.join(device['runtimes'])})")
             args = [remote_model, "--runtime", runtime, "--batch", str(config.batch),
                     "--warmup", str(config.warmup), "--runs", str(config.runs),
                     "--min-time", str(config.min_time), "--max-time", str(config.max_time)]

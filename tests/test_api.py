@@ -125,7 +125,7 @@ def test_library_errors_name_api_parameters_and_the_cli_respells_them_as_flags(c
         Budget(max_drop_pp=-1.0)
     with pytest.raises(ValueError, match=r"int8_for='gpu'; choose from"):  # a ValueError too
         edgecnn.ConvertConfig("tflite", int8=True, int8_for="gpu")
-    with pytest.raises(ParameterError, match=r"calib only applies with int8=True"):
+    with pytest.raises(ParameterError, match=r"`calib` only applies with int8=True"):
         edgecnn.ConvertConfig("onnx", calib="x.npz")
     result = cli_runner.invoke(cli, ["convert", "lenet5", "--to", "tflite", "--int8",
                                      "--max-drop", "-1"])
@@ -136,3 +136,18 @@ def test_library_errors_name_api_parameters_and_the_cli_respells_them_as_flags(c
     assert result.exit_code == 2 and "--limit 0: give a number >= 1" in result.output
     with pytest.raises(ParameterError, match="limit=0"):
         edgecnn.api.validate(["lenet5"], "x.npz", limit=0)
+
+
+def test_runtime_has_one_grammar_names_or_globs_comma_separated(tmp_path):
+    from pathlib import Path
+
+    from edgecnn.runtimes.sessions import match_runtimes, named_exactly, runtimes_for
+
+    names = ["torch-cuda:fp32", "torch-cuda:fp16:graph", "torch-cuda:bf16:graph", "litert"]
+    assert match_runtimes("torch-cuda:*:graph, litert", names) == names[1:]
+    assert named_exactly("litert,torch-cuda:*") == {"litert"}
+    assert runtimes_for(Path("m.tflite"), "lite*") == ["litert"]
+    assert runtimes_for(Path("m.pt"), "torch,torch-cpu:bf16") == ["torch", "torch-cpu:bf16"]
+    with pytest.raises(BadInputError, match=r"runtime='onnx\*' matches none of the runtimes"):
+        runtimes_for(Path("m.tflite"), "onnx*")
+    assert "torch-cpu:bf16" not in runtimes_for(Path("m.pt"))  # opt-in: only when chosen

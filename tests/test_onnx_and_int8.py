@@ -136,7 +136,7 @@ def test_empty_calibration_set(tmp_path):
 def test_missing_default_calibration(tmp_path, monkeypatch):
     import edgecnn.api
     monkeypatch.setattr(edgecnn.api, "SHIPPED_CALIBRATION_SET", tmp_path / "absent.npz")
-    with pytest.raises(DataError, match="pass training images as calib"):
+    with pytest.raises(DataError, match="pass training images as `calib`"):
         convert(LENET, tmp_path / "x.onnx", ConvertConfig("onnx", int8=True))
 
 

@@ -49,7 +49,7 @@ class Budget(AccuracyLimits):
             raise ParameterError(f"max_float_layers={self.max_float_layers}: give a count >= 0",
                                  "max_float_layers")
         if (self.max_drop_pp is None) == (self.min_agreement_pct is None):
-            raise ParameterError("give one budget: max_drop_pp or min_agreement_pct",
+            raise ParameterError("give one budget: `max_drop_pp` or `min_agreement_pct`",
                                  "max_drop_pp", "min_agreement_pct")
         super().__post_init__()
 

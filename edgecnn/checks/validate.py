@@ -28,7 +28,9 @@ from edgecnn.files.card import ModelCard
 from edgecnn.files.data import Dataset
 from edgecnn.runtimes.sessions import (
     QDQ_REFERENCE,
+    RUNTIME_GRAMMAR,
     RUNTIMES,
+    match_runtimes,
     model_format,
     open_session,
     predict,
@@ -200,17 +202,17 @@ def validate(artefacts: list[Path], data: Dataset, card: ModelCard, *,
     data.check_fits(card.input)
     if not data.labelled and thresholds.max_drop_pp is not None:
         raise ParameterError(f"{data.source}: has no labels, so no accuracy to drop; gate on "
-                             "min_agreement_pct (agreement with the reference model) instead",
+                             "`min_agreement_pct` (agreement with the reference model) instead",
                              "min_agreement_pct")
     if data.labelled and data.labels.max() >= len(card.labels):
         raise BadInputError(f"{data.source}: labels run {data.labels.min()}..{data.labels.max()} "
                             f"but the model has {len(card.labels)} classes (0.."
                             f"{len(card.labels) - 1}); use data labelled for this model")
-    if runtime and runtime not in RUNTIMES:
+    if runtime and not match_runtimes(runtime, RUNTIMES):
         extra = (f"; the {QDQ_REFERENCE} row comes with every int8 ONNX file"
-                 if runtime == QDQ_REFERENCE else "")
-        raise ParameterError(f"runtime={runtime!r}: choose from {', '.join(RUNTIMES)}{extra}",
-                             "runtime")
+                 if QDQ_REFERENCE in runtime else "")
+        raise ParameterError(f"runtime={runtime!r}: choose from {', '.join(RUNTIMES)} "
+                             f"({RUNTIME_GRAMMAR}){extra}", "runtime")
     reference = reference or artefacts[0]
     _check_placements(placements, [*artefacts, reference])
     paths = list(dict.fromkeys([reference, *artefacts]))
@@ -218,10 +220,13 @@ def validate(artefacts: list[Path], data: Dataset, card: ModelCard, *,
     # an int8 ONNX reference means its QDQ reading, not this CPU's integer kernels
     ref_runtime = QDQ_REFERENCE if int8.is_qdq_onnx(reference) else runtimes_for(reference)[0]
     ref_logits = run_logits(reference, ref_runtime, data, card, batch_size, **torch_options)
-    readers = {p for p in paths if runtime and p.suffix.lower() in RUNTIMES.get(runtime).suffixes}
+    readers = {p for p in paths if runtime and match_runtimes(
+        runtime, [n for n, r in RUNTIMES.items() if p.suffix.lower() in r.suffixes])}
     if runtime and not readers:
+        suffixes = sorted({s for n in match_runtimes(runtime, RUNTIMES)
+                           for s in RUNTIMES.get(n).suffixes})
         raise ParameterError(f"runtime={runtime} reads none of the models given; it reads "
-                             f"{', '.join(RUNTIMES.get(runtime).suffixes)} files", "runtime")
+                             f"{', '.join(suffixes)} files", "runtime")
     rows = []
     for path in paths:
         names = runtimes_for(path, runtime if path in readers else None)
@@ -256,7 +261,7 @@ def _check_placements(placements: tuple[str, ...], models: list[Path]) -> None:
         if reason:
             raise TargetUnavailableError(f"placements={name}: {reason}", parameters=("placements",))
     if placements and not any(model_format(p) == "pytorch" for p in models):
-        raise ParameterError("placements score PyTorch models; give a .pt or .pt2 file among "
+        raise ParameterError("`placements` score PyTorch models; give a .pt or .pt2 file among "
                              "the models", "placements")
 
 

@@ -7,15 +7,16 @@ tflite-runtime never breaks the ONNX path.
 
 from __future__ import annotations
 
+import fnmatch
 import importlib.util
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from edgecnn.errors import BadInputError, TargetUnavailableError
+from edgecnn.errors import BadInputError, ParameterError, TargetUnavailableError
 from edgecnn.quiet import native_stderr_muted, onnxruntime_log_severity
 from edgecnn.registry import Registry
 
@@ -76,19 +77,36 @@ def model_format(path: Path) -> str:
         suffix, "unknown")
 
 
-def runtimes_for(path: Path, only: str | None = None) -> list[str]:
-    """Installed runtimes that read ``path``'s format (or just ``only``, checked)."""
-    names = [n for n, r in RUNTIMES.items() if path.suffix.lower() in r.suffixes
-             and (not r.opt_in or n == only)]
-    if not names:
+RUNTIME_GRAMMAR = ("comma-separated runtime names or globs, e.g. onnxruntime,litert or "
+                   "'torch-cuda:*:graph'")
+
+
+def match_runtimes(asked: str, names: Iterable[str]) -> list[str]:
+    """The ``runtime`` choice, one grammar wherever a runtime is chosen (validate, and bench on
+    every target): comma-separated names or globs, matched against ``names`` in their order."""
+    patterns = [p.strip() for p in asked.split(",") if p.strip()]
+    return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+
+
+def named_exactly(asked: str | None) -> set[str]:
+    """The runtimes ``asked`` names without a glob: those must run, not be skipped."""
+    return {p.strip() for p in (asked or "").split(",") if p.strip() and not set(p) & set("*?[")}
+
+
+def runtimes_for(path: Path, asked: str | None = None) -> list[str]:
+    """Installed runtimes that read ``path``'s format, or those of them ``asked`` chooses
+    (:data:`RUNTIME_GRAMMAR`; opt-in runtimes only when chosen)."""
+    every = [n for n, r in RUNTIMES.items() if path.suffix.lower() in r.suffixes]
+    if not every:
         raise BadInputError(f"{path}: unknown model format {path.suffix!r}; use .pt, .pt2, "
                             ".onnx or .tflite")
-    if only is not None:
-        if only not in names:
-            every = [n for n, r in RUNTIMES.items() if path.suffix.lower() in r.suffixes]
-            raise BadInputError(f"{path}: runtime {only!r} cannot run {path.suffix} files; use "
-                                f"{', '.join(every)} (one; on --target cuda, names or globs)")
-        names = [only]
+    if asked is None:
+        names = [n for n in every if not RUNTIMES.get(n).opt_in]
+    else:
+        names = match_runtimes(asked, every)
+        if not names:
+            raise ParameterError(f"{path}: runtime={asked!r} matches none of the runtimes for "
+                                 f"{path.suffix} files ({', '.join(every)})", "runtime")
     ready = [n for n in names if RUNTIMES.get(n).available()]
     if not ready:
         raise TargetUnavailableError(f"{path}: no installed runtime for {path.suffix}; install "
