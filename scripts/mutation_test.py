@@ -33,7 +33,7 @@ Run from the repository root, in the project's environment::
     python scripts/mutation_test.py --max-mutants 40 --seed 0   # a reproducible sample
     python scripts/mutation_test.py --json out.json      # also write every result
     python scripts/mutation_test.py --target runner --ids 5,9   # re-test chosen mutants
-    python scripts/mutation_test.py --target qdq --first-tests tests/test_mutants_qdq.py
+    python scripts/mutation_test.py --target qdq --first-tests tests/test_qdq.py
         # every mutant against the fast file first, the target's own tests on its survivors only
 
 ``--first-tests`` gives the same score as the target's tests alone: those tests include the fast
@@ -98,7 +98,7 @@ TARGETS = {
         "functions": ["is_qdq", "check_quant_params", "check_pairs", "_constant",
                       "eight_bit_tensors", "encoding", "reencode", "to_int8", "as_int8",
                       "fingerprint", "output_steps"],
-        "tests": ["tests/test_mutants_qdq.py", "tests/test_int8_portable.py",
+        "tests": ["tests/test_qdq.py", "tests/test_int8_portable.py",
                   "-k", "not haswell and not avx2"],
     },
     "quantize": {
@@ -106,7 +106,7 @@ TARGETS = {
         "functions": ["QuantConfig.__post_init__", "quantize_onnx", "_op_coverage",
                       "require_calibration", "refuse_test_images",
                       "_refuse_unquantisable_input", "_onnxruntime_errors"],
-        "tests": ["tests/test_mutants_quantize.py", "tests/test_onnx_and_int8.py",
+        "tests": ["tests/test_quantize.py", "tests/test_onnx_and_int8.py",
                   "-k", "not fp32_onnx_matches_pytorch"],
     },
     "lowering": {
@@ -116,20 +116,20 @@ TARGETS = {
                                          "_fold_weight_dequantize", "_fold_activation_qdq",
                                          "_fold_constant_nodes"],
         },
-        "tests": ["tests/test_mutants_lowering.py", "tests/test_tflite.py",
+        "tests": ["tests/test_lowering_core.py", "tests/test_tflite.py",
                   "-k", "not zoo and not tflite-runtime"],
     },
     "ops": {
         "files": {f"converters/ops/{name}.py": "*" for name in
                   ("activations", "conv", "dense", "elementwise", "normalization", "pooling",
                    "reduce", "resize", "shape")},
-        "tests": ["tests/test_mutants_ops.py", "tests/test_tflite.py",
+        "tests": ["tests/test_op_attributes.py", "tests/test_tflite.py",
                   "-k", "not zoo and not tflite-runtime"],
     },
     "tflite_builder": {
         "file": "converters/tflite_builder.py",
         "functions": "*",
-        "tests": ["tests/test_mutants_tflite_builder.py", "tests/test_tflite.py",
+        "tests": ["tests/test_tflite_builder.py", "tests/test_tflite.py",
                   "-k", "not zoo and not tflite-runtime"],
     },
 }
@@ -348,7 +348,7 @@ def make_copy(workdir: Path) -> Path:
 def present_tests(repo: Path, tests: list[str]) -> list[str]:
     """``tests`` without the test files that do not exist in ``repo``.
 
-    A target names its own ``tests/test_mutants_*.py`` file, written to kill the survivors; the
+    A target names its own test file (``tests/test_qdq.py`` for qdq, ...), written to kill the survivors; the
     first measurement is taken before that file exists and must not fail on it.
     """
     kept = [t for t in tests if not t.startswith("tests/") or (repo / t.split("::")[0]).exists()]
@@ -417,11 +417,11 @@ def main() -> int:
     parser.add_argument("--ids", help="comma-separated mutant ids (as --list numbers them) to test; "
                         "needs a single --target")
     parser.add_argument("--tests", help="pytest arguments replacing the target's tests, e.g. "
-                        "'tests/test_mutants_qdq.py': a faster subset. A mutant a subset kills, "
+                        "'tests/test_qdq.py': a faster subset. A mutant a subset kills, "
                         "the whole set kills too (-x stops at any failure), so the score is a "
                         "lower bound; re-test its survivors with --ids and the target's own tests")
     parser.add_argument("--first-tests", help="pytest arguments to try on every mutant first, "
-                        "e.g. 'tests/test_mutants_qdq.py'; only their survivors then run the "
+                        "e.g. 'tests/test_qdq.py'; only their survivors then run the "
                         "target's tests. A mutant the first tests kill, the target's tests (which "
                         "include them) kill too, so the score is the target's, in less time")
     parser.add_argument("--jobs", type=int, default=1, help="mutants tested at a time")

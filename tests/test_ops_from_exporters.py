@@ -1,4 +1,4 @@
-"""Issue 22, ONNX from any exporter: LRN, InstanceNormalization (PyTorch's GroupNorm), Expand,
+"""Ops that other exporters write (issue 22, ONNX from any exporter): LRN, InstanceNormalization (PyTorch's GroupNorm), Expand,
 DepthToSpace/SpaceToDepth, GlobalMaxPool and Resize's exact sampling, each against onnxruntime
 (or ONNX's reference where onnxruntime lacks the opset), and the backend node tests."""
 

@@ -27,7 +27,7 @@ from edgecnn.converters.lowering import (
 from edgecnn.converters.onnx_graph import WeightQuant, load_graph
 from edgecnn.converters.tflite_builder import QuantParams, TFLiteBuilder
 from edgecnn.errors import ConversionError
-from tests.test_mutants_qdq import _model as qdq_model
+from tests.test_qdq import _model as qdq_model
 
 OPSET = [helper.make_opsetid("", 18)]
 
