@@ -220,3 +220,18 @@ def test_tflite_input_quantisation_clips_to_the_input_type_not_to_int8():
     assert uint8.dtype == np.uint8 and uint8.tolist() == [0, 0, 153, 255]
     int8 = quantize_input(x, {"dtype": np.int8, "quantization": (1 / 255, -128)})
     assert int8.tolist() == [-128, -128, 25, 127]
+
+
+def test_fixed_batch_files_are_fed_in_whole_batches_by_one_helper():
+    from edgecnn.errors import BadInputError
+    from edgecnn.runtimes.batching import join_outputs, run_in_batches, split_batch
+
+    x = np.arange(12, dtype=np.float32).reshape(6, 2)
+    assert [b.tolist() for b in split_batch(x, 2, "m.onnx")] == [[[0, 1], [2, 3]], [[4, 5], [6, 7]],
+                                                                [[8, 9], [10, 11]]]
+    assert len(split_batch(x, None, "m.onnx")) == 1 and len(split_batch(x, 6, "m.onnx")) == 1
+    with pytest.raises(BadInputError, match="m.onnx: takes batches of exactly 4; 6 images"):
+        split_batch(x, 4, "m.onnx")
+    both = run_in_batches(lambda b: [b * 2, b.sum(1)], x, 3, "m.onnx")
+    assert np.array_equal(both[0], x * 2) and np.array_equal(both[1], x.sum(1))
+    assert join_outputs([[x]]) == [x]

@@ -199,14 +199,15 @@ def compare_layers(qdq_path: Path, tflite_path: Path, x: np.ndarray,
     """Every quantised activation of the TFLite file against the QDQ reference, in order, end
     to end and (``pinned``) with each reference layer fed TFLite's own input integers. A model
     exported for a fixed batch is compared batch by batch."""
+    from edgecnn.runtimes.batching import split_batch
+
     fixed = declared_batch(onnx.load(str(qdq_path), load_external_data=False))
-    if not fixed or fixed == len(x):
-        return _compare_batch(qdq_path, tflite_path, x, interpreter_module, pinned)
-    if len(x) < fixed:
-        raise ValueError(f"{qdq_path} takes a fixed batch of {fixed}; got {len(x)} images")
-    chunks = [_compare_batch(qdq_path, tflite_path, x[i:i + fixed], interpreter_module, pinned)
-              for i in range(0, len(x) - fixed + 1, fixed)]
-    return [_merged(parts) for parts in zip(*chunks, strict=True)]
+    if fixed and len(x) > fixed:  # whole batches only: a remainder is left out, not refused
+        x = x[:len(x) - len(x) % fixed]
+    chunks = [_compare_batch(qdq_path, tflite_path, batch, interpreter_module, pinned)
+              for batch in split_batch(x, fixed, qdq_path)]
+    return chunks[0] if len(chunks) == 1 else [_merged(parts)
+                                                for parts in zip(*chunks, strict=True)]
 
 
 def _merged(parts: tuple[LayerDiff, ...]) -> LayerDiff:

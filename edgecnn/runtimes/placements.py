@@ -282,12 +282,10 @@ class PlacedSession:
         self._results: list[Any] = []
 
     def bind(self, x: np.ndarray) -> None:
-        step = self.placed.model.static_batch
-        if step and len(x) % step:
-            raise BadInputError(f"{self.placed.model.path}: was exported for batches of exactly "
-                                f"{step}; {len(x)} images do not split into them")
-        step = step or len(x)
-        self._chunks = [self.placed.to_device(x[i:i + step]) for i in range(0, len(x), step)]
+        from edgecnn.runtimes.batching import split_batch
+
+        self._chunks = [self.placed.to_device(b) for b in
+                        split_batch(x, self.placed.model.static_batch, self.placed.model.path)]
         self._results = []
 
     def invoke(self) -> None:

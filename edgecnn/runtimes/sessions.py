@@ -19,6 +19,7 @@ import numpy as np
 from edgecnn.errors import BadInputError, ParameterError, TargetUnavailableError
 from edgecnn.quiet import native_stderr_muted, onnxruntime_log_severity
 from edgecnn.registry import Registry
+from edgecnn.runtimes.batching import join_outputs, run_in_batches, split_batch
 
 
 class Session(Protocol):
@@ -143,18 +144,10 @@ class TorchSession:
     def invoke(self) -> None:
         from edgecnn.files.torch_files import output_leaves
 
-        step = self.model.static_batch
-        if step and len(self._x) % step:
-            raise BadInputError(f"{self.model.path}: was exported for batches of exactly {step}; "
-                                f"{len(self._x)} images do not split into them")
+        batches = split_batch(self._x, self.model.static_batch, self.model.path)
         try:
             with self._torch.inference_mode():
-                if step and len(self._x) != step:  # a fixed-batch export (often 1): in chunks
-                    chunks = [output_leaves(self.model.module(self._x[i:i + step]))
-                              for i in range(0, len(self._x), step)]
-                    self._y = [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
-                else:
-                    self._y = output_leaves(self.model.module(self._x))
+                self._y = join_outputs([output_leaves(self.model.module(b)) for b in batches])
         except AssertionError as exc:  # torch.export's guards: "Guard failed: x.size()[0] <= 65536"
             raise BadInputError(f"{self.model.path}: cannot run a batch of {len(self._x)}: the "
                                 f"export allows only {_guard(exc)}; use a "
@@ -211,21 +204,14 @@ class OnnxSession:
         self._y: list[np.ndarray] | None = None
 
     def bind(self, x: np.ndarray) -> None:
-        if self.fixed_batch and len(x) % self.fixed_batch:
-            raise BadInputError(f"{self.path}: takes batches of exactly {self.fixed_batch}; "
-                                f"{len(x)} images do not split into them")
+        split_batch(x, self.fixed_batch, self.path)  # refused here, before anything is timed
         self._feed = {self.input_name: np.ascontiguousarray(x, np.float32)}
 
     def invoke(self) -> None:
         x = self._feed[self.input_name]
         try:
-            if self.fixed_batch and len(x) != self.fixed_batch:  # a fixed-batch export: in chunks
-                step = self.fixed_batch
-                chunks = [self.session.run(None, {self.input_name: x[i:i + step]})
-                          for i in range(0, len(x), step)]
-                self._y = [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
-            else:
-                self._y = self.session.run(None, self._feed)
+            self._y = run_in_batches(lambda b: self.session.run(None, {self.input_name: b}), x,
+                                     self.fixed_batch, self.path)
         except Exception as exc:  # onnxruntime's InvalidArgument, Fail, RuntimeException...
             detail = " ".join(str(exc).split())
             raise BadInputError(f"{self.path}: onnxruntime cannot run it on input "
@@ -285,16 +271,9 @@ class TFLiteSession:
         self._results: list[list[np.ndarray]] | None = None
 
     def bind(self, x: np.ndarray) -> None:
-        step = self.fixed_batch
-        if step and len(x) != step:
-            if len(x) % step:
-                raise BadInputError(f"{self.path}: takes batches of exactly {step}; {len(x)} "
-                                    "images do not split into them")
-            self._chunks = [x[i:i + step] for i in range(0, len(x), step)]
-            self._set(self._chunks[0])
-            return
-        self._chunks = []
-        self._set(x)
+        batches = split_batch(x, self.fixed_batch, self.path)
+        self._chunks = batches if len(batches) > 1 else []
+        self._set(batches[0])
 
     def _set(self, x: np.ndarray) -> None:
         self._results = None
@@ -340,7 +319,7 @@ class TFLiteSession:
 
     def outputs(self) -> list[np.ndarray]:
         if self._results is not None:
-            return [np.concatenate(parts) for parts in zip(*self._results, strict=True)]
+            return join_outputs(self._results)
         return [self._read(detail) for detail in self.output_details]
 
     def _read(self, detail: dict) -> np.ndarray:
