@@ -274,6 +274,44 @@ def _unsqueeze_axes(model: onnx.ModelProto, node: onnx.NodeProto) -> list[int] |
     return _reduce_axes(model, node)  # axes as an input (opset 13+) or an attribute
 
 
+def flatten_output_concat(model: onnx.ModelProto) -> int:
+    """A Concat that writes a graph output and reads another Concat on the same axis (used by
+    nothing else) takes that Concat's inputs itself: YOLOv8-pose's head, exported through
+    torch.export, is cat([cat([boxes, scores]), keypoints]); the simplified ONNX Ultralytics
+    writes has the one Concat. The same tensor, but int8 quantisation then sees the boxes and
+    the scores as inputs of the output Concat, whose ranges decide whether it stays float
+    (converters/quantize.py), instead of one int8 scale of 1.9 that reads every score as 0.
+    Returns how many inner Concats were merged."""
+    outputs = {o.name for o in model.graph.output}
+    merged = 0
+    changed = True
+    while changed:
+        changed = False
+        producers = {out: n for n in model.graph.node for out in n.output}
+        users = consumers(model)
+        for node in model.graph.node:
+            if node.op_type != "Concat" or node.output[0] not in outputs:
+                continue
+            axis = onnx.helper.get_attribute_value(node.attribute[0])
+            for position, name in enumerate(node.input):
+                inner = producers.get(name)
+                if (inner is None or inner.op_type != "Concat" or name in outputs
+                        or len(users.get(name, [])) != 1
+                        or onnx.helper.get_attribute_value(inner.attribute[0]) != axis):
+                    continue
+                inputs = list(node.input)
+                inputs[position:position + 1] = list(inner.input)
+                del node.input[:]
+                node.input.extend(inputs)
+                model.graph.node.remove(inner)
+                merged += 1
+                changed = True
+                break
+            if changed:
+                break
+    return merged
+
+
 def drop_initializer_inputs(model: onnx.ModelProto) -> int:
     """Remove graph inputs that an initializer gives a value: before IR version 4 the spec had
     every initializer listed among the inputs (Caffe2-era and older exporters write them so),
@@ -295,6 +333,7 @@ def clean(model: onnx.ModelProto) -> dict[str, int]:
             "pass_through_removed": remove_pass_through(model),
             "group_norm_unfolded": group_norm_to_instance_norm(model),
             "stack_sum_added": stack_sum_to_add(model),
+            "output_concat_flattened": flatten_output_concat(model),
             "spatial_mean_pooled": spatial_mean_to_global_pool(model)}
 
 
