@@ -401,8 +401,11 @@ NODE_SECTION = "<!-- onnx-node:start -->"
 def write(rows: list[Row], out: Path) -> None:
     host = machine()
     out.mkdir(parents=True, exist_ok=True)
-    (out / "coverage.json").write_text(json.dumps(
-        {"machine": host, "models": [asdict(r) for r in rows]}, indent=1) + "\n")
+    # other scripts keep their parts of the file under their own keys (onnx_node, detectors)
+    saved = out / "coverage.json"
+    data = json.loads(saved.read_text()) if saved.exists() else {}
+    data.update(machine=host, models=[asdict(r) for r in rows])
+    saved.write_text(json.dumps(data, indent=1) + "\n")
     page = out / "coverage.md"
     # the models' part is everything above the ONNX node tests' section (onnx_node_coverage.py
     # fills that one between its markers): keep it when rewriting the rest
