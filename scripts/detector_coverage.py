@@ -511,7 +511,7 @@ def tool_rows(row: dict[str, Any]) -> list[list[str]]:
                     cells.append(text)
                     share = m.get("layerwise_identical_pct")
                     cells.append("–" if share is None else
-                                 f"{share:.3f} % / {m.get('layerwise_max_steps')} / "
+                                 f"{share:.4f} % / {m.get('layerwise_max_steps')} / "
                                  f"{m.get('layerwise_off_tie')}")
                 else:
                     cells += ["–", "–"]
