@@ -87,7 +87,7 @@ def lower_float_island(ctx: LoweringContext, node: onnx.NodeProto,
             continue
         real = ctx.builder.add_tensor(f"{name}/float", ctx.builder.tensor_shape(value.tensor),
                                       np.float32, dynamic_batch=True)
-        ctx.add_op("DEQUANTIZE", [value.tensor], [real], version=2)
+        ctx.add_op("DEQUANTIZE", [value.tensor], [real])
         shadowed[name] = value
         ctx.values[name] = Value(real, value.perm, value.column_order)
     before = set(ctx.values)
@@ -109,5 +109,5 @@ def lower_float_island(ctx: LoweringContext, node: onnx.NodeProto,
         ctx.builder.tensors[real.tensor].name = f"{name}/float"
         out = ctx.builder.add_tensor(name, ctx.builder.tensor_shape(real.tensor), np.int8,
                                      quant=params, dynamic_batch=True)
-        ctx.add_op("QUANTIZE", [real.tensor], [out], version=2)
+        ctx.add_op("QUANTIZE", [real.tensor], [out])
         ctx.values[name] = Value(out, real.perm, real.column_order)

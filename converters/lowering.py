@@ -175,18 +175,16 @@ class LoweringContext:
         dtype = self.act_dtype if quant is not None else np.float32
         return self.builder.add_tensor(name, shape, dtype, quant=quant, dynamic_batch=True)
 
-    def add_op(self, op: str, inputs: list[int], outputs: list[int], *, version: int = 1,
+    def add_op(self, op: str, inputs: list[int], outputs: list[int], *,
                options: object = None) -> None:
-        self.builder.add_operator(op, inputs, outputs, version=version, options=options)
+        """Emit builtin ``op``; its version follows from its tensors (converters/op_versions.py)."""
+        self.builder.add_operator(op, inputs, outputs, options=options)
 
     def options(self, name: str, **fields: object) -> object:
         return self.builder.options(name, **fields)
 
     def int_const(self, name: str, values: npt.ArrayLike) -> int:
         return self.builder.add_constant(name, np.asarray(values, np.int32))
-
-    def op_version(self, float_version: int = 1, int8_version: int = 2) -> int:
-        return int8_version if self.int8 else float_version
 
     # -- fusion and requantisation --------------------------------------------------------
     def fuse_activation(self, node: onnx.NodeProto) -> tuple[int, str]:
@@ -236,13 +234,13 @@ class LoweringContext:
         values by a step; the float round trip reproduces the QDQ arithmetic.
         """
         if self.integer_only:  # an NPU takes no float tensor: one int8 -> int8 QUANTIZE,
-            self.add_op("QUANTIZE", [source], [out], version=2)  # within a step of the above
+            self.add_op("QUANTIZE", [source], [out])  # within a step of the above
             return
         shape = self.builder.tensor_shape(source)
         real = self.builder.add_tensor(self.builder.tensors[out].name + "/float", shape,
                                        np.float32, dynamic_batch=True)
-        self.add_op("DEQUANTIZE", [source], [real], version=2)
-        self.add_op("QUANTIZE", [real], [out], version=2)
+        self.add_op("DEQUANTIZE", [source], [real])
+        self.add_op("QUANTIZE", [real], [out])
 
     def with_params(self, tensor: int, params: QuantParams | None, name: str) -> int:
         """``tensor`` itself if it already has ``params``, else a requantised copy."""
@@ -251,7 +249,7 @@ class LoweringContext:
         return self.requantize(tensor, name, params)
 
     def fixed_output(self, node: onnx.NodeProto, op: str, inputs: list[int], fixed: QuantParams,
-                     version: int, options: object = None, *, output: int = 0,
+                     options: object = None, *, output: int = 0,
                      perm: tuple[int, ...] | None = None) -> None:
         """Emit ``op`` whose int8 kernel demands fixed output parameters, then requantise to the
         parameters the QDQ model chose, so the rest of the graph sees them unchanged."""
@@ -259,25 +257,25 @@ class LoweringContext:
         wanted = self.quant(name)
         if not self.int8 or fixed.same_as(wanted):
             out = self.output_value(name, quant=fixed if self.int8 else None, perm=perm)
-            self.add_op(op, inputs, [out.tensor], version=version, options=options)
+            self.add_op(op, inputs, [out.tensor], options=options)
             return
         shape = self.shape(name)
         tmp = self.scratch(name + "/fixed", permuted(shape, perm or default_perm(len(shape))),
                            fixed)
-        self.add_op(op, inputs, [tmp], version=version, options=options)
+        self.add_op(op, inputs, [tmp], options=options)
         out = self.output_value(name, perm=perm)
         self.requantize_into(tmp, out.tensor)
 
     def same_params_output(self, node: onnx.NodeProto, op: str, inputs: list[int],
-                           version: int, options: object = None, *,
+                           options: object = None, *,
                            perm: tuple[int, ...] | None = None) -> None:
         """Emit an op whose int8 kernel keeps its input's parameters (pooling, reshape, pad)."""
         source_q = self.builder.tensor_quant(inputs[0]) if self.int8 else None
         if source_q is None:
             out = self.output_value(node.output[0], perm=perm)
-            self.add_op(op, inputs, [out.tensor], version=version, options=options)
+            self.add_op(op, inputs, [out.tensor], options=options)
             return
-        self.fixed_output(node, op, inputs, source_q, version, options, perm=perm)
+        self.fixed_output(node, op, inputs, source_q, options, perm=perm)
 
 
 def pad_spatial(ctx: LoweringContext, x: int, explicit: list[tuple[int, int]], name: str,
@@ -293,10 +291,10 @@ def pad_spatial(ctx: LoweringContext, x: int, explicit: list[tuple[int, int]], n
     paddings = ctx.int_const(name + "/paddings", [[0, 0], [top, bottom], [left, right], [0, 0]])
     out = ctx.scratch(name, (n, h + top + bottom, w + left + right, c), quant)
     if fill is None:
-        ctx.add_op("PAD", [x, paddings], [out], version=ctx.op_version(1, 2))
+        ctx.add_op("PAD", [x, paddings], [out])
         return out
     constant = fill_constant(ctx, fill, quant, name + "/fill")
-    ctx.add_op("PADV2", [x, paddings, constant], [out], version=ctx.op_version(1, 2))
+    ctx.add_op("PADV2", [x, paddings, constant], [out])
     return out
 
 
@@ -383,7 +381,6 @@ def transpose_tensor(ctx: LoweringContext, tensor: int, shape: tuple[int, ...],
     merged_shape = tuple(int(np.prod([shape[a] for a in run])) for run in by_start)
     merged_perm = tuple(by_start.index(run) for run in runs)
     quant = ctx.builder.tensor_quant(tensor)
-    version = ctx.op_version(1, 2)
     if merged_perm == tuple(range(len(merged_perm))):  # only unit axes move: the data does not
         out = ctx.scratch(name, out_shape, quant)
         reshape(ctx, tensor, out_shape, out, name + "/shape")
@@ -397,8 +394,7 @@ def transpose_tensor(ctx: LoweringContext, tensor: int, shape: tuple[int, ...],
         reshape(ctx, tensor, merged_shape, source, name + "/merged_shape")
     moved_shape = permuted(merged_shape, merged_perm)
     moved = ctx.scratch(name + "/moved", moved_shape, quant)
-    ctx.add_op("TRANSPOSE", [source, ctx.int_const(name + "/perm", merged_perm)], [moved],
-               version=version)
+    ctx.add_op("TRANSPOSE", [source, ctx.int_const(name + "/perm", merged_perm)], [moved])
     if moved_shape == out_shape:
         return moved
     out = ctx.scratch(name, out_shape, quant)

@@ -203,11 +203,11 @@ def _add_input(ctx: LoweringContext, io_dtype: str, nchw: bool) -> QuantParams |
         perm = ctx.int_const(name + "/to_nhwc", [0, 2, 3, 1])
         moved = ctx.builder.add_tensor(name + "/nhwc", nhwc_shape, IO_DTYPES[io_dtype],
                                        quant=outer_quant, dynamic_batch=True)
-        ctx.add_op("TRANSPOSE", [tensor, perm], [moved], version=2 if outer_quant else 1)
+        ctx.add_op("TRANSPOSE", [tensor, perm], [moved])
         tensor = moved
     if ctx.int8 and io_dtype != "int8" and quant is not None:
         inner = ctx.scratch(name + "/int8", nhwc_shape, quant)
-        ctx.add_op("QUANTIZE", [tensor], [inner], version=2)
+        ctx.add_op("QUANTIZE", [tensor], [inner])
         tensor = inner
     ctx.values[name] = Value(tensor, default_perm(len(nchw_shape)))
     return io_quant
@@ -239,12 +239,12 @@ def _add_outputs(ctx: LoweringContext, io_dtype: str) -> QuantParams | None:
             shape = ctx.builder.tensor_shape(tensor)
             if io_dtype == "float32":
                 out = ctx.builder.add_tensor(name, shape, np.float32, dynamic_batch=True)
-                ctx.add_op("DEQUANTIZE", [tensor], [out], version=2)
+                ctx.add_op("DEQUANTIZE", [tensor], [out])
             else:
                 io_quant = _io_params(quant, io_dtype)
                 out = ctx.builder.add_tensor(name, shape, np.uint8, quant=io_quant,
                                              dynamic_batch=True)
-                ctx.add_op("QUANTIZE", [tensor], [out], version=2)
+                ctx.add_op("QUANTIZE", [tensor], [out])
             tensor = out
         elif ctx.int8:
             io_quant = ctx.builder.tensor_quant(tensor)

@@ -14,6 +14,7 @@ from typing import Any
 import flatbuffers
 import numpy as np
 
+from edgecnn.converters.op_versions import OpFacts, version_of
 from edgecnn.converters.tflite_schema import MIN_RUNTIME, min_runtime_for, op_name, schema
 
 BUFFER_ALIGNMENT = 16
@@ -103,9 +104,14 @@ class TFLiteBuilder:
         return len(self.buffers) - 1
 
     # -- operators -----------------------------------------------------------------------
-    def add_operator(self, op: str, inputs: list[int], outputs: list[int], *, version: int = 1,
+    def add_operator(self, op: str, inputs: list[int], outputs: list[int], *,
                      options: Any = None) -> None:
+        """Add builtin ``op``; its version is decided from its tensors' types and options by
+        one table (converters/op_versions.py), never by the caller."""
         code = getattr(self.fb.BuiltinOperator, op)
+        version = version_of(op, OpFacts([self.tensor_dtype(i) if i >= 0 else None
+                                          for i in inputs],
+                                         [self.tensor_dtype(i) for i in outputs], options))
         if (op, version) not in MIN_RUNTIME:
             raise AssertionError(f"{op} v{version} has no known minimum runtime")
         key = (code, version)

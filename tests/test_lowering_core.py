@@ -156,7 +156,7 @@ def test_context_reading_errors_name_the_value():
     node = helper.make_node("Relu", ["x"], ["y"], name="r")
     with pytest.raises(ConversionError, match="Relu node 'r' input 0 \\('x'\\) must be a constant"):
         ctx.const(node, 0)
-    assert not ctx.int8 and ctx.act_dtype is np.float32 and ctx.op_version(1, 2) == 1
+    assert not ctx.int8 and ctx.act_dtype is np.float32
     assert ctx.quant("x") is None  # float graphs have no activation quantisation
 
 
@@ -164,7 +164,7 @@ def test_int8_context_needs_every_activation_quantised():
     model = qdq_model(act=TensorProto.INT8, act_zp=0, y_zp=0)
     model.graph.node.append(helper.make_node("Relu", ["y"], ["r"], name="relu"))
     ctx = _ctx(model)
-    assert ctx.int8 and ctx.act_dtype is np.int8 and ctx.op_version(1, 2) == 2
+    assert ctx.int8 and ctx.act_dtype is np.int8
     assert ctx.quant("x") == QuantParams.per_tensor(np.float32(0.02), 0)
     with pytest.raises(ConversionError, match="tensor 'r' \\(output of Relu node 'relu'\\) has no "
                                               "Q/DQ pair"):
@@ -444,7 +444,7 @@ def test_fixed_output_requantises_to_the_models_parameters():
     ctx, x, _ = _int8_ctx_with_input()
     conv = next(n for n in ctx.graph.nodes if n.op_type == "Conv")
     fixed = QuantParams.per_tensor(1 / 256, -128)
-    ctx.fixed_output(conv, "LOGISTIC", [x], fixed, 2)
+    ctx.fixed_output(conv, "LOGISTIC", [x], fixed)
     logistic, dequantize, quantize = ctx.builder.operators
     assert ctx.builder.used_ops() == [("LOGISTIC", 2), ("DEQUANTIZE", 2), ("QUANTIZE", 2)]
     assert ctx.builder.tensor_quant(logistic.outputs[0]) == fixed
@@ -460,14 +460,14 @@ def test_fixed_output_without_requantisation_when_the_grids_agree():
     ctx, x, _ = _int8_ctx_with_input()
     conv = next(n for n in ctx.graph.nodes if n.op_type == "Conv")
     wanted = QuantParams.per_tensor(np.float32(0.05), -10)
-    ctx.fixed_output(conv, "LOGISTIC", [x], wanted, 2)
+    ctx.fixed_output(conv, "LOGISTIC", [x], wanted)
     assert ctx.builder.used_ops() == [("LOGISTIC", 2)]
     assert ctx.builder.operators[0].outputs == [ctx.value("y").tensor]
     assert ctx.builder.tensor_quant(ctx.value("y").tensor) == wanted
     float_ctx = _ctx(_conv_relu_model())
     xf = float_ctx.new_value("x", (1, 4, 4, 2), None).tensor
     float_ctx.fixed_output(float_ctx.graph.nodes[0], "LOGISTIC", [xf],
-                           QuantParams.per_tensor(1 / 256, -128), 1)
+                           QuantParams.per_tensor(1 / 256, -128))
     assert float_ctx.builder.used_ops() == [("LOGISTIC", 1)]
     assert float_ctx.builder.tensor_quant(float_ctx.value("c").tensor) is None
 
@@ -475,14 +475,14 @@ def test_fixed_output_without_requantisation_when_the_grids_agree():
 def test_same_params_output_keeps_the_input_grid_then_requantises():
     ctx, x, x_q = _int8_ctx_with_input()
     conv = next(n for n in ctx.graph.nodes if n.op_type == "Conv")
-    ctx.same_params_output(conv, "MAX_POOL_2D", [x], 2)
+    ctx.same_params_output(conv, "MAX_POOL_2D", [x])
     pool, dequantize, quantize = ctx.builder.operators
     assert ctx.builder.tensor_quant(pool.outputs[0]) == x_q  # the input's grid
     assert dequantize.inputs == pool.outputs and quantize.outputs == [ctx.value("y").tensor]
     assert ctx.builder.used_ops() == [("MAX_POOL_2D", 2), ("DEQUANTIZE", 2), ("QUANTIZE", 2)]
     float_ctx = _ctx(_conv_relu_model())
     xf = float_ctx.new_value("x", (1, 4, 4, 2), None).tensor
-    float_ctx.same_params_output(float_ctx.graph.nodes[0], "MAX_POOL_2D", [xf], 1)
+    float_ctx.same_params_output(float_ctx.graph.nodes[0], "MAX_POOL_2D", [xf])
     assert float_ctx.builder.used_ops() == [("MAX_POOL_2D", 1)]
     assert float_ctx.builder.operators[0].outputs == [float_ctx.value("c").tensor]
 

@@ -140,10 +140,12 @@ def test_constant_buffers_are_16_byte_aligned():
 def test_operator_codes_are_shared_per_op_and_version():
     b = TFLiteBuilder("codes")
     x = b.add_tensor("x", (1, 2), np.float32)
-    mids = [b.add_tensor(f"m{i}", (1, 2), np.float32) for i in range(3)]
+    mids = [b.add_tensor(f"m{i}", (1, 2), np.float32) for i in range(2)]
+    q = QuantParams.per_tensor(0.5, 0)
+    mids += [b.add_tensor("m2", (1, 2), np.int8, quant=q)]
     b.add_operator("RELU", [x], [mids[0]])
     b.add_operator("RELU", [mids[0]], [mids[1]])
-    b.add_operator("RELU", [mids[1]], [mids[2]], version=2)
+    b.add_operator("RELU", [b.add_tensor("q", (1, 2), np.int8, quant=q)], [mids[2]])  # int8: v2
     assert b.used_ops() == [("RELU", 1), ("RELU", 2)]
     assert [o.opcodeIndex for o in b.operators] == [0, 0, 1]
     b.inputs, b.outputs = [x], [mids[2]]
@@ -156,10 +158,37 @@ def test_operator_codes_are_shared_per_op_and_version():
     assert model.Subgraphs(0).Name() == b"main" and model.Subgraphs(0).OperatorsLength() == 3
 
 
-def test_unknown_op_version_and_option_field_are_refused():
+def test_op_versions_follow_from_the_tensors_and_options_by_one_table():
+    from edgecnn.converters.op_versions import OpFacts, version_of
+
+    f32, i8, i32 = np.dtype(np.float32), np.dtype(np.int8), np.dtype(np.int32)
+    b = TFLiteBuilder("versions")
+    assert version_of("CONV_2D", OpFacts([f32, f32, f32], [f32])) == 1
+    assert version_of("CONV_2D", OpFacts([i8, i8, i32], [i8])) == 3  # per-channel int8
+    assert version_of("FULLY_CONNECTED", OpFacts([i8, i8, i32], [i8])) == 4
+    dilated = b.options("DepthwiseConv2DOptions", dilationHFactor=2, dilationWFactor=2)
+    assert version_of("DEPTHWISE_CONV_2D", OpFacts([f32, f32, f32], [f32], dilated)) == 2
+    assert version_of("DEPTHWISE_CONV_2D", OpFacts([i8, i8, i32], [i8], dilated)) == 3
+    assert version_of("SPLIT", OpFacts([i32, i8], [i8, i8])) == 2  # the data is input 1
+    assert version_of("TRANSPOSE_CONV", OpFacts([i32, f32, f32, f32], [f32])) == 3  # a bias
+    assert version_of("TRANSPOSE_CONV", OpFacts([i32, i8, i8], [i8])) == 2
+    half = b.options("ResizeBilinearOptions", halfPixelCenters=True)
+    assert version_of("RESIZE_BILINEAR", OpFacts([f32, i32], [f32], half)) == 3
+    aligned = b.options("ResizeNearestNeighborOptions", alignCorners=True)
+    assert version_of("RESIZE_NEAREST_NEIGHBOR", OpFacts([i8, i32], [i8], aligned)) == 3
+    assert version_of("TRANSPOSE", OpFacts([f32, i32], [f32])) == 1  # float in an int8 file
+    assert version_of("RESHAPE", OpFacts([i8, i32], [i8])) == 1 and version_of(
+        "QUANTIZE", OpFacts([f32], [i8])) == 2
+
+
+def test_unknown_op_version_and_option_field_are_refused(monkeypatch):
+    from edgecnn.converters import op_versions
+
     b = TFLiteBuilder("bad")
+    x = b.add_tensor("x", (1, 2), np.float32)
+    monkeypatch.setitem(op_versions.VERSION_RULES, "RELU", lambda facts: 7)
     with pytest.raises(AssertionError, match="RELU v7 has no known minimum runtime"):
-        b.add_operator("RELU", [0], [1], version=7)
+        b.add_operator("RELU", [x], [x])
     assert b.operators == [] and b.opcodes == {}
     with pytest.raises(AttributeError, match="AddOptions has no field strideW"):
         b.options("AddOptions", strideW=1)

@@ -213,7 +213,7 @@ def test_a_card_derived_from_shapes_counts_classes_on_output_axis_1_or_says_it_c
 
 
 def test_tflite_input_quantisation_clips_to_the_input_type_not_to_int8():
-    from edgecnn.runtimes.sessions import quantize_input
+    from edgecnn.runtimes.tflite_io import quantize_input
 
     x = np.array([-1.0, 0.0, 0.6, 2.0], np.float32)
     uint8 = quantize_input(x, {"dtype": np.uint8, "quantization": (1 / 255, 0)})

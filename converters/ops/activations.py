@@ -19,12 +19,11 @@ FIXED_NOTE = ("int8 kernel (the quantiser gives its output {op}'s {params}); flo
               "files with other output parameters")
 
 
-def _unary(ctx: LoweringContext, node: onnx.NodeProto, op: str, *, int8_version: int = 2,
+def _unary(ctx: LoweringContext, node: onnx.NodeProto, op: str, *,
            options: object = None) -> None:
     source = ctx.stored(node.input[0])  # elementwise: any layout will do
     out = ctx.output_value(node.output[0], column_order=source.column_order, perm=source.perm)
-    ctx.add_op(op, [source.tensor], [out.tensor], version=ctx.op_version(1, int8_version),
-               options=options)
+    ctx.add_op(op, [source.tensor], [out.tensor], options=options)
 
 
 @lower("Relu")
@@ -35,11 +34,9 @@ def lower_relu(ctx: LoweringContext, node: onnx.NodeProto) -> None:
 @lower("Clip")
 def lower_clip(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     code = ctx.activation_code(node)
-    ops = {FUSED_RELU: ("RELU", 2), FUSED_RELU6: ("RELU6", 2), FUSED_RELU_N1_TO_1:
-           ("RELU_N1_TO_1", 1)}
+    ops = {FUSED_RELU: "RELU", FUSED_RELU6: "RELU6", FUSED_RELU_N1_TO_1: "RELU_N1_TO_1"}
     if code in ops:
-        op, version = ops[code]
-        _unary(ctx, node, op, int8_version=version)
+        _unary(ctx, node, ops[code])
         return
     low, high = ctx.clip_bounds(node)
     source = ctx.stored(node.input[0])
@@ -66,21 +63,21 @@ def lower_leaky_relu(ctx: LoweringContext, node: onnx.NodeProto) -> None:
                                    "island keeps one delegate partition); --for npu|mcu: "
                                    "HARD_SWISH", integer_only=True))
 def lower_hard_swish(ctx: LoweringContext, node: onnx.NodeProto) -> None:
-    _unary(ctx, node, "HARD_SWISH", int8_version=1)
+    _unary(ctx, node, "HARD_SWISH")
 
 
 @lower("Sigmoid", int8=fixed_output(*LOGISTIC_INT8.scale, *LOGISTIC_INT8.zero_point,
                                   FIXED_NOTE.format(op="LOGISTIC", params="1/256, -128")))
 def lower_sigmoid(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     x = ctx.value(node.input[0]).tensor
-    ctx.fixed_output(node, "LOGISTIC", [x], LOGISTIC_INT8, ctx.op_version(1, 2))
+    ctx.fixed_output(node, "LOGISTIC", [x], LOGISTIC_INT8)
 
 
 @lower("Tanh", int8=fixed_output(*TANH_INT8.scale, *TANH_INT8.zero_point,
                                FIXED_NOTE.format(op="TANH", params="1/128, 0")))
 def lower_tanh(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     x = ctx.value(node.input[0]).tensor
-    ctx.fixed_output(node, "TANH", [x], TANH_INT8, ctx.op_version(1, 2))
+    ctx.fixed_output(node, "TANH", [x], TANH_INT8)
 
 
 @lower("Softmax", int8=fixed_output(*SOFTMAX_INT8.scale, *SOFTMAX_INT8.zero_point,
@@ -101,7 +98,7 @@ def lower_softmax(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         source = stored
     else:
         source = ctx.in_layout(node.input[0], (*[a for a in stored.perm if a != axis], axis))
-    ctx.fixed_output(node, "SOFTMAX", [source.tensor], SOFTMAX_INT8, ctx.op_version(1, 2),
+    ctx.fixed_output(node, "SOFTMAX", [source.tensor], SOFTMAX_INT8,
                      options=ctx.options("SoftmaxOptions", beta=1.0), perm=source.perm)
 
 
@@ -190,7 +187,7 @@ def _int8_hard_sigmoid(ctx: LoweringContext, node: onnx.NodeProto, alpha: float,
         f"{node.output[0]}/beta", np.full(channels, np.round(beta / bias_scale), np.int32),
         QuantParams.per_tensor(bias_scale, 0))
     out = ctx.output_value(node.output[0], column_order=source.column_order, perm=source.perm)
-    ctx.add_op("DEPTHWISE_CONV_2D", [source.tensor, weights, bias], [out.tensor], version=3,
+    ctx.add_op("DEPTHWISE_CONV_2D", [source.tensor, weights, bias], [out.tensor],
                options=ctx.options("DepthwiseConv2DOptions", padding=1, strideH=1, strideW=1,
                                    depthMultiplier=1, dilationHFactor=1, dilationWFactor=1,
                                    fusedActivationFunction=fused))
@@ -205,5 +202,4 @@ def lower_gelu(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     model rounds between the steps, which one int8 GELU kernel would not reproduce bit for bit.
     """
     approximate = ctx.attr(node, "approximate", "none") == "tanh"
-    _unary(ctx, node, "GELU", int8_version=2,
-           options=ctx.options("GeluOptions", approximate=approximate))
+    _unary(ctx, node, "GELU", options=ctx.options("GeluOptions", approximate=approximate))

@@ -96,13 +96,12 @@ def lower_conv(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     if group == 1:
         wt = _weights(ctx, node, (0, 2, 3, 1), 0, node.input[1])
         b = _bias(ctx, node, slice(0, out_ch), x, wt, node.output[0] + "/bias")
-        ctx.add_op("CONV_2D", [x, wt, b], [out.tensor], version=ctx.op_version(1, 3),
+        ctx.add_op("CONV_2D", [x, wt, b], [out.tensor],
                    options=ctx.options("Conv2DOptions", **common))
     elif group == c:
         wt = _weights(ctx, node, (1, 2, 3, 0), 3, node.input[1])
         b = _bias(ctx, node, slice(0, out_ch), x, wt, node.output[0] + "/bias")
-        version = 3 if ctx.int8 else (2 if dilations != (1, 1) else 1)
-        ctx.add_op("DEPTHWISE_CONV_2D", [x, wt, b], [out.tensor], version=version,
+        ctx.add_op("DEPTHWISE_CONV_2D", [x, wt, b], [out.tensor],
                    options=ctx.options("DepthwiseConv2DOptions", depthMultiplier=out_ch // c,
                                        **common))
     else:
@@ -159,8 +158,7 @@ def _grouped(ctx: LoweringContext, node: onnx.NodeProto, x: int, out: int, group
     axis = ctx.int_const(node.output[0] + "/split_axis", [3])
     parts = [ctx.scratch(f"{node.output[0]}/in{g}", (n, h, w, c // group),
                          ctx.builder.tensor_quant(x)) for g in range(group)]
-    ctx.add_op("SPLIT", [axis, x], parts, version=ctx.op_version(1, 2),
-               options=ctx.options("SplitOptions", numSplits=group))
+    ctx.add_op("SPLIT", [axis, x], parts, options=ctx.options("SplitOptions", numSplits=group))
     out_shape = ctx.builder.tensor_shape(out)
     out_q = ctx.builder.tensor_quant(out)
     results = []
@@ -180,11 +178,10 @@ def _grouped(ctx: LoweringContext, node: onnx.NodeProto, x: int, out: int, group
                                           weight[sl].transpose(0, 2, 3, 1).astype(np.float32))
         b = _bias(ctx, node, sl, parts[g], wt, name + "/bias")
         res = ctx.scratch(name, (*out_shape[:3], per_out), out_q)
-        ctx.add_op("CONV_2D", [parts[g], wt, b], [res], version=ctx.op_version(1, 3),
+        ctx.add_op("CONV_2D", [parts[g], wt, b], [res],
                    options=ctx.options("Conv2DOptions", **common))
         results.append(res)
-    ctx.add_op("CONCATENATION", results, [out], version=ctx.op_version(1, 2),
-               options=ctx.options("ConcatenationOptions", axis=3))
+    ctx.add_op("CONCATENATION", results, [out], options=ctx.options("ConcatenationOptions", axis=3))
 
 
 
@@ -232,8 +229,7 @@ def _crop(ctx: LoweringContext, wide: int, out: int, begin: list[int], size: tup
                                  ctx.int_const(name + "/crop_end", [0, size[0] + begin[0],
                                                                     size[1] + begin[1], 0]),
                                  ctx.int_const(name + "/crop_strides", [1, 1, 1, 1])],
-               [out], version=ctx.op_version(1, 2),
-               options=ctx.options("StridedSliceOptions", beginMask=0b1001, endMask=0b1001))
+               [out], options=ctx.options("StridedSliceOptions", beginMask=0b1001, endMask=0b1001))
 
 
 def _general_transpose_conv(ctx: LoweringContext, node: onnx.NodeProto, group: int,
@@ -329,13 +325,12 @@ def lower_conv_transpose(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     inputs = [out_shape, weights, x]
     if has_bias:
         inputs.append(_bias(ctx, node, slice(0, cout), x, weights, name + "/bias"))
-    version = 3 if has_bias else ctx.op_version(1, 2)
     options = ctx.options("TransposeConvOptions", padding=padding, strideH=sh, strideW=sw)
     if made == (oh, ow):
         out = ctx.output_value(name)
-        ctx.add_op("TRANSPOSE_CONV", inputs, [out.tensor], version=version, options=options)
+        ctx.add_op("TRANSPOSE_CONV", inputs, [out.tensor], options=options)
         return
     wide = ctx.scratch(name + "/uncropped", (n, *made, cout), ctx.quant(name))
-    ctx.add_op("TRANSPOSE_CONV", inputs, [wide], version=version, options=options)
+    ctx.add_op("TRANSPOSE_CONV", inputs, [wide], options=options)
     out = ctx.output_value(name)
     _crop(ctx, wide, out.tensor, begin, (oh, ow), name)

@@ -56,7 +56,7 @@ def _fully_connected(ctx: LoweringContext, node: onnx.NodeProto, weight_name: st
     options = ctx.options("FullyConnectedOptions", fusedActivationFunction=fused)
     if rank == 2:
         ctx.add_op("FULLY_CONNECTED", [source.tensor, wt, bias], [out.tensor],
-                   version=ctx.op_version(1, 4), options=options)
+                   options=options)
         return
     # A Linear on (N, ..., K): FULLY_CONNECTED flattens the leading axes itself; a RESHAPE
     # restores them (keep_num_dims needs a newer runtime than the rest of the model)
@@ -64,7 +64,7 @@ def _fully_connected(ctx: LoweringContext, node: onnx.NodeProto, weight_name: st
     flat = ctx.scratch(out_name + "/2d", (int(np.prod(stored_out[:-1])), out_features),
                        ctx.builder.tensor_quant(out.tensor))
     ctx.add_op("FULLY_CONNECTED", [source.tensor, wt, bias], [flat],
-               version=ctx.op_version(1, 4), options=options)
+               options=options)
     reshape(ctx, flat, stored_out, out.tensor, out_name + "/shape")
 
 
@@ -118,7 +118,7 @@ def _batch_matmul(ctx: LoweringContext, node: onnx.NodeProto) -> None:
 
     (a, adj_x), (b, adj_y) = operand(a_name), operand(b_name)
     out = ctx.output_value(node.output[0], perm=(*batch, rows, cols))
-    ctx.add_op("BATCH_MATMUL", [a, b], [out.tensor], version=ctx.op_version(1, 2),
+    ctx.add_op("BATCH_MATMUL", [a, b], [out.tensor],
                options=ctx.options("BatchMatMulOptions", adjX=adj_x, adjY=adj_y))
 
 

@@ -63,11 +63,11 @@ def _binary(ctx: LoweringContext, node: onnx.NodeProto, op: str,
             inputs.append(value.tensor)
     if options_name is None:  # MINIMUM, MAXIMUM: no fused activation
         out = ctx.output_value(node.output[0], column_order=order, perm=perm)
-        ctx.add_op(op, inputs, [out.tensor], version=ctx.op_version(1, 2))
+        ctx.add_op(op, inputs, [out.tensor])
         return
     fused, out_name = ctx.fuse_activation(node)
     out = ctx.output_value(out_name, column_order=order, perm=perm)
-    ctx.add_op(op, inputs, [out.tensor], version=ctx.op_version(1, 2),
+    ctx.add_op(op, inputs, [out.tensor],
                options=ctx.options(options_name, fusedActivationFunction=fused))
 
 

@@ -47,7 +47,7 @@ def _pool(ctx: LoweringContext, node: onnx.NodeProto, op: str) -> None:
                           filterWidth=kernel[1], fusedActivationFunction=fused)
     if out_name != node.output[0]:  # the fused activation's output replaces ours
         node = onnx.helper.make_node(node.op_type, node.input, [out_name])
-    ctx.same_params_output(node, op, [x], ctx.op_version(1, 2), options)
+    ctx.same_params_output(node, op, [x], options)
 
 
 def _taps(ctx: LoweringContext, node: onnx.NodeProto, x: int, kernel: tuple[int, ...],
@@ -68,8 +68,7 @@ def _taps(ctx: LoweringContext, node: onnx.NodeProto, x: int, kernel: tuple[int,
                                          ctx.int_const(f"{name}/tap{i}_{j}/end", end),
                                          ctx.int_const(f"{name}/tap{i}_{j}/strides",
                                                        [1, *strides, 1])],
-                       [tap], version=ctx.op_version(1, 2),
-                       options=ctx.options("StridedSliceOptions", beginMask=0b1001,
+                       [tap], options=ctx.options("StridedSliceOptions", beginMask=0b1001,
                                            endMask=0b1001))
             taps.append(tap)
     return taps
@@ -83,8 +82,7 @@ def _combine(ctx: LoweringContext, taps: list[int], op: str, name: str) -> int:
                           ctx.builder.tensor_quant(tap))
         options = (ctx.options("AddOptions", fusedActivationFunction=0) if op == "ADD"
                    else None)
-        ctx.add_op(op, [current, tap], [out], version=ctx.op_version(1, 2) if op != "ADD" else 1,
-                   options=options)
+        ctx.add_op(op, [current, tap], [out], options=options)
         current = out
     return current
 
@@ -118,9 +116,9 @@ def _dilated_pool(ctx: LoweringContext, node: onnx.NodeProto, op: str) -> None:
         last = _combine(ctx, taps[:-1], "MAXIMUM", node.output[0]) if len(taps) > 1 else None
         if last is None:
             ctx.same_params_output(node, "RESHAPE", [taps[0], ctx.int_const(
-                node.output[0] + "/shape", [-1, *ctx.builder.tensor_shape(taps[0])[1:]])], 1)
+                node.output[0] + "/shape", [-1, *ctx.builder.tensor_shape(taps[0])[1:]])])
             return
-        ctx.same_params_output(node, "MAXIMUM", [last, taps[-1]], ctx.op_version(1, 2))
+        ctx.same_params_output(node, "MAXIMUM", [last, taps[-1]])
         return
     count_pad = bool(int(ctx.attr(node, "count_include_pad", 0)))
     counts = [window_counts(size, k, s, p, o, count_pad, d) for size, k, s, p, o, d in
@@ -217,7 +215,7 @@ def lower_global_average_pool(ctx: LoweringContext, node: onnx.NodeProto) -> Non
     x = ctx.value(node.input[0]).tensor
     axes = ctx.int_const(node.output[0] + "/axes", [1, 2])
     out = ctx.output_value(node.output[0])
-    ctx.add_op("MEAN", [x, axes], [out.tensor], version=ctx.op_version(1, 2),
+    ctx.add_op("MEAN", [x, axes], [out.tensor],
                options=ctx.options("ReducerOptions", keepDims=True))
 
 

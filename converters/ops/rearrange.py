@@ -42,7 +42,7 @@ def crd_order(channels: int, block: int) -> np.ndarray:
 def _gather_channels(ctx: LoweringContext, x: int, order: np.ndarray, out: int,
                      name: str) -> None:
     indices = ctx.int_const(name + "/channels", order)
-    ctx.add_op("GATHER", [x, indices], [out], version=ctx.op_version(1, 2),
+    ctx.add_op("GATHER", [x, indices], [out],
                options=ctx.options("GatherOptions", axis=3, batchDims=0))
 
 
@@ -58,7 +58,7 @@ def lower_depth_to_space(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         _gather_channels(ctx, x, crd_order(channels, block), moved,
                          node.output[0])
         x = moved
-    ctx.same_params_output(node, "DEPTH_TO_SPACE", [x], 1,
+    ctx.same_params_output(node, "DEPTH_TO_SPACE", [x],
                            ctx.options("DepthToSpaceOptions", blockSize=block))
 
 
@@ -70,12 +70,12 @@ def lower_space_to_depth(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     x = ctx.value(node.input[0]).tensor
     options = ctx.options("SpaceToDepthOptions", blockSize=block)
     if mode == "DCR":
-        ctx.same_params_output(node, "SPACE_TO_DEPTH", [x], ctx.op_version(1, 2), options)
+        ctx.same_params_output(node, "SPACE_TO_DEPTH", [x], options)
         return
     out_shape = ctx.shape(node.output[0])
     dcr = ctx.scratch(node.output[0] + "/dcr", permuted(out_shape, (0, 2, 3, 1)),
                       ctx.builder.tensor_quant(x))
-    ctx.add_op("SPACE_TO_DEPTH", [x], [dcr], version=ctx.op_version(1, 2), options=options)
+    ctx.add_op("SPACE_TO_DEPTH", [x], [dcr], options=options)
     out = ctx.output_value(node.output[0], quant=ctx.builder.tensor_quant(x))
     _gather_channels(ctx, dcr, np.argsort(crd_order(out_shape[1], block)), out.tensor,
                      node.output[0])
@@ -117,11 +117,10 @@ def lower_expand(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     multiples = [o // i for i, o in zip(stored_in, stored_out, strict=True)]
     if all(m == 1 for m in multiples):
         ctx.same_params_output(node, "RESHAPE", [x, ctx.int_const(
-            node.output[0] + "/shape", [-1, *stored_out[1:]])], 1, perm=out_perm)
+            node.output[0] + "/shape", [-1, *stored_out[1:]])], perm=out_perm)
         return
     ctx.same_params_output(node, "TILE", [x, ctx.int_const(node.output[0] + "/multiples",
-                                                           multiples)],
-                           ctx.op_version(1, 3), perm=out_perm)
+                                                           multiples)], perm=out_perm)
 
 
 @lower("GlobalMaxPool")
@@ -132,5 +131,5 @@ def lower_global_max_pool(ctx: LoweringContext, node: onnx.NodeProto) -> None:
                               f"{len(ctx.shape(node.input[0]))}-D tensor; edgecnn lowers 4-D")
     x = ctx.value(node.input[0]).tensor
     axes = ctx.int_const(node.output[0] + "/axes", [1, 2])
-    ctx.same_params_output(node, "REDUCE_MAX", [x, axes], ctx.op_version(1, 2),
+    ctx.same_params_output(node, "REDUCE_MAX", [x, axes],
                            ctx.options("ReducerOptions", keepDims=True))

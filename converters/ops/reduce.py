@@ -50,12 +50,11 @@ def _reduce(ctx: LoweringContext, node: onnx.NodeProto, op: str, same_params: bo
     axes_tensor = ctx.int_const(node.output[0] + "/axes", np.asarray(axes, np.int32))
     options = ctx.options("ReducerOptions", keepDims=keep)
     if same_params:
-        ctx.same_params_output(node, op, [value.tensor, axes_tensor], ctx.op_version(1, 2),
+        ctx.same_params_output(node, op, [value.tensor, axes_tensor],
                                options)
         return
     out = ctx.output_value(node.output[0])
-    ctx.add_op(op, [value.tensor, axes_tensor], [out.tensor], version=ctx.op_version(1, 2),
-               options=options)
+    ctx.add_op(op, [value.tensor, axes_tensor], [out.tensor], options=options)
 
 
 @lower("ReduceMean")

@@ -204,13 +204,9 @@ def lower_resize(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         op = "RESIZE_NEAREST_NEIGHBOR"
         options = ctx.options("ResizeNearestNeighborOptions", alignCorners=align,
                               halfPixelCenters=half)
-    if op == "RESIZE_NEAREST_NEIGHBOR" and align:
-        version = 3
-    else:
-        version = 3 if half else ctx.op_version(1, 2)
     x = ctx.value(node.input[0]).tensor
     size = ctx.int_const(node.output[0] + "/size", list(out_shape[2:]))
-    ctx.same_params_output(node, op, [x, size], version, options)
+    ctx.same_params_output(node, op, [x, size], options)
 
 
 def onnx_resize_matrix(node: onnx.NodeProto, axis: int, size_in: int, size_out: int,
@@ -322,14 +318,13 @@ def _gather_rows(ctx: LoweringContext, node: onnx.NodeProto, described: str,
         index = ctx.int_const(f"{node.output[0]}/rows{axis}", matrix.argmax(axis=1))
         options = ctx.options("GatherOptions", axis=axis, batchDims=0)
         if step == 1:
-            ctx.same_params_output(node, "GATHER", [current, index], ctx.op_version(1, 2),
+            ctx.same_params_output(node, "GATHER", [current, index],
                                    options)
             return
         shape[axis] = len(matrix)
         moved = ctx.scratch(f"{node.output[0]}/rows", tuple(shape),
                             ctx.builder.tensor_quant(current))
-        ctx.add_op("GATHER", [current, index], [moved], version=ctx.op_version(1, 2),
-                   options=options)
+        ctx.add_op("GATHER", [current, index], [moved], options=options)
         current = moved
 
 

@@ -52,7 +52,7 @@ def _reshape(ctx: LoweringContext, node: onnx.NodeProto, x: int, out_shape: tupl
     stored_shape = permuted(out_shape, perm)
     new_shape = batch_free(ctx, stored_shape)
     shape = ctx.int_const(node.output[0] + "/shape", new_shape)
-    ctx.same_params_output(node, "RESHAPE", [x, shape], 1,
+    ctx.same_params_output(node, "RESHAPE", [x, shape],
                            ctx.options("ReshapeOptions", newShape=new_shape), perm=perm)
     if order is not None:
         value = ctx.values[node.output[0]]
@@ -233,7 +233,7 @@ def lower_concat(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         # TFLite's int8 CONCATENATION needs every input at the output's parameters
         inputs.append(ctx.with_params(source.tensor, out_q, f"{node.output[0]}/in{i}"))
     out = ctx.output_value(node.output[0], perm=perm)
-    ctx.add_op("CONCATENATION", inputs, [out.tensor], version=ctx.op_version(1, 2),
+    ctx.add_op("CONCATENATION", inputs, [out.tensor],
                options=ctx.options("ConcatenationOptions", axis=perm.index(axis)))
 
 
@@ -248,7 +248,7 @@ def _same_params_outputs(ctx: LoweringContext, node: onnx.NodeProto, op: str,
             outs.append(ctx.output_value(name, quant=in_q, perm=perm).tensor)
         else:
             outs.append(ctx.scratch(f"{name}/split", permuted(ctx.shape(name), perm), in_q))
-    ctx.add_op(op, inputs, outs, version=ctx.op_version(1, 2), options=options)
+    ctx.add_op(op, inputs, outs, options=options)
     for name, tensor in zip(node.output, outs, strict=True):
         if name not in ctx.values:  # requantise to the parameters the QDQ model chose
             out = ctx.output_value(name, perm=perm)
@@ -316,7 +316,7 @@ def lower_slice(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     inputs = [source.tensor, ctx.int_const(node.output[0] + "/begin", begin),
               ctx.int_const(node.output[0] + "/end", end),
               ctx.int_const(node.output[0] + "/strides", strides)]
-    ctx.same_params_output(node, "STRIDED_SLICE", inputs, ctx.op_version(1, 2),
+    ctx.same_params_output(node, "STRIDED_SLICE", inputs,
                            ctx.options("StridedSliceOptions", endMask=end_mask),
                            perm=source.perm)
 
@@ -344,7 +344,7 @@ def lower_gather(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         perm = tuple(a - (a > axis) for a in source.perm if a != axis)
     else:
         perm = source.perm
-    ctx.same_params_output(node, "GATHER", [source.tensor, index_tensor], ctx.op_version(1, 2),
+    ctx.same_params_output(node, "GATHER", [source.tensor, index_tensor],
                            ctx.options("GatherOptions", axis=source.perm.index(axis)), perm=perm)
 
 
@@ -369,7 +369,7 @@ def _pad_by_gathers(ctx: LoweringContext, node: onnx.NodeProto, x: int,
                               "as the axis holds; ONNX needs fewer")
     if not padded:
         ctx.same_params_output(node, "RESHAPE", [x, ctx.int_const(
-            node.output[0] + "/shape", [-1, *ctx.builder.tensor_shape(x)[1:]])], 1)
+            node.output[0] + "/shape", [-1, *ctx.builder.tensor_shape(x)[1:]])])
         return
     current, shape = x, list(ctx.builder.tensor_shape(x))
     for step, axis in enumerate(padded):
@@ -379,13 +379,12 @@ def _pad_by_gathers(ctx: LoweringContext, node: onnx.NodeProto, x: int,
         index = ctx.int_const(f"{node.output[0]}/gather{axis}", indices.astype(np.int32))
         options = ctx.options("GatherOptions", axis=axis, batchDims=0)
         if step == len(padded) - 1:
-            ctx.same_params_output(node, "GATHER", [current, index], ctx.op_version(1, 2),
+            ctx.same_params_output(node, "GATHER", [current, index],
                                    options)
             return
         moved = ctx.scratch(f"{node.output[0]}/padded{axis}", tuple(shape),
                             ctx.builder.tensor_quant(x))
-        ctx.add_op("GATHER", [current, index], [moved], version=ctx.op_version(1, 2),
-                   options=options)
+        ctx.add_op("GATHER", [current, index], [moved], options=options)
         current = moved
 
 
@@ -422,8 +421,8 @@ def lower_pad(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         return
     paddings = ctx.int_const(node.output[0] + "/paddings", pairs)
     if value == 0.0:
-        ctx.same_params_output(node, "PAD", [x, paddings], ctx.op_version(1, 2))
+        ctx.same_params_output(node, "PAD", [x, paddings])
         return
     quant = ctx.builder.tensor_quant(x) if ctx.int8 else None
     fill = fill_constant(ctx, value, quant, node.output[0] + "/fill")
-    ctx.same_params_output(node, "PADV2", [x, paddings, fill], ctx.op_version(1, 2))
+    ctx.same_params_output(node, "PADV2", [x, paddings, fill])

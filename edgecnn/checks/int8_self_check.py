@@ -99,7 +99,7 @@ def _tflite_activations(tflite_path: Path, x: np.ndarray,
     """Every int8 tensor LiteRT (or tflite-runtime) computes for ``x`` (NCHW), by name, and the
     name its quantised input carries."""
     from edgecnn.runtimes.isolation import probe_tflite, runtime_of
-    from edgecnn.runtimes.sessions import quantize_input
+    from edgecnn.runtimes.tflite_io import quantize_input
 
     shape = [len(x), *x.shape[2:], x.shape[1]]
     # verified, then run once in a child process at this shape (edgecnn.runtimes.isolation)

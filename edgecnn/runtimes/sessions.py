@@ -20,6 +20,7 @@ from edgecnn.errors import BadInputError, ParameterError, TargetUnavailableError
 from edgecnn.quiet import native_stderr_muted, onnxruntime_log_severity
 from edgecnn.registry import Registry
 from edgecnn.runtimes.batching import join_outputs, run_in_batches, split_batch
+from edgecnn.runtimes.tflite_io import quantize_input
 
 
 class Session(Protocol):
@@ -328,16 +329,6 @@ class TFLiteSession:
         if detail["dtype"] != np.float32 and scale:
             y = (y.astype(np.float32) - zero) * np.float32(scale)
         return y.transpose(0, 3, 1, 2) if (y.ndim == 4 and self.nhwc) else y
-
-
-def quantize_input(x: np.ndarray, detail: dict) -> np.ndarray:
-    dtype = detail["dtype"]
-    if dtype == np.float32:
-        return np.ascontiguousarray(x, np.float32)
-    scale, zero = detail["quantization"]
-    info = np.iinfo(dtype)
-    q = np.round(x / np.float32(scale)) + zero
-    return np.ascontiguousarray(np.clip(q, info.min, info.max).astype(dtype))
 
 
 RUNTIMES.register("torch")(Runtime("torch", (".pt", ".pt2"), "torch", TorchSession))

@@ -160,7 +160,7 @@ class MicroSession:
         self._x, self._y = x, None
 
     def invoke(self) -> None:
-        from edgecnn.runtimes.sessions import quantize_input
+        from edgecnn.runtimes.tflite_io import quantize_input
 
         assert self._x is not None
         x = self._x
