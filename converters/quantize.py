@@ -305,7 +305,7 @@ def _refuse_unquantisable_input(model: onnx.ModelProto, images: int) -> None:
     fixed = tensor_type.shape.dim[0].dim_value
     if fixed > images:
         raise DataError(f"{images} calibration images, but the model takes a fixed batch of "
-                        f"{fixed}: give at least {fixed} with --calib")
+                        f"{fixed}: give at least {fixed} as `calib`", parameters=("calib",))
 
 
 def _onnxruntime_errors() -> tuple[type[BaseException], ...]:
@@ -378,7 +378,7 @@ def require_calibration(path: str | Path | None, default: Path) -> Path:
         return default
     if is_test_split(path):
         raise DataError(f"{path}: is a test set; calibrating on it would leak test data into the "
-                        "model; pass --calib with training images")
+                        "model; pass training images as `calib`", parameters=("calib",))
     return Path(path)
 
 
@@ -389,5 +389,5 @@ def refuse_test_images(data: Dataset) -> None:
     found = test_images_in(data)
     if found:
         raise DataError(f"{data.source}: {found} of its {len(data)} images are MNIST test images; "
-                        "calibrating on them would leak test data into the model; pass --calib "
-                        "with training images")
+                        "calibrating on them would leak test data into the model; pass "
+                        "training images as `calib`", parameters=("calib",))

@@ -283,7 +283,8 @@ def convert(model: str | Path | Any, output: str | Path | None = None,
     elif already_int8 and config.budget is not None:
         raise BadInputError(f"{source}: is already int8; an accuracy budget needs the float model")
     elif already_int8 and not config.int8 and config.to == "tflite":
-        raise BadInputError(f"{source}: is an int8 QDQ model; add --int8 to write int8 TFLite")
+        raise BadInputError(f"{source}: is an int8 QDQ model; add int8=True to write int8 TFLite",
+                            parameters=("int8",))
     if config.to == "onnx":
         if qdq.is_qdq(onnx_model):
             stored = qdq.storage_encoding(onnx_model, config.onnx_int8_encoding)

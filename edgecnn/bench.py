@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from edgecnn.errors import BadInputError
+from edgecnn.errors import BadInputError, EdgecnnError
 from edgecnn.files.outputs import atomic_path
 from edgecnn.targets import get_target
 from edgecnn.targets.base import BenchConfig, BenchResult
@@ -70,8 +70,8 @@ def _batch_for(model: Path, asked: int | None) -> int:
     fixed = fixed_batch(model)
     if fixed is not None and asked is not None and asked != fixed:
         raise BadInputError(f"{model}: exported for a fixed batch of {fixed}; bench it with "
-                            f"--batch {fixed} (or leave --batch out), or re-export it with a "
-                            "free batch")
+                            f"batch={fixed} (or leave `batch` out), or re-export it with a "
+                            "free batch", parameters=("batch",))
     return asked or fixed or 1
 
 
@@ -79,13 +79,21 @@ def check_activations(model: Path, batch: int) -> None:
     """Refuse a batch whose activations would not fit edgecnn's one-array limit, before any
     runtime allocates them: the input alone (313 MB at ``--batch 100000`` of MNIST) passes while
     the first convolution's output needs 1.8 GB."""
+    try:
+        _check_activation_sizes(model, batch)
+    except EdgecnnError as exc:
+        exc.parameters = ("batch",)  # the messages name it: the CLI spells it as its flag
+        raise
+
+
+def _check_activation_sizes(model: Path, batch: int) -> None:
     from edgecnn.files.limits import check_allocation
     from edgecnn.files.model_files import load_onnx, read_tflite
     from edgecnn.files.onnx_bounds import check_tensor_sizes
 
-    fix = "bench a smaller --batch"
+    fix = "bench a smaller `batch`"
     if model.suffix == ".onnx":
-        check_tensor_sizes(load_onnx(model), f"{model} at --batch {batch}", batch, fix)
+        check_tensor_sizes(load_onnx(model), f"{model} at batch={batch}", batch, fix)
     elif model.suffix == ".tflite":
         flatbuffer, _ = read_tflite(model)
         for tensor in flatbuffer.subgraphs[0].tensors or []:
@@ -94,7 +102,7 @@ def check_activations(model: Path, batch: int) -> None:
             if shape and signature is not None and len(signature) and int(signature[0]) == -1:
                 shape[0] = batch
             name = tensor.name.decode(errors="replace") if isinstance(tensor.name, bytes) else ""
-            check_allocation(f"{model}: tensor {name!r} at --batch {batch}", shape, 4, fix)
+            check_allocation(f"{model}: tensor {name!r} at batch={batch}", shape, 4, fix)
 
 
 def plot_latencies(report: BenchReport, path: Path) -> None:

@@ -215,7 +215,7 @@ def test_calibration_batch_size_one_is_honoured(monkeypatch):
 def test_a_fixed_batch_larger_than_the_calibration_set_is_refused_up_front():
     """onnxruntime would fail inside calibration ("Got invalid dimensions ... Expected: 4")."""
     with pytest.raises(DataError, match=r"^3 calibration images, but the model takes a fixed "
-                                        r"batch of 4: give at least 4 with --calib$"):
+                                        r"batch of 4: give at least 4 as `calib`$"):
         quantize_onnx(_float_model(batch=4), _card(), _data(3))
 
 

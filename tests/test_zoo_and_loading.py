@@ -72,7 +72,7 @@ def test_torchscript_archive_loads(tmp_path):
 def test_pickled_module_needs_opt_in(tmp_path):
     path = tmp_path / "pickled.pt"
     torch.save(zoo.build("lenet5"), path)
-    with pytest.raises(ModelLoadError, match="--trust-pickle"):
+    with pytest.raises(ModelLoadError, match="trust_pickle=True only if"):
         load_torch_model(path)
     with pytest.warns(UserWarning, match="unpickling"):
         assert load_torch_model(path, trust_pickle=True).card.architecture == "lenet5"

@@ -162,7 +162,8 @@ def _int8_hard_sigmoid(ctx: LoweringContext, node: onnx.NodeProto, alpha: float,
     if len(shape) != 4 or not (np.isfinite(alpha) and np.isfinite(beta)) or alpha <= 0:
         raise ConversionError(f"{ctx.graph.source}: HardSigmoid {node.name!r} on a rank-"
                               f"{len(shape)} tensor (alpha {alpha:g}) has no integer-only form "
-                              "here; convert with --for cpu to run it as a float island")
+                              "here; convert with int8_for=cpu to run it as a float island",
+                              parameters=("int8_for",))
     if high <= 1.0 + 0.5 * out_q.scale[0]:
         fused = FUSED_RELU
     elif low >= -0.5 * out_q.scale[0]:
@@ -170,7 +171,8 @@ def _int8_hard_sigmoid(ctx: LoweringContext, node: onnx.NodeProto, alpha: float,
     else:
         raise ConversionError(f"{ctx.graph.source}: HardSigmoid {node.name!r} output range "
                               f"[{low:.3g}, {high:.3g}] spans below 0 and above 1; one int8 op "
-                              "cannot clamp both: convert with --for cpu")
+                              "cannot clamp both: convert with int8_for=cpu",
+                              parameters=("int8_for",))
     channels = shape[3]
     in_scale = ctx.builder.tensor_quant(source.tensor).scale[0]
     # the accumulator (x - z) * w + bias is exact in integers: alpha is w * weight scale, to

@@ -30,7 +30,8 @@ def _weights(ctx: LoweringContext, node: onnx.NodeProto, layout: tuple[int, ...]
     if ctx.int8:
         if wq is None or wq.values.dtype != np.int8:
             raise ConversionError(f"{ctx.graph.source}: Conv {node.name!r} weights are not int8 "
-                                  "QDQ constants; quantise the model with edgecnn --int8")
+                                  "QDQ constants; quantise the model with edgecnn (int8=True)",
+                                  parameters=("int8",))
         if np.any(wq.zero_point != 0):
             raise ConversionError(f"{ctx.graph.source}: Conv {node.name!r} weights have non-zero "
                                   "zero points; TFLite int8 weights are symmetric")
@@ -241,7 +242,8 @@ def _general_transpose_conv(ctx: LoweringContext, node: onnx.NodeProto, group: i
     if ctx.int8:
         raise ConversionError(f"{ctx.graph.source}: ConvTranspose {node.name!r} is grouped, "
                               "dilated or padded past its full output, which edgecnn writes in "
-                              "float only; convert with --for cpu (a float island)")
+                              "float only; convert with int8_for=cpu (a float island)",
+                              parameters=("int8_for",))
     name = node.output[0]
     _, cout, oh, ow = ctx.shape(node.output[0])
     sh, sw = tuple(ctx.attr(node, "strides", [1, 1]))

@@ -36,7 +36,8 @@ def _fully_connected(ctx: LoweringContext, node: onnx.NodeProto, weight_name: st
         wq = ctx.weight_quant(weight_name)
         if wq is None or wq.values.dtype != np.int8 or np.any(wq.zero_point != 0):
             raise ConversionError(f"{ctx.graph.source}: {node.op_type} {node.name!r} weights are not "
-                                  "symmetric int8 QDQ constants; quantise with edgecnn --int8")
+                                  "symmetric int8 QDQ constants; quantise it with edgecnn (int8=True)",
+                                  parameters=("int8",))
         values = wq.values if transposed else wq.values.T
         if order is not None:
             values = values[:, order]

@@ -98,8 +98,8 @@ def _dilated_pool(ctx: LoweringContext, node: onnx.NodeProto, op: str) -> None:
     average = op == "AVERAGE_POOL_2D"
     if average and ctx.int8:
         raise ConversionError(f"{ctx.graph.source}: AveragePool {node.name!r} is dilated, which "
-                              "edgecnn writes in float only; convert with --for cpu (a float "
-                              "island)")
+                              "edgecnn writes in float only; convert with int8_for=cpu (a "
+                              "float island)", parameters=("int8_for",))
     _, declared = spatial_padding(ctx, node, (h, w), kernel, strides, dilations,
                                   allow_same=False)
     _, explicit = spatial_padding(ctx, node, (h, w), kernel, strides, dilations,
@@ -169,7 +169,8 @@ def _average_by_counts(ctx: LoweringContext, node: onnx.NodeProto, x: int,
     if ctx.int8:
         raise ConversionError(f"{ctx.graph.source}: AveragePool {node.name!r} divides windows "
                               "cut by padding or ceil mode by their own counts, which no int8 "
-                              "kernel does; convert with --for cpu (a float island)")
+                              "kernel does; convert with int8_for=cpu (a float island)",
+                              parameters=("int8_for",))
     name = node.output[0]
     shape = ctx.builder.tensor_shape(x)
     oh, ow = factors.shape

@@ -289,8 +289,8 @@ def _resize_by_matrices(ctx: LoweringContext, node: onnx.NodeProto, described: s
         return
     if ctx.int8:
         raise ConversionError(f"{described} weighs input cells as no TFLite resize kernel does; "
-                              "edgecnn writes that in float: convert with --for cpu (a float "
-                              "island)")
+                              "edgecnn writes that in float: convert with int8_for=cpu "
+                              "(a float island)", parameters=("int8_for",))
     _matmul_rows(ctx, node, matrices, outside, value)
 
 

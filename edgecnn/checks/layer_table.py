@@ -228,8 +228,8 @@ def _layer_errors(float_model: onnx.ModelProto, qdq: onnx.ModelProto, images: np
     fixed = float_model.graph.input[0].type.tensor_type.shape.dim[0].dim_value
     if fixed and len(images) % fixed:
         raise BadInputError(f"{source}: its float model takes batches of exactly {fixed}; "
-                            f"{len(images)} images do not split into them: give --limit a "
-                            f"multiple of {fixed}")
+                            f"{len(images)} images do not split into them: give `limit` a "
+                            f"multiple of {fixed}", parameters=("limit",))
     batch_size = fixed or batch_size  # an export at a fixed batch (often 1) runs in its chunks
     from edgecnn.converters.qdq import reference_inference_session
 

@@ -37,7 +37,7 @@ class UnsafeArchiveError(ModelLoadError):
 def _refusal(path: Path, what: str) -> UnsafeArchiveError:
     return UnsafeArchiveError(
         f"{path}: {what} needs a full unpickler, which runs code from the file; re-run with "
-        "--trust-pickle only if you trust its source")
+        "trust_pickle=True only if you trust its source", parameters=("trust_pickle",))
 
 
 def check_export_archive(path: Path, members: list[str]) -> None:

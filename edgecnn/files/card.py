@@ -73,7 +73,7 @@ class InputSpec:
 
         c, h, w = self.shape
         check_allocation(f"input batch of {count}", (count, c, h, w), 4,
-                         "use a smaller --batch or a model with a smaller input")
+                         "use a smaller `batch` or a model with a smaller input")
         images = np.random.default_rng(seed).integers(0, 256, (count, h, w, c), dtype=np.uint8)
         return self.preprocess(images)
 

@@ -184,7 +184,7 @@ def _card_or_default(path: Path, embedded: str | None, arch: str | None) -> Mode
         if arch is None:
             raise ModelLoadError(
                 f"{path}: carries no model card and names no architecture; put a card beside it "
-                f"({path.with_suffix('.json').name}) or pass --arch"
+                f"({path.with_suffix('.json').name}) or pass `arch`", parameters=("arch",)
             )
         card = default_card(arch)
     return card
@@ -268,8 +268,8 @@ def _load_checkpoint(path: Path, *, trust_pickle: bool, arch: str | None) -> Tor
         if not trust_pickle:
             raise ModelLoadError(
                 f"{path}: holds a pickled Python object, which runs code when loaded; re-run with "
-                "--trust-pickle only if you trust its source, or save a state_dict or "
-                "torch.export archive instead"
+                "trust_pickle=True only if you trust its source, or save a state_dict or "
+                "torch.export archive instead", parameters=("trust_pickle",)
             ) from None
         return _load_pickled(path, arch)
     except Exception as exc:
@@ -277,8 +277,8 @@ def _load_checkpoint(path: Path, *, trust_pickle: bool, arch: str | None) -> Tor
     state, named_arch = _split_checkpoint(obj, path)
     arch = arch or named_arch
     if arch is None:
-        raise ModelLoadError(f"{path}: state_dict names no architecture; pass --arch "
-                             f"({', '.join(zoo.ARCHITECTURES)})")
+        raise ModelLoadError(f"{path}: state_dict names no architecture; pass `arch` "
+                             f"({', '.join(zoo.ARCHITECTURES)})", parameters=("arch",))
     module = _build_arch(arch, path)
     try:
         module.load_state_dict(state, strict=True)
