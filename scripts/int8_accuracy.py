@@ -410,6 +410,32 @@ def equalized_fp32(fp32: Path, calib: np.ndarray, target: Path, relu6: bool = Fa
 
 
 SCRIPT_ONLY = ("cross_layer_equalization", "relu6_as_relu")  # not (yet) ConvertConfig fields
+ADAROUND_SECONDS: list[float] = []  # wall time of each AdaRound step (edgecnn_int8 records it)
+
+
+def timing_adaround() -> None:
+    """Record the wall time of ``converters.adaround.adaround`` (its own step only, apart from
+    calibration and export) in ``ADAROUND_SECONDS``: the cost a user of ``--adaround`` pays."""
+    import logging
+
+    import edgecnn.converters.adaround as module
+
+    module.log.setLevel(logging.DEBUG)  # one line per layer, with its seconds
+    if not logging.getLogger().handlers:
+        module.log.addHandler(logging.StreamHandler(sys.stderr))
+    original = module.adaround
+    if getattr(original, "timed", False):
+        return
+
+    def timed(*args: Any, **kwargs: Any) -> int:
+        began = time.perf_counter()
+        done = original(*args, **kwargs)
+        ADAROUND_SECONDS.append(time.perf_counter() - began)
+        print(f"AdaRound: {done} layers in {ADAROUND_SECONDS[-1]:.1f} s", file=sys.stderr)
+        return done
+
+    timed.timed = True  # type: ignore[attr-defined]
+    module.adaround = timed
 
 
 def edgecnn_int8(fp32: Path, case: Case, method: str, folder: Path, extras: dict[str, bool],
@@ -422,6 +448,8 @@ def edgecnn_int8(fp32: Path, case: Case, method: str, folder: Path, extras: dict
 
     batches = [case.calib[i:i + 32] for i in range(0, len(case.calib), 32)]
     options = {k: v for k, v in extras.items() if k not in SCRIPT_ONLY}
+    if extras.get("adaround"):
+        timing_adaround()
     source = fp32
     if extras.get("relu6_as_relu"):  # another float model: edgecnn has no such option
         source = equalized or fp32
@@ -629,12 +657,16 @@ def main() -> None:
         saved = folder / f"{name}.rows.json"
         if not (args.reuse and saved.is_file()):
             began = time.perf_counter()
+            ADAROUND_SECONDS.clear()
             case = build_case(name)
             measured = measure_case(case, args.calib_method, folder, extras)
             saved.write_text(json.dumps({"note": case.images_note, "seconds": round(
-                time.perf_counter() - began), "rows": [vars(r) for r in measured]}, default=float))
+                time.perf_counter() - began), "adaround_s": [round(t, 1) for t in
+                                                             ADAROUND_SECONDS],
+                "rows": [vars(r) for r in measured]}, default=float))
         record = json.loads(saved.read_text())
-        notes[name] = f"{record['note']}; measured in {record['seconds']} s"
+        notes[name] = f"{record['note']}; measured in {record['seconds']} s" + "".join(
+            f" (AdaRound step {t:.0f} s)" for t in record.get("adaround_s", []))
         rows += [Row(r["model"], r["reading"], {k: tuple(v) if isinstance(v, list) else v
                                                 for k, v in r["cells"].items()})
                  for r in record["rows"]]
