@@ -1,0 +1,64 @@
+"""The accuracy budget's layer table runs on a few images (``LAYER_IMAGES``), not on all of the
+budget's data: it only orders the candidates, and on EfficientNet-Lite0 with swish (125
+candidates, 96 crops at batch 1) the full table took 108 s of a 4-minute search, where 32
+images took 21 s and chose the same 122 layers (docs/int8-accuracy.md). Checked here on the
+shipped outlier model: the search reads the table from at most 32 images, and 32 images name
+the same worst layers as 300.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+import edgecnn.checks.layer_table as layer_table
+from edgecnn.api import ConvertConfig, convert
+from edgecnn.checks.budget import LAYER_IMAGES, PASS_THROUGH, Budget
+
+ROOT = Path(__file__).resolve().parent.parent
+OUTLIER = ROOT / "models" / "mobile_se_outlier.pt"
+
+
+def _worst(errors: list[layer_table.LayerError], count: int) -> list[str]:
+    """The first ``count`` candidates in the budget's order."""
+    nodes = [e.tensor.node for e in layer_table.worst_first(errors)
+             if e.tensor.node and e.tensor.op not in PASS_THROUGH]
+    return list(dict.fromkeys(nodes))[:count]
+
+
+def test_the_search_orders_candidates_on_a_few_images(test_set, tmp_path, monkeypatch):
+    seen: list[int] = []
+    real = layer_table.layer_errors
+
+    def spy(float_model, qdq, images, *args, **kwargs):
+        seen.append(len(images))
+        return real(float_model, qdq, images, *args, **kwargs)
+
+    monkeypatch.setattr(layer_table, "layer_errors", spy)
+    images = test_set.take(300)
+    data = tmp_path / "budget.npz"
+    np.savez(data, x=images.images, y=images.labels)
+    result = convert(OUTLIER, tmp_path / "unmet.onnx", ConvertConfig(
+        "onnx", int8=True, per_channel=False, budget_data=data,
+        budget=Budget(min_agreement_pct=100.0, max_float_layers=3)))
+    assert result.budget is not None
+    assert seen == [LAYER_IMAGES] and LAYER_IMAGES <= 32
+    # the cost of the budget (every candidate float) is the third quantisation, right after
+    assert [len(t.float_nodes) for t in result.budget.trials] == [0, 0, 3]
+
+
+def test_a_few_images_name_the_same_worst_layers(test_set, tmp_path):
+    from edgecnn.files.card import read_sidecar
+
+    fp32 = convert(OUTLIER, tmp_path / "fp32.onnx", ConvertConfig("onnx")).path
+    int8 = convert(OUTLIER, tmp_path / "int8.onnx",
+                   ConvertConfig("onnx", int8=True, per_channel=False)).path
+    card = read_sidecar(OUTLIER)
+    assert card is not None
+    x = card.input.preprocess(test_set.take(300).images)
+    float_model, qdq = onnx.load(fp32), onnx.load(int8)
+    few = layer_table.layer_errors(float_model, qdq, x[:LAYER_IMAGES])
+    many = layer_table.layer_errors(float_model, qdq, x)
+    assert _worst(few, 2) == _worst(many, 2)
