@@ -56,3 +56,16 @@ def test_the_search_orders_candidates_on_a_few_images(test_set, tmp_path, monkey
     float_model, qdq, _, few = seen[0]
     many = real(float_model, qdq, card.input.preprocess(images.images))
     assert _worst(few, 2) == _worst(many, 2)
+
+
+def test_the_summary_names_a_few_kept_layers_and_counts_the_rest():
+    from edgecnn.checks.budget import SUMMARY_LAYERS, Budget, BudgetResult, Trial
+
+    nodes = tuple(f"n{i}" for i in range(SUMMARY_LAYERS + 3))
+    trial = Trial(nodes, 99.0, 0.1, 95.0, True)
+    result = BudgetResult(Budget(min_agreement_pct=90.0), 99.1, None, trial,  # type: ignore[arg-type]
+                          [trial], {n: f"layer.{n}" for n in nodes})
+    line = result.summary()
+    assert f"kept in float: {len(nodes)} layers: layer.n0, " in line and "(3 more)" in line
+    assert f"layer.n{SUMMARY_LAYERS}" not in line  # the rest are in to_dict()
+    assert len(result.to_dict()["kept in float"]) == len(nodes)

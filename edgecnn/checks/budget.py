@@ -36,6 +36,7 @@ PASS_THROUGH = {"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsque
 # three sessions with every tensor an output (EfficientNet-Lite0 with swish, 96 crops at
 # batch 1: 108 s of a 4-minute search; 32 crops: 21 s, the same layers kept)
 LAYER_IMAGES = 32
+SUMMARY_LAYERS = 8  # kept-float layers named in the one-line summary
 PRUNE_UP_TO = 12  # kept sets this small are pruned layer by layer (one quantisation each)
 
 
@@ -86,7 +87,10 @@ class BudgetResult:
         return self.chosen.met
 
     def summary(self) -> str:
-        kept = ", ".join(self.layers.get(n, n) for n in self.chosen.float_nodes) or "none"
+        names = [self.layers.get(n, n) for n in self.chosen.float_nodes]
+        kept = ", ".join(names[:SUMMARY_LAYERS]) or "none"
+        if len(names) > SUMMARY_LAYERS:  # every name is in to_dict() (--json)
+            kept = f"{len(names)} layers: {kept}, ... ({len(names) - SUMMARY_LAYERS} more)"
         if self.float_weights:  # float32 instead of int8: 3 more bytes each
             kept += f" ({self.float_weights:,} weights, +{3 * self.float_weights / 1024:.1f} KiB"
             if self.latency_us is not None:
