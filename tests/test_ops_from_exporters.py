@@ -499,3 +499,31 @@ def test_onnx_backend_node_cases(tmp_path):
     passing = {n for n, o in outcomes.items() if o.status == "pass"}
     # test_lrn_default declares batch 5: the self-check feeds it whole batches of 5
     assert passing == set(NODE_CASES)
+
+
+@pytest.mark.parametrize("op", ["Sigmoid", "Tanh"])
+def test_sigmoid_and_tanh_run_in_the_layout_their_input_is_stored_in(tmp_path, op):
+    """MobileViT's token SiLUs: a Sigmoid on tokens stored [N, P, C] moved them to the default
+    layout and back, two TRANSPOSEs each (18 of MobileViT's 117). An elementwise op costs no
+    TRANSPOSE more than a ReLU in the same place."""
+    from edgecnn.converters.tflite_schema import op_name
+    from edgecnn.files.model_files import read_tflite
+
+    def model(activation: str) -> onnx.ModelProto:  # NHWC-ordered data, stored as it is
+        nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1]),
+                 helper.make_node(activation, ["t"], ["a"]),
+                 helper.make_node("Mul", ["t", "a"], ["m"]),
+                 helper.make_node("Transpose", ["m"], ["y"], perm=[0, 3, 1, 2])]
+        return _model(nodes, (1, 4, 6, 6), (1, 4, 6, 6))
+
+    def transposes(m: onnx.ModelProto) -> int:
+        path = tmp_path / f"{m.graph.node[2].op_type}.tflite"
+        path.write_bytes(convert_onnx_to_tflite(m, "m.onnx").data)
+        flatbuffer, _ = read_tflite(path)
+        codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in flatbuffer.operatorCodes]
+        return sum(op_name(codes[o.opcodeIndex]) == "TRANSPOSE"
+                   for o in flatbuffer.subgraphs[0].operators)
+
+    x = RNG.standard_normal((1, 4, 6, 6)).astype(np.float32)
+    _close(_tflite(model(op), x, tmp_path), _onnxruntime(model(op), x))
+    assert transposes(model(op)) == transposes(model("Relu")) == 0

@@ -6,7 +6,13 @@ import numpy as np
 import onnx
 
 from edgecnn.converters.int8_forms import fixed_output, island
-from edgecnn.converters.lowering import FUSED_RELU, FUSED_RELU6, FUSED_RELU_N1_TO_1, LoweringContext
+from edgecnn.converters.lowering import (
+    FUSED_RELU,
+    FUSED_RELU6,
+    FUSED_RELU_N1_TO_1,
+    LoweringContext,
+    Value,
+)
 from edgecnn.converters.ops import lower
 from edgecnn.converters.tflite_builder import QuantParams
 from edgecnn.errors import ConversionError
@@ -69,15 +75,23 @@ def lower_hard_swish(ctx: LoweringContext, node: onnx.NodeProto) -> None:
 @lower("Sigmoid", int8=fixed_output(*LOGISTIC_INT8.scale, *LOGISTIC_INT8.zero_point,
                                   FIXED_NOTE.format(op="LOGISTIC", params="1/256, -128")))
 def lower_sigmoid(ctx: LoweringContext, node: onnx.NodeProto) -> None:
-    x = ctx.value(node.input[0]).tensor
-    ctx.fixed_output(node, "LOGISTIC", [x], LOGISTIC_INT8)
+    source = _elementwise_source(ctx, node.input[0])
+    ctx.fixed_output(node, "LOGISTIC", [source.tensor], LOGISTIC_INT8, perm=source.perm)
 
 
 @lower("Tanh", int8=fixed_output(*TANH_INT8.scale, *TANH_INT8.zero_point,
                                FIXED_NOTE.format(op="TANH", params="1/128, 0")))
 def lower_tanh(ctx: LoweringContext, node: onnx.NodeProto) -> None:
-    x = ctx.value(node.input[0]).tensor
-    ctx.fixed_output(node, "TANH", [x], TANH_INT8)
+    source = _elementwise_source(ctx, node.input[0])
+    ctx.fixed_output(node, "TANH", [source.tensor], TANH_INT8, perm=source.perm)
+
+
+def _elementwise_source(ctx: LoweringContext, name: str) -> Value:
+    """An elementwise op's input in the layout it is stored in (no TRANSPOSE to the default
+    layout and back: MobileViT's SiLUs cost 18 of its TRANSPOSEs that way); a flattened
+    feature map, whose column order an output cannot carry here, in the default layout."""
+    stored = ctx.stored(name)
+    return stored if stored.column_order is None else ctx.value(name)
 
 
 @lower("Softmax", int8=fixed_output(*SOFTMAX_INT8.scale, *SOFTMAX_INT8.zero_point,
