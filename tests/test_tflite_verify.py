@@ -175,7 +175,7 @@ def test_a_free_batch_written_as_tensorflow_does_passes(tmp_path, artefacts):
 
 def test_big_files_are_verified_on_the_mapped_file(tmp_path, artefacts, monkeypatch):
     """Files over STRUCTURE_CHECK_BYTES skip read_tflite's unpacking, not the verifier."""
-    from edgecnn.runtimes.sessions import sessions as runtimes
+    from edgecnn.runtimes import sessions as runtimes
 
     monkeypatch.setattr(runtimes, "STRUCTURE_CHECK_BYTES", 0)
     path = _crafted(artefacts["tflite"], tmp_path, _reversed)
