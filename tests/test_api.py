@@ -118,6 +118,7 @@ def test_a_module_that_pins_its_batch_is_exported_fixed_and_says_so(tmp_path):
 
 
 def test_library_errors_name_api_parameters_and_the_cli_respells_them_as_flags(cli_runner):
+    from edgecnn import api
     from edgecnn.checks.budget import Budget
     from edgecnn.errors import ParameterError
 
@@ -135,7 +136,7 @@ def test_library_errors_name_api_parameters_and_the_cli_respells_them_as_flags(c
     result = cli_runner.invoke(cli, ["validate", "lenet5", "--limit", "0"])
     assert result.exit_code == 2 and "--limit 0: give a number >= 1" in result.output
     with pytest.raises(ParameterError, match="limit=0"):
-        edgecnn.api.validate(["lenet5"], "x.npz", limit=0)
+        api.validate(["lenet5"], "x.npz", limit=0)
 
 
 def test_runtime_has_one_grammar_names_or_globs_comma_separated(tmp_path):
@@ -151,3 +152,17 @@ def test_runtime_has_one_grammar_names_or_globs_comma_separated(tmp_path):
     with pytest.raises(BadInputError, match=r"runtime='onnx\*' matches none of the runtimes"):
         runtimes_for(Path("m.tflite"), "onnx*")
     assert "torch-cpu:bf16" not in runtimes_for(Path("m.pt"))  # opt-in: only when chosen
+
+
+def test_a_glob_skips_the_runtimes_it_matches_that_cannot_run_here_and_says_so():
+    from edgecnn import api
+
+    report = api.bench("lenet5", runtime="torch*", runs=2, warmup=0, min_time=0.0)
+    runtimes = [r["runtime"] for r in report.rows()]
+    assert runtimes[0] == "torch" and not any(r.startswith("torch-cuda") for r in runtimes)
+    import torch
+
+    if not torch.cuda.is_available():  # the cuda placements are noted as skipped, not errors
+        assert any(n.startswith("skipped torch-cuda:") for n in report.notes)
+        with pytest.raises(BadInputError, match="torch-cuda:fp16"):  # a name must run
+            api.bench("lenet5", runtime="torch-cuda:fp16", runs=2, min_time=0.0)
