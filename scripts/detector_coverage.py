@@ -87,16 +87,9 @@ column measures).
 
 def rerandomise(model: Any) -> None:
     """BatchNorm at identity (and Ultralytics' fused-looking defaults) leaves branches dead."""
-    import torch
+    import torchvision_zoo
 
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                module.running_mean.uniform_(-0.1, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
-                if module.affine:
-                    module.weight.uniform_(0.5, 1.5)
-                    module.bias.uniform_(-0.1, 0.1)
+    torchvision_zoo.rerandomise_batchnorm(model)
 
 
 def build_child(name: str, size: int, folder: Path) -> dict[str, Any]:

@@ -69,14 +69,7 @@ def _child(name: str, side: int, folder: Path) -> dict[str, object]:
         model = timm.create_model(name, pretrained=False, num_classes=100).eval()
     except Exception as exc:  # noqa: BLE001 - a report, not a library
         return {"status": "build failed", "reason": str(exc).splitlines()[0][:200]}
-    with torch.no_grad():  # BatchNorm at identity leaves branches dead: re-randomise it
-        for module in model.modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                module.running_mean.uniform_(-0.1, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
-                if module.affine:
-                    module.weight.uniform_(0.5, 1.5)
-                    module.bias.uniform_(-0.1, 0.1)
+    torchvision_zoo.rerandomise_batchnorm(model)  # BatchNorm at identity leaves branches dead
     example = torch.rand(1, 3, side, side)
     try:
         program = torch.export.export(model, (example,))

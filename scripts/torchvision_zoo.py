@@ -81,6 +81,19 @@ def build(name: str, seed: int = 0) -> torch.nn.Module:
     return model
 
 
+def rerandomise_batchnorm(model: torch.nn.Module) -> None:
+    """Random-weight models leave BatchNorm at identity (mean 0, var 1, gamma 1, beta 0), which
+    leaves branches dead and parity untested: draw its statistics and affine terms instead."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+                if module.affine:
+                    module.weight.uniform_(0.5, 1.5)
+                    module.bias.uniform_(-0.1, 0.1)
+
+
 def export(name: str, folder: Path, size: int | None = None, seed: int = 0) -> Export:
     """torch.export the model at batch 1 (what most people write) and save it as ``.pt2``."""
     side = size or MODELS[name][0]
