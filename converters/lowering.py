@@ -364,7 +364,8 @@ def transpose_tensor(ctx: LoweringContext, tensor: int, shape: tuple[int, ...],
 
     Size-1 axes are dropped and axes that stay neighbours are merged first, so the channel
     shuffle's 5-D transpose becomes a 3-D one that TRANSPOSE v1/v2 (rank <= 4) runs on every
-    runtime; RESHAPEs around it cost no arithmetic.
+    runtime; RESHAPEs around it cost no arithmetic. More than 4 blocks left (mobilevitv2's
+    unfold) are moved a block at a time (:func:`_move_blocks`).
     """
     if perm[0] != 0 and not ctx.builder.fixed_batch:
         raise BatchAxisMoved(f"{ctx.graph.source}: {name!r} would move the batch axis; "
@@ -385,21 +386,54 @@ def transpose_tensor(ctx: LoweringContext, tensor: int, shape: tuple[int, ...],
         out = ctx.scratch(name, out_shape, quant)
         reshape(ctx, tensor, out_shape, out, name + "/shape")
         return out
-    if len(merged_shape) > 4:
-        raise ConversionError(f"{ctx.graph.source}: {name!r} needs a {len(merged_shape)}-D "
-                              "transpose; TFLite's TRANSPOSE takes at most 4 axes")
     source = tensor
     if merged_shape != shape:
         source = ctx.scratch(name + "/merged", merged_shape, quant)
         reshape(ctx, tensor, merged_shape, source, name + "/merged_shape")
     moved_shape = permuted(merged_shape, merged_perm)
-    moved = ctx.scratch(name + "/moved", moved_shape, quant)
-    ctx.add_op("TRANSPOSE", [source, ctx.int_const(name + "/perm", merged_perm)], [moved])
+    if len(merged_shape) > 4:
+        moved = _move_blocks(ctx, source, merged_shape, merged_perm, name)
+    else:
+        moved = ctx.scratch(name + "/moved", moved_shape, quant)
+        ctx.add_op("TRANSPOSE", [source, ctx.int_const(name + "/perm", merged_perm)], [moved])
     if moved_shape == out_shape:
         return moved
     out = ctx.scratch(name, out_shape, quant)
     reshape(ctx, moved, out_shape, out, name + "/shape")
     return out
+
+
+def blocks_to_move(perm: tuple[int, ...]) -> list[int]:
+    """The blocks that, each moved to the end in turn, turn the identity order into ``perm``.
+
+    The longest increasing prefix of ``perm`` is already in order (the batch among it when it
+    stays first), so only the blocks after it move: at most ``len(perm) - 1`` moves.
+    """
+    kept = 1
+    while kept < len(perm) and perm[kept] > perm[kept - 1]:
+        kept += 1
+    return list(perm[kept:])
+
+
+def _move_blocks(ctx: LoweringContext, tensor: int, shape: tuple[int, ...],
+                 perm: tuple[int, ...], name: str) -> int:
+    """A permutation of more than 4 merged blocks as a sequence of <= 4-D TRANSPOSEs.
+
+    TFLite's TRANSPOSE takes 4 axes on every runtime we write for (TFLM and Vela included), so
+    instead of one 6-D op each block still out of place moves to the end on its own: [pre, X,
+    post] -> [pre, post, X] is a 3-D transpose (4-D with a free batch kept apart). Pure data
+    movement, so exact in float and int8.
+    """
+    order = list(range(len(perm)))
+    current = tensor
+    for step, block in enumerate(blocks_to_move(perm)):
+        at = order.index(block)
+        move = (*range(at), *range(at + 1, len(order)), at)
+        current = transpose_tensor(ctx, current, shape, move, f"{name}/move{step}")
+        shape, order = permuted(shape, move), [order[a] for a in move]
+    if tuple(order) != tuple(perm):
+        raise AssertionError(f"{name}: block moves reached {order}, not {perm}")
+    return current
 
 
 def reshape(ctx: LoweringContext, source: int, shape: tuple[int, ...], out: int,
