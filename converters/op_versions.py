@@ -74,6 +74,7 @@ VERSION_RULES: dict[str, Callable[[OpFacts], int]] = {
     "LEAKY_RELU": _on_input(2), "LOGISTIC": _on_input(2), "TANH": _on_input(2),
     "SOFTMAX": _on_input(2), "MAXIMUM": _on_input(2), "MINIMUM": _on_input(2),
     "MEAN": _on_input(2), "REDUCE_MAX": _on_input(2), "SUM": _on_input(2),
+    "REDUCE_MIN": _on_input(2),
     "PAD": _on_input(2), "PADV2": _on_input(2), "RELU": _on_input(2), "RELU6": _on_input(2),
     "SPACE_TO_DEPTH": _on_input(2), "SPLIT": _on_input(2, data_input=1),
     "SPLIT_V": _on_input(2), "STRIDED_SLICE": _on_input(2), "TRANSPOSE": _on_input(2),

@@ -107,16 +107,29 @@ def _pool(op, **attrs):
     return build
 
 
-def _reduce(op, axes, keepdims=1):
-    """A reduction after a conv; axes as an input (opset 18), as the dynamo exporter writes."""
+def _reduce(op, axes, keepdims=1, before=None):
+    """A reduction after a conv (and ``before``, e.g. Sigmoid for a log's positive input); axes
+    as an input (opset 18), as the dynamo exporter writes."""
     def build():
         conv, inits = _conv("c", "x", "a", 4, 4, pads=[1, 1, 1, 1])
+        nodes = [conv] + ([helper.make_node(before, ["a"], ["b"])] if before else [])
         axes_init = numpy_helper.from_array(np.asarray(axes, np.int64), "axes")
-        node = helper.make_node(op, ["a", "axes"], ["z"], keepdims=keepdims)
+        node = helper.make_node(op, [nodes[-1].output[0], "axes"], ["z"], keepdims=keepdims)
         reduced = {a % 4 for a in axes}
         channels, hw = (1 if 1 in reduced else 4), (1 if 2 in reduced else 8)
-        return _case([conv, node], inits + [axes_init], channels, hw)
+        return _case(nodes + [node], inits + [axes_init], channels, hw)
     return build
+
+
+def _split_attention_sum():
+    """ResNeSt's split attention: the radix splits summed over a 5-D view, keepdims=0, so
+    the 4-D result is in ONNX's order, not NHWC (issue 22: LiteRT could not prepare it)."""
+    conv, inits = _conv("c", "x", "a", 4, 4, pads=[1, 1, 1, 1])
+    shape = numpy_helper.from_array(np.array([-1, 2, 2, 8, 8], np.int64), "split_shape")
+    axes = numpy_helper.from_array(np.array([1], np.int64), "axes")
+    nodes = [conv, helper.make_node("Reshape", ["a", "split_shape"], ["s"]),
+             helper.make_node("ReduceSum", ["s", "axes"], ["z"], keepdims=0)]
+    return _case(nodes, inits + [shape, axes], 2, 8)
 
 
 def _binary(op):
@@ -380,7 +393,9 @@ def _conv_transpose(k, stride, pads, output_padding=(0, 0), bias=True, cout=3):
 EXPECTED_TRANSPOSES = {("Transpose", "channel_shuffle"): 1, ("Softmax", "width"): 1,
                        # splitting the heads and merging them back move data; the third
                        # (back to channels) is one the layout pass does not avoid yet
-                       ("MatMul", "batch_one_heads"): 3}
+                       ("MatMul", "batch_one_heads"): 3,
+                       # the 5-D view splits the channels: the map goes to NCHW for it
+                       ("ReduceSum", "split_attention_5d"): 1}
 # the activation products run as float islands in int8: the island moves its own float copy
 EXPECTED_INT8_TRANSPOSES = {("MatMul", "batch_one_heads"): 4}
 
@@ -505,8 +520,18 @@ OP_CASES = {
     "ReduceMean": {"spatial_keepdims": _reduce("ReduceMean", [2, 3]),
                    "spatial_dropped": _reduce("ReduceMean", [2, 3], keepdims=0),
                    "channels": _reduce("ReduceMean", [1])},
-    "ReduceMax": {"spatial_keepdims": _reduce("ReduceMax", [2, 3])},
-    "ReduceSum": {"spatial_keepdims": _reduce("ReduceSum", [-2, -1])},
+    "ReduceMax": {"spatial_keepdims": _reduce("ReduceMax", [2, 3]),
+                  "channels_dropped": _reduce("ReduceMax", [1], keepdims=0)},
+    "ReduceSum": {"spatial_keepdims": _reduce("ReduceSum", [-2, -1]),
+                  "split_attention_5d": _split_attention_sum},
+    "ReduceMin": {"spatial_keepdims": _reduce("ReduceMin", [2, 3])},
+    "ReduceProd": {"channels": _reduce("ReduceProd", [1], before="Sigmoid")},
+    "ReduceL2": {"channels": _reduce("ReduceL2", [1]),  # F.normalize (EdgeNeXt)
+                 "spatial_dropped": _reduce("ReduceL2", [2, 3], keepdims=0)},
+    "ReduceL1": {"channels": _reduce("ReduceL1", [1])},
+    "ReduceSumSquare": {"spatial_keepdims": _reduce("ReduceSumSquare", [2, 3])},
+    "ReduceLogSum": {"channels": _reduce("ReduceLogSum", [1], before="Sigmoid")},
+    "ReduceLogSumExp": {"channels": _reduce("ReduceLogSumExp", [1])},
     "Flatten": {"folded_into_gemm": _unary("Relu")},
     "Reshape": {"to_2d": _reshape_softmax},
     "Add": {"activation_and_const": _binary("Add"),
