@@ -21,6 +21,7 @@ import onnx
 import torch
 
 from edgecnn.converters import onnx_passes
+from edgecnn.converters.torch_decompositions import with_exact_decompositions
 from edgecnn.errors import ConversionError
 from edgecnn.files import metadata
 from edgecnn.files.card import ModelCard
@@ -96,6 +97,7 @@ def _export_dynamo(source: TorchModel, example: torch.Tensor, opset: int,
         batch = torch.export.Dim("batch", min=1, max=1 << 16)
         module = cast(torch.nn.Module, source.nn_module or source.module)
         program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
+    program = with_exact_decompositions(program)
     with torch.inference_mode():
         names = output_names(program.module()(example), OUTPUT_NAME)
     onnx_program = torch.onnx.export(program, (example,), None, dynamo=True, opset_version=opset,

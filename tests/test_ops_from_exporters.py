@@ -527,3 +527,40 @@ def test_sigmoid_and_tanh_run_in_the_layout_their_input_is_stored_in(tmp_path, o
     x = RNG.standard_normal((1, 4, 6, 6)).astype(np.float32)
     _close(_tflite(model(op), x, tmp_path), _onnxruntime(model(op), x))
     assert transposes(model(op)) == transposes(model("Relu")) == 0
+
+
+@pytest.mark.parametrize("in_hw,out_hw", [((4, 4), (7, 7)), ((10, 6), (4, 5)), ((8, 6), (3, 3)),
+                                          ((6, 6), (3, 2)), ((5, 7), (1, 1))])
+def test_exact_adaptive_average_pool_decomposition_matches_pytorch(in_hw, out_hw):
+    """The slices-and-means form (converters/torch_decompositions.py) against PyTorch's own
+    adaptive pooling, windows that overlap (4 -> 7), shrink unevenly (10 -> 4) and divide."""
+    import torch
+
+    from edgecnn.converters.torch_decompositions import adaptive_avg_pool2d
+
+    x = torch.from_numpy(_x(2, 3, *in_hw))
+    want = torch.nn.functional.adaptive_avg_pool2d(x, out_hw)
+    np.testing.assert_allclose(adaptive_avg_pool2d(x, out_hw).numpy(), want.numpy(), rtol=0,
+                               atol=1e-6)
+
+
+def test_adaptive_average_pool_that_upsamples_converts_without_gather_nd(tmp_path):
+    """timm's VGG head pools a 4x4 map (128x128 input) to 7x7: PyTorch's decomposition writes
+    GatherND, Where and 6-D Gathers, which edgecnn refused (issue 22); the exact decomposition
+    writes STRIDED_SLICE, MEAN and CONCATENATION instead, and the file matches PyTorch."""
+    import torch
+
+    from edgecnn.api import ConvertConfig, convert, inspect
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.MaxPool2d(2),
+                              torch.nn.AdaptiveAvgPool2d((7, 7)), torch.nn.Flatten(),
+                              torch.nn.Linear(4 * 49, 10)).eval()
+    torch.export.save(torch.export.export(net, (torch.zeros(1, 3, 8, 8),)), tmp_path / "m.pt2")
+    out = convert(tmp_path / "m.pt2", tmp_path / "m.tflite", ConvertConfig("tflite")).path
+    ops = {row["op"] for row in inspect(out).ops}
+    assert "GATHER_ND" not in ops and "SELECT_V2" not in ops and "STRIDED_SLICE" in ops
+    x = _x(1, 3, 8, 8)
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).numpy()
+    _close(_run_litert(out, x), want)
