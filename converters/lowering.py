@@ -358,6 +358,22 @@ def batch_free(ctx: LoweringContext, shape: tuple[int, ...]) -> list[int]:
     return [int(d) for d in shape] if ctx.builder.fixed_batch else [-1, *map(int, shape[1:])]
 
 
+def merged_transpose(shape: tuple[int, ...], perm: tuple[int, ...], free_batch: bool
+                     ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The same transpose on the fewest axes: size-1 axes dropped, axes that stay neighbours
+    merged (a free batch stays an axis of its own: it may change at run time)."""
+    kept = [a for a in perm if shape[a] != 1 or (a == 0 and free_batch)]
+    runs: list[list[int]] = []
+    for axis in kept:
+        if runs and axis == runs[-1][-1] + 1 and (runs[-1][0] != 0 or not free_batch):
+            runs[-1].append(axis)
+        else:
+            runs.append([axis])
+    by_start = sorted(runs, key=lambda run: run[0])
+    merged_shape = tuple(int(np.prod([shape[a] for a in run])) for run in by_start)
+    return merged_shape, tuple(by_start.index(run) for run in runs)
+
+
 def transpose_tensor(ctx: LoweringContext, tensor: int, shape: tuple[int, ...],
                      perm: tuple[int, ...], name: str) -> int:
     """TRANSPOSE ``tensor`` (of ``shape``) by ``perm``, at the lowest rank that expresses it.
@@ -371,16 +387,7 @@ def transpose_tensor(ctx: LoweringContext, tensor: int, shape: tuple[int, ...],
         raise BatchAxisMoved(f"{ctx.graph.source}: {name!r} would move the batch axis; "
                              "TFLite models keep the batch first")
     out_shape = permuted(shape, perm)
-    kept = [a for a in perm if shape[a] != 1 or (a == 0 and not ctx.builder.fixed_batch)]
-    runs: list[list[int]] = []
-    for axis in kept:  # the batch stays an axis of its own: it may change at run time
-        if runs and axis == runs[-1][-1] + 1 and (runs[-1][0] != 0 or ctx.builder.fixed_batch):
-            runs[-1].append(axis)
-        else:
-            runs.append([axis])
-    by_start = sorted(runs, key=lambda run: run[0])
-    merged_shape = tuple(int(np.prod([shape[a] for a in run])) for run in by_start)
-    merged_perm = tuple(by_start.index(run) for run in runs)
+    merged_shape, merged_perm = merged_transpose(shape, perm, not ctx.builder.fixed_batch)
     quant = ctx.builder.tensor_quant(tensor)
     if merged_perm == tuple(range(len(merged_perm))):  # only unit axes move: the data does not
         out = ctx.scratch(name, out_shape, quant)

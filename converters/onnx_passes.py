@@ -10,6 +10,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from edgecnn.converters.reshape_chains import compose_reshape_chains
+
 PASS_THROUGH_OPS = {"Identity", "Dropout"}
 
 
@@ -334,7 +336,8 @@ def clean(model: onnx.ModelProto) -> dict[str, int]:
             "group_norm_unfolded": group_norm_to_instance_norm(model),
             "stack_sum_added": stack_sum_to_add(model),
             "output_concat_flattened": flatten_output_concat(model),
-            "spatial_mean_pooled": spatial_mean_to_global_pool(model)}
+            "spatial_mean_pooled": spatial_mean_to_global_pool(model),
+            "reshape_chains_composed": compose_reshape_chains(model)}
 
 
 def image_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:

@@ -19,7 +19,9 @@ from onnx import TensorProto, helper, numpy_helper
 from edgecnn.converters import onnx_passes, qdq
 from edgecnn.converters.lowering import blocks_to_move
 from edgecnn.converters.onnx_to_tflite import TFLiteConfig, convert_onnx_to_tflite
+from edgecnn.converters.ops.shape import _fixed_batch_layouts
 from edgecnn.converters.quantize import QuantConfig, quantize_onnx
+from edgecnn.converters.reshape_chains import compose_reshape_chains
 from edgecnn.converters.tflite_schema import op_name, schema
 from edgecnn.files.card import InputSpec, ModelCard
 from edgecnn.files.data import Dataset
@@ -142,3 +144,124 @@ def test_a_five_d_transpose_with_a_free_batch_runs_at_another_batch(perm):
     interpreter.invoke()
     got = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
     np.testing.assert_array_equal(got, x.transpose(perm))
+
+
+C, NH, PH, NW, PW = 8, 3, 2, 3, 2  # a 6x6 map of 8 channels, 2x2 patches: P = 4, N = 9
+P, N = PH * PW, NH * NW
+
+
+def _unfold(x: str, out: str) -> tuple[list, dict]:
+    """MobileViT's unfold as timm exports it: [1, C, H, W] -> tokens [P, N, C], in 5 nodes."""
+    nodes = [helper.make_node("Reshape", [x, "u0"], [f"{out}/0"]),
+             helper.make_node("Transpose", [f"{out}/0"], [f"{out}/1"], perm=[0, 2, 1, 3]),
+             helper.make_node("Reshape", [f"{out}/1", "u2"], [f"{out}/2"]),
+             helper.make_node("Transpose", [f"{out}/2"], [f"{out}/3"], perm=[0, 3, 2, 1]),
+             helper.make_node("Reshape", [f"{out}/3", "u4"], [out])]
+    return nodes, {"u0": (C * NH, PH, NW, PW), "u2": (1, C, N, P), "u4": (P, N, C)}
+
+
+def _fold(x: str, out: str) -> tuple[list, dict]:
+    """And back: tokens [P, N, C] -> [1, C, H, W]."""
+    nodes = [helper.make_node("Reshape", [x, "f0"], [f"{out}/0"]),
+             helper.make_node("Transpose", [f"{out}/0"], [f"{out}/1"], perm=[0, 3, 2, 1]),
+             helper.make_node("Reshape", [f"{out}/1", "f2"], [f"{out}/2"]),
+             helper.make_node("Transpose", [f"{out}/2"], [f"{out}/3"], perm=[0, 2, 1, 3]),
+             helper.make_node("Reshape", [f"{out}/3", "f4"], [out])]
+    return nodes, {"f0": (1, P, N, C), "f2": (C * NH, NW, PH, PW), "f4": (1, C, NH * PH, NW * PW)}
+
+
+def _unfold_fold() -> onnx.ModelProto:
+    unfold, shapes = _unfold("x", "tokens")
+    fold, more = _fold("act", "y")
+    act = helper.make_node("Relu", ["tokens"], ["act"])
+    return _model([*unfold, act, *fold], (1, C, 6, 6), (1, C, 6, 6), {**shapes, **more})
+
+
+def test_an_unfold_and_fold_chain_is_one_transpose_each():
+    """The chains are composed into Reshape -> one Transpose -> Reshape on the common factors
+    and the token layout is chosen so that one 4-D TRANSPOSE does each: 2 in all (4 before),
+    exact in float and bit-exact in int8."""
+    x = RNG.standard_normal((1, C, 6, 6)).astype(np.float32)
+    assert len(_float(_unfold_fold(), x)) == 2
+    assert len(_int8(_unfold_fold())) == 2
+
+
+def _block() -> onnx.ModelProto:
+    """A MobileViT transformer layer in miniature: the heads split and merged around
+    attention (q = k = v), a dense projection and the residual ADD, between unfold and fold."""
+    heads, depth = 2, C // 2
+    weights = {"w_in": RNG.standard_normal((C, C)), "w_proj": RNG.standard_normal((C, C)),
+               "b_proj": RNG.standard_normal(C)}
+    unfold, shapes = _unfold("x", "tokens")
+    fold, more = _fold("stream", "y")
+    nodes = [*unfold,
+             helper.make_node("MatMul", ["tokens", "w_in"], ["q"]),
+             helper.make_node("Reshape", ["q", "split"], ["q4"]),
+             helper.make_node("Transpose", ["q4"], ["qh"], perm=[0, 2, 1, 3]),
+             helper.make_node("Transpose", ["qh"], ["kt"], perm=[0, 1, 3, 2]),
+             helper.make_node("MatMul", ["qh", "kt"], ["scores"]),
+             helper.make_node("Softmax", ["scores"], ["weights"], axis=-1),
+             helper.make_node("MatMul", ["weights", "qh"], ["attended"]),
+             helper.make_node("Transpose", ["attended"], ["merged4"], perm=[0, 2, 1, 3]),
+             helper.make_node("Reshape", ["merged4", "merge"], ["merged"]),
+             helper.make_node("MatMul", ["merged", "w_proj"], ["projected"]),
+             helper.make_node("Add", ["projected", "b_proj"], ["biased"]),
+             helper.make_node("Add", ["tokens", "biased"], ["stream"]),
+             *fold]
+    model = _model(nodes, (1, C, 6, 6), (1, C, 6, 6),
+                   {**shapes, **more, "split": (P, N, heads, depth), "merge": (P, N, C)})
+    model.graph.initializer.extend(numpy_helper.from_array(np.float32(w) * 0.3, name)
+                                   for name, w in weights.items())
+    return model
+
+
+def test_a_transformer_layer_between_unfold_and_fold_moves_only_what_it_must():
+    """Unfold and fold one TRANSPOSE each, the heads split and merge one each, and nothing for
+    the residual stream: the merged heads are written in the stream's layout. K is still moved
+    on its own (docs/coverage.md, change 5): 5 in all, 10 before."""
+    x = RNG.standard_normal((1, C, 6, 6)).astype(np.float32)
+    model = _block()
+    want = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    onnx_passes.clean(model)
+    data = convert_onnx_to_tflite(model, "m.onnx").data
+    np.testing.assert_allclose(_run_tflite(data, x), want, atol=1e-4, rtol=0)
+    assert len(_transposes(data)) == 5
+
+
+def test_the_unfold_chain_becomes_one_transpose_of_the_common_factors():
+    """5 nodes -> Reshape to [1, C, nh, ph, nw, pw], one Transpose, Reshape to [P, N, C];
+    onnxruntime gives the same tensor before and after."""
+    unfold, shapes = _unfold("x", "y")
+    model = _model(unfold, (1, C, 6, 6), (P, N, C), shapes)
+    x = RNG.standard_normal((1, C, 6, 6)).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    assert compose_reshape_chains(model) == 1
+    assert [n.op_type for n in model.graph.node] == ["Reshape", "Transpose", "Reshape"]
+    factors = {t.name: numpy_helper.to_array(t).tolist() for t in model.graph.initializer}
+    assert factors[model.graph.node[0].input[1]] == [1, C, NH, PH, NW, PW]
+    assert list(model.graph.node[1].attribute[0].ints) == [0, 3, 5, 2, 4, 1]
+    got = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(got, want)
+
+
+def test_short_chains_and_shared_tensors_are_left_alone():
+    """A channel shuffle is already Reshape -> Transpose -> Reshape; a chain whose middle
+    tensor has another reader cannot drop it."""
+    shuffle = [helper.make_node("Reshape", ["x", "g"], ["s"]),
+               helper.make_node("Transpose", ["s"], ["t"], perm=[0, 2, 1, 3, 4]),
+               helper.make_node("Reshape", ["t", "back"], ["y"])]
+    model = _model(shuffle, (1, 4, 3, 3), (1, 4, 3, 3), {"g": (1, 2, 2, 3, 3),
+                                                         "back": (1, 4, 3, 3)})
+    assert compose_reshape_chains(model) == 0
+    unfold, shapes = _unfold("x", "tokens")
+    shared = _model([*unfold, helper.make_node("Add", ["tokens/2", "tokens/2"], ["y"])],
+                    (1, C, 6, 6), (1, C, N, P), shapes)
+    assert compose_reshape_chains(shared) == 0
+
+
+def test_a_fixed_batch_reshape_offers_layouts_of_its_own_rank():
+    """MobileViT's heads merge [P, N, h, hd] (stored [P, h, N, hd]) -> [P, N, C] in a batch-1
+    file: solved as rank 4 it was written [N, C, P] (NHWC's order), and the dense layer after
+    it moved C last again."""
+    assert _fixed_batch_layouts((4, 9, 2, 4), (0, 2, 1, 3), (4, 9, 8)) == ((0, 1, 2, 3),
+                                                                           (0, 1, 2))

@@ -6,6 +6,7 @@ Each maps its axes through the input's stored layout (``Value.perm``, see
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -17,8 +18,10 @@ from edgecnn.converters.lowering import (
     LoweringContext,
     Value,
     batch_free,
+    blocks_to_move,
     default_perm,
     fill_constant,
+    merged_transpose,
     permuted,
 )
 from edgecnn.converters.ops import lower
@@ -26,6 +29,7 @@ from edgecnn.converters.tflite_builder import QuantParams
 from edgecnn.errors import ConversionError
 
 DENSE_OPS = {"Gemm", "MatMul"}
+MAX_SEARCHED_AXES = 6  # output layouts tried by _one_transpose_layout: 720 at most
 
 
 def _dense_column_order(ctx: LoweringContext, node: onnx.NodeProto,
@@ -108,17 +112,24 @@ def _non_unit(perm: tuple[int, ...], shape: tuple[int, ...]) -> list[int]:
 
 
 def reshape_layouts(in_shape: tuple[int, ...], in_perm: tuple[int, ...],
-                    out_shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+                    out_shape: tuple[int, ...],
+                    candidates: list[tuple[int, ...]] | None = None,
+                    free_batch: bool = True, prefer: tuple[int, ...] | None = None,
+                    ) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(input layout, output layout) in which a RESHAPE computes this ONNX Reshape.
 
     The input's own layout is kept when it allows it (then no TRANSPOSE is needed); otherwise the
-    input is moved to the layout that gives the output its default one (NHWC for rank 4).
+    input is moved to the layout that gives the output the first of ``candidates`` (by default
+    its rank's default layout, NHWC for rank 4, then the ONNX order) that expresses it, unless
+    that takes a TRANSPOSE of more than 4 merged axes (``free_batch``: axis 0 stays apart).
+    ``prefer`` (the layout a later op will want) wins over them when its TRANSPOSE is no larger.
     """
     groups = _groups(in_shape, out_shape)
     if groups is None:
         raise ValueError("the sizes do not pair up")
     out_rank = len(out_shape)
-    candidates = [default_perm(out_rank), tuple(range(out_rank))]
+    if candidates is None:
+        candidates = [default_perm(out_rank), tuple(range(out_rank))]
     order = _order_of(groups, 0, _non_unit(in_perm, in_shape))
     if order is not None:
         wanted = [a for g in order for a in groups[g][1]]
@@ -126,23 +137,114 @@ def reshape_layouts(in_shape: tuple[int, ...], in_perm: tuple[int, ...],
             if _non_unit(perm, out_shape) == wanted:
                 return in_perm, perm
         return in_perm, _complete(out_rank, wanted)
-    for perm in candidates:
-        order = _order_of(groups, 1, _non_unit(perm, out_shape))
-        if order is not None:
-            return _complete(len(in_shape), [a for g in order for a in groups[g][0]]), perm
+    solved = [(layout, perm) for perm in candidates
+              if (layout := _input_layout(groups, in_shape, out_shape, perm)) is not None]
+    if prefer is not None and solved:
+        layout = _input_layout(groups, in_shape, out_shape, prefer)
+        if layout is not None and (_transposes(in_shape, in_perm, layout, free_batch)
+                                   <= _transposes(in_shape, in_perm, solved[0][0],
+                                                      free_batch)):
+            return layout, prefer
+    if solved and _transposes(in_shape, in_perm, solved[0][0], free_batch) <= 1:
+        return solved[0]
+    # another output layout only when one TRANSPOSE then does it: measured on mobilevitv2_050,
+    # fewer block moves at the reshape in a layout the later ops do not want cost more (60 -> 72)
+    fewer = _one_transpose_layout(groups, in_shape, in_perm, out_shape, free_batch)
+    if fewer is not None:
+        return fewer
+    if solved:
+        return solved[0]
     raise ValueError("no layout expresses it")
 
 
+def _input_layout(groups: list[tuple[list[int], list[int]]], in_shape: tuple[int, ...],
+                  out_shape: tuple[int, ...], out_perm: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The input layout a RESHAPE needs to write the output in ``out_perm``, if one does."""
+    order = _order_of(groups, 1, _non_unit(out_perm, out_shape))
+    if order is None:
+        return None
+    return _complete(len(in_shape), [a for g in order for a in groups[g][0]])
+
+
+def _transposes(shape: tuple[int, ...], stored: tuple[int, ...], wanted: tuple[int, ...],
+                free_batch: bool) -> int:
+    """How many TRANSPOSE ops moving a value from layout ``stored`` to ``wanted`` takes: none,
+    one of at most 4 merged axes, or one per block moved (:func:`blocks_to_move`)."""
+    merged, perm = merged_transpose(permuted(shape, stored),
+                                    tuple(stored.index(a) for a in wanted), free_batch)
+    if perm == tuple(range(len(perm))):
+        return 0
+    return 1 if len(merged) <= 4 else len(blocks_to_move(perm))
+
+
+def _one_transpose_layout(groups: list[tuple[list[int], list[int]]], in_shape: tuple[int, ...],
+                          in_perm: tuple[int, ...], out_shape: tuple[int, ...], free_batch: bool,
+                          ) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """When the usual output layouts both need a TRANSPOSE of more than 4 merged axes (several
+    TRANSPOSEs once split into block moves), the first other output layout that one TRANSPOSE
+    of at most 4 axes gives; those that keep the last axis last first (a token tensor's
+    channels, which its LayerNorms and dense layers want last).
+
+    MobileViT's unfold (composed by :mod:`edgecnn.converters.reshape_chains`) reads NHWC as
+    (nh, ph, nw, pw, C): [P, N, C] needs 5 axes moved, [N, P, C] one 4-D TRANSPOSE."""
+    axes = [a for a in range(1, len(out_shape)) if out_shape[a] != 1]
+    if len(axes) > MAX_SEARCHED_AXES:
+        return None
+    for ordered in sorted(itertools.permutations(axes), key=lambda o: o[-1] != axes[-1]):
+        out_perm = _complete(len(out_shape), list(ordered))
+        layout = _input_layout(groups, in_shape, out_shape, out_perm)
+        if layout is not None and _transposes(in_shape, in_perm, layout, free_batch) <= 1:
+            return layout, out_perm
+    return None
+
+
 def _fixed_batch_layouts(in_shape: tuple[int, ...], in_perm: tuple[int, ...],
-                         out_shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+                         out_shape: tuple[int, ...], prefer: tuple[int, ...] | None = None,
+                         ) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """:func:`reshape_layouts` for a file with a fixed batch, where axis 0 is an axis like any
     other (ViT's attention reshapes (L, 1, 3, E) to (1, L, 1, 3, E)): solved with a unit axis
-    put in front of both shapes as the batch, then taken off again."""
-    lead_in, lead_out = reshape_layouts((1, *in_shape), (0, *[a + 1 for a in in_perm]),
-                                        (1, *out_shape))
+    put in front of both shapes as the batch, then taken off again. The output layouts offered
+    are those of its real rank: a rank-3 output [P, N, C] given rank 4's NHWC would be stored
+    [N, C, P], and its next dense layer would move C last again (MobileViT's ``view_3``)."""
+    rank = len(out_shape)
+    candidates = [_lead(default_perm(rank)), tuple(range(rank + 1))]
+    lead_in, lead_out = reshape_layouts((1, *in_shape), _lead(in_perm),
+                                        (1, *out_shape), candidates, free_batch=False,
+                                        prefer=None if prefer is None else _lead(prefer))
     if lead_in[0] != 0 or lead_out[0] != 0:
         raise ValueError("no layout expresses it")
     return tuple(a - 1 for a in lead_in[1:]), tuple(a - 1 for a in lead_out[1:])
+
+
+def _lead(perm: tuple[int, ...]) -> tuple[int, ...]:
+    """``perm`` with a unit axis put in front (see :func:`_fixed_batch_layouts`)."""
+    return (0, *[a + 1 for a in perm])
+
+
+def _residual_layout(ctx: LoweringContext, name: str) -> tuple[int, ...] | None:
+    """The stored layout of the residual stream that ``name`` joins through a dense layer
+    (MatMul with a constant weight, its bias Add, then an Add with a stored activation).
+
+    A fully-connected layer keeps its input's layout, so a reshape that writes this one makes
+    the residual ADD free (MobileViT's heads merge, ``view_3``, 9 TRANSPOSEs a model)."""
+    rank, current = len(ctx.shape(name)), name
+    for _ in range(3):
+        users = ctx.graph.consumers(current)
+        if len(users) != 1 or users[0].op_type not in ("MatMul", "Add"):
+            return None
+        user = users[0]
+        others = [i for i in user.input if i != current]
+        if len(others) != 1 or (user.op_type == "MatMul" and user.input[0] != current):
+            return None
+        if not ctx.is_const(others[0]):
+            if user.op_type != "Add" or others[0] not in ctx.values \
+                    or len(ctx.shape(others[0])) != rank:
+                return None
+            stream = ctx.stored(others[0])
+            keeps_last = stream.perm[-1] == rank - 1 and stream.column_order is None
+            return stream.perm if keeps_last else None
+        current = user.output[0]
+    return None
 
 
 @lower("Flatten", "Reshape", "Squeeze", "Unsqueeze")
@@ -161,11 +263,13 @@ def lower_reshape(ctx: LoweringContext, node: onnx.NodeProto) -> None:
                  order if isinstance(order, np.ndarray) else None)
         return
     try:
+        prefer = _residual_layout(ctx, node.output[0])
         if ctx.builder.fixed_batch:
             in_perm, out_perm = _fixed_batch_layouts(tuple(in_shape), stored.perm,
-                                                     tuple(out_shape))
+                                                     tuple(out_shape), prefer)
         else:
-            in_perm, out_perm = reshape_layouts(tuple(in_shape), stored.perm, tuple(out_shape))
+            in_perm, out_perm = reshape_layouts(tuple(in_shape), stored.perm, tuple(out_shape),
+                                                prefer=prefer)
     except ValueError as exc:
         raise ConversionError(f"{ctx.graph.source}: {node.op_type} {node.name!r} from "
                               f"{list(in_shape)} to {list(out_shape)}: {exc}") from None
