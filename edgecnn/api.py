@@ -73,7 +73,9 @@ class ConvertConfig:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     pixel_scale: float | None = None
-    budget: Budget | None = None  # keep the fewest layers float so int8 meets it
+    # keep the fewest layers float so int8 meets it, after trying the post-training methods of
+    # Budget.methods (cross-layer equalisation, mse ranges, bias correction; () for none)
+    budget: Budget | None = None
     budget_data: Path | None = None  # labelled images the budget is measured on
     # what an int8 TFLite file is written for: cpu (float islands where they are faster), npu
     # or mcu (integer-only: every op int8, or refused in one line); converters/islands.py
@@ -343,8 +345,9 @@ def measure_int8_cost(float_path: Path, quantised: Any, card: ModelCard, images:
 
 def _search_budget(float_path: Path, card: ModelCard, calib: Dataset, config: ConvertConfig,
                    quant_config: Any) -> BudgetResult:
-    """Quantise keeping the fewest layers float that meet ``config.budget`` (see
-    :mod:`edgecnn.checks.budget`), measured on ``--data`` (default: the shipped MNIST test set)."""
+    """Quantise keeping the fewest layers float that meet ``config.budget``, after the
+    post-training methods that help (see :mod:`edgecnn.checks.budget`), measured on ``--data``
+    (default: the shipped MNIST test set)."""
     from tqdm import tqdm
 
     from edgecnn.checks.budget import search

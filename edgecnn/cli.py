@@ -42,6 +42,7 @@ ModelArg = ModelPath()
 # library messages name API parameters, and this respells them)
 FLAG_OF = {"max_drop_pp": "--max-drop", "min_agreement_pct": "--min-agreement",
            "max_int8_steps": "--max-steps", "int8_for": "--for", "budget_data": "--data",
+           "methods": "--budget-methods",
            "learning_rate": "--lr",
            "placements": "--placement"}
 
@@ -233,6 +234,17 @@ def _numbers(kind: type, count: int | None = None) -> Any:
 
 
 
+def _method_names(ctx: click.Context, param: click.Parameter, value: str | None
+                  ) -> tuple[str, ...] | None:
+    """--budget-methods: comma-separated names, or ``none`` for no methods (Budget checks
+    the names)."""
+    if value is None:
+        return None
+    if value.strip().lower() == "none":
+        return ()
+    return tuple(name.strip() for name in value.split(",") if name.strip())
+
+
 @cli.command()
 @click.argument("model", type=ModelArg)
 @click.option("--to", type=click.Choice(["onnx", "tflite"]), required=True)
@@ -280,6 +292,10 @@ def _numbers(kind: type, count: int | None = None) -> Any:
               "the shipped MNIST test set.")
 @click.option("--max-float-layers", type=int, metavar="N",
               help="int8 budget: keep at most N layers float.")
+@click.option("--budget-methods", callback=_method_names, metavar="M[,M]",
+              help="int8 budget: post-training methods to try, each kept only where it helps, "
+              "before any layer is kept float [cross-layer-equalization,mse,bias-correction]; "
+              "none: keep layers float at once.")
 @torch_loading_options
 @click.option("-o", "--output", type=PathArg, help="Output file (default: beside MODEL).")
 def convert(model: Path, to: str, int8: bool, calib: Path | None, calib_method: str,
@@ -287,6 +303,7 @@ def convert(model: Path, to: str, int8: bool, calib: Path | None, calib_method: 
             opset: int, input_shape: tuple[int, ...] | None, mean: tuple[float, ...] | None,
             std: tuple[float, ...] | None, pixel_scale: float | None, max_drop: float | None,
             min_agreement: float | None, data: Path | None, max_float_layers: int | None,
+            budget_methods: tuple[str, ...] | None,
             int8_for: str, bias_correction: bool, adaround: bool,
             cross_layer_equalization: bool, arch: str | None,
             trust_pickle: bool,
@@ -297,8 +314,11 @@ def convert(model: Path, to: str, int8: bool, calib: Path | None, calib_method: 
     from edgecnn.api import ConvertConfig
     from edgecnn.api import convert as run_convert
     from edgecnn.checks.budget import Budget
-    budget = (Budget(max_drop, min_agreement, max_float_layers)
-              if (max_drop, min_agreement, max_float_layers) != (None, None, None) else None)
+    limits = (max_drop, min_agreement, max_float_layers, budget_methods)
+    budget = None
+    if limits != (None, None, None, None):
+        methods = {} if budget_methods is None else {"methods": budget_methods}
+        budget = Budget(max_drop, min_agreement, max_float_layers, **methods)
     config = ConvertConfig(to, int8, calib, calib_method, not per_tensor, io_dtype, nchw_input,
                            opset, trust_pickle, arch, onnx_int8_encoding, input_shape, mean, std,
                            pixel_scale, budget, data, int8_for, bias_correction, adaround,

@@ -36,7 +36,9 @@ def test_the_search_orders_candidates_on_a_few_images(test_set, tmp_path, monkey
 
     def spy(float_model, qdq, images, *args, **kwargs):
         errors = real(float_model, qdq, images, *args, **kwargs)
-        seen.append((float_model, qdq, images, errors))
+        kept = onnx.ModelProto()  # convert writes the chosen model weight by weight, freeing it
+        kept.CopyFrom(qdq)
+        seen.append((float_model, kept, images, errors))
         return errors
 
     monkeypatch.setattr(layer_table, "layer_errors", spy)
@@ -48,8 +50,9 @@ def test_the_search_orders_candidates_on_a_few_images(test_set, tmp_path, monkey
         budget=Budget(min_agreement_pct=100.0, max_float_layers=3)))
     assert result.budget is not None
     assert [len(s[2]) for s in seen] == [LAYER_IMAGES] and LAYER_IMAGES <= 32
-    # the cost of the budget (every candidate float) is the third quantisation, right after
-    assert [len(t.float_nodes) for t in result.budget.trials] == [0, 0, 3]
+    # the cost of the budget (every candidate float) is the quantisation right after plain
+    # int8 and the three methods
+    assert [len(t.float_nodes) for t in result.budget.trials] == [0, 0, 0, 0, 3]
     # and the few images name the same worst layers as all 200 do
     card = read_sidecar(OUTLIER)
     assert card is not None
@@ -69,3 +72,24 @@ def test_the_summary_names_a_few_kept_layers_and_counts_the_rest():
     assert f"kept in float: {len(nodes)} layers: layer.n0, " in line and "(3 more)" in line
     assert f"layer.n{SUMMARY_LAYERS}" not in line  # the rest are in to_dict()
     assert len(result.to_dict()["kept in float"]) == len(nodes)
+
+
+def test_the_summary_and_json_name_the_methods_used_and_those_without_gain():
+    """The methods of the chosen trial are those used; a method tried in some trial but absent
+    from the chosen one is named as tried without gain (in the line and in to_dict)."""
+    from edgecnn.checks.budget import Budget, BudgetResult, Trial
+
+    plain = Trial((), 93.0, 6.0, 93.5, False)
+    cle = Trial((), 99.0, 0.1, 99.5, False, methods=("cross-layer-equalization",))
+    mse = Trial((), 98.0, 0.3, 99.3, False, "mse", ("cross-layer-equalization", "mse"))
+    result = BudgetResult(Budget(min_agreement_pct=100.0), 99.1, None, cle,  # type: ignore[arg-type]
+                          [plain, cle, mse])
+    assert "; methods: cross-layer-equalization (no gain: mse); kept in float: none; " \
+        in result.summary()
+    data = result.to_dict()
+    assert data["methods"] == ["cross-layer-equalization"]
+    assert data["methods without gain"] == ["mse"]
+    assert data["trials"][2]["methods"] == ("cross-layer-equalization", "mse")
+    untried = BudgetResult(Budget(min_agreement_pct=90.0), 99.1, None, plain,  # type: ignore[arg-type]
+                           [plain])
+    assert "methods" not in untried.summary()

@@ -207,6 +207,9 @@ def test_layers_cli_refusals_and_files(cli_runner, lenet_onnx, tmp_path):
     ({"max_drop_pp": 1.0, "min_agreement_pct": 99.0}, "give one budget"),
     ({}, "give one budget"),
     ({"max_drop_pp": 1.0, "max_float_layers": -1}, "max_float_layers=-1"),
+    ({"max_drop_pp": 1.0, "methods": ("mse", "adaround")}, "methods=adaround: choose from "
+     "cross-layer-equalization,mse,bias-correction"),
+    ({"max_drop_pp": 1.0, "methods": "mse"}, "methods=mse: choose from"),
 ])
 def test_budgets_that_cannot_be_expressed_are_refused(kwargs, message):
     with pytest.raises(BadInputError, match=message.replace("(", r"\(")):
@@ -221,7 +224,12 @@ def test_budget_cli_refusals(cli_runner):
             (["--int8", "--min-agreement", "101"], "--min-agreement 101.0"),
             (["--int8", "--data", "x.npz"], "add --max-drop or --min-agreement, or drop --data"),
             (["--int8", "--max-float-layers", "2"],
-             "give one budget: --max-drop or --min-agreement")):
+             "give one budget: --max-drop or --min-agreement"),
+            (["--int8", "--budget-methods", "none"],
+             "give one budget: --max-drop or --min-agreement"),
+            (["--int8", "--max-drop", "1", "--budget-methods", "mse,adaround"],
+             "--budget-methods adaround: choose from cross-layer-equalization,mse,bias-correction"
+             " (comma-separated), or none")):
         result = cli_runner.invoke(cli, ["convert", lenet, "--to", "tflite", *args])
         assert result.exit_code == 2, result.output
         assert message in result.output and len(result.output.strip().splitlines()) == 1
@@ -244,9 +252,11 @@ def _accuracy(path: Path, images: Dataset, runtime: str) -> float:
 
 
 def test_max_drop_keeps_the_outlier_layers_float(cli_runner, budget_images, tmp_path):
-    """Per-tensor int8 of the outlier model loses >= 2 points; --max-drop 0.5 keeps the fewest
-    layers float that bring it within 0.5 points of float, and the TFLite file meets it on
-    LiteRT and tflite-runtime (one quantisation: the same islands as the QDQ graph)."""
+    """Per-tensor int8 of the outlier model loses >= 2 points; --max-drop 0.5 with no
+    post-training methods (--budget-methods none: equalisation alone would mend it, next test)
+    keeps the fewest layers float that bring it within 0.5 points of float, and the TFLite file
+    meets it on LiteRT and tflite-runtime (one quantisation: the same islands as the QDQ
+    graph)."""
     data = tmp_path / "budget.npz"
     np.savez(data, x=budget_images.images, y=budget_images.labels)
     plain = convert(OUTLIER, tmp_path / "plain.onnx",
@@ -256,9 +266,9 @@ def test_max_drop_keeps_the_outlier_layers_float(cli_runner, budget_images, tmp_
     out = tmp_path / "budget.tflite"
     result = cli_runner.invoke(cli, ["convert", str(OUTLIER), "--to", "tflite", "--int8",
                                      "--per-tensor", "--max-drop", "0.5", "--data", str(data),
-                                     "-o", str(out)])
+                                     "--budget-methods", "none", "-o", str(out)])
     assert result.exit_code == 0, result.output
-    assert "accuracy drop <= 0.5 pp met" in result.output
+    assert "accuracy drop <= 0.5 pp met" in result.output and "methods:" not in result.output
     # the worst own error, named first; the two convolutions (BatchNorm folded) hold
     # 40x128 + 128 and 96x40 + 40 weights and biases: 5,248 + 3,880
     assert "kept in float: head.1, blocks.3.project.1 (9,128 weights, +26.7 KiB; host p50 " \
@@ -269,17 +279,41 @@ def test_max_drop_keeps_the_outlier_layers_float(cli_runner, budget_images, tmp_
     assert "CONV_2D" in inspect(out).details["float islands"]
 
 
+def test_cross_layer_equalization_meets_the_budget_with_nothing_float(cli_runner, budget_images,
+                                                                     tmp_path):
+    """The outlier channel is a per-channel scale that equalisation undoes (the head reads it
+    divided by 128): the budget's second quantisation, equalised, meets --max-drop 0.5 with no
+    layer float, so it stops there; the TFLite file meets it on LiteRT, and the line says which
+    method was used."""
+    data = tmp_path / "budget.npz"
+    np.savez(data, x=budget_images.images, y=budget_images.labels)
+    out = tmp_path / "cle.tflite"
+    result = cli_runner.invoke(cli, ["convert", str(OUTLIER), "--to", "tflite", "--int8",
+                                     "--per-tensor", "--max-drop", "0.5", "--data", str(data),
+                                     "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert ("accuracy drop <= 0.5 pp met: int8 98.40 % vs float 98.55 % (-0.15 pp), agreement "
+            "99.60 %; methods: cross-layer-equalization; kept in float: none; 2 candidates tried"
+            in result.output)
+    float_accuracy = _accuracy(OUTLIER, budget_images, "torch")
+    assert float_accuracy - _accuracy(out, budget_images, "litert") <= 0.5
+
+
 def test_an_unmet_budget_writes_the_best_found_and_exits_1(cli_runner, budget_images, tmp_path):
-    """With no layer allowed to stay float, the 2-point loss cannot be mended: exit 1, and the
-    best model found (here the plain int8 one) is still written."""
+    """With no layer allowed to stay float, 100 % agreement cannot be reached: exit 1, and the
+    best model found (equalised and bias-corrected: 99.6 % on these 500 images) is still
+    written. The line names the methods kept and the one tried without gain."""
     data = tmp_path / "budget.npz"
     np.savez(data, x=budget_images.images[:500], y=budget_images.labels[:500])
     out = tmp_path / "unmet.onnx"
     result = cli_runner.invoke(cli, ["convert", str(OUTLIER), "--to", "onnx", "--int8",
-                                     "--per-tensor", "--max-drop", "0.5", "--max-float-layers",
-                                     "0", "--data", str(data), "-o", str(out)])
+                                     "--per-tensor", "--min-agreement", "100",
+                                     "--max-float-layers", "0", "--data", str(data), "-o",
+                                     str(out)])
     assert result.exit_code == 1, result.output
     assert "NOT met (best found)" in result.output and "kept in float: none" in result.output
+    assert ("agreement 99.60 %; methods: cross-layer-equalization, bias-correction (no gain: "
+            "mse); kept in float: none; 4 candidates tried") in result.output
     assert "the int8 accuracy budget was not met" in result.output
     assert out.exists()
 
@@ -348,23 +382,62 @@ def test_layers_refuses_data_of_the_wrong_shape(cli_runner, lenet_onnx, tmp_path
 
 
 def test_a_budget_that_cannot_be_met_is_said_after_the_bound(budget_images, tmp_path):
-    """The search tries plain int8, then error-minimising ranges, then every candidate layer
-    float at once: when even that misses, it stops there (3 quantisations, not one per layer)
-    and hands back the best it found; a met budget costs a binary search, not a linear one."""
-    from pathlib import Path as _Path
-
+    """The search tries plain int8, then each post-training method on top of those kept
+    (equalisation helps and stays; mse ranges and bias correction do not), then every candidate
+    layer float at once with the kept method: when even that misses, it stops there (5
+    quantisations, not one per layer) and hands back the best it found; a met budget costs a
+    binary search, not a linear one."""
     data = tmp_path / "budget.npz"
     np.savez(data, x=budget_images.images[:1000], y=budget_images.labels[:1000])
     unmet = convert(OUTLIER, tmp_path / "unmet.onnx", ConvertConfig(
-        "onnx", int8=True, per_channel=False, budget_data=_Path(data),
+        "onnx", int8=True, per_channel=False, budget_data=data,
         budget=Budget(min_agreement_pct=100.0, max_float_layers=3)))
     assert unmet.budget is not None and not unmet.budget.met
-    assert [len(t.float_nodes) for t in unmet.budget.trials] == [0, 0, 3]
-    assert [t.calib_method for t in unmet.budget.trials] == ["minmax", "mse", "minmax"]
+    assert [len(t.float_nodes) for t in unmet.budget.trials] == [0, 0, 0, 0, 3]
+    cle = ("cross-layer-equalization",)
+    assert [t.methods for t in unmet.budget.trials] == [
+        (), cle, (*cle, "mse"), (*cle, "bias-correction"), cle]
+    assert [t.calib_method for t in unmet.budget.trials] == [
+        "minmax", "minmax", "mse", "minmax", "minmax"]
+    assert [t.agreement_pct for t in unmet.budget.trials[:4]] == [93.5, 99.5, 99.3, 99.5]
+    assert unmet.budget.to_dict()["methods"] == list(cle)
+    assert unmet.budget.to_dict()["methods without gain"] == ["mse", "bias-correction"]
     met = convert(OUTLIER, tmp_path / "met.onnx", ConvertConfig(
-        "onnx", int8=True, per_channel=False, budget_data=_Path(data),
-        budget=Budget(max_drop_pp=0.5)))
+        "onnx", int8=True, per_channel=False, budget_data=data,
+        budget=Budget(max_drop_pp=0.5, methods=())))
     assert met.budget is not None and met.budget.met
+    assert all(t.methods == () for t in met.budget.trials)
     candidates = len([t for t in met.budget.trials if t.float_nodes])
     kept = len(met.budget.chosen.float_nodes)
     assert candidates <= 1 + 6 + kept  # the bound, log2(47 layers) halvings, the pruning
+
+
+def test_kept_float_layers_are_searched_with_the_methods_kept(budget_images, tmp_path,
+                                                             monkeypatch):
+    """Equalisation lifts agreement from 93.5 to 99.5 %, short of 99.7: the layers kept float
+    are then searched on the equalised model, every candidate equalised, and ordered by a layer
+    table against the equalised float model (against the original one, each equalised
+    channel's scale reads as error: head.1 at -2.5 dB, where every layer is above 25 dB)."""
+    import edgecnn.checks.layer_table as layer_table
+
+    tables: list[list[layer_table.LayerError]] = []
+    real = layer_table.layer_errors
+
+    def spy(*args, **kwargs):
+        tables.append(real(*args, **kwargs))
+        return tables[-1]
+
+    monkeypatch.setattr(layer_table, "layer_errors", spy)
+    data = tmp_path / "budget.npz"
+    np.savez(data, x=budget_images.images[:1000], y=budget_images.labels[:1000])
+    result = convert(OUTLIER, tmp_path / "m.onnx", ConvertConfig(
+        "onnx", int8=True, per_channel=False, budget_data=data,
+        budget=Budget(min_agreement_pct=99.7)))
+    budget = result.budget
+    assert budget is not None and budget.met and budget.methods == ("cross-layer-equalization",)
+    floats = [t for t in budget.trials if t.float_nodes]
+    assert floats and all(t.methods == budget.methods for t in floats)
+    assert budget.chosen.float_nodes and budget.chosen.agreement_pct >= 99.7
+    assert min(e.own.sqnr_db() for e in tables[0]) > 25
+    assert "methods: cross-layer-equalization (no gain: mse, bias-correction); kept in float: " \
+        in budget.summary()

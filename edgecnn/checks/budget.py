@@ -1,12 +1,16 @@
 """An accuracy budget for int8: keep the fewest layers in float so the budget holds.
 
-Before any layer is kept float, activation ranges by error minimisation (``mse``) are tried.
+Before any layer is kept float, the cheap post-training methods are tried, one quantisation
+each (:data:`BUDGET_METHODS`, ``Budget.methods``): cross-layer equalisation where the model has
+equalisable pairs, activation ranges by error minimisation (``mse``), bias correction. Each is
+kept only where it measurably helps (the budget's own measure gets strictly better, by one image
+at least), and the search stops as soon as the budget holds.
 Then the layer table of :mod:`edgecnn.checks.layer_table` orders the candidates by their own error (the
 worst first); the prefix with every candidate float is tried at once, so a budget that cannot be
-met is said after three quantisations, with the best found. Otherwise a binary search finds the
+met is said right after the methods, with the best found. Otherwise a binary search finds the
 shortest prefix that meets it (log2 of the layer count quantisations: 6 for 47 layers, 7 for 80,
 where one per layer took 14 minutes), and a short kept set is pruned layer by layer, so the
-set that remains is minimal. Every candidate is quantised by onnxruntime
+set that remains is minimal. Every candidate uses the methods kept and is quantised by onnxruntime
 with those nodes excluded and measured as its QDQ reference, the arithmetic the ONNX and TFLite
 files share; the TFLite file then carries the same layers as float islands.
 """
@@ -40,18 +44,36 @@ SUMMARY_LAYERS = 8  # kept-float layers named in the one-line summary
 PRUNE_UP_TO = 12  # kept sets this small are pruned layer by layer (one quantisation each)
 
 
+# The post-training methods a budget tries before it keeps any layer float, in the order of the
+# pipeline they change: the float model (equalisation), its ranges (mse), the int8 biases. Each
+# costs one quantisation; bias correction reuses the ranges already calibrated. AdaRound is not
+# one of them: it learns every layer's rounding (~120 s on EfficientNet-Lite0, against seconds
+# for a quantisation), and a budget quantises many times; a user who asks for it
+# (``adaround=True``, ``--adaround``) gets it in every candidate.
+BUDGET_METHODS = ("cross-layer-equalization", "mse", "bias-correction")
+
+
 @dataclass(frozen=True)
 class Budget(AccuracyLimits):
     """The accuracy an int8 model may give up against its float model: one of the limits that
     ``validate`` checks (accuracy points on labelled images, or argmax agreement in percent),
-    and optionally a cap on the layers kept float."""
+    optionally a cap on the layers kept float, and the post-training methods to try before any
+    layer is kept float (:data:`BUDGET_METHODS` by default; ``()`` keeps layers float at once)."""
 
     max_float_layers: int | None = None  # keep at most this many layers float (latency, size)
+    methods: tuple[str, ...] = BUDGET_METHODS
 
     def __post_init__(self) -> None:
         if self.max_float_layers is not None and self.max_float_layers < 0:
             raise ParameterError(f"max_float_layers={self.max_float_layers}: give a count >= 0",
                                  "max_float_layers")
+        unknown = [m for m in self.methods if m not in BUDGET_METHODS]
+        if isinstance(self.methods, str) or unknown:
+            named = self.methods if isinstance(self.methods, str) else ",".join(unknown)
+            raise ParameterError(f"methods={named}: choose from {','.join(BUDGET_METHODS)} "
+                                 "(comma-separated), or none", "methods")
+        # a list from a caller, or a name given twice: one tuple, each method tried once
+        object.__setattr__(self, "methods", tuple(dict.fromkeys(self.methods)))
         if (self.max_drop_pp is None) == (self.min_agreement_pct is None):
             raise ParameterError("give one budget: `max_drop_pp` or `min_agreement_pct`",
                                  "max_drop_pp", "min_agreement_pct")
@@ -69,6 +91,16 @@ class Trial:
     agreement_pct: float  # argmax agreement with the float model
     met: bool
     calib_method: str = "minmax"
+    methods: tuple[str, ...] = ()  # post-training methods beyond plain minmax (methods_of)
+
+
+def methods_of(config: QuantConfig) -> tuple[str, ...]:
+    """The post-training methods ``config`` applies, by the names ``Budget.methods`` takes
+    (and ``adaround``, which only the user turns on)."""
+    applied = {"cross-layer-equalization": config.cross_layer_equalization,
+               "mse": config.method == "mse", "bias-correction": config.bias_correction,
+               "adaround": config.adaround}
+    return tuple(name for name, on in applied.items() if on)
 
 
 @dataclass
@@ -86,6 +118,17 @@ class BudgetResult:
     def met(self) -> bool:
         return self.chosen.met
 
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The post-training methods the chosen model uses."""
+        return self.chosen.methods
+
+    @property
+    def methods_without_gain(self) -> tuple[str, ...]:
+        """Methods the search tried and dropped: no better on the budget's measure."""
+        tried = dict.fromkeys(m for t in self.trials for m in t.methods)
+        return tuple(m for m in tried if m not in self.chosen.methods)
+
     def summary(self) -> str:
         names = [self.layers.get(n, n) for n in self.chosen.float_nodes]
         kept = ", ".join(names[:SUMMARY_LAYERS]) or "none"
@@ -101,15 +144,24 @@ class BudgetResult:
         measured = (f"int8 {self.chosen.accuracy_pct:.2f} % vs float "
                     f"{self.float_accuracy_pct:.2f} % ({-self.chosen.drop_pp:+.2f} pp), "
                     if self.budget.max_drop_pp is not None else "")  # labels unused otherwise
-        ranges = ("; activation ranges by error minimisation (mse)"
-                  if self.chosen.calib_method == "mse" else "")
         return (f"{self.budget.describe()} {verdict}: {measured}agreement "
-                f"{self.chosen.agreement_pct:.2f} %; kept in float: {kept}{ranges}; "
-                f"{len(self.trials)} candidates tried")
+                f"{self.chosen.agreement_pct:.2f} %; {self._methods_phrase()}kept in float: "
+                f"{kept}; {len(self.trials)} candidates tried")
+
+    def _methods_phrase(self) -> str:
+        """``methods: cross-layer-equalization (no gain: mse); `` or nothing where none was
+        used or tried."""
+        if not self.methods and not self.methods_without_gain:
+            return ""
+        dropped = (f" (no gain: {', '.join(self.methods_without_gain)})"
+                   if self.methods_without_gain else "")
+        return f"methods: {', '.join(self.methods) or 'none'}{dropped}; "
 
     def to_dict(self) -> dict[str, Any]:
         return {"budget": self.budget.describe(), "met": self.met,
                 "float accuracy %": self.float_accuracy_pct,
+                "methods": list(self.methods),
+                "methods without gain": list(self.methods_without_gain),
                 "kept in float": [{"node": n, "layer": self.layers.get(n, n)}
                                   for n in self.chosen.float_nodes],
                 "float weights": self.float_weights,
@@ -137,79 +189,152 @@ def search(float_path: Path, card: ModelCard, calibration: Dataset, images: Data
 
     with tempfile.TemporaryDirectory(prefix="edgecnn-budget-") as tmp:
         config = replace(config, calibration_cache=Path(tmp) / "ranges.json")
-        return _search(float_path, card, calibration, images, budget, config, progress)
+        return _Search(float_path, card, calibration, images, budget, progress).run(config)
 
 
-def _search(float_path: Path, card: ModelCard, calibration: Dataset, images: Dataset,
-            budget: Budget, config: QuantConfig, progress: Any) -> BudgetResult:
-    from edgecnn.checks.layer_table import layer_errors, worst_first
+class _Search:
+    """One budget search: the trials so far and the best model found (only that one is held:
+    each is a whole network)."""
 
-    images.check_fits(card.input)
-    x = images.preprocessed(card.input)
-    labels = images.labels
-    reference = _predictions(float_path, x)
-    float_accuracy = 100 * float(np.mean(reference == labels))
-    trials: list[Trial] = []
-    chosen: dict[str, Any] = {}  # only the best model is held: each one is a whole network
+    def __init__(self, float_path: Path, card: ModelCard, calibration: Dataset,
+                 images: Dataset, budget: Budget, progress: Any) -> None:
+        images.check_fits(card.input)
+        self.float_path, self.card, self.calibration = float_path, card, calibration
+        self.budget, self.progress = budget, progress
+        self.x = images.preprocessed(card.input)
+        self.labels = images.labels
+        self.reference = _predictions(float_path, self.x)
+        self.float_accuracy = 100 * float(np.mean(self.reference == self.labels))
+        self.trials: list[Trial] = []
+        self.chosen: dict[str, Any] = {}
 
-    def trial(nodes: tuple[str, ...], keep_if: Any, settings: QuantConfig | None = None
-              ) -> Trial:
-        used = settings or config
-        report = quantize_onnx(float_path, card, calibration, replace(used, float_nodes=nodes))
-        predicted = _predictions(report.model, x)
-        accuracy = 100 * float(np.mean(predicted == labels))
-        result = Trial(nodes, accuracy, float_accuracy - accuracy,
-                       100 * float(np.mean(predicted == reference)), False, used.method)
-        result = replace(result, met=budget.met(result))
-        trials.append(result)
-        if not chosen or keep_if(result):
-            chosen.update(trial=result, report=report)
-        if progress is not None:
-            best = chosen["trial"]
-            if hasattr(progress, "set_postfix_str"):
-                progress.set_postfix_str(f"best: {len(best.float_nodes)} float, agreement "
-                                         f"{best.agreement_pct:.1f} %, drop {best.drop_pp:.2f} pp")
-            progress.update(1)
+    def run(self, config: QuantConfig) -> BudgetResult:
+        self.trial((), config, None)
+        all_int8 = self.chosen["report"].model  # its host latency is the baseline of the cost
+        config = self.try_methods(config)
+        if self.best.met:
+            return self.result({}, all_int8)
+        return self.result(self.keep_layers_float(config), all_int8)
+
+    @property
+    def best(self) -> Trial:
+        return self.chosen["trial"]
+
+    def trial(self, nodes: tuple[str, ...], config: QuantConfig, keep_if: Any) -> Trial:
+        """Quantise with ``nodes`` float and measure it; it becomes the chosen model where
+        ``keep_if(trial)`` (the first one always)."""
+        report = quantize_onnx(self.float_path, self.card, self.calibration,
+                               replace(config, float_nodes=nodes))
+        predicted = _predictions(report.model, self.x)
+        accuracy = 100 * float(np.mean(predicted == self.labels))
+        result = Trial(nodes, accuracy, self.float_accuracy - accuracy,
+                       100 * float(np.mean(predicted == self.reference)), False, config.method,
+                       methods_of(config))
+        result = replace(result, met=self.budget.met(result))
+        self.trials.append(result)
+        if not self.chosen or keep_if(result):
+            self.chosen.update(trial=result, report=report)
+        self._show_progress()
         return result
 
-    trial((), None)
-    all_int8 = chosen["report"].model  # its host latency is the baseline of the cost
-    if not chosen["trial"].met and config.method == "minmax":  # better ranges before float
-        mse = replace(config, method="mse",
-                      calibration_cache=config.calibration_cache.with_name("mse.json")
-                      if config.calibration_cache else None)
-        if trial((), lambda t: t.met or _better(t, chosen["trial"], budget),
-                 mse).met:
-            config = mse
-    if chosen["trial"].met:
-        return _result(budget, float_accuracy, chosen, trials, {}, all_int8, x)
-    errors = layer_errors(onnx.load(float_path), chosen["report"].model, x[:LAYER_IMAGES])
-    names = {e.tensor.node: e.layer for e in errors if e.tensor.node}
-    ranked = list(dict.fromkeys(e.tensor.node for e in worst_first(errors)
-                                if e.tensor.node and e.tensor.op not in PASS_THROUGH))
-    ranked = ranked[:budget.max_float_layers]
-    keep_better = lambda t: t.met or _better(t, chosen["trial"], budget)  # noqa: E731
-    if not ranked or not trial(tuple(ranked), keep_better).met:
-        # even every candidate float misses: say so now, with the best it can do
-        return _result(budget, float_accuracy, chosen, trials, names, all_int8, x)
-    # the fewest of the worst-first layers that meet it: a binary search over the prefix
-    # length, log2(layers) quantisations instead of one per layer
-    low, high = 0, len(ranked)  # ranked[:low] misses, ranked[:high] meets
-    while high - low > 1:
-        middle = (low + high) // 2
-        if trial(tuple(ranked[:middle]), lambda t: t.met and len(t.float_nodes) < len(
-                chosen["trial"].float_nodes)).met:
-            high = middle
-        else:
-            low = middle
-    if len(chosen["trial"].float_nodes) <= PRUNE_UP_TO:
-        # drop what the budget does not need, the last added first
-        tried = {t.float_nodes for t in trials}
-        for node in reversed(chosen["trial"].float_nodes):
-            fewer = tuple(n for n in chosen["trial"].float_nodes if n != node)
+    def _show_progress(self) -> None:
+        if self.progress is None:
+            return
+        if hasattr(self.progress, "set_postfix_str"):
+            best = self.best
+            self.progress.set_postfix_str(f"best: {len(best.float_nodes)} float, agreement "
+                                          f"{best.agreement_pct:.1f} %, drop {best.drop_pp:.2f} pp")
+        self.progress.update(1)
+
+    def try_methods(self, config: QuantConfig) -> QuantConfig:
+        """``config`` with each of the budget's methods that measurably helps, tried one at a
+        time on top of those kept, until the budget holds: one quantisation each."""
+        for method in self.budget.methods:
+            if self.best.met:
+                break
+            candidate = _with_method(config, method, self.float_path)
+            if candidate is None:
+                continue
+            trial = self.trial((), candidate, lambda t: t.met or _better(t, self.best,
+                                                                         self.budget))
+            if trial is self.best:
+                config = candidate
+        return config
+
+    def keep_layers_float(self, config: QuantConfig) -> dict[str, str]:
+        """Keep the fewest worst-first layers float that meet the budget (see the module's
+        docstring); the layer names, for the reports."""
+        from edgecnn.checks.layer_table import layer_errors, worst_first
+
+        errors = layer_errors(self.float_model(config), self.chosen["report"].model,
+                              self.x[:LAYER_IMAGES])
+        names = {e.tensor.node: e.layer for e in errors if e.tensor.node}
+        ranked = list(dict.fromkeys(e.tensor.node for e in worst_first(errors)
+                                    if e.tensor.node and e.tensor.op not in PASS_THROUGH))
+        ranked = ranked[:self.budget.max_float_layers]
+        keep_better = lambda t: t.met or _better(t, self.best, self.budget)  # noqa: E731
+        if not ranked or not self.trial(tuple(ranked), config, keep_better).met:
+            return names  # even every candidate float misses: say so now, with the best
+        # the fewest of the worst-first layers that meet it: a binary search over the prefix
+        # length, log2(layers) quantisations instead of one per layer
+        low, high = 0, len(ranked)  # ranked[:low] misses, ranked[:high] meets
+        while high - low > 1:
+            middle = (low + high) // 2
+            if self.trial(tuple(ranked[:middle]), config, lambda t: t.met and len(
+                    t.float_nodes) < len(self.best.float_nodes)).met:
+                high = middle
+            else:
+                low = middle
+        if len(self.best.float_nodes) <= PRUNE_UP_TO:
+            self._prune(config)
+        return names
+
+    def _prune(self, config: QuantConfig) -> None:
+        """Drop what the budget does not need, the last added first."""
+        tried = {t.float_nodes for t in self.trials if t.methods == methods_of(config)}
+        for node in reversed(self.best.float_nodes):
+            fewer = tuple(n for n in self.best.float_nodes if n != node)
             if fewer not in tried:
-                trial(fewer, lambda t: t.met)
-    return _result(budget, float_accuracy, chosen, trials, names, all_int8, x)
+                self.trial(fewer, config, lambda t: t.met)
+
+    def float_model(self, config: QuantConfig) -> onnx.ModelProto:
+        """The float model the chosen int8 model was quantised from, for the layer table: an
+        equalised model's tensors are scaled per channel, so it is compared with the equalised
+        float model, built as :func:`~edgecnn.converters.quantize.quantize_onnx` builds it."""
+        model = onnx.load(self.float_path)
+        if config.cross_layer_equalization:
+            from edgecnn.converters.cross_layer_equalization import equalize
+            from edgecnn.converters.quantize import CLE_IMAGES
+
+            equalize(model, self.calibration.take(config.max_images).preprocessed(
+                self.card.input, 0, CLE_IMAGES))
+        return model
+
+    def result(self, names: dict[str, str], all_int8: onnx.ModelProto) -> BudgetResult:
+        return _result(self.budget, self.float_accuracy, self.chosen, self.trials, names,
+                       all_int8, self.x)
+
+
+def _with_method(config: QuantConfig, method: str, float_path: Path) -> QuantConfig | None:
+    """``config`` with ``method`` added, or None where it already has it (the user asked for
+    it, or chose another calibration method) or it cannot apply (no equalisable pairs)."""
+    if method == "mse":
+        if config.method != "minmax":
+            return None
+        cache = config.calibration_cache
+        return replace(config, method="mse",
+                       calibration_cache=cache.with_name("mse.json") if cache else None)
+    if method == "bias-correction":  # corrects the int8 model: the ranges stay, and the cache
+        return None if config.bias_correction else replace(config, bias_correction=True)
+    if config.cross_layer_equalization or not _has_equalizable_pairs(float_path):
+        return None  # equalised ranges get a cache of their own (quantize._cache_path)
+    return replace(config, cross_layer_equalization=True)
+
+
+def _has_equalizable_pairs(float_path: Path) -> bool:
+    from edgecnn.converters.cross_layer_equalization import find_pairs
+
+    return bool(find_pairs(onnx.load(float_path, load_external_data=False))[0])
 
 
 def _result(budget: Budget, float_accuracy: float, chosen: dict[str, Any], trials: list[Trial],
