@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Make the venvs of the peer converters that edgecnn is compared against, under .peers/.
 #
-#   scripts/setup_peers.sh                      # all three
+#   scripts/setup_peers.sh                      # all four
 #   scripts/setup_peers.sh onnx2tf litert-torch # some of them
 #
 #   onnx2tf       python3.12, onnx2tf 2.6.9, no TensorFlow: its default flatbuffer_direct backend
@@ -11,6 +11,8 @@
 #                 torchvision 0.28.0. Python 3.11 because the CPU torch wheel on this machine's
 #                 disk is cp311; on 3.12 pip fetches the 530 MB CUDA build and its CUDA stack
 #                 (6.6 GB venv against 2.2 GB), and torch would then differ from edgecnn's.
+#   aimet         python3.11, aimet-onnx 2.42.0 (Qualcomm's AIMET; torch 2.13.0+cpu, numpy 1.x):
+#                 its post-training recipes on edgecnn's float ONNX (scripts/peer_aimet.py)
 #
 # Why separate venvs: the peers pin numpy, onnx, protobuf and torch to versions that differ
 # from edgecnn's and from each other, and they are never dependencies of edgecnn.
@@ -23,7 +25,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PEERS="$ROOT/.peers"
-ALL=(onnx2tf onnx2tf-tf litert-torch)
+ALL=(onnx2tf onnx2tf-tf litert-torch aimet)
 INSTALL_TIMEOUT_S="${PEERS_INSTALL_TIMEOUT_S:-1200}"  # seconds per venv
 
 # pyenv's shims answer "command not found" for versions that are installed but not selected,
@@ -134,6 +136,92 @@ wheel==0.48.0
 wrapt==2.5.2
 EOF
         ;;
+        aimet) cat <<'EOF'
+absl-py==2.5.1
+aimet-onnx==2.42.0
+attrs==26.1.0
+bleach==6.4.0
+bokeh==3.6.3
+certifi==2026.10.19.post1
+cffi==2.1.1
+charset-normalizer==3.5.3
+clarabel==0.11.1
+cloudpickle==3.1.3
+colorcet==3.2.1
+contourpy==1.3.3
+cvxpy==1.7.5
+cycler==0.12.1
+filelock==4.3.2
+flatbuffers==25.12.19
+fonttools==4.69.1
+fsspec==2026.9.0
+grpcio==1.85.4
+holoviews==1.23.2
+hvplot==0.12.2
+idna==3.21
+ImageIO==2.38.2
+Jinja2==3.1.6
+joblib==1.6.0
+jsonschema==4.26.0
+jsonschema-specifications==2025.9.1
+kiwisolver==1.5.1
+lazy-loader==0.6
+linkify-it-py==2.2.0
+Markdown==3.11.3
+markdown-it-py==4.3.0
+MarkupSafe==3.0.4
+matplotlib==3.11.2
+mdit-py-plugins==0.7.0
+mdurl==0.1.2
+ml_dtypes==0.5.4
+mpmath==1.3.0
+narwhals==2.29.0
+networkx==3.6.1
+numpy==1.26.4
+onnx==1.23.2
+onnx-ir==1.1.0
+onnx2torch==1.5.15
+onnxruntime==1.32.0
+onnxscript==0.7.2
+osqp==1.1.3
+packaging==26.4
+pandas==3.0.6
+panel==1.7.5
+param==2.4.2
+pillow==13.0.0
+protobuf==7.36.2
+psutil==7.2.2
+pybind11==3.1.0
+pycparser==3.12
+pyparsing==3.3.3
+python-dateutil==4.0.0
+pyviz_comms==3.0.6
+PyYAML==6.0.4
+referencing==0.37.0
+requests==2.34.2
+rpds-py==2026.9.1
+safetensors==0.8.0
+scikit-image==0.26.0
+scikit-learn==1.9.1
+scipy==1.17.1
+scs==3.3.1
+sympy==1.14.0
+tensorboard==2.21.0
+tensorboard-data-server==0.7.2
+threadpoolctl==3.8.0
+tifffile==2026.3.3
+torch==2.13.0
+torchvision==0.28.0
+tornado==6.6.1
+tqdm==4.70.1
+typing_extensions==4.16.0
+tzdata==2026.6
+urllib3==2.8.0
+webencodings==0.6.1
+Werkzeug==3.1.9
+xyzservices==2026.9.1
+EOF
+        ;;
         litert-torch) cat <<'EOF'
 absl-py==2.5.1
 ai-edge-litert==2.3.0
@@ -215,7 +303,7 @@ EOF
 python_version() {
     case "$1" in
         onnx2tf | onnx2tf-tf) echo 3.12 ;;
-        litert-torch) echo 3.11 ;;
+        litert-torch | aimet) echo 3.11 ;;
     esac
 }
 
@@ -224,6 +312,7 @@ requirements() {
         onnx2tf) echo "onnx2tf==2.6.9" ;;
         onnx2tf-tf) echo "onnx2tf[tensorflow]==2.6.9" ;;
         litert-torch) echo "litert-torch==0.10.0 torch==2.13.0 torchvision==0.28.0" ;;
+        aimet) echo "aimet-onnx==2.42.0 torch==2.13.0" ;;
     esac
 }
 
@@ -238,6 +327,8 @@ smoke_test() {
             "$venv/bin/python" -c "import tensorflow, ai_edge_litert.schema_py_generated" ;;
         litert-torch) "$venv/bin/python" -c \
             "import litert_torch, torchao.quantization.pt2e, ai_edge_litert.schema_py_generated" ;;
+        aimet) "$venv/bin/python" -c \
+            "from aimet_onnx import QuantizationSimModel, apply_adaround, apply_seq_mse" ;;
     esac
 }
 
@@ -274,7 +365,7 @@ setup() {
         return 1
     fi
     echo "$stamp" >"$venv/.peer-stamp"
-    echo "$name: ok ($("$venv/bin/pip" freeze | grep -iE '^(onnx2tf|litert-torch|torch|tensorflow)==' | tr '\n' ' '))"
+    echo "$name: ok ($("$venv/bin/pip" freeze | grep -iE '^(onnx2tf|litert-torch|aimet-onnx|torch|tensorflow)==' | tr '\n' ' '))"
 }
 
 main() {
@@ -287,7 +378,7 @@ main() {
     for name in "${names[@]}"; do
         case "$name" in
             onnx2tf | onnx2tf-tf) setup "$name" || failed=1 ;;
-            litert-torch) setup "$name" || true ;; # optional peer: reported, never fatal
+            litert-torch | aimet) setup "$name" || true ;; # optional peers: reported, never fatal
             *) echo "unknown peer: $name (choose from: ${ALL[*]})" >&2; return 2 ;;
         esac
     done
