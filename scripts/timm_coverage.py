@@ -10,7 +10,8 @@ re-randomised, so no branch is left at identity: MACHINE.md), exported with ``to
 batch 1 and the size given below, and converted with ``edgecnn convert X.pt2 --to tflite`` as a
 user would; edgecnn's own self-check compares the file with the exported model. A conversion
 that succeeds is checked again here: max |TFLite - PyTorch| on 2 random images, relative to
-the largest output. ``--docs`` fills the timm section of docs/coverage.md.
+the largest output. ``--docs`` fills the timm section of docs/coverage.md: with ``--models``,
+only those models' rows are replaced and the others kept.
 """
 
 from __future__ import annotations
@@ -118,21 +119,41 @@ def run(name: str, side: int) -> Result:
     return Result(name, side, seconds=seconds, **json.loads(line[len("RESULT"):]))
 
 
-def markdown(results: list[Result], seconds: float) -> str:
-    converted = [r for r in results if r.status == "converted"]
+def _row(r: Result) -> str:
+    err = f"{r.max_rel_err:.1e}" if r.max_rel_err is not None else ""
+    transposes = "" if r.transposes is None else str(r.transposes)
+    reason = r.reason.replace("|", "/")
+    return (f"| {r.model} | {r.side} | {r.status} | {transposes} | {err} | {r.seconds:.0f} | "
+            f"{reason} |")
+
+
+def markdown(results: list[Result], seconds: float, kept: dict[str, str] | None = None) -> str:
+    """The table; ``kept`` (model -> row) are the rows of models not run this time, left as
+    they were (a run of a few models refreshes only their rows; the minutes stay the full
+    run's)."""
+    rows = {**{m: row for m, row in (kept or {}).items() if m},
+            **{r.model: _row(r) for r in results}}
+    order = [m for m in MODELS if m in rows] + [m for m in rows if m not in MODELS]
+    converted = sum(rows[m].split("|")[3].strip() == "converted" for m in order)
+    minutes = f"{seconds / 60:.0f} min"
+    if kept and "min on the" in kept.get("", ""):
+        minutes = kept[""].split(" on the 2-core")[0].rsplit("; ", 1)[-1]
     lines = [f"`python scripts/timm_coverage.py` (timm random weights, BatchNorm re-randomised, "
-             f"batch 1, fp32 TFLite on LiteRT): **{len(converted)} of {len(results)} convert**, "
-             f"each through edgecnn's self-check; {seconds / 60:.0f} min on the 2-core x86 "
+             f"batch 1, fp32 TFLite on LiteRT): **{converted} of {len(order)} convert**, "
+             f"each through edgecnn's self-check; {minutes} on the 2-core x86 "
              "machine.", "",
              "| model | input | status | TRANSPOSE | max rel err | s | reason |",
-             "|---|---:|---|---:|---:|---:|---|"]
-    for r in results:
-        err = f"{r.max_rel_err:.1e}" if r.max_rel_err is not None else ""
-        transposes = "" if r.transposes is None else str(r.transposes)
-        reason = r.reason.replace("|", "/")
-        lines.append(f"| {r.model} | {r.side} | {r.status} | {transposes} | {err} | "
-                     f"{r.seconds:.0f} | {reason} |")
+             "|---|---:|---|---:|---:|---:|---|", *[rows[m] for m in order]]
     return "\n".join(lines)
+
+
+def _documented_rows(page: str) -> dict[str, str]:
+    """The timm section's rows by model, and its first line under the key ""."""
+    section = page.partition("<!-- timm:start -->")[2].partition("<!-- timm:end -->")[0]
+    lines = section.strip().splitlines()
+    rows = {line.split("|")[1].strip(): line for line in lines
+            if line.startswith("| ") and not line.startswith("| model")}
+    return {"": lines[0] if lines else "", **rows}
 
 
 def main() -> int:
@@ -148,14 +169,16 @@ def main() -> int:
         print(f"{name:28} {result.status:14} {result.transposes or '':>4} "
               f"{result.max_rel_err or '':>10} {result.reason[:90]}", flush=True)
         results.append(result)
-    text = markdown(results, time.perf_counter() - started)
-    print(text)
+    seconds = time.perf_counter() - started
+    print(markdown(results, seconds))
     if options.json:
         options.json.write_text(json.dumps([asdict(r) for r in results], indent=1))
     if options.docs:
         from edgecnn.report import fill_section
 
         page = ROOT / "docs" / "coverage.md"
+        kept = None if set(options.models) >= set(MODELS) else _documented_rows(page.read_text())
+        text = markdown(results, seconds, kept)
         page.write_text(fill_section(page.read_text(), "<!-- timm:start -->",
                                      "<!-- timm:end -->", text))
     return 0
