@@ -15,11 +15,18 @@ Recipes, each AIMET's documented API (aimet_onnx 2.42) with its per-channel weig
 - ``ptq``: QuantizationSimModel with ``post_training_tf_enhanced`` (AIMET's SQNR-searched
   ranges), int8 weights and activations.
 - ``cle``: ``equalize_model`` (cross-layer equalisation, Nagel et al. 2019) first, then ``ptq``.
-- ``seq_mse``: ``ptq`` with ``apply_seq_mse`` choosing each weight's range by layer-output MSE.
+- ``seq_mse``: ``apply_seq_mse`` choosing each weight's range by layer-output MSE, on AIMET's
+  min-max scheme (which it requires) for the activations.
 - ``adaround``: ``ptq`` with ``apply_adaround`` (``--adaround-iterations`` steps a layer; AIMET
   recommends 10,000, which takes hours a model on 2 CPU cores).
 
 Batch-norm folding is not a recipe step: edgecnn's float ONNX has its BatchNorms folded already.
+
+Side by side, in one run per model (from edgecnn's venv; the trained models, images and
+measures of scripts/int8_accuracy.py; fills docs/int8-accuracy-aimet.md):
+
+    .venv/bin/python scripts/peer_aimet.py --compare --models lenet5 mobile_se_outlier \\
+        mnist_detector efficientnet_lite0 --out docs/int8-accuracy-aimet
 """
 
 from __future__ import annotations
@@ -55,7 +62,10 @@ def quantize_child(onnx_path: Path, calib: np.ndarray, recipe: str, out: Path,
     batches = [{input_name: calib[i:i + CALIBRATION_BATCH]}
                for i in range(0, len(calib), CALIBRATION_BATCH)]
     config = Path(config_dir).parent / "default_config_per_channel.json"
-    sim = QuantizationSimModel(model, quant_scheme=QuantScheme.post_training_tf_enhanced,
+    # sequential MSE searches the weight ranges itself and asserts AIMET's plain min-max scheme
+    scheme = (QuantScheme.min_max if recipe == "seq_mse"
+              else QuantScheme.post_training_tf_enhanced)
+    sim = QuantizationSimModel(model, quant_scheme=scheme,
                                param_type="int8", activation_type="int8",
                                config_file=str(config), providers=["CPUExecutionProvider"])
     if recipe == "seq_mse":
@@ -89,14 +99,94 @@ def aimet_int8(fp32: Path, calib: np.ndarray, recipe: str, out: Path,
     return out
 
 
+# edgecnn's int8 recipes beside AIMET's: ConvertConfig fields
+EDGECNN_RECIPES: dict[str, dict[str, bool]] = {
+    "edgecnn minmax (default)": {},
+    "edgecnn CLE + bias correction": {"cross_layer_equalization": True, "bias_correction": True},
+    "edgecnn AdaRound + bias correction": {"adaround": True, "bias_correction": True},
+}
+
+
+def compare(models: list[str], recipes: list[str], folder: Path, adaround_iterations: int
+            ) -> tuple[list[object], dict[str, str]]:
+    """Every model's fp32 file, edgecnn's recipes, onnxruntime's quantize_static and AIMET's
+    ``recipes``, each read on the model's evaluation images as int8_accuracy.py reads them."""
+    import int8_accuracy as acc
+
+    from edgecnn.api import ConvertConfig, convert
+
+    rows: list[object] = []
+    notes: dict[str, str] = {}
+    for name in models:
+        began = time.perf_counter()
+        case = acc.build_case(name)
+        work = folder / name
+        work.mkdir(parents=True, exist_ok=True)
+        in_memory = not isinstance(case.source, Path)
+        import torch
+
+        example = {"example_inputs": torch.from_numpy(case.calib[:1])} if in_memory else {}
+        files = {"fp32": convert(case.source, work / "fp32.onnx", ConvertConfig("onnx"),
+                                 **example).path}
+        batches = [case.calib[i:i + 32] for i in range(0, len(case.calib), 32)]
+        for reading, options in EDGECNN_RECIPES.items():
+            target = work / (reading.split(" ", 1)[1].replace(" ", "_").replace("+", "") + ".onnx")
+            files[reading + " (QDQ reference)"] = convert(
+                files["fp32"], target, ConvertConfig("onnx", int8=True, **options),
+                calibration=batches).path
+        files["onnxruntime quantize_static"] = acc.ort_quantize_static(
+            files["fp32"], case.calib, "minmax", work / "ort_int8.onnx")
+        for recipe in recipes:
+            made = aimet_int8(files["fp32"], case.calib, recipe, work / f"aimet_{recipe}.onnx",
+                              adaround_iterations)
+            if made is not None:
+                files[f"AIMET {recipe}"] = made
+        outputs = {reading: acc.read(path, reading, case.evaluation)
+                   for reading, path in files.items()}
+        f = outputs["fp32"]
+        f_dets = acc.detections(f) if case.kind == "detector" else []
+        for reading, q in outputs.items():
+            cells = (acc.classifier_cells(f, q, case.labels, reading == "fp32")
+                     if case.kind == "classifier" else
+                     acc.detector_cells(f, q, case.boxes or [], f_dets, reading == "fp32"))
+            rows.append(acc.Row(case.name, reading, cells))
+        notes[name] = f"{case.images_note}; measured in {time.perf_counter() - began:.0f} s"
+        print(f"{name}: done", file=sys.stderr)
+    return rows, notes
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--onnx", type=Path, required=True, help="the float ONNX file")
-    parser.add_argument("--calib", type=Path, required=True, help=".npz with x: NCHW float32")
+    parser.add_argument("--compare", action="store_true",
+                        help="side by side on int8_accuracy.py's trained models (edgecnn venv)")
+    parser.add_argument("--models", nargs="+", default=["lenet5", "mobile_se_outlier",
+                                                         "mnist_detector", "efficientnet_lite0"])
+    parser.add_argument("--recipes", nargs="+", choices=RECIPES, default=["ptq", "cle", "seq_mse"])
+    parser.add_argument("--work", type=Path, default=ROOT / "out" / "aimet")
+    parser.add_argument("--out", type=Path, help="docs/int8-accuracy-aimet: write .md and .json")
+    parser.add_argument("--onnx", type=Path, help="the float ONNX file")
+    parser.add_argument("--calib", type=Path, help=".npz with x: NCHW float32")
     parser.add_argument("--recipe", choices=RECIPES, default="ptq")
-    parser.add_argument("--out", type=Path, required=True, help="the QDQ ONNX file to write")
     parser.add_argument("--adaround-iterations", type=int, default=1000)
     args = parser.parse_args()
+    if args.compare:
+        sys.path.insert(0, str(ROOT / "scripts"))
+        import int8_accuracy as acc
+
+        rows, notes = compare(args.models, args.recipes, args.work, args.adaround_iterations)
+        text = acc.report(rows, notes, "scripts/peer_aimet.py --compare " + " ".join(
+            sys.argv[2:]))  # type: ignore[arg-type]
+        print(text)
+        if args.out:
+            import json
+
+            args.out.with_suffix(".md").write_text(
+                "# int8 beside AIMET (issue 23)\n\n" + __doc__.split("\n\n")[0] + "\n\n" + text)
+            args.out.with_suffix(".json").write_text(json.dumps(
+                {"notes": notes, "rows": [vars(r) for r in rows]}, indent=1, default=float))
+        return 0
+    if args.onnx is None or args.calib is None or args.out is None:
+        parser.error("give --onnx, --calib and --out (or --compare)")
     with np.load(args.calib) as data:
         calib = data["x"].astype(np.float32)
     quantize_child(args.onnx, calib, args.recipe, args.out, args.adaround_iterations)
