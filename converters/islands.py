@@ -47,11 +47,25 @@ def float_reason(ctx: LoweringContext, node: onnx.NodeProto) -> tuple[str, bool]
     if node.op_type in WEIGHTED and len(node.input) > 1 and ctx.is_const(node.input[1]) and (
             ctx.weight_quant(node.input[1]) is None):
         return "float weights (an accuracy budget kept the layer float)", False
-    activations = [n for n in [*node.input, *node.output] if n and not ctx.is_const(n)]
+    outputs = [_fused_output(ctx, node), *node.output[1:]]
+    activations = [n for n in [*node.input, *outputs] if n and not ctx.is_const(n)]
     left = next((n for n in activations if n not in ctx.graph.act_quant), None)
     if left is not None:
         return f"the QDQ graph leaves {left!r} in float", False
     return None
+
+
+def _fused_output(ctx: LoweringContext, node: onnx.NodeProto) -> str:
+    """The value a Conv or Gemm writes in the int8 file: the output of the Relu or Relu6 its
+    lowering fuses (``LoweringContext.fuse_activation``). AIMET's QDQ files quantise only after
+    the activation, where onnxruntime's drop the activation into the Conv's own range."""
+    out = node.output[0]
+    if node.op_type not in ("Conv", "Gemm") or out in ctx.graph.output_names:
+        return out
+    users = ctx.graph.consumers(out)
+    if len(users) == 1 and ctx.activation_code(users[0]) is not None:
+        return users[0].output[0]
+    return out
 
 
 def needs_float(ctx: LoweringContext, node: onnx.NodeProto) -> bool:

@@ -126,6 +126,7 @@ def load_graph(model: onnx.ModelProto, source: str, batch: int = 1,
     for node in [n for n in nodes if n.op_type == "Constant"]:
         graph.constants[node.output[0]] = numpy_helper.to_array(attr(node, "value"))
         nodes.remove(node)
+    _prequantize_constants(graph)
     _fold_weight_dequantize(graph)
     _fold_activation_qdq(graph)
     graph.shapes = _infer_shapes(model, graph)
@@ -164,6 +165,29 @@ def _with_static_batch(model: onnx.ModelProto, source: str, batch: int) -> onnx.
     dims[0].Clear()
     dims[0].dim_value = batch
     return model
+
+
+def _prequantize_constants(graph: Graph) -> None:
+    """A QuantizeLinear of a float constant (AIMET's and other fake-quantisation exports write
+    weights as float -> Q -> DQ) becomes the integers it computes, so the DequantizeLinear after
+    it reads an integer constant like every other exporter's weight: ONNX's rounding, half to
+    even, of x / scale, plus the zero point, saturated to the zero point's type."""
+    for node in [n for n in graph.nodes if n.op_type == "QuantizeLinear"]:
+        inputs = [name for name in node.input if name]
+        if not all(name in graph.constants for name in inputs):
+            continue
+        values = np.asarray(graph.constants[node.input[0]], np.float32)
+        scale = np.asarray(graph.constants[node.input[1]], np.float32)
+        zp = (np.asarray(graph.constants[node.input[2]]) if len(inputs) > 2
+              else np.zeros(scale.shape, np.uint8))
+        shape = [1] * values.ndim
+        if scale.size > 1:
+            axis = int(attr(node, "axis", 1))
+            shape[axis % values.ndim] = -1
+        info = np.iinfo(zp.dtype)
+        integers = np.rint(values / scale.reshape(shape)) + zp.reshape(shape).astype(np.float32)
+        graph.constants[node.output[0]] = np.clip(integers, info.min, info.max).astype(zp.dtype)
+        graph.nodes.remove(node)
 
 
 def _fold_weight_dequantize(graph: Graph) -> None:

@@ -564,3 +564,66 @@ def test_adaptive_average_pool_that_upsamples_converts_without_gather_nd(tmp_pat
     with torch.no_grad():
         want = net(torch.from_numpy(x)).numpy()
     _close(_run_litert(out, x), want)
+
+
+def _aimet_style_qdq() -> onnx.ModelProto:
+    """A QDQ file as AIMET's ``to_onnx_qdq`` writes it: weights stored in float and quantised in
+    the graph (QuantizeLinear of a constant, per channel for the Conv), float biases, and each
+    activation quantised only after its Relu (the Conv's and Gemm's own outputs stay float);
+    AIMET quantises a Flatten's output again, with its input's parameters."""
+    rng = np.random.default_rng(7)
+    conv_w = (rng.standard_normal((4, 3, 3, 3)) * 0.3).astype(np.float32)
+    conv_scale = (np.abs(conv_w).reshape(4, -1).max(1) / 127).astype(np.float32)
+    fc_w = (rng.standard_normal((10, 4 * 8 * 8)) * 0.05).astype(np.float32)
+    fc_scale = np.float32(np.abs(fc_w).max() / 127)
+    inits = [numpy_helper.from_array(a, n) for a, n in [
+        (conv_w, "conv_w"), (conv_scale, "conv_w_scale"), (np.zeros(4, np.int8), "conv_w_zp"),
+        ((rng.standard_normal(4) * 0.1).astype(np.float32), "conv_b"),
+        (fc_w, "fc_w"), (np.array(fc_scale), "fc_w_scale"), (np.array(0, np.int8), "fc_w_zp"),
+        ((rng.standard_normal(10) * 0.1).astype(np.float32), "fc_b"),
+        (np.array(1 / 255, np.float32), "x_scale"), (np.array(0, np.uint8), "x_zp"),
+        (np.array(0.03, np.float32), "r_scale"), (np.array(0, np.uint8), "r_zp"),
+        (np.array(0.02, np.float32), "y_scale"), (np.array(0, np.uint8), "y_zp")]]
+
+    def qdq(name: str, scale: str, zp: str, **attrs: int) -> list[onnx.NodeProto]:
+        return [helper.make_node("QuantizeLinear", [name, scale, zp], [name + "_q"], **attrs),
+                helper.make_node("DequantizeLinear", [name + "_q", scale, zp], [name + "_dq"],
+                                 **attrs)]
+
+    nodes = [*qdq("conv_w", "conv_w_scale", "conv_w_zp", axis=0),
+             *qdq("fc_w", "fc_w_scale", "fc_w_zp"),
+             *qdq("x", "x_scale", "x_zp"),
+             helper.make_node("Conv", ["x_dq", "conv_w_dq", "conv_b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]), *qdq("r", "r_scale", "r_zp"),
+             helper.make_node("Flatten", ["r_dq"], ["f"]), *qdq("f", "r_scale", "r_zp"),
+             helper.make_node("Gemm", ["f_dq", "fc_w_dq", "fc_b"], ["g"], transB=1),
+             helper.make_node("Relu", ["g"], ["y"]), *qdq("y", "y_scale", "y_zp")]
+    nodes[-1].output[0] = "out"
+    graph = helper.make_graph(nodes, "aimet", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, [1, 3, 8, 8])], [helper.make_tensor_value_info(
+            "out", TensorProto.FLOAT, [1, 10])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_aimet_style_qdq_converts_to_int8_kernels_within_a_step_of_its_reference(tmp_path):
+    """Weights quantised in the graph are folded to the integers ONNX's QuantizeLinear computes,
+    and a Conv or Gemm whose Relu alone is quantised runs as one int8 kernel with the Relu
+    fused: before, edgecnn refused the first ('quantises an activation per channel') and ran
+    the second as float islands."""
+    from edgecnn.api import ConvertConfig, convert, inspect
+    from edgecnn.runtimes.sessions import open_session, predict, reference_session
+
+    model = _aimet_style_qdq()
+    onnx.checker.check_model(model)
+    onnx.save(model, tmp_path / "aimet.onnx")
+    out = convert(tmp_path / "aimet.onnx", tmp_path / "aimet.tflite",
+                  ConvertConfig("tflite", int8=True)).path
+    report = inspect(out)
+    assert {row["op"] for row in report.ops} == {"CONV_2D", "RESHAPE", "FULLY_CONNECTED"}
+    assert "float islands" not in report.details
+    x = np.random.default_rng(3).random((16, 3, 8, 8), dtype=np.float32)
+    x = np.round(x * 255) / 255  # on the input's grid: the reference and the file read the same
+    want = np.concatenate([predict(reference_session(tmp_path / "aimet.onnx"), x[i:i + 1])
+                           for i in range(len(x))])
+    got = np.concatenate([predict(open_session(out, "litert"), x[i:i + 1]) for i in range(len(x))])
+    assert np.abs(got - want).max() <= 0.02 + 1e-6  # one output step (y_scale)
