@@ -39,7 +39,9 @@ def adaptive_avg_pool2d(x: torch.Tensor, output_size: Any) -> torch.Tensor:
         output_size = (output_size, output_size)
     out_h, out_w = (x.shape[-2] if o is None else int(o) for o in output_size)
     in_h, in_w = x.shape[-2], x.shape[-1]
-    if in_h % out_h == 0 and in_w % out_w == 0:  # equal windows: one average pool
+    if (out_h, out_w) == (1, 1):  # as ATen's own adaptive_avg_pool2d: a mean (ReduceMean)
+        return x.mean(dim=(-2, -1), keepdim=True)
+    if in_h % out_h == 0 and in_w % out_w == 0:  # equal windows: one average pool, as ATen's
         kernel = (in_h // out_h, in_w // out_w)
         return torch.nn.functional.avg_pool2d(x, kernel, kernel)
     return _mean_windows(_mean_windows(x, x.dim() - 2, out_h), x.dim() - 1, out_w)

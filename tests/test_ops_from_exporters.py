@@ -627,3 +627,18 @@ def test_aimet_style_qdq_converts_to_int8_kernels_within_a_step_of_its_reference
                            for i in range(len(x))])
     got = np.concatenate([predict(open_session(out, "litert"), x[i:i + 1]) for i in range(len(x))])
     assert np.abs(got - want).max() <= 0.02 + 1e-6  # one output step (y_scale)
+
+
+def test_global_adaptive_average_pool_is_still_exported_as_a_mean(tmp_path):
+    """AdaptiveAvgPool2d(1) stays ReduceMean, as ATen writes it: an AveragePool over the whole
+    map is another int8 kernel, which rounds up to 4 steps away from the QDQ reference on the
+    shipped mobile_se_outlier (the self-check refused it)."""
+    import torch
+
+    from edgecnn.api import ConvertConfig, convert
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1)).eval()
+    torch.export.save(torch.export.export(net, (torch.zeros(1, 3, 9, 9),)), tmp_path / "m.pt2")
+    out = convert(tmp_path / "m.pt2", tmp_path / "m.onnx", ConvertConfig("onnx")).path
+    ops = {node.op_type for node in onnx.load(out).graph.node}
+    assert "AveragePool" not in ops and ops & {"ReduceMean", "GlobalAveragePool"}
