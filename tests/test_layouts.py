@@ -265,3 +265,46 @@ def test_a_fixed_batch_reshape_offers_layouts_of_its_own_rank():
     it moved C last again."""
     assert _fixed_batch_layouts((4, 9, 2, 4), (0, 2, 1, 3), (4, 9, 8)) == ((0, 1, 2, 3),
                                                                            (0, 1, 2))
+
+
+def _unbound_block() -> onnx.ModelProto:
+    """As timm writes attention: one qkv projection, reshaped to [P, N, 3, h, hd], permuted
+    to [3, P, h, N, hd] and unbound into q, k, v by three Slices and Squeezes."""
+    heads, depth = 2, C // 2
+    unfold, shapes = _unfold("x", "tokens")
+    fold, more = _fold("stream", "y")
+    nodes = [*unfold, helper.make_node("MatMul", ["tokens", "w_qkv"], ["qkv"]),
+             helper.make_node("Reshape", ["qkv", "split"], ["qkv5"]),
+             helper.make_node("Transpose", ["qkv5"], ["qkvt"], perm=[2, 0, 3, 1, 4])]
+    inits = {"split": (P, N, 3, heads, depth), "merge": (P, N, C), "axis0": (0,)}
+    for i, part in enumerate("qkv"):
+        inits |= {f"start{i}": (i,), f"end{i}": (i + 1,)}
+        nodes += [helper.make_node("Slice", ["qkvt", f"start{i}", f"end{i}", "axis0"],
+                                   [f"{part}1"]),
+                  helper.make_node("Squeeze", [f"{part}1", "axis0"], [part])]
+    nodes += [helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+              helper.make_node("MatMul", ["q", "kt"], ["scores"]),
+              helper.make_node("Softmax", ["scores"], ["weights"], axis=-1),
+              helper.make_node("MatMul", ["weights", "v"], ["attended"]),
+              helper.make_node("Transpose", ["attended"], ["merged4"], perm=[0, 2, 1, 3]),
+              helper.make_node("Reshape", ["merged4", "merge"], ["merged"]),
+              helper.make_node("MatMul", ["merged", "w_proj"], ["projected"]),
+              helper.make_node("Add", ["tokens", "projected"], ["stream"]), *fold]
+    model = _model(nodes, (1, C, 6, 6), (1, C, 6, 6), {**shapes, **more, **inits})
+    model.graph.initializer.extend([
+        numpy_helper.from_array(np.float32(RNG.standard_normal((C, 3 * C)) * 0.3), "w_qkv"),
+        numpy_helper.from_array(np.float32(RNG.standard_normal((C, C)) * 0.3), "w_proj")])
+    return model
+
+
+def test_q_k_and_v_are_moved_once_before_they_are_unbound():
+    """The [3, P, h, N, hd] tensor is moved once, as [P, 3h, N, hd], before its Slices, and
+    each of q, k and v is then read by BATCH_MATMUL as it is (k through adj_y): unfold, fold,
+    qkv and the heads' merge, 4 TRANSPOSEs (6 when each part moved after its Slice)."""
+    x = RNG.standard_normal((1, C, 6, 6)).astype(np.float32)
+    model = _unbound_block()
+    want = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    onnx_passes.clean(model)
+    data = convert_onnx_to_tflite(model, "m.onnx").data
+    np.testing.assert_allclose(_run_tflite(data, x), want, atol=1e-4, rtol=0)
+    assert len(_transposes(data)) == 4

@@ -396,10 +396,80 @@ def _slice_spec(ctx: LoweringContext, node: onnx.NodeProto,
             for a, b, e, s in zip(axes, starts, ends, steps, strict=True)]
 
 
+def _reaches_batch_matmul(ctx: LoweringContext, name: str) -> bool:
+    """``name`` is read only by a MatMul of two activations, directly or through a scale
+    (Mul or Div by a constant) and reshapes/transposes: it is wanted in its ONNX order, or with
+    its last two axes swapped, which BATCH_MATMUL reads through adj_x/adj_y. CoaT's k goes
+    through a Softmax over tokens and its v into a convolution: those want other layouts."""
+    for _ in range(6):
+        users = ctx.graph.consumers(name)
+        if not users:
+            return False
+        if all(u.op_type == "MatMul" and not any(ctx.is_const(i) for i in u.input[:2])
+               for u in users):
+            return True
+        if len(users) != 1:
+            return False
+        user = users[0]
+        scale = user.op_type in ("Mul", "Div") and user.input[0] == name \
+            and ctx.is_const(user.input[1])
+        if not scale and user.op_type not in ("Reshape", "Transpose", "Squeeze"):
+            return False
+        name = user.output[0]
+    return False
+
+
+def _unbound_axis(ctx: LoweringContext, name: str) -> int | None:
+    """The axis ``name`` is unbound along (torch's ``unbind``/``chunk``: a Slice per index of
+    one axis, each squeezed), when that is all that reads it."""
+    users = ctx.graph.consumers(name)
+    rank = len(ctx.shape(name))
+    axes = set()
+    for user in users:
+        if user.op_type != "Slice" or user.input[0] != name:
+            return None
+        spec = _slice_spec(ctx, user, rank)
+        squeezes = ctx.graph.consumers(user.output[0])
+        if len(spec) != 1 or len(squeezes) != 1 or squeezes[0].op_type != "Squeeze" \
+                or not _reaches_batch_matmul(ctx, squeezes[0].output[0]):
+            return None
+        axes.add(spec[0][0])
+    if len(axes) != 1 or len(users) < 2:
+        return None
+    axis = axes.pop()
+    return axis if ctx.shape(name)[axis] == len(users) else None
+
+
+def _unbind_layout(ctx: LoweringContext, name: str, stored: Value) -> tuple[int, ...] | None:
+    """For a tensor unbound into several parts (attention's q, k, v), the layout that stores
+    each part in ONNX order (what BATCH_MATMUL reads, K through adj_y), if one TRANSPOSE of at
+    most 4 merged axes gives it: the whole tensor moves once instead of each part after its
+    Slice (MobileViT: 3 TRANSPOSEs a layer -> 1)."""
+    axis = _unbound_axis(ctx, name)
+    if axis is None:
+        return None
+    others = [a for a in range(len(stored.perm)) if a != axis]
+    first = 0 if ctx.builder.fixed_batch else 1
+    layouts = [(*others[:at], axis, *others[at:]) for at in range(first, len(others) + 1)]
+    if stored.perm in layouts or stored.column_order is not None:
+        return None
+    shape = ctx.shape(name)
+    for perm in layouts:
+        merged, _ = merged_transpose(permuted(shape, stored.perm),
+                                     tuple(stored.perm.index(a) for a in perm),
+                                     not ctx.builder.fixed_batch)
+        if len(merged) <= 4:
+            return perm
+    return None
+
+
 @lower("Slice")
 def lower_slice(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     """STRIDED_SLICE with constant bounds, in the stored layout (ONNX's clamping rules)."""
     source = ctx.feature_map(node, node.input[0])
+    unbind = _unbind_layout(ctx, node.input[0], source)
+    if unbind is not None:
+        source = ctx.in_layout(node.input[0], unbind)
     shape = ctx.shape(node.input[0])
     rank = len(shape)
     begin, end, strides = [0] * rank, [0] * rank, [1] * rank
