@@ -642,3 +642,29 @@ def test_global_adaptive_average_pool_is_still_exported_as_a_mean(tmp_path):
     out = convert(tmp_path / "m.pt2", tmp_path / "m.onnx", ConvertConfig("onnx")).path
     ops = {node.op_type for node in onnx.load(out).graph.node}
     assert "AveragePool" not in ops and ops & {"ReduceMean", "GlobalAveragePool"}
+
+
+def test_whole_map_average_pool_of_a_trained_model_is_exact_in_int8(tmp_path):
+    """Exporters that write global pooling as AveragePool over the whole map (kernel = H x W):
+    on the shipped mobile_se_outlier its 7x7 average spans far less than its input, so the QDQ
+    graph gives it a finer output scale, and AVERAGE_POOL_2D (averaging on the input's grid)
+    was 4 steps off its reference, refused by the self-check; it is written as MEAN now."""
+    from edgecnn.api import ConvertConfig, convert
+
+    source = convert(ROOT / "models" / "mobile_se_outlier.pt", tmp_path / "se.onnx",
+                     ConvertConfig("onnx")).path
+    model = onnx.shape_inference.infer_shapes(onnx.load(source))
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in model.graph.value_info}
+    pools = [n for n in model.graph.node if n.op_type == "GlobalAveragePool"]
+    assert pools
+    for node in pools:
+        index = list(model.graph.node).index(node)
+        model.graph.node.remove(node)
+        model.graph.node.insert(index, helper.make_node(
+            "AveragePool", list(node.input), list(node.output), name=node.name,
+            kernel_shape=shapes[node.input[0]][2:]))
+    onnx.save(model, tmp_path / "se_average_pool.onnx")
+    result = convert(tmp_path / "se_average_pool.onnx", tmp_path / "se.tflite",
+                     ConvertConfig("tflite", int8=True))
+    assert result.checks["tflite max|Δ| vs qdq reference (steps)"] == 0.0

@@ -121,6 +121,15 @@ def _reduce(op, axes, keepdims=1, before=None):
     return build
 
 
+def _global_average_pool_7x7():
+    """A 2x2 conv without padding (8x8 -> 7x7), then AveragePool over the whole odd map, as
+    older classifiers end: written as MEAN (the trained-model case that AVERAGE_POOL_2D got
+    wrong is test_ops_from_exporters' whole-map AveragePool on mobile_se_outlier)."""
+    conv, inits = _conv("c", "x", "a", 4, 4, k=2)
+    return _case([conv, helper.make_node("AveragePool", ["a"], ["z"], kernel_shape=[7, 7])],
+                 inits, 4, 1)
+
+
 def _split_attention_sum():
     """ResNeSt's split attention: the radix splits summed over a 5-D view, keepdims=0, so
     the 4-D result is in ONNX's order, not NHWC (issue 22: LiteRT could not prepare it)."""
@@ -515,7 +524,12 @@ OP_CASES = {
                                            pads=[1, 1, 1, 1]),
                     # PyTorch's AvgPool2d default: padding zeros count (Inception v3)
                     "same_incl_pad": _pool("AveragePool", kernel_shape=[3, 3], strides=[1, 1],
-                                           pads=[1, 1, 1, 1], count_include_pad=1)},
+                                           pads=[1, 1, 1, 1], count_include_pad=1),
+                    # AvgPool2d(7) as a classifier's head on a 7x7 map: MEAN, exact in int8
+                    "whole_map": _global_average_pool_7x7,
+                    # a large odd window: the int8 kernel where the output scale is not finer
+                    "large_odd_window": _pool("AveragePool", kernel_shape=[7, 7],
+                                              strides=[1, 1])},
     "GlobalAveragePool": {"plain": _pool("GlobalAveragePool")},
     "ReduceMean": {"spatial_keepdims": _reduce("ReduceMean", [2, 3]),
                    "spatial_dropped": _reduce("ReduceMean", [2, 3], keepdims=0),

@@ -190,24 +190,47 @@ def lower_max_pool(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     _pool(ctx, node, "MAX_POOL_2D")
 
 
-def _halves_common(ctx: LoweringContext, node: onnx.NodeProto) -> bool:
+def _covers_the_map(ctx: LoweringContext, node: onnx.NodeProto) -> bool:
+    """An AveragePool whose one window is the whole unpadded map: a global average."""
+    _, _, h, w = ctx.shape(node.input[0])
+    padded = any(ctx.attr(node, "pads", [0, 0, 0, 0])) or ctx.attr(
+        node, "auto_pad", "NOTSET") not in ("NOTSET", "VALID")
+    return tuple(ctx.attr(node, "kernel_shape")) == (h, w) and not padded and tuple(
+        ctx.attr(node, "dilations", [1, 1])) == (1, 1)
+
+
+def _inexact_in_int8(ctx: LoweringContext, node: onnx.NodeProto) -> bool:
     """AVERAGE_POOL_2D divides the integer sum and rounds halves away from zero, the reference
     to even: with an even divisor (2x2 windows, or windows cut by uncounted padding or ceil
-    mode) exact halves are common and 12 % of values differ by a step."""
+    mode) exact halves are common and 12 % of values differ by a step. It also averages on the
+    input's grid: where the QDQ graph gives the output a finer scale (a large window's average
+    spans less than its input), requantising that average is off by up to half an input step,
+    several output steps (4 on the shipped mobile_se_outlier's 7x7 window). A global window
+    is written as MEAN, which rescales once, and is exact."""
+    if _covers_the_map(ctx, node):
+        return False
     kernel = ctx.attr(node, "kernel_shape")
     padded = any(ctx.attr(node, "pads", [0, 0, 0, 0])) or ctx.attr(
         node, "auto_pad", "NOTSET") not in ("NOTSET", "VALID")
     whole_windows = not int(ctx.attr(node, "ceil_mode", 0)) and (
         not padded or int(ctx.attr(node, "count_include_pad", 0)))
     dilated = tuple(ctx.attr(node, "dilations", [1, 1])) != (1, 1)  # written in float only
-    return int(np.prod(kernel)) % 2 == 0 or not whole_windows or dilated
+    given, wanted = ctx.quant(node.input[0]), ctx.quant(node.output[0])
+    finer = (given is not None and wanted is not None
+             and wanted.scale[0] < given.scale[0] * (1 - 1e-6))
+    return int(np.prod(kernel)) % 2 == 0 or not whole_windows or dilated or finer
 
 
-@lower("AveragePool", int8=conditional(_halves_common, "int8 kernel for odd windows of counted "
-                                       "cells; float island for even windows (2x2), uncounted "
-                                       "padding or ceil mode, where halves are common, and "
-                                       "dilation"))
+@lower("AveragePool", int8=conditional(_inexact_in_int8, "int8 kernel for odd windows of "
+                                       "counted cells whose output scale is not finer than the "
+                                       "input's; MEAN for a window over the whole map; float "
+                                       "island for even windows (2x2), uncounted padding or "
+                                       "ceil mode, where halves are common, dilation, and a "
+                                       "finer output scale"))
 def lower_average_pool(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    if _covers_the_map(ctx, node):  # a global average: MEAN, as GlobalAveragePool
+        lower_global_average_pool(ctx, node)
+        return
     _pool(ctx, node, "AVERAGE_POOL_2D")
 
 
