@@ -59,8 +59,10 @@ def quantize_child(onnx_path: Path, calib: np.ndarray, recipe: str, out: Path,
 
         equalize_model(model)
     input_name = model.graph.input[0].name
-    batches = [{input_name: calib[i:i + CALIBRATION_BATCH]}
-               for i in range(0, len(calib), CALIBRATION_BATCH)]
+    fixed = model.graph.input[0].type.tensor_type.shape.dim[0].dim_value  # 0: a free batch
+    batch = fixed or CALIBRATION_BATCH
+    batches = [{input_name: calib[i:i + batch]}
+               for i in range(0, len(calib) // batch * batch, batch)]
     config = Path(config_dir).parent / "default_config_per_channel.json"
     # sequential MSE searches the weight ranges itself and asserts AIMET's plain min-max scheme
     scheme = (QuantScheme.min_max if recipe == "seq_mse"
@@ -107,10 +109,13 @@ EDGECNN_RECIPES: dict[str, dict[str, bool]] = {
 }
 
 
-def compare(models: list[str], recipes: list[str], folder: Path, adaround_iterations: int
-            ) -> tuple[list[object], dict[str, str]]:
+def compare(models: list[str], recipes: list[str], folder: Path, adaround_iterations: int,
+            reuse: bool = False) -> tuple[list[object], dict[str, str]]:
     """Every model's fp32 file, edgecnn's recipes, onnxruntime's quantize_static and AIMET's
-    ``recipes``, each read on the model's evaluation images as int8_accuracy.py reads them."""
+    ``recipes``, each read on the model's evaluation images as int8_accuracy.py reads them.
+    ``reuse``: take a model's rows from an earlier run in ``folder`` where there are any."""
+    import json
+
     import int8_accuracy as acc
 
     from edgecnn.api import ConvertConfig, convert
@@ -118,6 +123,14 @@ def compare(models: list[str], recipes: list[str], folder: Path, adaround_iterat
     rows: list[object] = []
     notes: dict[str, str] = {}
     for name in models:
+        saved = folder / name / "rows.json"
+        if reuse and saved.is_file():  # measured by an earlier run: its rows as they were
+            record = json.loads(saved.read_text())
+            notes[name] = record["note"]
+            rows += [acc.Row(r["model"], r["reading"], {
+                k: tuple(v) if isinstance(v, list) else v for k, v in r["cells"].items()})
+                for r in record["rows"]]
+            continue
         began = time.perf_counter()
         case = acc.build_case(name)
         work = folder / name
@@ -145,12 +158,16 @@ def compare(models: list[str], recipes: list[str], folder: Path, adaround_iterat
                    for reading, path in files.items()}
         f = outputs["fp32"]
         f_dets = acc.detections(f) if case.kind == "detector" else []
+        measured = []
         for reading, q in outputs.items():
             cells = (acc.classifier_cells(f, q, case.labels, reading == "fp32")
                      if case.kind == "classifier" else
                      acc.detector_cells(f, q, case.boxes or [], f_dets, reading == "fp32"))
-            rows.append(acc.Row(case.name, reading, cells))
+            measured.append(acc.Row(case.name, reading, cells))
+        rows += measured
         notes[name] = f"{case.images_note}; measured in {time.perf_counter() - began:.0f} s"
+        saved.write_text(json.dumps({"note": notes[name], "rows": [vars(r) for r in measured]},
+                                    default=float))
         print(f"{name}: done", file=sys.stderr)
     return rows, notes
 
@@ -164,6 +181,8 @@ def main() -> int:
     parser.add_argument("--recipes", nargs="+", choices=RECIPES, default=["ptq", "cle", "seq_mse"])
     parser.add_argument("--work", type=Path, default=ROOT / "out" / "aimet")
     parser.add_argument("--out", type=Path, help="docs/int8-accuracy-aimet: write .md and .json")
+    parser.add_argument("--reuse", action="store_true",
+                        help="--compare: take a model's rows from the last run in --work")
     parser.add_argument("--onnx", type=Path, help="the float ONNX file")
     parser.add_argument("--calib", type=Path, help=".npz with x: NCHW float32")
     parser.add_argument("--recipe", choices=RECIPES, default="ptq")
@@ -173,7 +192,8 @@ def main() -> int:
         sys.path.insert(0, str(ROOT / "scripts"))
         import int8_accuracy as acc
 
-        rows, notes = compare(args.models, args.recipes, args.work, args.adaround_iterations)
+        rows, notes = compare(args.models, args.recipes, args.work, args.adaround_iterations,
+                              args.reuse)
         text = acc.report(rows, notes, "scripts/peer_aimet.py --compare " + " ".join(
             sys.argv[2:]))  # type: ignore[arg-type]
         print(text)
