@@ -150,24 +150,29 @@ C, NH, PH, NW, PW = 8, 3, 2, 3, 2  # a 6x6 map of 8 channels, 2x2 patches: P = 4
 P, N = PH * PW, NH * NW
 
 
+def _chain(x: str, out: str, shapes: list[str], perms: list[list[int]]) -> list:
+    """Reshape, Transpose, Reshape, Transpose, Reshape: the shapes are initializer names."""
+    names = [x, *(f"{out}/{i}" for i in range(4)), out]
+    nodes = []
+    for i in range(5):
+        if i % 2 == 0:
+            nodes.append(helper.make_node("Reshape", [names[i], shapes[i // 2]], [names[i + 1]]))
+        else:
+            nodes.append(helper.make_node("Transpose", [names[i]], [names[i + 1]],
+                                          perm=perms[i // 2]))
+    return nodes
+
+
 def _unfold(x: str, out: str) -> tuple[list, dict]:
     """MobileViT's unfold as timm exports it: [1, C, H, W] -> tokens [P, N, C], in 5 nodes."""
-    nodes = [helper.make_node("Reshape", [x, "u0"], [f"{out}/0"]),
-             helper.make_node("Transpose", [f"{out}/0"], [f"{out}/1"], perm=[0, 2, 1, 3]),
-             helper.make_node("Reshape", [f"{out}/1", "u2"], [f"{out}/2"]),
-             helper.make_node("Transpose", [f"{out}/2"], [f"{out}/3"], perm=[0, 3, 2, 1]),
-             helper.make_node("Reshape", [f"{out}/3", "u4"], [out])]
-    return nodes, {"u0": (C * NH, PH, NW, PW), "u2": (1, C, N, P), "u4": (P, N, C)}
+    return (_chain(x, out, ["u0", "u2", "u4"], [[0, 2, 1, 3], [0, 3, 2, 1]]),
+            {"u0": (C * NH, PH, NW, PW), "u2": (1, C, N, P), "u4": (P, N, C)})
 
 
 def _fold(x: str, out: str) -> tuple[list, dict]:
     """And back: tokens [P, N, C] -> [1, C, H, W]."""
-    nodes = [helper.make_node("Reshape", [x, "f0"], [f"{out}/0"]),
-             helper.make_node("Transpose", [f"{out}/0"], [f"{out}/1"], perm=[0, 3, 2, 1]),
-             helper.make_node("Reshape", [f"{out}/1", "f2"], [f"{out}/2"]),
-             helper.make_node("Transpose", [f"{out}/2"], [f"{out}/3"], perm=[0, 2, 1, 3]),
-             helper.make_node("Reshape", [f"{out}/3", "f4"], [out])]
-    return nodes, {"f0": (1, P, N, C), "f2": (C * NH, NW, PH, PW), "f4": (1, C, NH * PH, NW * PW)}
+    return (_chain(x, out, ["f0", "f2", "f4"], [[0, 3, 2, 1], [0, 2, 1, 3]]),
+            {"f0": (1, P, N, C), "f2": (C * NH, NW, PH, PW), "f4": (1, C, NH * PH, NW * PW)})
 
 
 def _unfold_fold() -> onnx.ModelProto:
