@@ -63,20 +63,21 @@ MODELS: dict[str, tuple[str, ...]] = {
     "yolov8n-seg": ("ultralytics", "yolov8n-seg.yaml"),
     "yolov8n-pose": ("ultralytics", "yolov8n-pose.yaml"),
     "yolov8n-cls": ("ultralytics", "yolov8n-cls.yaml"),
+    "yolo11n": ("ultralytics", "yolo11n.yaml"),  # C3k2 blocks and C2PSA attention
     "unet-resnet18": ("smp", "Unet", "resnet18"),
     "fpn-efficientnet-b0": ("smp", "FPN", "efficientnet-b0"),
     "deeplabv3plus-resnet18": ("smp", "DeepLabV3Plus", "resnet18"),
 }
 # the rows of a YOLO output that hold box coordinates (pixels) and class scores (0..1)
 BOXES, SCORES = slice(0, 4), {"yolov8n": slice(4, 84), "yolov8n-seg": slice(4, 84),
-                              "yolov8n-pose": slice(4, 5)}
+                              "yolov8n-pose": slice(4, 5), "yolo11n": slice(4, 84)}
 TIMEOUT_S = 900
 CALIBRATION_IMAGES = 32
 START, END = "<!-- detectors:start -->", "<!-- detectors:end -->"
 HEADING = """## Detectors and segmenters: edgecnn, onnx2tf and litert-torch in one run
 
-Ultralytics YOLOv8n (detect, seg, pose, cls; built from yaml) and segmentation-models-pytorch
-U-Net, FPN and DeepLabV3+, random weights with BatchNorm re-randomised, each converted by all
+Ultralytics YOLOv8n (detect, seg, pose, cls) and YOLO11n, built from their yaml files, and
+segmentation-models-pytorch U-Net, FPN and DeepLabV3+, random weights with BatchNorm re-randomised, each converted by all
 three tools in the same run (`scripts/detector_coverage.py`, whose docstring says what each
 column measures).
 
