@@ -124,3 +124,43 @@ def fold_identity_gather(graph: Graph) -> int:
         graph.nodes.remove(flat)
         folded += 1
     return folded
+
+
+def _all(graph: Graph, name: str, value: float) -> bool:
+    return name in graph.constants and bool(np.all(np.asarray(graph.constants[name]) == value))
+
+
+def fuse_group_norm(graph: Graph) -> int:
+    """Reshape (N, C, H, W) -> (N, G, C/G*H*W) -> InstanceNormalization (scale 1, bias 0) ->
+    Reshape back to (N, C, H, W): PyTorch's GroupNorm as both exporters write it (and ONNX's
+    GroupNormalization, which the ONNX clean-up unfolds into it) -> one ``GroupNormalization``
+    node without scale or bias (the exporters' Mul and Add after it stay). Its (N, G, -1) view
+    merges channels with pixels, which an NHWC map cannot do without moving data; the fused
+    node is lowered channels-last (converters/ops/normalization.py): the same statistics."""
+    fused = 0
+    for norm in [n for n in graph.nodes if n.op_type == "InstanceNormalization"]:
+        grouped, back = graph.producer(norm.input[0]), _only_consumer(graph, norm.output[0])
+        if (grouped is None or back is None or grouped.op_type != "Reshape"
+                or back.op_type != "Reshape" or len(norm.input) < 3
+                or not _feeds_only(graph, grouped.output[0], norm)):
+            continue
+        shape = graph.shapes.get(grouped.input[0])
+        view = graph.shapes.get(grouped.output[0])
+        if (shape is None or len(shape) != 4 or view is None or len(view) != 3
+                or graph.shapes.get(back.output[0]) != shape):
+            continue
+        n, channels, height, width = shape
+        groups = view[1]
+        if (view[0] != n or groups < 1 or channels % groups
+                or view[2] != channels // groups * height * width
+                or not _all(graph, norm.input[1], 1.0) or not _all(graph, norm.input[2], 0.0)):
+            continue
+        node = onnx.helper.make_node(
+            "GroupNormalization", [grouped.input[0]], [back.output[0]],
+            name=norm.name or back.name, num_groups=groups,
+            epsilon=float(attr(norm, "epsilon", 1e-5)))
+        graph.nodes[graph.nodes.index(back)] = node
+        graph.nodes.remove(norm)
+        graph.nodes.remove(grouped)
+        fused += 1
+    return fused

@@ -131,9 +131,14 @@ def load_graph(model: onnx.ModelProto, source: str, batch: int = 1,
     _fold_activation_qdq(graph)
     graph.shapes = _infer_shapes(model, graph)
     _fold_constant_nodes(graph)
-    from edgecnn.converters.fusions import fold_identity_gather, fuse_gelu  # they use Graph
+    from edgecnn.converters.fusions import (  # they use Graph
+        fold_identity_gather,
+        fuse_gelu,
+        fuse_group_norm,
+    )
 
     fuse_gelu(graph)
+    fuse_group_norm(graph)
     fold_identity_gather(graph)
     return graph
 

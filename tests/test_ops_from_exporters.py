@@ -668,3 +668,74 @@ def test_whole_map_average_pool_of_a_trained_model_is_exact_in_int8(tmp_path):
     result = convert(tmp_path / "se_average_pool.onnx", tmp_path / "se.tflite",
                      ConvertConfig("tflite", int8=True))
     assert result.checks["tflite max|Δ| vs qdq reference (steps)"] == 0.0
+
+
+def _transposes(path: Path) -> int:
+    from edgecnn.api import inspect
+
+    return sum(op["count"] for op in inspect(path).ops if op["op"] == "TRANSPOSE")
+
+
+@pytest.mark.parametrize("groups", [1, 2, 4, 8])
+def test_dynamo_group_norm_is_channels_last_without_transpose(tmp_path, groups):
+    """GroupNorm as torch.onnx (dynamo, opset 18) writes it, Reshape (N, G, -1) ->
+    InstanceNormalization -> Reshape -> Mul -> Add, is lowered channels-last (the NHWC map viewed
+    as [N, H*W, G, C/G]): no TRANSPOSE, the same numbers as onnxruntime, the batch free."""
+    import torch
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.GroupNorm(groups, 8)).eval()
+    with torch.no_grad():
+        net[1].weight.normal_()
+        net[1].bias.normal_()
+    model = torch.onnx.export(net, (torch.zeros(1, 3, 9, 7),), None, dynamo=True,
+                              opset_version=18, optimize=True, verbose=False).model_proto
+    assert "InstanceNormalization" in {n.op_type for n in model.graph.node}
+    input_name = model.graph.input[0].name
+    path = tmp_path / "m.tflite"
+    path.write_bytes(convert_onnx_to_tflite(model, "m.onnx").data)
+    assert _transposes(path) == 0
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = _x(1, 3, 9, 7) * 3 + 1
+    _close(_run_litert(path, x), session.run(None, {input_name: x})[0])
+    batch = _x(3, 3, 9, 7)
+    with torch.no_grad():
+        want = net(torch.from_numpy(batch)).numpy()
+    _close(_run_litert(path, batch), want)
+
+
+def test_group_normalization_op_is_channels_last_without_transpose(tmp_path):
+    """ONNX's own GroupNormalization (opset 21) takes the same channels-last lowering."""
+    inits = [numpy_helper.from_array(_x(8) + 1, "s"), numpy_helper.from_array(_x(8), "b")]
+    nodes = [helper.make_node("GroupNormalization", ["x", "s", "b"], ["y"], num_groups=4,
+                              epsilon=1e-3)]
+    model = _model(nodes, (1, 8, 5, 6), (1, 8, 5, 6), inits, opset=21)
+    from edgecnn.api import ConvertConfig, convert
+
+    onnx.save(model, tmp_path / "user.onnx")
+    path = convert(tmp_path / "user.onnx", tmp_path / "user.tflite", ConvertConfig("tflite")).path
+    assert _transposes(path) == 0
+    x = _x(1, 8, 5, 6) * 2 + 1
+    _close(_run_litert(path, x), _onnxruntime(model, x))
+
+
+def test_dynamo_group_norm_in_int8_stays_a_float_island_without_transpose(tmp_path):
+    """In int8 the channels-last GroupNorm is a float island (as InstanceNormalization was):
+    the file still matches its QDQ reference within the self-check's pinned bound."""
+    import torch
+
+    from edgecnn.api import ConvertConfig, convert
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.GroupNorm(2, 8),
+                              torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1)).eval()
+    model = torch.onnx.export(net, (torch.zeros(1, 3, 10, 10),), None, dynamo=True,
+                              opset_version=18, optimize=True, verbose=False).model_proto
+    onnx.save(model, tmp_path / "gn.onnx")
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=np.random.default_rng(3).integers(0, 256, (32, 10, 10, 3), dtype=np.uint8),
+             y=np.zeros(32, np.int64))
+    result = convert(tmp_path / "gn.onnx", tmp_path / "gn.tflite",
+                     ConvertConfig("tflite", int8=True, calib=calib))
+    assert _transposes(result.path) == 0
+    assert result.checks["tflite max|Δ| vs qdq reference (steps)"] <= 1.0

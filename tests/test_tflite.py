@@ -462,6 +462,8 @@ ROUND_TWO_CASES = {  # issue 22: ops users' files hold
     "LRN": {"size3": _chain("LRN", size=3, alpha=0.02, beta=0.75, bias=1.5),
             "size5_default": _chain("LRN", size=5)},
     "InstanceNormalization": {"affine": _norm("InstanceNormalization", epsilon=1e-3)},
+    "GroupNormalization": {"groups2": _norm("GroupNormalization", opset=21, num_groups=2,
+                                            epsilon=1e-3)},
     "DepthToSpace": {"dcr": _rearrange("DepthToSpace", 8, 2, 16, blocksize=2),
                      "crd": _rearrange("DepthToSpace", 8, 2, 16, blocksize=2, mode="CRD")},
     "SpaceToDepth": {"block2": _rearrange("SpaceToDepth", 4, 16, 4, blocksize=2)},

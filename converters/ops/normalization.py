@@ -1,5 +1,5 @@
-"""LayerNormalization, InstanceNormalization -> MEAN, SUB, MUL, RSQRT, ADD: the arithmetic, in
-the stored layout; LRN -> LOCAL_RESPONSE_NORMALIZATION.
+"""LayerNormalization, InstanceNormalization, GroupNormalization -> MEAN, SUB, MUL, RSQRT, ADD:
+the arithmetic, in the stored layout; LRN -> LOCAL_RESPONSE_NORMALIZATION.
 
 TFLite has no layer-norm builtin, so it is written out as the arithmetic it is. The normalised
 axes must be the stored tensor's last ones (ConvNeXt normalises channels after a permute to
@@ -138,6 +138,49 @@ def lower_instance_norm(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     out = ctx.output_value(node.output[0], perm=perm)
     _normalise(ctx, node.output[0], stored.tensor, axes, float(ctx.attr(node, "epsilon", 1e-5)),
                per_channel(1), per_channel(2), out.tensor)
+
+
+@lower("GroupNormalization", int8=island())
+def lower_group_norm(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    """GroupNorm channels-last: the NHWC map [N, H, W, C] viewed as [N, H*W, G, C/G] (a RESHAPE,
+    no data moves), the statistics over axes 1 and 3 (each image's group, ONNX's mean and
+    variance, epsilon inside the square root), back to [N, H, W, C], then scale and bias on the
+    channels. The node :func:`~edgecnn.converters.fusions.fuse_group_norm` makes of PyTorch's
+    Reshape -> InstanceNormalization -> Reshape (scale and bias left out), or ONNX's own op
+    (scale and bias per channel, or per group before opset 21)."""
+    n, c, h, w = _image(ctx, node)
+    groups = int(ctx.attr(node, "num_groups"))
+    if groups < 1 or c % groups:
+        raise ConversionError(f"{ctx.graph.source}: GroupNormalization {node.name!r} has "
+                              f"num_groups={groups} for {c} channels; ONNX needs a divisor")
+    x = ctx.in_layout(node.input[0], (0, 2, 3, 1)).tensor
+    name = node.output[0]
+
+    def per_channel(index: int) -> np.ndarray | None:
+        if len(node.input) <= index or not node.input[index]:
+            return None
+        values = np.asarray(ctx.const(node, index), np.float32).ravel()
+        if values.size == groups:  # opset 18: per group
+            values = np.repeat(values, c // groups)
+        if values.size != c:
+            raise ConversionError(f"{ctx.graph.source}: GroupNormalization {node.name!r} input "
+                                  f"{index} has {values.size} values for {c} channels")
+        return values
+
+    grouped_shape = (n, h * w, groups, c // groups)
+    grouped = ctx.scratch(name + "/grouped", grouped_shape, None)
+    reshape(ctx, x, grouped_shape, grouped, name + "/grouped_shape")
+    normalised = ctx.scratch(name + "/normalised", grouped_shape, None)
+    _normalise(ctx, name, grouped, [1, 3], float(ctx.attr(node, "epsilon", 1e-5)), None, None,
+               normalised)
+    out = ctx.output_value(name)
+    gamma, beta = per_channel(1), per_channel(2)
+    if gamma is None and beta is None:
+        reshape(ctx, normalised, (n, h, w, c), out.tensor, name + "/ungrouped_shape")
+        return
+    ungrouped = ctx.scratch(name + "/ungrouped", (n, h, w, c), None)
+    reshape(ctx, normalised, (n, h, w, c), ungrouped, name + "/ungrouped_shape")
+    _affine(ctx, name, ungrouped, gamma, beta, out.tensor)
 
 
 @lower("LRN", int8=island())
