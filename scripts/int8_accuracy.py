@@ -311,7 +311,10 @@ def ort_quantize_static(fp32: Path, calib: np.ndarray, method: str, out: Path) -
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = (calib[i:i + step] for i in range(0, len(calib), step))
+            # whole batches only: onnxruntime's entropy and percentile calibrators stack every
+            # batch's outputs, and a shorter last batch fails there (1000 images in 16s)
+            self.batches = (calib[i:i + step]
+                            for i in range(0, len(calib) // step * step, step))
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             batch = next(self.batches, None)
