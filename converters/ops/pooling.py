@@ -190,11 +190,16 @@ def lower_max_pool(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     _pool(ctx, node, "MAX_POOL_2D")
 
 
+def _padded(ctx: LoweringContext, node: onnx.NodeProto) -> bool:
+    """Whether the pool pads its map, by explicit pads or auto_pad."""
+    return any(ctx.attr(node, "pads", [0, 0, 0, 0])) or ctx.attr(
+        node, "auto_pad", "NOTSET") not in ("NOTSET", "VALID")
+
+
 def _covers_the_map(ctx: LoweringContext, node: onnx.NodeProto) -> bool:
     """An AveragePool whose one window is the whole unpadded map: a global average."""
     _, _, h, w = ctx.shape(node.input[0])
-    padded = any(ctx.attr(node, "pads", [0, 0, 0, 0])) or ctx.attr(
-        node, "auto_pad", "NOTSET") not in ("NOTSET", "VALID")
+    padded = _padded(ctx, node)
     return tuple(ctx.attr(node, "kernel_shape")) == (h, w) and not padded and tuple(
         ctx.attr(node, "dilations", [1, 1])) == (1, 1)
 
@@ -210,8 +215,7 @@ def _inexact_in_int8(ctx: LoweringContext, node: onnx.NodeProto) -> bool:
     if _covers_the_map(ctx, node):
         return False
     kernel = ctx.attr(node, "kernel_shape")
-    padded = any(ctx.attr(node, "pads", [0, 0, 0, 0])) or ctx.attr(
-        node, "auto_pad", "NOTSET") not in ("NOTSET", "VALID")
+    padded = _padded(ctx, node)
     whole_windows = not int(ctx.attr(node, "ceil_mode", 0)) and (
         not padded or int(ctx.attr(node, "count_include_pad", 0)))
     dilated = tuple(ctx.attr(node, "dilations", [1, 1])) != (1, 1)  # written in float only
