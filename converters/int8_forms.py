@@ -60,6 +60,15 @@ def fixed_output(scale: float, zero_point: int, note: str) -> Int8Form:
 
 # op type -> its declaration; filled by ``converters.ops.lower`` as each lowering registers
 INT8_FORMS: dict[str, Int8Form] = {}
+# op types whose lowering also writes TFLite's 16x8 form (int16 activations, int8 weights)
+INT16_KERNELS: set[str] = set()
+
+
+def int16_kernel(op_type: str) -> bool:
+    """Whether ``op_type`` has a 16x8 form; without one, an int16 node runs as a float island."""
+    import edgecnn.converters.ops  # noqa: F401  (registration side effects)
+
+    return op_type in INT16_KERNELS
 
 
 def int8_form(op_type: str) -> Int8Form:

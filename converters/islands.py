@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 import onnx
 
-from edgecnn.converters.int8_forms import int8_form
+from edgecnn.converters.int8_forms import int8_form, int16_kernel
 from edgecnn.converters.lowering import LoweringContext, Value
 from edgecnn.converters.tflite_builder import QuantParams
 from edgecnn.errors import ConversionError
@@ -30,6 +30,11 @@ def float_reason(ctx: LoweringContext, node: onnx.NodeProto) -> tuple[str, bool]
     write its int8 kernel instead (one within a step of the QDQ reference per layer); None when
     it is an int8 op anyway."""
     form = int8_form(node.op_type)
+    int16 = _int16_values(ctx, node)
+    if int16 and not int16_kernel(node.op_type):
+        return "no 16x8 TFLite kernel (int16 activations) computes it", False
+    if int16 and node.op_type in ELEMENTWISE and any(ctx.is_const(n) for n in node.input if n):
+        return "a constant operand, which 16x8 ADD/MUL cannot take", False
     if form.kind == "island":
         return "no int8 TFLite kernel computes it as the QDQ graph does", form.integer_only
     if form.inexact is not None and form.inexact(ctx, node):
@@ -53,6 +58,12 @@ def float_reason(ctx: LoweringContext, node: onnx.NodeProto) -> tuple[str, bool]
     if left is not None:
         return f"the QDQ graph leaves {left!r} in float", False
     return None
+
+
+def _int16_values(ctx: LoweringContext, node: onnx.NodeProto) -> bool:
+    """Whether ``node`` reads or writes an int16 activation (a 16x8 layer)."""
+    names = [*node.input, _fused_output(ctx, node), *node.output]
+    return any(ctx.graph.act_quant[n].int16 for n in names if n in ctx.graph.act_quant)
 
 
 def _fused_output(ctx: LoweringContext, node: onnx.NodeProto) -> str:
@@ -121,7 +132,7 @@ def lower_float_island(ctx: LoweringContext, node: onnx.NodeProto,
             continue  # the QDQ graph keeps it float too
         real = ctx.values[name]
         ctx.builder.tensors[real.tensor].name = f"{name}/float"
-        out = ctx.builder.add_tensor(name, ctx.builder.tensor_shape(real.tensor), np.int8,
+        out = ctx.builder.add_tensor(name, ctx.builder.tensor_shape(real.tensor), params.dtype,
                                      quant=params, dynamic_batch=True)
         ctx.add_op("QUANTIZE", [real.tensor], [out])
         ctx.values[name] = Value(out, real.perm, real.column_order)

@@ -148,11 +148,18 @@ class LoweringContext:
     def act_dtype(self) -> type:
         return np.int8 if self.int8 else np.float32
 
+    def dtype_for(self, quant: QuantParams | None) -> type:
+        """An activation's TFLite type: int8, or int16 where the QDQ graph quantises it to
+        16 bits (TFLite's 16x8 mode); float32 outside int8 graphs."""
+        if not self.int8:
+            return np.float32
+        return quant.dtype if quant is not None else np.int8
+
     def new_value(self, name: str, shape: tuple[int, ...], quant: QuantParams | None,
                   perm: tuple[int, ...] | None = None,
                   column_order: np.ndarray | None = None) -> Value:
         """Create the TFLite tensor for ONNX value ``name`` (shape given in TFLite layout)."""
-        index = self.builder.add_tensor(name, shape, self.act_dtype, quant=quant,
+        index = self.builder.add_tensor(name, shape, self.dtype_for(quant), quant=quant,
                                         dynamic_batch=True)
         value = Value(index, tuple(perm) if perm is not None else default_perm(len(shape)),
                       column_order)
@@ -172,7 +179,7 @@ class LoweringContext:
     def scratch(self, name: str, shape: tuple[int, ...], quant: QuantParams | None) -> int:
         """An intermediate tensor: int8 (or uint8) where it has quantisation parameters, float32
         where it has none (a float island's, in an int8 file)."""
-        dtype = self.act_dtype if quant is not None else np.float32
+        dtype = self.dtype_for(quant) if quant is not None else np.float32
         return self.builder.add_tensor(name, shape, dtype, quant=quant, dynamic_batch=True)
 
     def add_op(self, op: str, inputs: list[int], outputs: list[int], *,
@@ -181,6 +188,10 @@ class LoweringContext:
         self.builder.add_operator(op, inputs, outputs, options=options)
 
     def options(self, name: str, **fields: object) -> object:
+        if name in ("AddOptions", "SubOptions"):
+            # int16 ADD/SUB with any scales, as QDQ graphs choose them; the schema's default
+            # (true) expects power-of-two scales. int8 kernels ignore the field
+            fields.setdefault("potScaleInt16", False)
         return self.builder.options(name, **fields)
 
     def int_const(self, name: str, values: npt.ArrayLike) -> int:
@@ -302,8 +313,9 @@ def fill_constant(ctx: LoweringContext, value: float, quant: QuantParams | None,
     """PADV2's one-element fill value, in the padded tensor's type and quantisation."""
     if quant is None:
         return ctx.builder.add_constant(name, np.array([value], np.float32))
-    q = np.clip(round(value / quant.scale[0]) + quant.zero_point[0], -128, 127)
-    return ctx.builder.add_constant(name, np.array([q], np.int8), quant)
+    info = np.iinfo(quant.dtype)
+    q = np.clip(round(value / quant.scale[0]) + quant.zero_point[0], info.min, info.max)
+    return ctx.builder.add_constant(name, np.array([q], quant.dtype), quant)
 
 
 def spatial_padding(ctx: LoweringContext, node: onnx.NodeProto, in_hw: tuple[int, int],

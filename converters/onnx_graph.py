@@ -237,23 +237,30 @@ def _rename(graph: Graph, old: str, new: str) -> None:
 
 
 def _fold_activation_qdq(graph: Graph) -> None:
-    for q in [n for n in graph.nodes if n.op_type == "QuantizeLinear"]:
+    """Every ``Q -> DQ`` pair on an activation becomes that value's parameters.
+
+    A pair reading a value already quantised (``Q1 -> DQ1 -> Q2 -> DQ2``, onnxruntime's
+    conversion between an int8 and an int16 layer) is a requantisation: it stays in the graph
+    as an Identity whose output carries the second pair's parameters, which its lowering writes
+    as TFLite's DEQUANTIZE and QUANTIZE (:mod:`.ops.shape`)."""
+    dequantized = {n.output[0] for n in graph.nodes if n.op_type == "DequantizeLinear"}
+    pairs = [n for n in graph.nodes if n.op_type == "QuantizeLinear"]
+    # first the pairs on computed values, then conversions of values those pairs quantise
+    for q in sorted(pairs, key=lambda n: n.input[0] in dequantized):
         src, qout = q.input[0], q.output[0]
         users = graph.consumers(qout)
         if not users or any(u.op_type != "DequantizeLinear" for u in users) or qout in graph.output_names:
             raise ConversionError(f"{graph.source}: {node_label(q)} is not followed by "
                                   "DequantizeLinear only; TFLite needs Q->DQ pairs (QDQ format)")
-        scale = np.asarray(graph.constants[q.input[1]], np.float32)
-        zp = np.asarray(graph.constants[q.input[2]]) if len(q.input) > 2 else np.zeros((), np.uint8)
-        zp = to_int8(zp)  # uint8 activations: the same quantisation, moved by 128
-        if scale.size != 1:
-            raise ConversionError(f"{graph.source}: {node_label(q)} quantises an activation per "
-                                  "channel; TFLite int8 activations are per-tensor")
-        if zp.dtype != np.int8:
-            raise ConversionError(f"{graph.source}: {node_label(q)} quantises to {zp.dtype}; the "
-                                  "TFLite int8 path needs 8-bit activations (QInt8 or QUInt8)")
-        params = QuantParams.per_tensor(float(scale.ravel()[0]), int(zp.ravel()[0]))
+        params = _activation_params(graph, q)
         graph.nodes.remove(q)
+        if src in graph.act_quant and not params.same_as(graph.act_quant[src]):
+            for dq in users:  # a conversion: src requantised into the DQ's output
+                at = graph.nodes.index(dq)
+                graph.nodes[at] = onnx.helper.make_node("Identity", [src], [dq.output[0]],
+                                                        name=f"{dq.output[0]}/requantize")
+                graph.act_quant[dq.output[0]] = params
+            continue
         canonical = src
         for dq in users:
             graph.nodes.remove(dq)
@@ -269,6 +276,27 @@ def _fold_activation_qdq(graph: Graph) -> None:
     if left:
         raise ConversionError(f"{graph.source}: {node_label(left[0])} is not part of a Q->DQ pair "
                               "TFLite can express")
+
+
+def _activation_params(graph: Graph, q: onnx.NodeProto) -> QuantParams:
+    """A QuantizeLinear's per-tensor parameters: int8 (uint8 moved by 128, the same
+    quantisation), or int16 with zero point 0, the activations of TFLite's 16x8 mode."""
+    scale = np.asarray(graph.constants[q.input[1]], np.float32)
+    zp = np.asarray(graph.constants[q.input[2]]) if len(q.input) > 2 else np.zeros((), np.uint8)
+    zp = to_int8(zp)  # uint8 activations: the same quantisation, moved by 128
+    if scale.size != 1:
+        raise ConversionError(f"{graph.source}: {node_label(q)} quantises an activation per "
+                              "channel; TFLite int8 activations are per-tensor")
+    int16 = zp.dtype == np.int16
+    if int16 and int(zp.ravel()[0]) != 0:
+        raise ConversionError(f"{graph.source}: {node_label(q)} quantises to int16 with zero "
+                              f"point {int(zp.ravel()[0])}; TFLite's 16x8 activations are "
+                              "symmetric (zero point 0): re-quantise them symmetric")
+    if zp.dtype != np.int8 and not int16:
+        raise ConversionError(f"{graph.source}: {node_label(q)} quantises to {zp.dtype}; the "
+                              "TFLite int8 path needs 8-bit activations (QInt8 or QUInt8) or "
+                              "symmetric int16 ones")
+    return QuantParams.per_tensor(float(scale.ravel()[0]), int(zp.ravel()[0]), int16=int16)
 
 
 def _infer_shapes(model: onnx.ModelProto, graph: Graph) -> dict[str, tuple[int, ...]]:

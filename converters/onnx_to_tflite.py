@@ -91,10 +91,23 @@ def convert_onnx_to_tflite(model: onnx.ModelProto, source: str,
                            for op, names in sorted(missing.items()))
         raise UnsupportedOpsError(f"{source}: no TFLite lowering for {listed}; supported: "
                                   f"{', '.join(supported_ops())}")
-    # an int8 graph whose first or last layer was kept float (an accuracy budget) has float I/O
-    float_io = graph.quantized and any(name not in graph.act_quant
-                                       for name in [graph.input_name, *graph.output_names])
+    int16 = [name for name, params in graph.act_quant.items() if params.int16]
+    if int16 and config.integer_only:
+        raise ConversionError(f"{source}: {int16[0]!r} is int16 (a 16x8 layer); int16 layers are "
+                              "written for CPU files, whose int8 <-> int16 conversions run "
+                              "through float: convert with int8_for=cpu, or without "
+                              "int16_layers", parameters=("int8_for", "int16_layers"))
+    # an int8 graph whose first or last layer was kept float (an accuracy budget), or int16,
+    # has float I/O
+    float_io = graph.quantized and any(
+        name not in graph.act_quant or graph.act_quant[name].int16
+        for name in [graph.input_name, *graph.output_names])
     io_dtype = config.io_dtype or ("int8" if graph.quantized and not float_io else "float32")
+    if io_dtype != "float32" and any(graph.act_quant[name].int16 for name in [
+            graph.input_name, *graph.output_names] if name in graph.act_quant):
+        raise ConversionError(f"{source}: the model's input or output is int16 (a 16x8 layer); "
+                              f"io_dtype={io_dtype} needs it 8-bit: drop io_dtype",
+                              parameters=("io_dtype",))
     if not graph.quantized and io_dtype != "float32":
         raise ConversionError(f"{source}: io_dtype={io_dtype} needs an int8 model; add int8=True",
                               parameters=("io_dtype", "int8"))

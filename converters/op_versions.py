@@ -32,14 +32,40 @@ class OpFacts:
         """Input ``index`` (the op's data input) is int8 or uint8."""
         return index < len(self.inputs) and self.inputs[index] in INTEGER
 
+    def int16(self, index: int = 0) -> bool:
+        """Input ``index`` is int16: an activation of TFLite's 16x8 mode."""
+        return index < len(self.inputs) and self.inputs[index] == np.dtype(np.int16)
 
-def _on_input(int8_version: int, data_input: int = 0) -> Callable[[OpFacts], int]:
-    """Version 1 in float, ``int8_version`` when the data input is integer."""
-    return lambda facts: int8_version if facts.integer(data_input) else 1
+
+def _on_input(int8_version: int, data_input: int = 0,
+              int16: int = 1) -> Callable[[OpFacts], int]:
+    """Version 1 in float, ``int8_version`` when the data input is 8-bit, ``int16`` when it is
+    int16 (op_version.cc gives several 16x8 kernels no version of their own: CONV_2D,
+    DEPTHWISE_CONV_2D and FULLY_CONNECTED with int8 weights stay 1)."""
+    def rule(facts: OpFacts) -> int:
+        if facts.int16(data_input):
+            return int16
+        return int8_version if facts.integer(data_input) else 1
+    return rule
+
+
+def _add_sub(int16_general: int) -> Callable[[OpFacts], int]:
+    """ADD and SUB: int8 2; int16 with general scales (pot_scale_int16 false, as edgecnn
+    writes them) ``int16_general``, with power-of-two scales 1."""
+    def rule(facts: OpFacts) -> int:
+        if facts.int16():
+            general = not getattr(facts.options, "potScaleInt16", True)
+            return int16_general if general else 1
+        return 2 if facts.integer() else 1
+    return rule
+
+
+def _dequantize(facts: OpFacts) -> int:
+    return 3 if facts.int16() else 2
 
 
 def _depthwise(facts: OpFacts) -> int:
-    if facts.integer():
+    if facts.integer() and not facts.int16():
         return 3  # int8 with per-channel weights
     options = facts.options
     dilated = options is not None and (getattr(options, "dilationWFactor", 1) != 1
@@ -48,6 +74,8 @@ def _depthwise(facts: OpFacts) -> int:
 
 
 def _resize(facts: OpFacts) -> int:
+    if facts.int16():
+        return 4
     options = facts.options
     if getattr(options, "halfPixelCenters", False) or (
             type(options).__name__.startswith("ResizeNearest")
@@ -66,23 +94,25 @@ def _transpose_conv(facts: OpFacts) -> int:
 # op -> its version rule; an op not listed has one version. Int8 forms per TFLite's own
 # op_version.cc: most ops' int8 kernel is version 2; CONV_2D (per-channel) 3, FULLY_CONNECTED 4.
 VERSION_RULES: dict[str, Callable[[OpFacts], int]] = {
-    "ADD": _on_input(2), "SUB": _on_input(2), "MUL": _on_input(2),
-    "AVERAGE_POOL_2D": _on_input(2), "MAX_POOL_2D": _on_input(2),
-    "CONCATENATION": _on_input(2), "CONV_2D": _on_input(3),
+    "ADD": _add_sub(3), "SUB": _add_sub(5), "MUL": _on_input(2, int16=4),
+    "AVERAGE_POOL_2D": _on_input(2, int16=3), "MAX_POOL_2D": _on_input(2, int16=3),
+    "CONCATENATION": _on_input(2, int16=3), "CONV_2D": _on_input(3),
     "DEPTHWISE_CONV_2D": _depthwise, "FULLY_CONNECTED": _on_input(4),
-    "BATCH_MATMUL": _on_input(2), "GATHER": _on_input(2), "GELU": _on_input(2),
-    "LEAKY_RELU": _on_input(2), "LOGISTIC": _on_input(2), "TANH": _on_input(2),
-    "SOFTMAX": _on_input(2), "MAXIMUM": _on_input(2), "MINIMUM": _on_input(2),
-    "MEAN": _on_input(2), "REDUCE_MAX": _on_input(2), "SUM": _on_input(2),
-    "REDUCE_MIN": _on_input(2),
-    "PAD": _on_input(2), "PADV2": _on_input(2), "RELU": _on_input(2), "RELU6": _on_input(2),
-    "SPACE_TO_DEPTH": _on_input(2), "SPLIT": _on_input(2, data_input=1),
-    "SPLIT_V": _on_input(2), "STRIDED_SLICE": _on_input(2), "TRANSPOSE": _on_input(2),
+    "BATCH_MATMUL": _on_input(2, int16=3), "GATHER": _on_input(2, int16=4),
+    "GELU": _on_input(2), "LEAKY_RELU": _on_input(2, int16=2),
+    "LOGISTIC": _on_input(2, int16=3), "TANH": _on_input(2, int16=3),
+    "SOFTMAX": _on_input(2, int16=3), "MAXIMUM": _on_input(2, int16=4),
+    "MINIMUM": _on_input(2, int16=4), "MEAN": _on_input(2, int16=3),
+    "REDUCE_MAX": _on_input(2, int16=3), "SUM": _on_input(2), "REDUCE_MIN": _on_input(2, int16=3),
+    "PAD": _on_input(2, int16=3), "PADV2": _on_input(2, int16=3),
+    "RELU": _on_input(2, int16=3), "RELU6": _on_input(2, int16=3),
+    "SPACE_TO_DEPTH": _on_input(2), "SPLIT": _on_input(2, data_input=1, int16=4),
+    "SPLIT_V": _on_input(2), "STRIDED_SLICE": _on_input(2), "TRANSPOSE": _on_input(2, int16=5),
     "TILE": _on_input(3), "RESIZE_BILINEAR": _resize, "RESIZE_NEAREST_NEIGHBOR": _resize,
     "TRANSPOSE_CONV": _transpose_conv,
-    # conversions between float and integers: int8 on the integer side (v2); TFLite's v1 is
-    # uint8 only, which edgecnn's files never need a v1 kernel for
-    "QUANTIZE": lambda facts: 2, "DEQUANTIZE": lambda facts: 2,
+    # conversions between float and integers: int8 or int16 on the integer side (v2; a
+    # DEQUANTIZE of int16 v3); TFLite's v1 is uint8 only, which edgecnn never needs
+    "QUANTIZE": lambda facts: 2, "DEQUANTIZE": _dequantize,
 }
 
 

@@ -50,6 +50,10 @@ class QuantConfig:
     batch_size: int = 100
     max_images: int | None = 1000
     float_nodes: tuple[str, ...] = ()  # node names kept in float (an accuracy budget's choice)
+    # node names computed with int16 activations and int8 weights (TFLite's 16x8 mode): their
+    # inputs and outputs, and the ops that read those outputs, are int16, converted from and
+    # back to int8 around them (onnxruntime's mixed-precision overrides); ONNX opset 21
+    int16_nodes: tuple[str, ...] = ()
     # calibrated ranges: read when the file exists, written when it does not. They do not depend
     # on which nodes stay float, so an accuracy budget calibrates once for all its candidates
     calibration_cache: Path | None = None
@@ -72,6 +76,10 @@ class QuantConfig:
             raise ValueError(f"weight bits {self.weight_bits}; choose 7 or 8")
         if self.batch_size < 1:
             raise ValueError("calibration batch size must be at least 1")
+        both = sorted(set(self.float_nodes) & set(self.int16_nodes))
+        if both:
+            raise ValueError(f"node {both[0]!r} is asked to stay float and to be int16; "
+                             "choose one")
 
 
 class DatasetCalibrationReader:
@@ -126,6 +134,8 @@ def quantize_onnx(model: onnx.ModelProto | Path, card: ModelCard, calibration: D
         else:
             _name_unnamed_nodes(model)  # onnxruntime excludes nodes by name
             onnx.save(model, src)
+        if config.int16_nodes:
+            src = _opset_for_int16(src, Path(tmp) / "opset21.onnx", model)
         big = src.stat().st_size + sum(p.stat().st_size for p in src.parent.glob(
             src.name + ".data")) > EXTERNAL_DATA_BYTES  # stream weights through files
         equalized = ""
@@ -160,8 +170,7 @@ def quantize_onnx(model: onnx.ModelProto | Path, card: ModelCard, calibration: D
                     **({"calibration_cache_path": str(cache)} if cache else {}),
                     extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
                                    "CalibMovingAverage": False,
-                                   "TensorQuantOverrides": _fixed_output_overrides(
-                                       model, config.float_nodes)},
+                                   "TensorQuantOverrides": _overrides(model, config)},
                 )
         except _onnxruntime_errors() as exc:
             detail = " ".join(str(exc).split())[:300]
@@ -185,7 +194,9 @@ def quantize_onnx(model: onnx.ModelProto | Path, card: ModelCard, calibration: D
         "images" + (", AdaRound" if config.adaround else "")
         + (", bias-corrected" if config.bias_correction else "")
         + (f", {equalized}" if equalized else "")
-        + (f", kept in float: {', '.join(config.float_nodes)}" if config.float_nodes else ""))
+        + (f", kept in float: {', '.join(config.float_nodes)}" if config.float_nodes else "")
+        + (f", int16 activations: {', '.join(config.int16_nodes)}" if config.int16_nodes
+           else ""))
     del quantized.metadata_props[:]
     for key, value in metadata.items():
         quantized.metadata_props.add(key=key, value=value)
@@ -276,6 +287,75 @@ def _mixed_range_outputs(model: onnx.ModelProto, cache: Path | None,
         if len(spans) > 1 and min(spans) > 0 and max(spans) / min(spans) > MIXED_RANGE_RATIO:
             mixed.append(node.name)
     return mixed
+
+
+INT16_OPSET = 21  # the first ONNX opset whose QuantizeLinear writes int16
+
+
+def _opset_for_int16(src: Path, dst: Path, model: onnx.ModelProto) -> Path:
+    """The float model at ``src`` in opset 21 or later, where ONNX's own Q/DQ take int16 (the
+    QDQ file stays standard ONNX, not onnxruntime's com.microsoft ops), saved at ``dst``."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset >= INT16_OPSET:
+        return src
+    from onnx import version_converter
+
+    try:
+        converted = version_converter.convert_version(onnx.load(src), INT16_OPSET)
+    except Exception as exc:  # onnx raises its own errors, and RuntimeError from C++
+        raise ConversionError(f"int16 activations need ONNX opset {INT16_OPSET} and onnx could "
+                              f"not convert this opset {opset} model ({' '.join(str(exc).split())[:200]}); "
+                              f"export it at opset {INT16_OPSET}") from None
+    onnx.save(converted, dst)
+    return dst
+
+
+def _overrides(model: onnx.ModelProto, config: QuantConfig) -> dict[str, list[dict[str, Any]]]:
+    """onnxruntime's per-tensor overrides: the int16 layers and their conversions
+    (:func:`_int16_overrides`), then the fixed output parameters of int8 LOGISTIC, TANH and
+    SOFTMAX (:func:`_fixed_output_overrides`) on tensors that stay int8."""
+    from onnxruntime.quantization import QuantType
+
+    overrides = _int16_overrides(model, config.int16_nodes) if config.int16_nodes else {}
+    for name, [fixed] in _fixed_output_overrides(model, config.float_nodes).items():
+        entry = overrides.setdefault(name, [{}])[0]
+        if entry.get("quant_type") != QuantType.QInt16:  # int16 has no fixed int8 parameters
+            entry.update(fixed)
+    return overrides
+
+
+def _int16_overrides(model: onnx.ModelProto,
+                     nodes: tuple[str, ...]) -> dict[str, list[dict[str, Any]]]:
+    """Overrides that quantise each of ``nodes``' outputs to symmetric int16 (TFLite's 16x8
+    activations have zero point 0), completed by onnxruntime's mixed-precision fixer: the inputs
+    of those nodes and of the nodes that read their outputs become int16 too, with int8 <-> int16
+    conversions (``Q -> DQ -> Q -> DQ``) wherever an int8 value meets an int16 layer."""
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization.execution_providers.qnn.mixed_precision_overrides_utils import (
+        MixedPrecisionTensorQuantOverridesFixer,
+    )
+    from onnxruntime.quantization.tensor_quant_overrides import TensorQuantOverridesHelper
+
+    by_name = {n.name: n for n in model.graph.node}
+    missing = [name for name in nodes if name not in by_name]
+    if missing:
+        raise ConversionError(f"int16 node {missing[0]!r} is not in the model; `edgecnn layers` "
+                              "lists its nodes")
+    initial: dict[str, list[dict[str, Any]]] = {
+        out: [{"quant_type": QuantType.QInt16, "symmetric": True}]
+        for name in nodes for out in by_name[name].output if out}
+    helper = TensorQuantOverridesHelper(initial)
+    fixer = MixedPrecisionTensorQuantOverridesFixer.create_from_model(helper, model,
+                                                                      QuantType.QInt8)
+    fixer.apply(QuantType.QInt8, default_activation_symmetric=False)
+    fixed = helper.get_dict()
+    for entries in fixed.values():  # conversions into int16 need its symmetry too
+        convert = entries[0].get("convert")
+        if convert is not None and convert.get("quant_type") == QuantType.QInt16:
+            convert["symmetric"] = True
+        if entries[0].get("quant_type") == QuantType.QInt16:
+            entries[0]["symmetric"] = True
+    return fixed
 
 
 def _fixed_output_overrides(model: onnx.ModelProto,

@@ -31,13 +31,21 @@ class QuantParams:
     scale: tuple[float, ...]
     zero_point: tuple[int, ...]
     axis: int | None = None
+    # an activation of TFLite's 16x8 mode: int16, zero point 0 (int8 weights beside it)
+    int16: bool = False
 
     @classmethod
-    def per_tensor(cls, scale: float, zero_point: int) -> QuantParams:
-        return cls((float(scale),), (int(zero_point),))
+    def per_tensor(cls, scale: float, zero_point: int, int16: bool = False) -> QuantParams:
+        return cls((float(scale),), (int(zero_point),), int16=int16)
+
+    @property
+    def dtype(self) -> type:
+        """The integer type of an activation with these parameters."""
+        return np.int16 if self.int16 else np.int8
 
     def same_as(self, other: QuantParams | None) -> bool:
         return (other is not None and self.zero_point == other.zero_point
+                and self.int16 == other.int16
                 and np.allclose(self.scale, other.scale, rtol=1e-6, atol=0))
 
 
@@ -90,7 +98,8 @@ class TFLiteBuilder:
         if q is None or q.scale is None:
             return None
         return QuantParams(tuple(q.scale), tuple(q.zeroPoint),
-                           q.quantizedDimension if len(q.scale) > 1 else None)
+                           q.quantizedDimension if len(q.scale) > 1 else None,
+                           int16=self.tensors[index].type == self.fb.TensorType.INT16)
 
     def tensor_dtype(self, index: int) -> np.dtype:
         names: dict[int, np.dtype] = {getattr(self.fb.TensorType, v): k

@@ -82,6 +82,16 @@ MIN_RUNTIME = {
     ("SPACE_TO_DEPTH", 1): "1.5.0", ("SPACE_TO_DEPTH", 2): "1.14.0",
     ("TILE", 1): "1.10.1", ("TILE", 3): "2.8.0",
     ("POW", 1): "1.10.0",
+    # 16x8 forms (int16 activations): runtime_version.cc's entries for op_version.cc's numbers
+    ("ADD", 3): "2.4.0", ("SUB", 5): "2.4.0", ("MUL", 4): "2.3.0",
+    ("AVERAGE_POOL_2D", 3): "2.3.0", ("MAX_POOL_2D", 3): "2.3.0", ("MEAN", 3): "2.4.0",
+    ("CONCATENATION", 3): "2.3.0", ("SOFTMAX", 3): "2.3.0", ("LOGISTIC", 3): "2.3.0",
+    ("TANH", 3): "2.3.0", ("DEQUANTIZE", 3): "1.15.0", ("PAD", 3): "2.4.0",
+    ("PADV2", 3): "2.4.0", ("TRANSPOSE", 5): "2.4.0", ("RELU", 3): "2.5.0",
+    ("RELU6", 3): "2.5.0", ("SPLIT", 4): "2.3.0", ("RESIZE_BILINEAR", 4): "2.5.0",
+    ("RESIZE_NEAREST_NEIGHBOR", 4): "2.4.0", ("GATHER", 4): "2.4.0",
+    ("REDUCE_MAX", 3): "2.5.0", ("REDUCE_MIN", 3): "2.5.0", ("MAXIMUM", 4): "2.3.0",
+    ("MINIMUM", 4): "2.3.0", ("BATCH_MATMUL", 3): "2.4.0",
 }
 
 

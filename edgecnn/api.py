@@ -36,6 +36,8 @@ from edgecnn.inspection import ModelInfo, inspect_model
 from edgecnn.memory import release_memory
 
 if TYPE_CHECKING:
+    import onnx
+
     from edgecnn.bench import BenchReport
 
 TARGET_FORMATS = ("onnx", "tflite")
@@ -85,9 +87,16 @@ class ConvertConfig:
     # equalise consecutive layers' weight ranges before calibrating (opt-in: see
     # docs/int8-accuracy.md for where it helps)
     cross_layer_equalization: bool = False
+    # ONNX node names computed with int16 activations and int8 weights (TFLite's 16x8 mode):
+    # for the few layers int8 hurts most (`edgecnn layers` ranks them), where float costs more
+    int16_layers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         from edgecnn.converters.qdq import ONNX_INT8_ENCODINGS
+
+        if self.int16_layers and not self.int8:
+            raise ParameterError("`int16_layers` are layers of an int8 model; add int8=True",
+                                 "int16_layers", "int8")
 
         if self.calib is not None and not self.int8:
             raise ParameterError("`calib` only applies with int8=True; add int8=True or drop `calib`",
@@ -258,6 +267,7 @@ def convert(model: str | Path | Any, output: str | Path | None = None,
         refuse_test_images(calib)
         with tempfile.TemporaryDirectory(prefix="edgecnn-") as tmp:
             float_path = Path(tmp) / "float.onnx"
+            int16_nodes = _int16_nodes(onnx_model, config.int16_layers, source)
             save_external(onnx_model, float_path)
             del onnx_model  # the float model is on disk: keep peak memory at one copy
             release_memory()
@@ -267,7 +277,8 @@ def convert(model: str | Path | Any, output: str | Path | None = None,
             quant_config = QuantConfig(config.calib_method, config.per_channel, weight_bits=bits,
                                        bias_correction=config.bias_correction,
                                        adaround=config.adaround,
-                                       cross_layer_equalization=config.cross_layer_equalization)
+                                       cross_layer_equalization=config.cross_layer_equalization,
+                                       int16_nodes=int16_nodes)
             if config.budget is not None:
                 budget = _search_budget(float_path, card, calib, config, quant_config)
                 report = budget.report
@@ -397,6 +408,22 @@ def _check_onnx_bytes(data: bytes, source: Path) -> None:
         detail = " ".join(str(exc).split())[:240]
         raise ConversionError(f"{source}: the converted graph does not load ({detail}); the "
                               "input model is broken or uses something edgecnn cannot keep") from None
+
+
+def _int16_nodes(model: onnx.ModelProto, layers: tuple[str, ...], source: Path
+                 ) -> tuple[str, ...]:
+    """The ONNX nodes of ``layers``, each named as `edgecnn layers` names it (a PyTorch module
+    path such as ``blocks.3.project.1``) or by its node name."""
+    from edgecnn.checks.layer_table import module_path
+
+    nodes: list[str] = []
+    for layer in layers:
+        found = [n.name for n in model.graph.node if layer in (n.name, module_path(n))]
+        if not found:
+            raise ParameterError(f"{source}: no layer or node {layer!r} for int16_layers; "
+                                 "`edgecnn layers` lists the model's layers", "int16_layers")
+        nodes += [name for name in found if name not in nodes]
+    return tuple(nodes)
 
 
 def _onnx_of(source: Path, config: ConvertConfig, checks: dict[str, Any],

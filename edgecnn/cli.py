@@ -245,6 +245,12 @@ def _method_names(ctx: click.Context, param: click.Parameter, value: str | None
     return tuple(name.strip() for name in value.split(",") if name.strip())
 
 
+def _layer_names(ctx: click.Context, param: click.Parameter, value: str | None
+                 ) -> tuple[str, ...]:
+    """--int16-layers: comma-separated layer or node names."""
+    return tuple(name.strip() for name in (value or "").split(",") if name.strip())
+
+
 @cli.command()
 @click.argument("model", type=ModelArg)
 @click.option("--to", type=click.Choice(["onnx", "tflite"]), required=True)
@@ -262,6 +268,10 @@ def _method_names(ctx: click.Context, param: click.Parameter, value: str | None
               "the weight ranges of consecutive Conv/Gemm layers joined by ReLU and absorb high "
               "biases (Nagel et al. 2019); the float model's outputs are kept, ReLU6 pairs are "
               "left alone. Helps channels of very different ranges, most with --per-tensor.")
+@click.option("--int16-layers", callback=_layer_names, metavar="L[,L]",
+              help="int8 with int16 activations for these layers (TFLite's 16x8: int8 "
+              "weights, int16 outputs; names as `edgecnn layers` shows them, or ONNX node "
+              "names). For the few layers whose output range int8 cannot hold; CPU files only.")
 @click.option("--io-dtype", type=click.Choice(["float32", "int8", "uint8"]),
               help="TFLite I/O type (int8 models default to int8).")
 @click.option("--nchw-input", is_flag=True, help="Keep NCHW input (adds one leading TRANSPOSE).")
@@ -303,7 +313,7 @@ def convert(model: Path, to: str, int8: bool, calib: Path | None, calib_method: 
             opset: int, input_shape: tuple[int, ...] | None, mean: tuple[float, ...] | None,
             std: tuple[float, ...] | None, pixel_scale: float | None, max_drop: float | None,
             min_agreement: float | None, data: Path | None, max_float_layers: int | None,
-            budget_methods: tuple[str, ...] | None,
+            budget_methods: tuple[str, ...] | None, int16_layers: tuple[str, ...],
             int8_for: str, bias_correction: bool, adaround: bool,
             cross_layer_equalization: bool, arch: str | None,
             trust_pickle: bool,
@@ -322,7 +332,7 @@ def convert(model: Path, to: str, int8: bool, calib: Path | None, calib_method: 
     config = ConvertConfig(to, int8, calib, calib_method, not per_tensor, io_dtype, nchw_input,
                            opset, trust_pickle, arch, onnx_int8_encoding, input_shape, mean, std,
                            pixel_scale, budget, data, int8_for, bias_correction, adaround,
-                           cross_layer_equalization)
+                           cross_layer_equalization, int16_layers)
     result = run_convert(model, output, config)
     for key, value in result.rows()[0].items():
         click.echo(f"{key:>28}: {value}")

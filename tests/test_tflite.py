@@ -604,7 +604,9 @@ def head_amplification(qdq: onnx.ModelProto) -> float:
 
 
 def test_every_lowering_has_a_case():
-    assert set(LOWERINGS) == set(OP_CASES)
+    # Identity: exporters' are cleaned away; the loader leaves one only for an int8 <-> int16
+    # requantisation, which tests/test_int16.py covers
+    assert set(LOWERINGS) - {"Identity"} == set(OP_CASES)
 
 
 def _float_card(model):

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import onnx
 
-from edgecnn.converters.int8_forms import INT8_FORMS, KERNEL, Int8Form
+from edgecnn.converters.int8_forms import INT8_FORMS, INT16_KERNELS, KERNEL, Int8Form
 from edgecnn.converters.lowering import LoweringContext
 from edgecnn.registry import Registry
 
@@ -20,13 +20,18 @@ Lowering = Callable[[LoweringContext, onnx.NodeProto], None]
 LOWERINGS: Registry[Lowering] = Registry("ONNX op lowering")
 
 
-def lower(*names: str, int8: Int8Form = KERNEL) -> Callable[[Lowering], Lowering]:
-    """Register a lowering for ``names`` with its int8 form (:mod:`..int8_forms`)."""
+def lower(*names: str, int8: Int8Form = KERNEL,
+          int16: bool = False) -> Callable[[Lowering], Lowering]:
+    """Register a lowering for ``names`` with its int8 form (:mod:`..int8_forms`); ``int16``:
+    its int8 form is also written with int16 activations (TFLite's 16x8 kernels), exactly as
+    the QDQ graph computes it. Other ops in an int16 region run as float islands."""
     register = LOWERINGS.register(*names)
 
     def decorate(function: Lowering) -> Lowering:
         for name in names:
             INT8_FORMS[name] = int8
+            if int16:
+                INT16_KERNELS.add(name)
         return register(function)
 
     return decorate

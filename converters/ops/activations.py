@@ -32,12 +32,12 @@ def _unary(ctx: LoweringContext, node: onnx.NodeProto, op: str, *,
     ctx.add_op(op, [source.tensor], [out.tensor], options=options)
 
 
-@lower("Relu")
+@lower("Relu", int16=True)
 def lower_relu(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     _unary(ctx, node, "RELU")
 
 
-@lower("Clip")
+@lower("Clip", int16=True)
 def lower_clip(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     code = ctx.activation_code(node)
     ops = {FUSED_RELU: "RELU", FUSED_RELU6: "RELU6", FUSED_RELU_N1_TO_1: "RELU_N1_TO_1"}

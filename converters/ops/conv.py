@@ -42,29 +42,34 @@ def _weights(ctx: LoweringContext, node: onnx.NodeProto, layout: tuple[int, ...]
 
 def _bias(ctx: LoweringContext, node: onnx.NodeProto, channels: slice, input_tensor: int,
           weight_tensor: int, name: str) -> int:
-    """Float bias, or int32 bias at input scale x weight scale as the int8 kernels require."""
+    """Float bias, or an integer bias at input scale x weight scale as the int8 kernels require:
+    int32, or int64 beside int16 activations (TFLite's 16x8 spec)."""
     count = channels.stop - channels.start
     has_bias = len(node.input) > 2 and bool(node.input[2])
     real = ctx.const(node, 2)[channels].astype(np.float64) if has_bias else np.zeros(count)
     if not ctx.int8:
         return ctx.builder.add_constant(name, real.astype(np.float32))
-    in_scale = ctx.builder.tensor_quant(input_tensor).scale[0]
+    in_quant = ctx.builder.tensor_quant(input_tensor)
+    assert in_quant is not None
+    in_scale = in_quant.scale[0]
+    dtype = np.int64 if in_quant.int16 else np.int32
     w_scale = np.asarray(ctx.builder.tensor_quant(weight_tensor).scale)
     scale = in_scale * w_scale * np.ones(count)
     bq = ctx.weight_quant(node.input[2]) if has_bias else None
     if (bq is not None and bq.values.dtype == np.int32
             and np.allclose(np.broadcast_to(bq.scale, (bq.values.size,))[channels], scale,
                             rtol=1e-6)):
-        values = bq.values[channels].astype(np.int32)  # the QDQ model's integers, unchanged
+        values = bq.values[channels].astype(dtype)  # the QDQ model's integers, unchanged
     else:
-        values = np.clip(np.round(real / scale), -2**31, 2**31 - 1).astype(np.int32)
+        info = np.iinfo(np.int32)  # onnxruntime's bias integers are int32 at both widths
+        values = np.clip(np.round(real / scale), info.min, info.max).astype(dtype)
     if w_scale.size == 1:  # per-tensor weights take a per-tensor bias (XNNPACK insists)
         return ctx.builder.add_constant(name, values, QuantParams.per_tensor(scale[0], 0))
     return ctx.builder.add_constant(name, values, QuantParams(
         tuple(float(v) for v in scale), (0,) * count, 0 if count > 1 else None))
 
 
-@lower("Conv")
+@lower("Conv", int16=True)
 def lower_conv(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     in_shape = ctx.shape(node.input[0])
     if len(in_shape) == 3:

@@ -69,7 +69,7 @@ def _fully_connected(ctx: LoweringContext, node: onnx.NodeProto, weight_name: st
     reshape(ctx, flat, stored_out, out.tensor, out_name + "/shape")
 
 
-@lower("Gemm")
+@lower("Gemm", int16=True)
 def lower_gemm(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     if int(ctx.attr(node, "transA", 0)):
         raise ConversionError(f"{ctx.graph.source}: Gemm {node.name!r} has transA=1; only "

@@ -71,7 +71,7 @@ def _binary(ctx: LoweringContext, node: onnx.NodeProto, op: str,
                options=ctx.options(options_name, fusedActivationFunction=fused))
 
 
-@lower("Sub", int8=ADD_SUB_INT8)
+@lower("Sub", int8=ADD_SUB_INT8, int16=True)
 def lower_sub(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     _binary(ctx, node, "SUB", "SubOptions")
 
@@ -128,12 +128,12 @@ def lower_prelu(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     ctx.add_op("PRELU", [source.tensor, alpha], [out.tensor])
 
 
-@lower("Add", int8=ADD_SUB_INT8)
+@lower("Add", int8=ADD_SUB_INT8, int16=True)
 def lower_add(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     _binary(ctx, node, "ADD", "AddOptions")
 
 
-@lower("Mul")
+@lower("Mul", int16=True)
 def lower_mul(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     _binary(ctx, node, "MUL", "MulOptions")
 

@@ -185,7 +185,7 @@ def _average_by_counts(ctx: LoweringContext, node: onnx.NodeProto, x: int,
                options=ctx.options("MulOptions", fusedActivationFunction=fused))
 
 
-@lower("MaxPool")
+@lower("MaxPool", int16=True)
 def lower_max_pool(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     _pool(ctx, node, "MAX_POOL_2D")
 
@@ -238,7 +238,7 @@ def lower_average_pool(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     _pool(ctx, node, "AVERAGE_POOL_2D")
 
 
-@lower("GlobalAveragePool")
+@lower("GlobalAveragePool", int16=True)
 def lower_global_average_pool(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     x = ctx.value(node.input[0]).tensor
     axes = ctx.int_const(node.output[0] + "/axes", [1, 2])

@@ -90,7 +90,7 @@ def _composite(ctx: LoweringContext, node: onnx.NodeProto, before: str | None,
     ctx.add_op(after, [summed], [out.tensor])
 
 
-@lower("ReduceMean")
+@lower("ReduceMean", int16=True)
 def lower_reduce_mean(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     _reduce(ctx, node, "MEAN", same_params=False)
 

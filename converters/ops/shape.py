@@ -1,4 +1,5 @@
-"""Layout ops: Reshape/Flatten/Squeeze/Unsqueeze, Transpose, Concat, Split, Slice, Gather, Pad.
+"""Layout ops: Reshape/Flatten/Squeeze/Unsqueeze, Transpose, Concat, Split, Slice, Gather, Pad,
+and Identity (left in a quantised graph only as a requantisation).
 
 Each maps its axes through the input's stored layout (``Value.perm``, see
 :mod:`edgecnn.converters.lowering`) instead of assuming NCHW -> NHWC.
@@ -41,14 +42,21 @@ def _dense_column_order(ctx: LoweringContext, node: onnx.NodeProto,
             or source.perm[0] != 0
             or out_shape[0] != in_shape[0] or node.output[0] in ctx.graph.output_names):
         return False
-    users = ctx.graph.consumers(node.output[0])
-    if not users or not all(u.op_type in DENSE_OPS and u.input[0] == node.output[0]
-                            for u in users):
+    if not _read_by_dense_layers(ctx, node.output[0]):
         return False
     features = in_shape[1:]
     order = np.arange(int(np.prod(features))).reshape(features).transpose(
         [a - 1 for a in source.perm[1:]]).ravel()
     return None if np.array_equal(order, np.arange(order.size)) else order
+
+
+def _read_by_dense_layers(ctx: LoweringContext, name: str) -> bool:
+    """Whether only fully-connected layers read ``name`` as their input, directly or through
+    requantisations (the Identity an int8 -> int16 conversion leaves), which keep its columns."""
+    users = ctx.graph.consumers(name)
+    return bool(users) and all(
+        _read_by_dense_layers(ctx, u.output[0]) if u.op_type == "Identity"
+        else u.op_type in DENSE_OPS and u.input[0] == name for u in users)
 
 
 def _reshape(ctx: LoweringContext, node: onnx.NodeProto, x: int, out_shape: tuple[int, ...],
@@ -247,7 +255,7 @@ def _residual_layout(ctx: LoweringContext, name: str) -> tuple[int, ...] | None:
     return None
 
 
-@lower("Flatten", "Reshape", "Squeeze", "Unsqueeze")
+@lower("Flatten", "Reshape", "Squeeze", "Unsqueeze", int16=True)
 def lower_reshape(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     """One RESHAPE in whichever layout expresses the merge/split of axes; a TRANSPOSE before it
     only when the data's order has to change (a channel shuffle)."""
@@ -277,7 +285,7 @@ def lower_reshape(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     _reshape(ctx, node, source.tensor, tuple(out_shape), out_perm)
 
 
-@lower("Transpose")
+@lower("Transpose", int16=True)
 def lower_transpose(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     """No op at all: the output is the same data in a different layout (``Value.perm``)."""
     stored = ctx.stored(node.input[0])
@@ -309,11 +317,27 @@ def _constant_in_layout(ctx: LoweringContext, name: str, array: np.ndarray,
                                  .transpose(perm), np.float32)
     if quant is None:
         return ctx.builder.add_constant(name, array)
-    values = np.clip(np.round(array / quant.scale[0]) + quant.zero_point[0], -128, 127)
-    return ctx.builder.add_constant(name, values.astype(np.int8), quant)
+    info = np.iinfo(quant.dtype)
+    values = np.clip(np.round(array / quant.scale[0]) + quant.zero_point[0], info.min, info.max)
+    return ctx.builder.add_constant(name, values.astype(quant.dtype), quant)
 
 
-@lower("Concat")
+@lower("Identity", int16=True)
+def lower_identity(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    """The value itself; in a quantised graph the requantisation a ``Q1 -> DQ1 -> Q2 -> DQ2``
+    chain means (onnxruntime's conversion between int8 and int16 layers,
+    :func:`..onnx_graph._fold_activation_qdq`), as DEQUANTIZE and QUANTIZE, the QDQ arithmetic."""
+    source = ctx.stored(node.input[0])
+    params = ctx.quant(node.output[0])
+    if params is None or params.same_as(ctx.builder.tensor_quant(source.tensor)):
+        ctx.values[node.output[0]] = source
+        return
+    out = ctx.new_value(node.output[0], ctx.builder.tensor_shape(source.tensor), params,
+                        perm=source.perm, column_order=source.column_order)
+    ctx.requantize_into(source.tensor, out.tensor)
+
+
+@lower("Concat", int16=True)
 def lower_concat(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     """CONCATENATION in the first activation's layout; constants (ViT's class token) join too."""
     rank = len(ctx.shape(node.output[0]))
@@ -359,7 +383,7 @@ def _same_params_outputs(ctx: LoweringContext, node: onnx.NodeProto, op: str,
             ctx.requantize_into(tensor, out.tensor)
 
 
-@lower("Split")
+@lower("Split", int16=True)
 def lower_split(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     """SPLIT (equal parts) or SPLIT_V, on the split axis wherever the layout stores it."""
     source = ctx.feature_map(node, node.input[0])
@@ -463,7 +487,7 @@ def _unbind_layout(ctx: LoweringContext, name: str, stored: Value) -> tuple[int,
     return None
 
 
-@lower("Slice")
+@lower("Slice", int16=True)
 def lower_slice(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     """STRIDED_SLICE with constant bounds, in the stored layout (ONNX's clamping rules)."""
     source = ctx.feature_map(node, node.input[0])
@@ -571,7 +595,7 @@ def _pads_on_all_axes(rank: int, pads: np.ndarray, axes: np.ndarray) -> np.ndarr
     return full
 
 
-@lower("Pad")
+@lower("Pad", int16=True)
 def lower_pad(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     mode = ctx.attr(node, "mode", "constant")
     if mode not in ("constant", *PAD_INDICES):

@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import importlib
 import json
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,9 @@ class LayerDiff:
     pinned_differing: float | None = None
     values: int = 0  # integers compared
     pinned_off_tie: int | None = None  # pinned values that differ where no rounding tie was
+    # an int16 activation (a 16x8 layer): TFLite's 16x8 kernels requantise with a 16-bit
+    # multiplier (MultiplyByQuantizedMultiplier on int64), a step off beside ties by design
+    int16: bool = False
 
 
 def _canonical_inputs(model: onnx.ModelProto) -> dict[str, list[str] | None]:
@@ -96,16 +100,18 @@ def _canonical_inputs(model: onnx.ModelProto) -> dict[str, list[str] | None]:
 
 def _tflite_activations(tflite_path: Path, x: np.ndarray,
                         interpreter_module: str) -> tuple[dict[str, np.ndarray], str]:
-    """Every int8 tensor LiteRT (or tflite-runtime) computes for ``x`` (NCHW), by name, and the
-    name its quantised input carries."""
+    """Every int8 and int16 tensor LiteRT (or tflite-runtime) computes for ``x`` (NCHW), by
+    name, and the name its quantised input carries."""
     from edgecnn.runtimes.isolation import probe_tflite, runtime_of
     from edgecnn.runtimes.tflite_io import quantize_input
 
     shape = [len(x), *x.shape[2:], x.shape[1]]
     # verified, then run once in a child process at this shape (edgecnn.runtimes.isolation)
     probe_tflite(tflite_path, runtime_of(interpreter_module), shape, preserve_all_tensors=True)
-    interpreter = importlib.import_module(interpreter_module).Interpreter(
-        model_path=str(tflite_path), experimental_preserve_all_tensors=True)
+    with warnings.catch_warnings():  # LiteRT warns that keeping every tensor is for debugging
+        warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors")
+        interpreter = importlib.import_module(interpreter_module).Interpreter(
+            model_path=str(tflite_path), experimental_preserve_all_tensors=True)
     detail = interpreter.get_input_details()[0]
     interpreter.resize_tensor_input(detail["index"], shape)
     interpreter.allocate_tensors()
@@ -115,7 +121,7 @@ def _tflite_activations(tflite_path: Path, x: np.ndarray,
     interpreter.invoke()
     found = {}
     for tensor in interpreter.get_tensor_details():
-        if tensor["dtype"] != np.int8:
+        if tensor["dtype"] not in (np.int8, np.int16):
             continue
         try:
             found[tensor["name"]] = interpreter.get_tensor(tensor["index"])
@@ -166,7 +172,9 @@ def _pinned_reference(model: onnx.ModelProto, x: np.ndarray, pins: dict[str, np.
             fed[name] = (node.output[0], node.input[0])
     del model.graph.output[:]
     for name, (ours, real) in fed.items():
-        kind = onnx.TensorProto.UINT8 if pins[name].dtype == np.uint8 else onnx.TensorProto.INT8
+        kind = {np.dtype(np.uint8): onnx.TensorProto.UINT8,
+                np.dtype(np.int16): onnx.TensorProto.INT16}.get(pins[name].dtype,
+                                                                onnx.TensorProto.INT8)
         model.graph.output.extend([onnx.helper.make_tensor_value_info(ours, kind, None),
                                    onnx.helper.make_tensor_value_info(
                                        real, onnx.TensorProto.FLOAT, None)])
@@ -227,7 +235,8 @@ def _merged(parts: tuple[LayerDiff, ...]) -> LayerDiff:
         mean([p.differing for p in parts]) or 0.0, all(p.inputs_identical for p in parts),
         None if None in pinned_steps else max(s for s in pinned_steps if s is not None),
         mean([p.pinned_differing for p in parts]), total,
-        None if None in off_ties else sum(o for o in off_ties if o is not None))
+        None if None in off_ties else sum(o for o in off_ties if o is not None),
+        parts[0].int16)
 
 
 def _compare_batch(qdq_path: Path, tflite_path: Path, x: np.ndarray, interpreter_module: str,
@@ -240,6 +249,9 @@ def _compare_batch(qdq_path: Path, tflite_path: Path, x: np.ndarray, interpreter
     encoding = {n.output[0]: zero_types.get(n.input[2], onnx.TensorProto.UINT8)
                 for n in quantize}  # int8, or the uint8 (+128) encoding of converters/qdq.py
     inputs = _canonical_inputs(model)
+    # a conversion (Q1 -> DQ1 -> Q2 -> DQ2, int8 <-> int16) is named in the file after DQ2
+    converted = {n.input[0]: n.output[0] for n in model.graph.node
+                 if n.op_type == "DequantizeLinear"}
     pristine = onnx.ModelProto()
     if pinned:
         pristine.CopyFrom(model)
@@ -266,7 +278,8 @@ def _compare_batch(qdq_path: Path, tflite_path: Path, x: np.ndarray, interpreter
     for node in quantize:
         name = node.input[0]
         # a float graph input is quantised by the file's first op, into "<name>/int8"
-        ours = next((tensors[n] for n in (name, name + "/int8") if n in tensors), None)
+        ours = next((tensors[n] for n in (name, name + "/int8", converted[node.output[0]])
+                     if n in tensors), None)
         theirs = reference[node.output[0]]
         if ours is None or _onnx_order(ours, layouts.get(name)).shape != theirs.shape:
             continue
@@ -292,7 +305,7 @@ def _compare_batch(qdq_path: Path, tflite_path: Path, x: np.ndarray, interpreter
             name, int(step.max()), float((step > 0).mean()), exact,
             None if pinned_step is None else int(pinned_step.max()),
             None if pinned_step is None else float((pinned_step > 0).mean()), int(step.size),
-            off_tie))
+            off_tie, encoding[node.output[0]] == onnx.TensorProto.INT16))
     return diffs
 
 
@@ -303,12 +316,15 @@ def _pinned_steps(ours: np.ndarray, theirs: np.ndarray, real: np.ndarray,
     theirs = theirs.astype(np.int32)
     step = np.abs(ours - theirs)
     near_half = np.abs(np.abs(real - np.floor(real)) - 0.5) <= TIE_TOLERANCE
-    clipped = (np.minimum(ours, theirs) <= lowest) | (np.maximum(ours, theirs) >= lowest + 255)
+    highest = lowest + (65535 if lowest == -32768 else 255)
+    clipped = (np.minimum(ours, theirs) <= lowest) | (np.maximum(ours, theirs) >= highest)
     return step, int(((step > 0) & ~near_half & ~clipped).sum())
 
 
 def _lowest(encoding: int) -> int:
-    return 0 if encoding == onnx.TensorProto.UINT8 else -128
+    """The lowest integer of an activation's type: uint8, int8, or int16 (a 16x8 layer's)."""
+    lowest: dict[int, int] = {onnx.TensorProto.UINT8: 0, onnx.TensorProto.INT16: -32768}
+    return lowest.get(encoding, -128)
 
 
 def pinned_identical_share(diffs: list[LayerDiff]) -> float | None:
@@ -329,8 +345,9 @@ OFF_TIE_SHARE = 0.001
 
 
 def off_tie_excess(d: LayerDiff) -> bool:
-    """Whether the pinned layer ``d`` rounds more values a step away than ties explain."""
-    return d.pinned_off_tie is not None and d.pinned_off_tie > max(1, OFF_TIE_SHARE * d.values)
+    """Whether the pinned layer ``d`` rounds more values a step away than ties explain (an
+    int16 layer's steps are 256 times finer, and its kernel's multiplier coarser: not judged)."""
+    return not d.int16 and d.pinned_off_tie is not None and d.pinned_off_tie > max(1, OFF_TIE_SHARE * d.values)
 
 
 def first_unexplained(diffs: list[LayerDiff], *, off_ties: bool = False) -> LayerDiff | None:
