@@ -134,8 +134,19 @@ def quantize_onnx(model: onnx.ModelProto | Path, card: ModelCard, calibration: D
         else:
             _name_unnamed_nodes(model)  # onnxruntime excludes nodes by name
             onnx.save(model, src)
+        metadata_source = model
+        int16_outputs = _outputs_of(model, config.int16_nodes)
         if config.int16_nodes:
-            src = _opset_for_int16(src, Path(tmp) / "opset21.onnx", model)
+            # the graph onnxruntime quantises (an Upsample is a Resize from opset 10 on): the
+            # overrides name its tensors
+            src, graph = _opset_for_int16(src, Path(tmp) / "opset21.onnx", model)
+            metadata_source, model = model, graph
+            written = {out for node in model.graph.node for out in node.output}
+            lost = [name for name in int16_outputs if name not in written]
+            if lost:
+                raise ConversionError(f"int16 activations need ONNX opset {INT16_OPSET}, and "
+                                      f"onnx's opset conversion rewrote the op writing "
+                                      f"{lost[0]!r}; export the model at opset {INT16_OPSET}")
         big = src.stat().st_size + sum(p.stat().st_size for p in src.parent.glob(
             src.name + ".data")) > EXTERNAL_DATA_BYTES  # stream weights through files
         equalized = ""
@@ -170,7 +181,8 @@ def quantize_onnx(model: onnx.ModelProto | Path, card: ModelCard, calibration: D
                     **({"calibration_cache_path": str(cache)} if cache else {}),
                     extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
                                    "CalibMovingAverage": False,
-                                   "TensorQuantOverrides": _overrides(model, config)},
+                                   "TensorQuantOverrides": _overrides(model, config,
+                                                                      int16_outputs)},
                 )
         except _onnxruntime_errors() as exc:
             detail = " ".join(str(exc).split())[:300]
@@ -187,7 +199,7 @@ def quantize_onnx(model: onnx.ModelProto | Path, card: ModelCard, calibration: D
             correct_biases(onnx.load(src), quantized, calibration.preprocessed(
                 card.input, 0, BIAS_CORRECTION_IMAGES))
     metadata = {p.key: p.value for p in quantized.metadata_props}  # one value per key
-    metadata.update({p.key: p.value for p in model.metadata_props})
+    metadata.update({p.key: p.value for p in metadata_source.metadata_props})
     metadata["edgecnn.quantization"] = (
         f"int8 QDQ, {config.method}, {'per-channel' if config.per_channel else 'per-tensor'} "
         f"{'' if config.weight_bits == 8 else '7-bit '}weights, {len(calibration)} calibration "
@@ -292,12 +304,14 @@ def _mixed_range_outputs(model: onnx.ModelProto, cache: Path | None,
 INT16_OPSET = 21  # the first ONNX opset whose QuantizeLinear writes int16
 
 
-def _opset_for_int16(src: Path, dst: Path, model: onnx.ModelProto) -> Path:
+def _opset_for_int16(src: Path, dst: Path, model: onnx.ModelProto
+                     ) -> tuple[Path, onnx.ModelProto]:
     """The float model at ``src`` in opset 21 or later, where ONNX's own Q/DQ take int16 (the
-    QDQ file stays standard ONNX, not onnxruntime's com.microsoft ops), saved at ``dst``."""
+    QDQ file stays standard ONNX, not onnxruntime's com.microsoft ops): its file (``dst``) and
+    graph, without weights."""
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset >= INT16_OPSET:
-        return src
+        return src, model
     from onnx import version_converter
 
     try:
@@ -307,16 +321,29 @@ def _opset_for_int16(src: Path, dst: Path, model: onnx.ModelProto) -> Path:
                               f"not convert this opset {opset} model ({' '.join(str(exc).split())[:200]}); "
                               f"export it at opset {INT16_OPSET}") from None
     onnx.save(converted, dst)
-    return dst
+    del converted.graph.initializer[:]  # only the graph is read from here
+    return dst, converted
 
 
-def _overrides(model: onnx.ModelProto, config: QuantConfig) -> dict[str, list[dict[str, Any]]]:
+def _outputs_of(model: onnx.ModelProto, nodes: tuple[str, ...]) -> list[str]:
+    """The values ``nodes`` write (names that survive an opset conversion; node names and op
+    types may not)."""
+    by_name = {n.name: n for n in model.graph.node}
+    missing = [name for name in nodes if name not in by_name]
+    if missing:
+        raise ConversionError(f"int16 node {missing[0]!r} is not in the model; `edgecnn layers` "
+                              "lists its layers")
+    return [out for name in nodes for out in by_name[name].output if out]
+
+
+def _overrides(model: onnx.ModelProto, config: QuantConfig,
+               int16_outputs: list[str]) -> dict[str, list[dict[str, Any]]]:
     """onnxruntime's per-tensor overrides: the int16 layers and their conversions
     (:func:`_int16_overrides`), then the fixed output parameters of int8 LOGISTIC, TANH and
     SOFTMAX (:func:`_fixed_output_overrides`) on tensors that stay int8."""
     from onnxruntime.quantization import QuantType
 
-    overrides = _int16_overrides(model, config.int16_nodes) if config.int16_nodes else {}
+    overrides = _int16_overrides(model, int16_outputs) if int16_outputs else {}
     for name, [fixed] in _fixed_output_overrides(model, config.float_nodes).items():
         entry = overrides.setdefault(name, [{}])[0]
         if entry.get("quant_type") != QuantType.QInt16:  # int16 has no fixed int8 parameters
@@ -325,9 +352,9 @@ def _overrides(model: onnx.ModelProto, config: QuantConfig) -> dict[str, list[di
 
 
 def _int16_overrides(model: onnx.ModelProto,
-                     nodes: tuple[str, ...]) -> dict[str, list[dict[str, Any]]]:
-    """Overrides that quantise each of ``nodes``' outputs to symmetric int16 (TFLite's 16x8
-    activations have zero point 0), completed by onnxruntime's mixed-precision fixer: the inputs
+                     outputs: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """Overrides that quantise ``outputs`` to symmetric int16 (TFLite's 16x8 activations have
+    zero point 0), completed by onnxruntime's mixed-precision fixer: the inputs
     of those nodes and of the nodes that read their outputs become int16 too, with int8 <-> int16
     conversions (``Q -> DQ -> Q -> DQ``) wherever an int8 value meets an int16 layer."""
     from onnxruntime.quantization import QuantType
@@ -336,14 +363,8 @@ def _int16_overrides(model: onnx.ModelProto,
     )
     from onnxruntime.quantization.tensor_quant_overrides import TensorQuantOverridesHelper
 
-    by_name = {n.name: n for n in model.graph.node}
-    missing = [name for name in nodes if name not in by_name]
-    if missing:
-        raise ConversionError(f"int16 node {missing[0]!r} is not in the model; `edgecnn layers` "
-                              "lists its nodes")
     initial: dict[str, list[dict[str, Any]]] = {
-        out: [{"quant_type": QuantType.QInt16, "symmetric": True}]
-        for name in nodes for out in by_name[name].output if out}
+        out: [{"quant_type": QuantType.QInt16, "symmetric": True}] for out in outputs}
     helper = TensorQuantOverridesHelper(initial)
     fixer = MixedPrecisionTensorQuantOverridesFixer.create_from_model(helper, model,
                                                                       QuantType.QInt8)

@@ -28,6 +28,7 @@ from edgecnn.files.model_files import read_card
 from edgecnn.files.shipped import SHIPPED_CALIBRATION_SET
 from edgecnn.files.torch_files import default_card
 from edgecnn.inspection import inspect_model
+from tests import test_tflite as tflite_cases
 from tests.conftest import LENET
 
 # the outlier model's layers made int16: a depthwise conv (int64 bias), the projection that
@@ -252,3 +253,49 @@ def test_16x8_add_declares_general_scales(outlier):
     3, op_version.cc's); with the schema's default it would claim power-of-two scales (1)."""
     ops = {(o["op"], o["version"]) for o in inspect_model(outlier["tflite"]).ops}
     assert ("ADD", 3) in ops and ("DEPTHWISE_CONV_2D", 1) in ops and ("ADD", 2) in ops
+
+
+def _int16_case_node(model: onnx.ModelProto, op: str) -> str | None:
+    """The first ``op`` node of a test_tflite case (named as the quantiser names them)."""
+    from edgecnn.converters.quantize import _name_unnamed_nodes
+
+    _name_unnamed_nodes(model)
+    return next((n.name for n in model.graph.node if n.op_type == op), None)
+
+
+@pytest.mark.parametrize("op,name", tflite_cases.CASES)
+def test_every_lowering_in_an_int16_region_matches_the_qdq_model(tmp_path, op, name):
+    """Every op case of tests/test_tflite.py with its op made int16 (its inputs, its outputs and
+    the ops reading them; ops without a 16x8 kernel as float islands): each layer, fed LiteRT's
+    own input integers, within one step of the QDQ graph, int8 layers also within ties."""
+    from edgecnn.checks.int8_self_check import compare_layers, off_tie_excess
+    from edgecnn.converters import onnx_passes
+    from edgecnn.converters.quantize import QuantConfig, quantize_onnx
+    from edgecnn.files.data import Dataset
+    from edgecnn.runtimes.sessions import open_session, predict, reference_session
+
+    model = tflite_cases._build(op, name)
+    onnx_passes.clean(model)
+    node = _int16_case_node(model, op)
+    if node is None:
+        pytest.skip(f"{op}/{name}: the clean-up folds the op away; nothing to make int16")
+    card = tflite_cases._float_card(model)
+    calib = Dataset(tflite_cases._images(200), np.zeros(200, np.int64), "random")
+    config = QuantConfig(int16_nodes=(node,))
+    if model.opset_import[0].version < 10:  # Upsample: a Resize, renamed, in opset 21
+        with pytest.raises(ConversionError, match="onnx's opset conversion rewrote the op "
+                                                  "writing 'z'; export the model at opset 21"):
+            quantize_onnx(model, card, calib, config)
+        return
+    qdq = quantize_onnx(model, card, calib, config).model
+    assert _int16_quantizers(qdq), f"{op}/{name}: nothing was quantised to int16"
+    src = tmp_path / "q.onnx"
+    onnx.save(qdq, src)
+    out = convert(src, tmp_path / "q.tflite", ConvertConfig("tflite", int8=True)).path
+    x = card.input.preprocess(tflite_cases._images(64))
+    want = predict(reference_session(src), x)
+    got = predict(open_session(out, "litert"), x)
+    assert (got.argmax(1) == want.argmax(1)).mean() >= 0.95
+    for layer in compare_layers(src, out, x[:16]):
+        assert layer.pinned_max_steps is not None and layer.pinned_max_steps <= 1, layer
+        assert not off_tie_excess(layer), layer

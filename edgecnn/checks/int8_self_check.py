@@ -267,9 +267,10 @@ def _compare_batch(qdq_path: Path, tflite_path: Path, x: np.ndarray, interpreter
 
     layouts = _stored_layouts(tflite_path)
 
-    def as_reference(ours: np.ndarray, node: onnx.NodeProto) -> np.ndarray:
-        """TFLite's integers for ``node``'s input in the reference's encoding and ONNX layout."""
-        value = _onnx_order(ours, layouts.get(node.input[0]))
+    def as_reference(ours: np.ndarray, stored: str, node: onnx.NodeProto) -> np.ndarray:
+        """TFLite's integers of tensor ``stored`` (``node``'s input) in the reference's encoding
+        and ONNX layout."""
+        value = _onnx_order(ours, layouts.get(stored))
         if encoding[node.output[0]] == onnx.TensorProto.UINT8:
             return (value.astype(np.int16) + 128).astype(np.uint8)
         return value
@@ -278,12 +279,12 @@ def _compare_batch(qdq_path: Path, tflite_path: Path, x: np.ndarray, interpreter
     for node in quantize:
         name = node.input[0]
         # a float graph input is quantised by the file's first op, into "<name>/int8"
-        ours = next((tensors[n] for n in (name, name + "/int8", converted[node.output[0]])
-                     if n in tensors), None)
+        stored = next((n for n in (name, name + "/int8", converted[node.output[0]])
+                       if n in tensors), None)
         theirs = reference[node.output[0]]
-        if ours is None or _onnx_order(ours, layouts.get(name)).shape != theirs.shape:
+        if stored is None or _onnx_order(tensors[stored], layouts.get(stored)).shape != theirs.shape:
             continue
-        matched[node.output[0]] = (as_reference(ours, node), theirs)
+        matched[node.output[0]] = (as_reference(tensors[stored], stored, node), theirs)
     del reference, tensors
     pinned_values = (_pinned_reference(pristine, x, {k: v[0] for k, v in matched.items()})
                      if pinned and matched else {})
