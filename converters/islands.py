@@ -32,7 +32,7 @@ def float_reason(ctx: LoweringContext, node: onnx.NodeProto) -> tuple[str, bool]
     form = int8_form(node.op_type)
     int16 = _int16_values(ctx, node)
     if int16 and not int16_kernel(node.op_type):
-        return "no 16x8 TFLite kernel (int16 activations) computes it", False
+        return "it reads or writes int16 and no 16x8 TFLite kernel computes it", False
     if int16 and node.op_type in ELEMENTWISE and any(ctx.is_const(n) for n in node.input if n):
         return "a constant operand, which 16x8 ADD/MUL cannot take", False
     if form.kind == "island":

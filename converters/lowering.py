@@ -245,7 +245,9 @@ class LoweringContext:
         values by a step; the float round trip reproduces the QDQ arithmetic.
         """
         if self.integer_only:  # an NPU takes no float tensor: one int8 -> int8 QUANTIZE,
-            self.add_op("QUANTIZE", [source], [out])  # within a step of the above
+            # within a step of the above (int8 <-> int16 too: LiteRT, TFLite Micro and Vela
+            # run it; tflite-runtime 2.14 cannot take int8 to int16)
+            self.add_op("QUANTIZE", [source], [out])
             return
         shape = self.builder.tensor_shape(source)
         real = self.builder.add_tensor(self.builder.tensors[out].name + "/float", shape,

@@ -91,12 +91,6 @@ def convert_onnx_to_tflite(model: onnx.ModelProto, source: str,
                            for op, names in sorted(missing.items()))
         raise UnsupportedOpsError(f"{source}: no TFLite lowering for {listed}; supported: "
                                   f"{', '.join(supported_ops())}")
-    int16 = [name for name, params in graph.act_quant.items() if params.int16]
-    if int16 and config.integer_only:
-        raise ConversionError(f"{source}: {int16[0]!r} is int16 (a 16x8 layer); int16 layers are "
-                              "written for CPU files, whose int8 <-> int16 conversions run "
-                              "through float: convert with int8_for=cpu, or without "
-                              "int16_layers", parameters=("int8_for", "int16_layers"))
     # an int8 graph whose first or last layer was kept float (an accuracy budget), or int16,
     # has float I/O
     float_io = graph.quantized and any(
