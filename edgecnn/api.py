@@ -128,11 +128,10 @@ class ConvertConfig:
             raise ParameterError(f"int8_for={self.int8_for} writes int8 (or uint8) I/O: float I/O "
                                  "would add a float QUANTIZE and DEQUANTIZE; drop io_dtype=float32",
                                  "int8_for", "io_dtype")
-        if self.int8_for != "cpu" and self.budget is not None:
-            raise ParameterError(f"an accuracy budget keeps layers float, which int8_for="
-                                 f"{self.int8_for} cannot hold; drop `max_drop_pp`/"
-                                 "`min_agreement_pct` or convert with int8_for=cpu", "int8_for",
-                                 "max_drop_pp", "min_agreement_pct")
+        if self.int8_for != "cpu" and self.budget is not None and self.budget.keep == "float":
+            raise ParameterError(f"an accuracy budget with keep=float keeps layers float, which "
+                                 f"int8_for={self.int8_for} cannot hold; keep them int16 "
+                                 "(keep=int16) or convert with int8_for=cpu", "int8_for", "keep")
         if (self.bias_correction or self.adaround or self.cross_layer_equalization) \
                 and not self.int8:
             raise ParameterError("`bias_correction`, `adaround` and `cross_layer_equalization` change "
@@ -356,8 +355,8 @@ def measure_int8_cost(float_path: Path, quantised: Any, card: ModelCard, images:
 
 def _search_budget(float_path: Path, card: ModelCard, calib: Dataset, config: ConvertConfig,
                    quant_config: Any) -> BudgetResult:
-    """Quantise keeping the fewest layers float that meet ``config.budget``, after the
-    post-training methods that help (see :mod:`edgecnn.checks.budget`), measured on ``--data``
+    """Quantise keeping the fewest layers float (int16 in an integer-only file) that meet
+    ``config.budget``, after the post-training methods that help (see :mod:`edgecnn.checks.budget`), measured on ``--data``
     (default: the shipped MNIST test set)."""
     from tqdm import tqdm
 
@@ -365,9 +364,12 @@ def _search_budget(float_path: Path, card: ModelCard, calib: Dataset, config: Co
     from edgecnn.files.data import SHIPPED_TEST_SET
 
     assert config.budget is not None
+    budget = config.budget
+    if budget.keep is None:  # an integer-only file cannot hold a float layer; int16 it can
+        budget = replace(budget, keep="float" if config.int8_for == "cpu" else "int16")
     images = load_dataset(config.budget_data or SHIPPED_TEST_SET, split="test")
     with tqdm(desc="int8 budget", unit="candidate", leave=False) as bar:
-        return search(float_path, card, calib, images, config.budget, quant_config, bar)
+        return search(float_path, card, calib, images, budget, quant_config, bar)
 
 
 def _check_onnx_input(model: Any, source: Path) -> None:

@@ -42,7 +42,7 @@ ModelArg = ModelPath()
 # library messages name API parameters, and this respells them)
 FLAG_OF = {"max_drop_pp": "--max-drop", "min_agreement_pct": "--min-agreement",
            "max_int8_steps": "--max-steps", "int8_for": "--for", "budget_data": "--data",
-           "methods": "--budget-methods",
+           "methods": "--budget-methods", "keep": "--budget-keep",
            "learning_rate": "--lr",
            "placements": "--placement"}
 
@@ -302,6 +302,9 @@ def _layer_names(ctx: click.Context, param: click.Parameter, value: str | None
               "the shipped MNIST test set.")
 @click.option("--max-float-layers", type=int, metavar="N",
               help="int8 budget: keep at most N layers float.")
+@click.option("--budget-keep", type=click.Choice(["float", "int16"]),
+              help="int8 budget: what the layers it takes out of int8 become [--for cpu: float; "
+              "npu, mcu: int16, TFLite's 16x8, the only way out an integer-only file holds].")
 @click.option("--budget-methods", callback=_method_names, metavar="M[,M]",
               help="int8 budget: post-training methods to try, each kept only where it helps, "
               "before any layer is kept float [cross-layer-equalization,mse,bias-correction]; "
@@ -313,7 +316,8 @@ def convert(model: Path, to: str, int8: bool, calib: Path | None, calib_method: 
             opset: int, input_shape: tuple[int, ...] | None, mean: tuple[float, ...] | None,
             std: tuple[float, ...] | None, pixel_scale: float | None, max_drop: float | None,
             min_agreement: float | None, data: Path | None, max_float_layers: int | None,
-            budget_methods: tuple[str, ...] | None, int16_layers: tuple[str, ...],
+            budget_methods: tuple[str, ...] | None, budget_keep: str | None,
+            int16_layers: tuple[str, ...],
             int8_for: str, bias_correction: bool, adaround: bool,
             cross_layer_equalization: bool, arch: str | None,
             trust_pickle: bool,
@@ -324,11 +328,11 @@ def convert(model: Path, to: str, int8: bool, calib: Path | None, calib_method: 
     from edgecnn.api import ConvertConfig
     from edgecnn.api import convert as run_convert
     from edgecnn.checks.budget import Budget
-    limits = (max_drop, min_agreement, max_float_layers, budget_methods)
+    limits = (max_drop, min_agreement, max_float_layers, budget_methods, budget_keep)
     budget = None
-    if limits != (None, None, None, None):
+    if limits != (None, None, None, None, None):
         methods = {} if budget_methods is None else {"methods": budget_methods}
-        budget = Budget(max_drop, min_agreement, max_float_layers, **methods)
+        budget = Budget(max_drop, min_agreement, max_float_layers, keep=budget_keep, **methods)
     config = ConvertConfig(to, int8, calib, calib_method, not per_tensor, io_dtype, nchw_input,
                            opset, trust_pickle, arch, onnx_int8_encoding, input_shape, mean, std,
                            pixel_scale, budget, data, int8_for, bias_correction, adaround,

@@ -342,3 +342,35 @@ def test_every_lowering_in_an_int16_region_matches_the_qdq_model(tmp_path, op, n
     for layer in compare_layers(src, out, x[:16]):
         assert layer.pinned_max_steps is not None and layer.pinned_max_steps <= 1, layer
         assert not off_tie_excess(layer), layer
+
+
+def test_int16_budget_candidates_bring_their_input_writers_and_hold_16x8_kernels_only():
+    """x -> A (Conv) -> B (Conv) -> H (HardSwish) -> C (Conv, the output). Ranked C, B: C
+    writes the graph output (int16 would make the file's output float) and H has no 16x8
+    kernel; B's output is read by H; A writes B's input and only B reads it: A alone."""
+    from edgecnn.checks.budget import _int16_candidates
+
+    w = numpy_helper.from_array(np.ones((2, 2, 1, 1), np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["a"], name="A"),
+             helper.make_node("Conv", ["a", "w"], ["b"], name="B"),
+             helper.make_node("HardSwish", ["b"], ["h"], name="H"),
+             helper.make_node("Conv", ["h", "w"], ["y"], name="C")]
+    info = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 2, 4, 4]) for n in "xy"]
+    model = helper.make_model(helper.make_graph(nodes, "g", info[:1], info[1:], [w]))
+    assert _int16_candidates(model, ["C", "B"]) == ["A"]
+    assert _int16_candidates(model, ["B", "A"]) == ["A"]
+
+
+def test_an_npu_budget_keeps_the_outlier_layer_int16(cli_runner, outlier, tmp_path):
+    """--for npu cannot hold a float layer: the budget keeps layers int16 instead, and the one
+    layer that mends the outlier model is the one it finds."""
+    out = tmp_path / "npu.tflite"
+    result = cli_runner.invoke(cli, ["convert", str(outlier["float"]), "--to", "tflite", "--int8",
+                                     "--for", "npu", "--max-drop", "0.5", "--budget-methods",
+                                     "none", "-o", str(out)])
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "met" in result.output and "kept in int16: blocks.3.project.1;" in result.output
+    from ai_edge_litert.interpreter import Interpreter
+
+    types = {d["dtype"] for d in Interpreter(model_path=str(out)).get_tensor_details()}
+    assert np.float32 not in types and np.int16 in types

@@ -353,7 +353,9 @@ def test_for_needs_an_int8_tflite_output(cli_runner, tmp_path, args, message):
 
 @pytest.mark.parametrize("args, message", [
     (["--io-dtype", "float32"], "--for npu writes int8 (or uint8) I/O"),
-    (["--max-drop", "0.5"], "an accuracy budget keeps layers float, which --for npu cannot hold")])
+    (["--max-drop", "0.5", "--budget-keep", "float"],
+     "an accuracy budget with --budget-keep float keeps layers float, which --for npu cannot "
+     "hold; keep them int16 (--budget-keep int16)")])
 def test_npu_refuses_what_would_put_float_in_the_file(cli_runner, tmp_path, args, message):
     result = cli_runner.invoke(cli, ["convert", "lenet5", "--to", "tflite", "--int8", "--for", "npu",
                                      *args, "-o", str(tmp_path / "x.tflite")])

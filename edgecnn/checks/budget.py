@@ -13,6 +13,13 @@ where one per layer took 14 minutes), and a short kept set is pruned layer by la
 set that remains is minimal. Every candidate uses the methods kept and is quantised by onnxruntime
 with those nodes excluded and measured as its QDQ reference, the arithmetic the ONNX and TFLite
 files share; the TFLite file then carries the same layers as float islands.
+
+``Budget.keep="int16"`` keeps the chosen layers in int16 instead of float (TFLite's 16x8: int8
+weights, int16 activations), the only way out of int8 that an integer-only file (an NPU's, an
+MCU's) can hold. A layer's own error includes the rounding of its inputs, so each ranked layer
+brings the nodes that write its inputs, and only nodes whose ops, and their outputs' readers,
+have 16x8 kernels are candidates. On a CPU, float is the better way out: as accurate, and run
+by XNNPACK where TFLite's 16x8 kernels are its reference ones (docs/int8-accuracy.md).
 """
 
 from __future__ import annotations
@@ -51,6 +58,8 @@ PRUNE_UP_TO = 12  # kept sets this small are pruned layer by layer (one quantisa
 # for a quantisation), and a budget quantises many times; a user who asks for it
 # (``adaround=True``, ``--adaround``) gets it in every candidate.
 BUDGET_METHODS = ("cross-layer-equalization", "mse", "bias-correction")
+# what the layers the budget takes out of int8 become (see the module docstring)
+KEPT_AS = ("float", "int16")
 
 
 @dataclass(frozen=True)
@@ -62,8 +71,12 @@ class Budget(AccuracyLimits):
 
     max_float_layers: int | None = None  # keep at most this many layers float (latency, size)
     methods: tuple[str, ...] = BUDGET_METHODS
+    # float or int16 (KEPT_AS); None: int16 for an integer-only file, float otherwise (the API)
+    keep: str | None = None
 
     def __post_init__(self) -> None:
+        if self.keep is not None and self.keep not in KEPT_AS:
+            raise ParameterError(f"keep={self.keep!r}: choose from {', '.join(KEPT_AS)}", "keep")
         if self.max_float_layers is not None and self.max_float_layers < 0:
             raise ParameterError(f"max_float_layers={self.max_float_layers}: give a count >= 0",
                                  "max_float_layers")
@@ -92,6 +105,7 @@ class Trial:
     met: bool
     calib_method: str = "minmax"
     methods: tuple[str, ...] = ()  # post-training methods beyond plain minmax (methods_of)
+    kept_as: str = "float"  # what float_nodes are: float, or int16 (Budget.keep)
 
 
 def methods_of(config: QuantConfig) -> tuple[str, ...]:
@@ -132,7 +146,7 @@ class BudgetResult:
     def summary(self) -> str:
         names = [self.layers.get(n, n) for n in self.chosen.float_nodes]
         kept = ", ".join(names[:SUMMARY_LAYERS]) or "none"
-        if len(names) > SUMMARY_LAYERS:  # every name is in to_dict() (--json)
+        if len(names) > SUMMARY_LAYERS and self.chosen.kept_as == "float":  # every name is in to_dict() (--json)
             kept = f"{len(names)} layers: {kept}, ... ({len(names) - SUMMARY_LAYERS} more)"
         if self.float_weights:  # float32 instead of int8: 3 more bytes each
             kept += f" ({self.float_weights:,} weights, +{3 * self.float_weights / 1024:.1f} KiB"
@@ -145,8 +159,8 @@ class BudgetResult:
                     f"{self.float_accuracy_pct:.2f} % ({-self.chosen.drop_pp:+.2f} pp), "
                     if self.budget.max_drop_pp is not None else "")  # labels unused otherwise
         return (f"{self.budget.describe()} {verdict}: {measured}agreement "
-                f"{self.chosen.agreement_pct:.2f} %; {self._methods_phrase()}kept in float: "
-                f"{kept}; {len(self.trials)} candidates tried")
+                f"{self.chosen.agreement_pct:.2f} %; {self._methods_phrase()}kept in "
+                f"{self.chosen.kept_as}: {kept}; {len(self.trials)} candidates tried")
 
     def _methods_phrase(self) -> str:
         """``methods: cross-layer-equalization (no gain: mse); `` or nothing where none was
@@ -162,8 +176,8 @@ class BudgetResult:
                 "float accuracy %": self.float_accuracy_pct,
                 "methods": list(self.methods),
                 "methods without gain": list(self.methods_without_gain),
-                "kept in float": [{"node": n, "layer": self.layers.get(n, n)}
-                                  for n in self.chosen.float_nodes],
+                f"kept in {self.chosen.kept_as}": [{"node": n, "layer": self.layers.get(n, n)}
+                                                   for n in self.chosen.float_nodes],
                 "float weights": self.float_weights,
                 "host p50 µs (all int8, chosen)": self.latency_us,
                 "trials": [vars(t) for t in self.trials]}
@@ -199,6 +213,8 @@ class _Search:
     def __init__(self, float_path: Path, card: ModelCard, calibration: Dataset,
                  images: Dataset, budget: Budget, progress: Any) -> None:
         images.check_fits(card.input)
+        if budget.keep is None:
+            budget = replace(budget, keep="float")
         self.float_path, self.card, self.calibration = float_path, card, calibration
         self.budget, self.progress = budget, progress
         self.x = images.preprocessed(card.input)
@@ -223,13 +239,15 @@ class _Search:
     def trial(self, nodes: tuple[str, ...], config: QuantConfig, keep_if: Any) -> Trial:
         """Quantise with ``nodes`` float and measure it; it becomes the chosen model where
         ``keep_if(trial)`` (the first one always)."""
+        kept = ({"float_nodes": nodes} if self.budget.keep == "float"
+                else {"int16_nodes": nodes})
         report = quantize_onnx(self.float_path, self.card, self.calibration,
-                               replace(config, float_nodes=nodes))
+                               replace(config, **kept))
         predicted = _predictions(report.model, self.x)
         accuracy = 100 * float(np.mean(predicted == self.labels))
         result = Trial(nodes, accuracy, self.float_accuracy - accuracy,
                        100 * float(np.mean(predicted == self.reference)), False, config.method,
-                       methods_of(config))
+                       methods_of(config), self.budget.keep or "float")
         result = replace(result, met=self.budget.met(result))
         self.trials.append(result)
         if not self.chosen or keep_if(result):
@@ -242,8 +260,9 @@ class _Search:
             return
         if hasattr(self.progress, "set_postfix_str"):
             best = self.best
-            self.progress.set_postfix_str(f"best: {len(best.float_nodes)} float, agreement "
-                                          f"{best.agreement_pct:.1f} %, drop {best.drop_pp:.2f} pp")
+            self.progress.set_postfix_str(
+                f"best: {len(best.float_nodes)} {best.kept_as}, agreement "
+                f"{best.agreement_pct:.1f} %, drop {best.drop_pp:.2f} pp")
         self.progress.update(1)
 
     def try_methods(self, config: QuantConfig) -> QuantConfig:
@@ -271,6 +290,10 @@ class _Search:
         names = {e.tensor.node: e.layer for e in errors if e.tensor.node}
         ranked = list(dict.fromkeys(e.tensor.node for e in worst_first(errors)
                                     if e.tensor.node and e.tensor.op not in PASS_THROUGH))
+        if self.budget.keep == "int16":
+            model = self.float_model(config)
+            ranked = _int16_candidates(model, ranked)
+            names.update(_module_names(model, ranked, names))
         ranked = ranked[:self.budget.max_float_layers]
         keep_better = lambda t: t.met or _better(t, self.best, self.budget)  # noqa: E731
         if not ranked or not self.trial(tuple(ranked), config, keep_better).met:
@@ -329,6 +352,45 @@ def _with_method(config: QuantConfig, method: str, float_path: Path) -> QuantCon
     if config.cross_layer_equalization or not _has_equalizable_pairs(float_path):
         return None  # equalised ranges get a cache of their own (quantize._cache_path)
     return replace(config, cross_layer_equalization=True)
+
+
+def _int16_candidates(model: onnx.ModelProto, ranked: list[str]) -> list[str]:
+    """``ranked`` (worst own error first) for int16: each layer preceded by the nodes writing its
+    inputs (its own error starts with their rounding), kept where the node and every reader of
+    its outputs have 16x8 kernels (an integer-only file can hold nothing else) and it writes no
+    graph output (an int16 output would give the file float I/O)."""
+    from edgecnn.converters.int8_forms import int16_kernel
+
+    by_name = {n.name: n for n in model.graph.node}
+    producer = {out: n for n in model.graph.node for out in n.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+
+    outputs = {o.name for o in model.graph.output}
+
+    def holds(node: onnx.NodeProto) -> bool:  # and keeps the file's int8 outputs
+        return not outputs & set(node.output) and int16_kernel(node.op_type) and all(
+            int16_kernel(r.op_type) for out in node.output for r in readers.get(out, []))
+
+    found: list[str] = []
+    for name in ranked:
+        node = by_name.get(name)
+        if node is None:
+            continue
+        writers = [producer[i] for i in node.input if i in producer]
+        found += [n.name for n in [*writers, node] if n.name and holds(n)]
+    return list(dict.fromkeys(found))
+
+
+def _module_names(model: onnx.ModelProto, nodes: list[str], known: dict[str, str]
+                  ) -> dict[str, str]:
+    """Layer names (PyTorch module paths) of ``nodes`` the layer table did not name."""
+    from edgecnn.checks.layer_table import module_path
+
+    return {n.name: module_path(n) or n.name for n in model.graph.node
+            if n.name in nodes and n.name not in known}
 
 
 def _has_equalizable_pairs(float_path: Path) -> bool:
