@@ -70,13 +70,16 @@ def _layers(float_model: onnx.ModelProto, qdq: onnx.ModelProto) -> list[Layer]:
                 or b_dq is None or w_dq.input[0] not in inits or b_dq.input[0] not in inits
                 or original.input[1] not in float_inits):
             continue
+        zero_tensor = inits.get(act_q.input[2]) if len(act_q.input) > 2 else None
+        if zero_tensor is not None and zero_tensor.data_type == onnx.TensorProto.INT16:
+            continue  # an int16 input (a 16x8 layer): 256 times finer, no int8 mean shift
+        activation = _float_source(act_q, producers)
         weight = _dequantised(w_dq, inits)
         scale = numpy_helper.to_array(inits[act_q.input[1]]).astype(np.float64)
-        zero_tensor = inits.get(act_q.input[2]) if len(act_q.input) > 2 else None
         zero = int(numpy_helper.to_array(zero_tensor)) if zero_tensor is not None else 0
         bounds = (0, 255) if zero_tensor is not None and zero_tensor.data_type == 2 else (-128, 127)
         layers.append(Layer(
-            node.name, node.op_type, act_q.input[0], float(scale), zero, bounds, weight,
+            node.name, node.op_type, activation, float(scale), zero, bounds, weight,
             numpy_helper.to_array(float_inits[original.input[1]]).astype(np.float64),
             b_dq.input[0], numpy_helper.to_array(inits[b_dq.input[1]]).astype(np.float64),
             _attr(node, "group", 1), bool(_attr(node, "transB", 0)), w_dq.input[0],
@@ -84,6 +87,16 @@ def _layers(float_model: onnx.ModelProto, qdq: onnx.ModelProto) -> list[Layer]:
             _attr(w_dq, "axis", 1), _ints(node, "strides"), _ints(node, "pads"),
             _ints(node, "dilations")))
     return layers
+
+
+def _float_source(q: onnx.NodeProto, producers: dict[str, onnx.NodeProto]) -> str:
+    """The float tensor ``q`` rounds: its input, or, where ``q`` converts a value already
+    quantised (``Q1 -> DQ1 -> q``, int16 -> int8 after a 16x8 layer), what Q1 rounds."""
+    dq = producers.get(q.input[0])
+    first = producers.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" \
+        else None
+    return first.input[0] if first is not None and first.op_type == "QuantizeLinear" \
+        else q.input[0]
 
 
 def _ints(node: onnx.NodeProto, name: str) -> tuple[int, ...]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
-from edgecnn.converters.int8_forms import int16_kernel, int8_form
+from edgecnn.converters.int8_forms import int8_form, int16_kernel
 from edgecnn.converters.ops import LOWERINGS
 
 ROOT = Path(__file__).resolve().parent.parent

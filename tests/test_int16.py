@@ -374,3 +374,26 @@ def test_an_npu_budget_keeps_the_outlier_layer_int16(cli_runner, outlier, tmp_pa
 
     types = {d["dtype"] for d in Interpreter(model_path=str(out)).get_tensor_details()}
     assert np.float32 not in types and np.int16 in types
+
+
+def _biases(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    producer = {o: n for n in model.graph.node for o in n.output}
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    return {n.name: inits[producer[n.input[2]].input[0]] for n in model.graph.node
+            if n.op_type in ("Conv", "Gemm") and len(n.input) > 2}
+
+
+def test_bias_correction_leaves_int16_layers_and_reads_converted_inputs_from_float(lenet):
+    """Bias correction beside int16 layers: a 16x8 layer's input is 256 times finer, so its
+    bias is left as calibrated; an int8 layer reading a value converted back from int16
+    (classifier.3 reads classifier.1's ReLU) is corrected from the float tensor the conversion
+    started from (it named a tensor the float model does not have, which onnxruntime refused)."""
+    from edgecnn.converters.quantize import QuantConfig, quantize_onnx
+
+    card = read_card(lenet["float"])
+    calibration = load_dataset(SHIPPED_CALIBRATION_SET, split="train").take(300)
+    before, after = (_biases(quantize_onnx(lenet["float"], card, calibration, QuantConfig(
+        int16_nodes=("node_linear",), bias_correction=on)).model) for on in (False, True))
+    assert np.array_equal(before["node_linear"], after["node_linear"])  # its input: int16
+    assert not np.array_equal(before["node_linear_1"], after["node_linear_1"])
+    assert not np.array_equal(before["node_conv2d_1"], after["node_conv2d_1"])
