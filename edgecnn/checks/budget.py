@@ -4,7 +4,9 @@ Before any layer is kept float, the cheap post-training methods are tried, one q
 each (:data:`BUDGET_METHODS`, ``Budget.methods``): cross-layer equalisation where the model has
 equalisable pairs, activation ranges by error minimisation (``mse``), bias correction. Each is
 kept only where it measurably helps (the budget's own measure gets strictly better, by one image
-at least), and the search stops as soon as the budget holds.
+at least), and the search stops as soon as the budget holds; the methods that did not help alone
+are then tried together, once (on the per-tensor outlier model equalisation gives 99.5 %, mse
+ranges or bias correction on top of it nothing, both together 99.6 %).
 Then the layer table of :mod:`edgecnn.checks.layer_table` orders the candidates by their own error (the
 worst first); the prefix with every candidate float is tried at once, so a budget that cannot be
 met is said right after the methods, with the best found. Otherwise a binary search finds the
@@ -267,17 +269,27 @@ class _Search:
 
     def try_methods(self, config: QuantConfig) -> QuantConfig:
         """``config`` with each of the budget's methods that measurably helps, tried one at a
-        time on top of those kept, until the budget holds: one quantisation each."""
+        time on top of those kept, until the budget holds: one quantisation each. Methods that
+        did not help alone are then tried together, once: equalisation can leave ranges that
+        only bias correction turns into a gain."""
+        keep_better = lambda t: t.met or _better(t, self.best, self.budget)  # noqa: E731
+        dropped = []
         for method in self.budget.methods:
             if self.best.met:
                 break
             candidate = _with_method(config, method, self.float_path)
             if candidate is None:
                 continue
-            trial = self.trial((), candidate, lambda t: t.met or _better(t, self.best,
-                                                                         self.budget))
-            if trial is self.best:
+            if self.trial((), candidate, keep_better) is self.best:
                 config = candidate
+            else:
+                dropped.append(method)
+        if not self.best.met and len(dropped) > 1:
+            together = config
+            for method in dropped:
+                together = _with_method(together, method, self.float_path) or together
+            if self.trial((), together, keep_better) is self.best:
+                config = together
         return config
 
     def keep_layers_float(self, config: QuantConfig) -> dict[str, str]:
