@@ -21,6 +21,12 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
+from edgecnn.converters.int16_layers import (
+    INT16_OPSET,
+    int16_overrides,
+    opset_for_int16,
+    outputs_of,
+)
 from edgecnn.errors import ConversionError, DataError
 from edgecnn.files.card import ModelCard
 from edgecnn.files.data import Dataset
@@ -135,12 +141,13 @@ def quantize_onnx(model: onnx.ModelProto | Path, card: ModelCard, calibration: D
             _name_unnamed_nodes(model)  # onnxruntime excludes nodes by name
             onnx.save(model, src)
         metadata_source = model
-        int16_outputs = _outputs_of(model, config.int16_nodes)
+        int16_outputs = outputs_of(model, config.int16_nodes)
         if config.int16_nodes:
             # the graph onnxruntime quantises (an Upsample is a Resize from opset 10 on): the
             # overrides name its tensors
-            src, graph = _opset_for_int16(src, Path(tmp) / "opset21.onnx", model)
-            metadata_source, model = model, graph
+            graph: onnx.ModelProto
+            src, graph = opset_for_int16(src, Path(tmp) / "opset21.onnx", model)
+            model = graph
             written = {out for node in model.graph.node for out in node.output}
             lost = [name for name in int16_outputs if name not in written]
             if lost:
@@ -301,82 +308,19 @@ def _mixed_range_outputs(model: onnx.ModelProto, cache: Path | None,
     return mixed
 
 
-INT16_OPSET = 21  # the first ONNX opset whose QuantizeLinear writes int16
-
-
-def _opset_for_int16(src: Path, dst: Path, model: onnx.ModelProto
-                     ) -> tuple[Path, onnx.ModelProto]:
-    """The float model at ``src`` in opset 21 or later, where ONNX's own Q/DQ take int16 (the
-    QDQ file stays standard ONNX, not onnxruntime's com.microsoft ops): its file (``dst``) and
-    graph, without weights."""
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    if opset >= INT16_OPSET:
-        return src, model
-    from onnx import version_converter
-
-    try:
-        converted = version_converter.convert_version(onnx.load(src), INT16_OPSET)
-    except Exception as exc:  # onnx raises its own errors, and RuntimeError from C++
-        raise ConversionError(f"int16 activations need ONNX opset {INT16_OPSET} and onnx could "
-                              f"not convert this opset {opset} model ({' '.join(str(exc).split())[:200]}); "
-                              f"export it at opset {INT16_OPSET}") from None
-    onnx.save(converted, dst)
-    del converted.graph.initializer[:]  # only the graph is read from here
-    return dst, converted
-
-
-def _outputs_of(model: onnx.ModelProto, nodes: tuple[str, ...]) -> list[str]:
-    """The values ``nodes`` write (names that survive an opset conversion; node names and op
-    types may not)."""
-    by_name = {n.name: n for n in model.graph.node}
-    missing = [name for name in nodes if name not in by_name]
-    if missing:
-        raise ConversionError(f"int16 node {missing[0]!r} is not in the model; `edgecnn layers` "
-                              "lists its layers")
-    return [out for name in nodes for out in by_name[name].output if out]
-
-
 def _overrides(model: onnx.ModelProto, config: QuantConfig,
                int16_outputs: list[str]) -> dict[str, list[dict[str, Any]]]:
     """onnxruntime's per-tensor overrides: the int16 layers and their conversions
-    (:func:`_int16_overrides`), then the fixed output parameters of int8 LOGISTIC, TANH and
-    SOFTMAX (:func:`_fixed_output_overrides`) on tensors that stay int8."""
+    (:func:`.int16_layers.int16_overrides`), then the fixed output parameters of int8
+    LOGISTIC, TANH and SOFTMAX (:func:`_fixed_output_overrides`) on tensors that stay int8."""
     from onnxruntime.quantization import QuantType
 
-    overrides = _int16_overrides(model, int16_outputs) if int16_outputs else {}
+    overrides = int16_overrides(model, int16_outputs) if int16_outputs else {}
     for name, [fixed] in _fixed_output_overrides(model, config.float_nodes).items():
         entry = overrides.setdefault(name, [{}])[0]
         if entry.get("quant_type") != QuantType.QInt16:  # int16 has no fixed int8 parameters
             entry.update(fixed)
     return overrides
-
-
-def _int16_overrides(model: onnx.ModelProto,
-                     outputs: list[str]) -> dict[str, list[dict[str, Any]]]:
-    """Overrides that quantise ``outputs`` to symmetric int16 (TFLite's 16x8 activations have
-    zero point 0), completed by onnxruntime's mixed-precision fixer: the inputs
-    of those nodes and of the nodes that read their outputs become int16 too, with int8 <-> int16
-    conversions (``Q -> DQ -> Q -> DQ``) wherever an int8 value meets an int16 layer."""
-    from onnxruntime.quantization import QuantType
-    from onnxruntime.quantization.execution_providers.qnn.mixed_precision_overrides_utils import (
-        MixedPrecisionTensorQuantOverridesFixer,
-    )
-    from onnxruntime.quantization.tensor_quant_overrides import TensorQuantOverridesHelper
-
-    initial: dict[str, list[dict[str, Any]]] = {
-        out: [{"quant_type": QuantType.QInt16, "symmetric": True}] for out in outputs}
-    helper = TensorQuantOverridesHelper(initial)
-    fixer = MixedPrecisionTensorQuantOverridesFixer.create_from_model(helper, model,
-                                                                      QuantType.QInt8)
-    fixer.apply(QuantType.QInt8, default_activation_symmetric=False)
-    fixed = helper.get_dict()
-    for entries in fixed.values():  # conversions into int16 need its symmetry too
-        convert = entries[0].get("convert")
-        if convert is not None and convert.get("quant_type") == QuantType.QInt16:
-            convert["symmetric"] = True
-        if entries[0].get("quant_type") == QuantType.QInt16:
-            entries[0]["symmetric"] = True
-    return fixed
 
 
 def _fixed_output_overrides(model: onnx.ModelProto,
