@@ -138,7 +138,7 @@ def quantize_onnx(model: onnx.ModelProto | Path, card: ModelCard, calibration: D
             model = onnx.load(src, load_external_data=False)
             del model.graph.initializer[:]  # only the graph and metadata are needed from here
         else:
-            _name_unnamed_nodes(model)  # onnxruntime excludes nodes by name
+            name_unnamed_nodes(model)  # onnxruntime excludes nodes by name
             onnx.save(model, src)
         metadata_source = model
         int16_outputs = outputs_of(model, config.int16_nodes)
@@ -188,6 +188,10 @@ def quantize_onnx(model: onnx.ModelProto | Path, card: ModelCard, calibration: D
                     **({"calibration_cache_path": str(cache)} if cache else {}),
                     extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
                                    "CalibMovingAverage": False,
+                                   # onnxruntime drops a Relu after a Conv when the Conv's
+                                   # output grid stops at 0 (asymmetric); it does so for a
+                                   # symmetric int16 override too, where negatives then pass
+                                   "QDQKeepRemovableActivations": bool(int16_outputs),
                                    "TensorQuantOverrides": _overrides(model, config,
                                                                       int16_outputs)},
                 )
@@ -243,7 +247,7 @@ def _equalized(src: Path, dst: Path, big: bool, images: np.ndarray) -> tuple[Pat
     return dst, done.summary()
 
 
-def _name_unnamed_nodes(model: onnx.ModelProto) -> None:
+def name_unnamed_nodes(model: onnx.ModelProto) -> None:
     taken = {n.name for n in model.graph.node}
     for index, node in enumerate(model.graph.node):
         if not node.name:

@@ -415,9 +415,20 @@ def _check_onnx_bytes(data: bytes, source: Path) -> None:
 def _int16_nodes(model: onnx.ModelProto, layers: tuple[str, ...], source: Path
                  ) -> tuple[str, ...]:
     """The ONNX nodes of ``layers``, each named as `edgecnn layers` names it (a PyTorch module
-    path such as ``blocks.3.project.1``) or by its node name."""
-    from edgecnn.checks.layer_table import module_path
+    path such as ``blocks.3.project.1``) or by its node name; ``all``: every node writing a
+    float value (the whole model in 16x8, onnxruntime's A16W8)."""
+    import onnx
 
+    from edgecnn.checks.layer_table import module_path
+    from edgecnn.converters.quantize import name_unnamed_nodes
+
+    if layers:
+        name_unnamed_nodes(model)  # another exporter's file may leave nodes unnamed
+    if layers == ("all",):
+        inferred = onnx.shape_inference.infer_shapes(model)
+        floats = {v.name for v in [*inferred.graph.value_info, *inferred.graph.output]
+                  if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+        return tuple(n.name for n in model.graph.node if set(n.output) & floats)
     nodes: list[str] = []
     for layer in layers:
         found = [n.name for n in model.graph.node if layer in (n.name, module_path(n))]

@@ -271,7 +271,8 @@ def _layer_names(ctx: click.Context, param: click.Parameter, value: str | None
 @click.option("--int16-layers", callback=_layer_names, metavar="L[,L]",
               help="int8 with int16 activations for these layers (TFLite's 16x8: int8 "
               "weights, int16 outputs; names as `edgecnn layers` shows them, or ONNX node "
-              "names). For the few layers whose output range int8 cannot hold; CPU files only.")
+              "names; all: the whole model). For the few layers whose output range int8 cannot "
+              "hold.")
 @click.option("--io-dtype", type=click.Choice(["float32", "int8", "uint8"]),
               help="TFLite I/O type (int8 models default to int8).")
 @click.option("--nchw-input", is_flag=True, help="Keep NCHW input (adds one leading TRANSPOSE).")
