@@ -146,33 +146,12 @@ def runs_on(path: Path, runtime: str, x: np.ndarray) -> str:
         return " ".join(str(exc).split())[:200]
 
 
-def latency_ratio(int8: Path, other: Path, x: np.ndarray, rounds: int = 5) -> tuple[float, float]:
-    """Median ``other`` / ``int8`` process-CPU time per image on LiteRT (1 thread, batch 1),
-    interleaved round by round, and the spread (max / min of the rounds' ratios)."""
-    from edgecnn.runtimes.sessions import open_session
-
-    sessions = [open_session(path, "litert", threads=1) for path in (int8, other)]
-    for session in sessions:
-        session.bind(x[:1])
-        for _ in range(10):
-            session.invoke()
-    ratios = []
-    for _ in range(rounds):
-        spent = []
-        for session in sessions:
-            start = time.process_time()
-            for _ in range(50):
-                session.invoke()
-            spent.append(time.process_time() - start)
-        ratios.append(spent[1] / spent[0])
-    return float(np.median(ratios)), float(max(ratios) / min(ratios))
-
-
 def measure(name: str, folder: Path, latency: bool) -> dict[str, Any]:
     """fp32 and the peer's A16W8 file of ``name``; where the plain file fails, the error and
     a second try on a copy whose one-element constants take their op's rank."""
     import int8_accuracy as acc
     import torch
+    from int16_layers import latency_ratio  # LiteRT time, interleaved, process CPU time
 
     from edgecnn.api import ConvertConfig, convert
 
