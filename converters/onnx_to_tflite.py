@@ -130,8 +130,9 @@ def convert_onnx_to_tflite(model: onnx.ModelProto, source: str,
         builder.metadata[metadata.TFLITE_LAYOUTS] = _stored_layouts(ctx)
     graph.constants.clear()  # the weights the lowering read: the builder holds what it wrote
     graph.constants.lazy.clear()
+    int16 = builder.int16()  # before serialize releases the tensors
     data = builder.serialize(release=True)
-    return TFLiteModel(data, builder.used_ops(), min_runtime_for(builder.used_ops()),
+    return TFLiteModel(data, builder.used_ops(), min_runtime_for(builder.used_ops(), int16),
                        graph.quantized, input_quant, output_quant)
 
 

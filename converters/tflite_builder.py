@@ -101,6 +101,10 @@ class TFLiteBuilder:
                            q.quantizedDimension if len(q.scale) > 1 else None,
                            int16=self.tensors[index].type == self.fb.TensorType.INT16)
 
+    def int16(self) -> bool:
+        """Whether the file holds int16 activations (TFLite's 16x8 mode)."""
+        return any(t.type == self.fb.TensorType.INT16 for t in self.tensors)
+
     def tensor_dtype(self, index: int) -> np.dtype:
         names: dict[int, np.dtype] = {getattr(self.fb.TensorType, v): k
                                       for k, v in TENSOR_TYPES.items()}
@@ -173,7 +177,8 @@ class TFLiteBuilder:
             # codes above 127 store 127 (PLACEHOLDER_FOR_GREATER_OP_CODES) in the old field
             opcode.deprecatedBuiltinCode = min(code, 127)
             model.operatorCodes.append(opcode)
-        min_runtime = (min_runtime_for(self.used_ops()) or "").encode().ljust(16, b"\0")
+        min_runtime = (min_runtime_for(self.used_ops(), self.int16()) or "").encode().ljust(
+            16, b"\0")
         meta = {"min_runtime_version": min_runtime, **self.metadata}
         model.metadata = []
         model.buffers = list(self.buffers)

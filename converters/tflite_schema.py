@@ -104,9 +104,16 @@ def op_name(code: int) -> str:
     return names.get(code, f"BUILTIN_{code}")
 
 
-def min_runtime_for(ops: list[tuple[str, int]]) -> str | None:
-    """Oldest runtime that runs every (op, version); None if one is not in the table."""
-    versions = []
+# op_version.cc leaves several 16x8 kernels at version 1 (CONV_2D, DEPTHWISE_CONV_2D,
+# FULLY_CONNECTED with int8 weights), so a file with int16 activations needs at least the
+# runtime of TFLite's 16x8 forms (runtime_version.cc's ADD v3, MEAN v3, PAD v3: 2.4.0)
+INT16_MIN_RUNTIME = "2.4.0"
+
+
+def min_runtime_for(ops: list[tuple[str, int]], int16: bool = False) -> str | None:
+    """Oldest runtime that runs every (op, version), and 16x8 kernels where ``int16`` (the
+    file holds int16 activations); None if an op is not in the table."""
+    versions = [INT16_MIN_RUNTIME] if int16 else []
     for op in ops:
         if op not in MIN_RUNTIME:
             return None

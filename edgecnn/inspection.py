@@ -247,7 +247,9 @@ def _inspect_tflite(path: Path) -> ModelInfo:
         [tensor(o, output=True) for o in graph.outputs],
         [{"op": op, "version": v, "count": n,
           "min_runtime": MIN_RUNTIME.get((op, v), "unknown")} for (op, v), n in counts.items()],
-        {"oldest_runtime": min_runtime_for(used) or "unknown (op not in TFLite's version table)",
+        {"oldest_runtime": min_runtime_for(used, any(
+            t.type == fb.TensorType.INT16 for t in graph.tensors))
+         or "unknown (op not in TFLite's version table)",
          "schema_version": model.version, "transpose_ops": counts_of(counts, "TRANSPOSE"),
          "quantisation parameters": overhead,
          **({"float islands": ", ".join(f"{op} x{n}" for op, n in islands.items())}

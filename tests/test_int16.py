@@ -121,6 +121,8 @@ def test_int16_tflite_follows_the_16x8_spec(lenet):
     # op_version.cc: a 16x8 FULLY_CONNECTED with int8 weights is version 1, an int16
     # DEQUANTIZE version 3; the int8 layers keep their versions
     assert {("FULLY_CONNECTED", 1), ("DEQUANTIZE", 3), ("FULLY_CONNECTED", 4)} <= ops
+    # FULLY_CONNECTED v1 and DEQUANTIZE v3 alone would claim 1.15.0: 16x8 needs TFLite 2.4
+    assert inspect_model(lenet["tflite"]).details["oldest_runtime"] == "2.4.0"
 
 
 def test_op_versions_of_16x8_kernels_are_op_version_cc_s():
