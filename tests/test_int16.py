@@ -428,3 +428,17 @@ def _with_output(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
     copy.CopyFrom(model)
     copy.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
     return copy
+
+
+def test_an_int16_output_takes_float_io_and_refuses_int8_io(lenet, tmp_path):
+    """classifier.5 writes the logits: in int16 the file's output is int16, which an 8-bit I/O
+    type cannot carry. By default the file takes float I/O; io_dtype=int8 is refused in one
+    line naming the fix."""
+    config = ConvertConfig("onnx", int8=True, int16_layers=("classifier.5",))
+    qdq = convert(lenet["float"], tmp_path / "q.onnx", config).path
+    out = convert(qdq, tmp_path / "q.tflite", ConvertConfig("tflite", int8=True)).path
+    assert inspect_model(out).outputs[0].dtype == "float32"
+    with pytest.raises(ConversionError, match="input or output is int16 .* io_dtype=int8 needs "
+                                              "it 8-bit: drop io_dtype"):
+        convert(qdq, tmp_path / "i.tflite", ConvertConfig("tflite", int8=True, io_dtype="int8"))
+    assert not (tmp_path / "i.tflite").exists()
