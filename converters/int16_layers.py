@@ -72,11 +72,5 @@ def int16_overrides(model: onnx.ModelProto,
     fixer = MixedPrecisionTensorQuantOverridesFixer.create_from_model(helper, model,
                                                                       QuantType.QInt8)
     fixer.apply(QuantType.QInt8, default_activation_symmetric=False)
-    fixed = helper.get_dict()
-    for entries in fixed.values():  # conversions into int16 need its symmetry too
-        convert = entries[0].get("convert")
-        if convert is not None and convert.get("quant_type") == QuantType.QInt16:
-            convert["symmetric"] = True
-        if entries[0].get("quant_type") == QuantType.QInt16:
-            entries[0]["symmetric"] = True
-    return fixed
+    # the fixer carries each request's symmetry into the types it adds and converts to
+    return helper.get_dict()

@@ -177,8 +177,8 @@ class LoweringContext:
                               column_order=column_order)
 
     def scratch(self, name: str, shape: tuple[int, ...], quant: QuantParams | None) -> int:
-        """An intermediate tensor: int8 (or uint8) where it has quantisation parameters, float32
-        where it has none (a float island's, in an int8 file)."""
+        """An intermediate tensor: int8, or int16 (a 16x8 layer's), where it has quantisation
+        parameters, float32 where it has none (a float island's, in an int8 file)."""
         dtype = self.dtype_for(quant) if quant is not None else np.float32
         return self.builder.add_tensor(name, shape, dtype, quant=quant, dynamic_batch=True)
 

@@ -65,7 +65,7 @@ def _dequantize(facts: OpFacts) -> int:
 
 
 def _depthwise(facts: OpFacts) -> int:
-    if facts.integer() and not facts.int16():
+    if facts.integer():
         return 3  # int8 with per-channel weights
     options = facts.options
     dilated = options is not None and (getattr(options, "dilationWFactor", 1) != 1

@@ -40,14 +40,12 @@ def ranked_int16(fp32: Path, qdq: Path, calib: np.ndarray) -> tuple[list[str], d
     """The budget's int16 candidates, worst own error first, and their layer names."""
     import onnx
 
-    from edgecnn.checks.budget import PASS_THROUGH, _int16_candidates, _module_names
+    from edgecnn.checks.budget import _int16_candidates, _module_names, ranked_nodes
     from edgecnn.checks.layer_table import layer_errors, worst_first
 
     model = onnx.load(fp32)
     errors = layer_errors(model, onnx.load(qdq), calib[:LAYER_IMAGES])
-    ranked = list(dict.fromkeys(e.tensor.node for e in worst_first(errors)
-                                if e.tensor.node and e.tensor.op not in PASS_THROUGH))
-    candidates = _int16_candidates(model, ranked)
+    candidates = _int16_candidates(model, ranked_nodes(worst_first(errors)))
     return candidates, _module_names(model, candidates, {})
 
 

@@ -300,8 +300,7 @@ class _Search:
         errors = layer_errors(self.float_model(config), self.chosen["report"].model,
                               self.x[:LAYER_IMAGES])
         names = {e.tensor.node: e.layer for e in errors if e.tensor.node}
-        ranked = list(dict.fromkeys(e.tensor.node for e in worst_first(errors)
-                                    if e.tensor.node and e.tensor.op not in PASS_THROUGH))
+        ranked = ranked_nodes(worst_first(errors))
         if self.budget.keep == "int16":
             model = self.float_model(config)
             ranked = _int16_candidates(model, ranked)
@@ -364,6 +363,13 @@ def _with_method(config: QuantConfig, method: str, float_path: Path) -> QuantCon
     if config.cross_layer_equalization or not _has_equalizable_pairs(float_path):
         return None  # equalised ranges get a cache of their own (quantize._cache_path)
     return replace(config, cross_layer_equalization=True)
+
+
+def ranked_nodes(worst_first: list[Any]) -> list[str]:
+    """The nodes of the layer table's rows (worst own error first), once each, leaving out
+    ops that only move values already on a grid (:data:`PASS_THROUGH`)."""
+    return list(dict.fromkeys(e.tensor.node for e in worst_first
+                              if e.tensor.node and e.tensor.op not in PASS_THROUGH))
 
 
 def _int16_candidates(model: onnx.ModelProto, ranked: list[str]) -> list[str]:
